@@ -1,0 +1,156 @@
+use std::path::Path;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[site]
+name = "lab"
+domain = "lab.example"
+key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+[appliance]
+id = 1
+name = "one"
+area = "north"
+
+[[areas]]
+name = "north"
+appliance = 1
+
+[[networks]]
+name = "NETWORK1"
+area = "north"
+subnet = "10.101.0.0/24"
+gateway = "10.101.0.1"
+"#;
+
+fn error_of(text: &str) -> ConfigError {
+    Config::from_str(text, "test.toml").expect_err("config should be rejected")
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = Config::from_str(MINIMAL, "test.toml").unwrap();
+    assert_eq!(config.appliance.id, 1);
+    assert_eq!(config.bus.socket, Path::new(DEFAULT_BUS_SOCKET));
+    assert_eq!(config.bus.max_line_bytes, DEFAULT_BUS_MAX_LINE_BYTES);
+    assert_eq!(config.agents.whereami.metrics_listen.port(), 9703);
+    assert!(config.agents.whereami.enabled);
+    assert_eq!(config.own_networks().count(), 1);
+    assert_eq!(config.site.key, SiteKey::Inline((0..32).map(|i| [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff][i % 16]).collect()));
+}
+
+#[test]
+fn example_configs_parse() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    let mut seen = 0;
+    for entry in walk(&examples) {
+        if entry.extension().is_some_and(|e| e == "toml") {
+            let config = Config::load(&entry).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!config.networks.is_empty(), "{}", entry.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "expected the three-area example, found {seen} files");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn three_area_example_is_consistent() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/riverside");
+    let two = Config::load(&examples.join("appliance-2.toml")).unwrap();
+    assert_eq!(two.peers.len(), 2);
+    assert_eq!(two.networks_of(3).map(|n| n.name.as_str()).collect::<Vec<_>>(), ["NETWORK3"]);
+    assert_eq!(two.own_networks().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["NETWORK2"]);
+    assert!(two.uplinks.iter().any(|u| u.kind == UplinkKind::Remote { peer: 1 }));
+    let cable = &two.peers[0].paths[0];
+    assert_eq!((cable.kind, cable.local.to_string().as_str()), (PathKind::Cable, "10.255.12.2"));
+}
+
+/// Each broken input, the line and key the error must name, and a word of its message.
+#[test]
+fn errors_name_line_key_and_fix() {
+    let cases: &[(&str, &str, usize, &str, &str)] = &[
+        ("gateway outside subnet", "gateway = \"10.101.0.1\"", 20, "networks[0].gateway", "not a host address"),
+        ("bad subnet", "subnet = \"10.101.0.0/24\"", 19, "networks[0].subnet", "not an IPv4 subnet"),
+        ("unknown area", "area = \"north\"\nsubnet", 18, "networks[0].area", "defined areas: north"),
+        ("unknown key", "appliance = 1\n", 15, "areas[0].colour", "unknown field"),
+        ("wrong type", "id = 1", 8, "appliance.id", "invalid type"),
+        ("short key", "key = \"0011", 5, "site.key", "at least 32 bytes"),
+    ];
+    let replacements = [
+        "gateway = \"10.102.0.1\"",
+        "subnet = \"10.101.0/24\"",
+        "area = \"west\"\nsubnet",
+        "appliance = 1\ncolour = \"red\"\n",
+        "id = \"one\"",
+        "key = \"0011\"\n#",
+    ];
+    for ((what, find, line, key, word), replacement) in cases.iter().zip(replacements) {
+        let text = MINIMAL.replacen(find, replacement, 1);
+        assert_ne!(text, MINIMAL, "{what}: replacement did not apply");
+        let error = error_of(&text);
+        let problem = &error.problems[0];
+        assert_eq!((problem.line, problem.key.as_str()), (*line, *key), "{what}: {error}");
+        assert!(problem.message.contains(word), "{what}: {error}");
+        let shown = error.to_string();
+        assert!(shown.starts_with(&format!("test.toml:{line}: {key}: ")), "{what}: {shown}");
+    }
+}
+
+#[test]
+fn syntax_error_names_its_line() {
+    let error = error_of(&MINIMAL.replacen("name = \"one\"", "name = \"one", 1));
+    assert_eq!(error.problems[0].line, 9, "{error}");
+    assert_eq!(error.problems[0].key, "(syntax)");
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let text = MINIMAL
+        .replacen("id = 1", "id = 0", 1)
+        .replacen("gateway = \"10.101.0.1\"", "gateway = \"10.101.0.0\"", 1);
+    let error = error_of(&text);
+    let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"appliance.id"), "{error}");
+    assert!(keys.contains(&"networks[0].gateway"), "{error}");
+}
+
+#[test]
+fn overlapping_networks_and_duplicate_ports_are_rejected() {
+    let text = format!(
+        "{MINIMAL}\n[[networks]]\nname = \"NETWORK2\"\narea = \"north\"\nsubnet = \"10.101.0.0/25\"\ngateway = \"10.101.0.2\"\n\n[whereami]\nmetrics_listen = \"127.0.0.1:9701\"\n"
+    );
+    let error = error_of(&text);
+    let shown = error.to_string();
+    assert!(shown.contains("networks[1].subnet: 10.101.0.0/25 overlaps network 'NETWORK1'"), "{shown}");
+    assert!(shown.contains("is already used by [uplink_monitor]"), "{shown}");
+}
+
+#[test]
+fn uplink_kinds_need_their_own_keys() {
+    let text = format!("{MINIMAL}\n[[uplinks]]\nname = \"a\"\nkind = \"local\"\n\n[[uplinks]]\nname = \"b\"\nkind = \"remote\"\npeer = 7\n\n[[uplinks]]\nname = \"c\"\nkind = \"satellite\"\n");
+    let shown = error_of(&text).to_string();
+    assert!(shown.contains("uplinks[0]: a local uplink needs 'interface'"), "{shown}");
+    assert!(shown.contains("uplinks[1].peer: appliance 7 is not a configured peer"), "{shown}");
+    assert!(shown.contains("uplinks[2].kind: 'satellite' is not an uplink kind; valid: local, remote"), "{shown}");
+}
+
+#[test]
+fn site_key_is_never_printed() {
+    let config = Config::from_str(MINIMAL, "test.toml").unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("0011223344"), "{debug}");
+}

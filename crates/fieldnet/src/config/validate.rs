@@ -1,0 +1,690 @@
+//! Wire config → validated config. Collects every problem, not just the first, each with the
+//! key path it belongs to; `parse` turns key paths into line numbers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use toml::de::DeTable;
+
+use super::spans::{KeyPath, key_at, line_of, span_of};
+use super::wire::*;
+use super::*;
+
+/// Default metrics listeners, one port per agent so they can share an appliance.
+const METRICS_PORT_BUS: u16 = 9700;
+const METRICS_PORT_UPLINK_MONITOR: u16 = 9701;
+const METRICS_PORT_CROSS_SITE_FAILOVER: u16 = 9702;
+const METRICS_PORT_WHEREAMI: u16 = 9703;
+const METRICS_PORT_DHCP_TAKEOVER: u16 = 9704;
+const METRICS_PORT_IMDS_ENDPOINT: u16 = 9705;
+const METRICS_PORT_INVENTORY: u16 = 9706;
+
+pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        file: file.to_owned(),
+        problems,
+    };
+    let document = DeTable::parse(text).map_err(|error| {
+        let offset = error.span().map_or(0, |span| span.start);
+        fail(vec![Problem {
+            line: line_of(text, offset),
+            key: "(syntax)".to_owned(),
+            message: error.message().trim().to_owned(),
+        }])
+    })?;
+    let wire: WireConfig = toml::from_str(text).map_err(|error| {
+        let offset = error.span().map_or(0, |span| span.start);
+        fail(vec![Problem {
+            line: line_of(text, offset),
+            key: key_at(&document, offset).to_string(),
+            message: explain_serde(error.message()),
+        }])
+    })?;
+    let mut checker = Checker::default();
+    let config = checker.config(wire);
+    if checker.problems.is_empty() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+    }
+    let problems = checker
+        .problems
+        .into_iter()
+        .map(|(path, message)| Problem {
+            line: line_of(text, span_of(&document, &path).start),
+            key: path.to_string(),
+            message,
+        })
+        .collect();
+    Err(fail(problems))
+}
+
+/// serde's messages are fine, but name the valid keys in a friendlier order.
+fn explain_serde(message: &str) -> String {
+    message.trim().replace('`', "'")
+}
+
+pub(super) fn decode_key(text: &str) -> Result<Vec<u8>, String> {
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "must be hex digits (at least {} of them, e.g. from `openssl rand -hex 32`)",
+            MIN_SITE_KEY_BYTES * 2
+        ));
+    }
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("checked hex"))
+        .collect();
+    if bytes.len() < MIN_SITE_KEY_BYTES {
+        return Err(format!(
+            "is {} bytes; a site key needs at least {MIN_SITE_KEY_BYTES} bytes ({} hex digits)",
+            bytes.len(),
+            MIN_SITE_KEY_BYTES * 2
+        ));
+    }
+    Ok(bytes)
+}
+
+#[derive(Default)]
+struct Checker {
+    problems: Vec<(KeyPath, String)>,
+}
+
+impl Checker {
+    fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
+        self.problems.push((path, message.into()));
+    }
+
+    fn config(&mut self, wire: WireConfig) -> Option<Config> {
+        let root = KeyPath::root();
+        let site = self.site(&wire.site, &root.key("site"));
+        let appliance = self.appliance(&wire.appliance, &root.key("appliance"));
+        let peers = self.peers(&wire.peers, appliance.as_ref().map(|a| a.id));
+        let mut appliance_ids: BTreeSet<u8> = peers.iter().map(|peer| peer.id).collect();
+        if let Some(appliance) = &appliance {
+            appliance_ids.insert(appliance.id);
+        }
+        let areas = self.areas(&wire.areas, &appliance_ids);
+        if let Some(appliance) = &appliance {
+            if !areas.iter().any(|area| area.name == appliance.area) {
+                self.problem(
+                    root.key("appliance").key("area"),
+                    format!(
+                        "area '{}' is not defined; defined areas: {}",
+                        appliance.area,
+                        list(areas.iter().map(|a| a.name.as_str()))
+                    ),
+                );
+            }
+        }
+        let networks = self.networks(&wire.networks, &areas);
+        let uplinks = self.uplinks(&wire.uplinks, &appliance_ids, appliance.as_ref());
+        let hub = wire.hub.as_ref().and_then(|hub| self.hub(hub));
+        let bus = self.bus(&wire.bus);
+        let agents = self.agents(&wire, bus.as_ref().map(|b| b.metrics_listen));
+        Some(Config {
+            site: site?,
+            appliance: appliance?,
+            areas,
+            networks,
+            uplinks,
+            peers,
+            hub,
+            bus: bus?,
+            agents: agents?,
+        })
+    }
+
+    fn site(&mut self, wire: &WireSite, path: &KeyPath) -> Option<Site> {
+        let name = self.name(&wire.name, &path.key("name"));
+        let domain = self.domain(&wire.domain, &path.key("domain"));
+        let key = match (&wire.key, &wire.key_file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    path.key("key_file"),
+                    "set either 'key' or 'key_file', not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.problem(
+                    path.clone(),
+                    "missing 'key_file' (path to a file holding the hex site key) or 'key' (hex, at least 64 digits)",
+                );
+                None
+            }
+            (Some(key), None) => match decode_key(key) {
+                Ok(bytes) => Some(SiteKey::Inline(bytes)),
+                Err(message) => {
+                    self.problem(path.key("key"), message);
+                    None
+                }
+            },
+            (None, Some(file)) if file.starts_with('/') => Some(SiteKey::File(PathBuf::from(file))),
+            (None, Some(_)) => {
+                self.problem(
+                    path.key("key_file"),
+                    "must be an absolute path such as /etc/fieldnet/site.key",
+                );
+                None
+            }
+        };
+        Some(Site {
+            name: name?,
+            domain: domain?,
+            key: key?,
+        })
+    }
+
+    fn appliance(&mut self, wire: &WireAppliance, path: &KeyPath) -> Option<Appliance> {
+        let id = self.appliance_id(wire.id, &path.key("id"));
+        let name = self.name(&wire.name, &path.key("name"));
+        let area = self.name(&wire.area, &path.key("area"));
+        Some(Appliance {
+            id: id?,
+            name: name?,
+            area: area?,
+        })
+    }
+
+    fn peers(&mut self, wire: &[WirePeer], own_id: Option<u8>) -> Vec<Peer> {
+        let mut peers = Vec::new();
+        let mut seen_ids = BTreeSet::new();
+        for (index, peer) in wire.iter().enumerate() {
+            let path = KeyPath::root().key("peers").index(index);
+            let id = self.appliance_id(peer.id, &path.key("id"));
+            if let Some(id) = id {
+                if Some(id) == own_id {
+                    self.problem(
+                        path.key("id"),
+                        format!("{id} is this appliance's own id (appliance.id); peers are the other appliances"),
+                    );
+                } else if !seen_ids.insert(id) {
+                    self.problem(path.key("id"), format!("peer id {id} is listed twice"));
+                }
+            }
+            let name = self.name(&peer.name, &path.key("name"));
+            let mut paths = Vec::new();
+            for (path_index, wire_path) in peer.paths.iter().enumerate() {
+                let key = path.key("paths").index(path_index);
+                let kind = match wire_path.kind.as_str() {
+                    "cable" => Some(PathKind::Cable),
+                    "wifi" => Some(PathKind::Wifi),
+                    "vpn" => Some(PathKind::Vpn),
+                    other => {
+                        self.problem(
+                            key.key("kind"),
+                            format!("'{other}' is not a path kind; valid: cable, wifi, vpn"),
+                        );
+                        None
+                    }
+                };
+                let interface = self.interface(&wire_path.interface, &key.key("interface"));
+                let local = self.ipv4(&wire_path.local, &key.key("local"));
+                let remote = self.ipv4(&wire_path.remote, &key.key("remote"));
+                if let (Some(kind), Some(interface), Some(local), Some(remote)) =
+                    (kind, interface, local, remote)
+                {
+                    if local == remote {
+                        self.problem(key.key("remote"), "must differ from 'local'");
+                    }
+                    paths.push(PeerPath {
+                        kind,
+                        interface,
+                        local,
+                        remote,
+                    });
+                }
+            }
+            if let (Some(id), Some(name)) = (id, name) {
+                peers.push(Peer { id, name, paths });
+            }
+        }
+        peers
+    }
+
+    fn areas(&mut self, wire: &[WireArea], appliance_ids: &BTreeSet<u8>) -> Vec<Area> {
+        let mut areas: Vec<Area> = Vec::new();
+        for (index, area) in wire.iter().enumerate() {
+            let path = KeyPath::root().key("areas").index(index);
+            let name = self.name(&area.name, &path.key("name"));
+            let appliance = self.appliance_id(area.appliance, &path.key("appliance"));
+            if let Some(appliance) = appliance {
+                if !appliance_ids.contains(&appliance) {
+                    self.problem(
+                        path.key("appliance"),
+                        format!(
+                            "appliance {appliance} is neither this appliance nor a peer; known ids: {}",
+                            list(appliance_ids.iter())
+                        ),
+                    );
+                }
+            }
+            if let (Some(name), Some(appliance)) = (name, appliance) {
+                if areas.iter().any(|a| a.name == name) {
+                    self.problem(path.key("name"), format!("area '{name}' is defined twice"));
+                }
+                areas.push(Area { name, appliance });
+            }
+        }
+        areas
+    }
+
+    fn networks(&mut self, wire: &[WireNetwork], areas: &[Area]) -> Vec<Network> {
+        let mut networks: Vec<Network> = Vec::new();
+        for (index, network) in wire.iter().enumerate() {
+            let path = KeyPath::root().key("networks").index(index);
+            let name = self.name(&network.name, &path.key("name"));
+            let area = if areas.iter().any(|a| a.name == network.area) {
+                Some(network.area.clone())
+            } else {
+                self.problem(
+                    path.key("area"),
+                    format!(
+                        "area '{}' is not defined; defined areas: {}",
+                        network.area,
+                        list(areas.iter().map(|a| a.name.as_str()))
+                    ),
+                );
+                None
+            };
+            let subnet = match network.subnet.parse::<Ipv4Net>() {
+                Ok(subnet) if subnet != subnet.trunc() => {
+                    self.problem(
+                        path.key("subnet"),
+                        format!(
+                            "'{}' has host bits set; did you mean '{}'?",
+                            network.subnet,
+                            subnet.trunc()
+                        ),
+                    );
+                    None
+                }
+                Ok(subnet) if subnet.prefix_len() > 30 => {
+                    self.problem(
+                        path.key("subnet"),
+                        "prefix is too long for a device network; use /30 or shorter",
+                    );
+                    None
+                }
+                Ok(subnet) => Some(subnet),
+                Err(_) => {
+                    self.problem(
+                        path.key("subnet"),
+                        format!(
+                            "'{}' is not an IPv4 subnet; write it like 10.101.0.0/24",
+                            network.subnet
+                        ),
+                    );
+                    None
+                }
+            };
+            let gateway = self.ipv4(&network.gateway, &path.key("gateway"));
+            if let (Some(subnet), Some(gateway)) = (subnet, gateway) {
+                if !subnet.contains(&gateway)
+                    || gateway == subnet.network()
+                    || gateway == subnet.broadcast()
+                {
+                    self.problem(
+                        path.key("gateway"),
+                        format!(
+                            "{gateway} is not a host address of {subnet}; use one between {} and {}",
+                            subnet.hosts().next().expect("prefix ≤ 30 has hosts"),
+                            subnet.hosts().last().expect("prefix ≤ 30 has hosts"),
+                        ),
+                    );
+                }
+                for other in &networks {
+                    if other.subnet.contains(&subnet.network()) || subnet.contains(&other.subnet.network()) {
+                        self.problem(
+                            path.key("subnet"),
+                            format!("{subnet} overlaps network '{}' ({})", other.name, other.subnet),
+                        );
+                    }
+                }
+            }
+            let interface = match &network.interface {
+                Some(interface) => self.interface(interface, &path.key("interface")),
+                None => None,
+            };
+            let vlan = match network.vlan {
+                None => None,
+                Some(vlan @ 1..=4094) => Some(vlan as u16),
+                Some(other) => {
+                    self.problem(
+                        path.key("vlan"),
+                        format!("{other} is not a VLAN id; valid: 1 to 4094"),
+                    );
+                    None
+                }
+            };
+            if let (Some(name), Some(area), Some(subnet), Some(gateway)) = (name, area, subnet, gateway) {
+                if networks.iter().any(|n| n.name == name) {
+                    self.problem(path.key("name"), format!("network '{name}' is defined twice"));
+                }
+                networks.push(Network {
+                    name,
+                    area,
+                    subnet,
+                    gateway,
+                    interface,
+                    vlan,
+                });
+            }
+        }
+        networks
+    }
+
+    fn uplinks(
+        &mut self,
+        wire: &[WireUplink],
+        appliance_ids: &BTreeSet<u8>,
+        appliance: Option<&Appliance>,
+    ) -> Vec<Uplink> {
+        let mut uplinks: Vec<Uplink> = Vec::new();
+        for (index, uplink) in wire.iter().enumerate() {
+            let path = KeyPath::root().key("uplinks").index(index);
+            let name = self.name(&uplink.name, &path.key("name"));
+            let kind = match uplink.kind.as_str() {
+                "local" => {
+                    if uplink.peer.is_some() {
+                        self.problem(path.key("peer"), "only remote uplinks name a peer");
+                    }
+                    let interface = match &uplink.interface {
+                        Some(interface) => self.interface(interface, &path.key("interface")),
+                        None => {
+                            self.problem(
+                                path.clone(),
+                                "a local uplink needs 'interface' (the port its router is on)",
+                            );
+                            None
+                        }
+                    };
+                    let gateway = match &uplink.gateway {
+                        Some(gateway) => self.ipv4(gateway, &path.key("gateway")),
+                        None => {
+                            self.problem(
+                                path.clone(),
+                                "a local uplink needs 'gateway' (its router's LAN address)",
+                            );
+                            None
+                        }
+                    };
+                    match (interface, gateway) {
+                        (Some(interface), Some(gateway)) => Some(UplinkKind::Local { interface, gateway }),
+                        _ => None,
+                    }
+                }
+                "remote" => {
+                    if uplink.interface.is_some() || uplink.gateway.is_some() {
+                        self.problem(
+                            path.clone(),
+                            "a remote uplink is reached through its peer: drop 'interface' and 'gateway'",
+                        );
+                    }
+                    match uplink.peer {
+                        None => {
+                            self.problem(path.clone(), "a remote uplink needs 'peer' (the id of the appliance that owns it)");
+                            None
+                        }
+                        Some(peer) => {
+                            let peer = self.appliance_id(peer, &path.key("peer"));
+                            match peer {
+                                Some(peer) if appliance.is_some_and(|a| a.id == peer) => {
+                                    self.problem(path.key("peer"), "is this appliance; an uplink of this appliance is kind = \"local\"");
+                                    None
+                                }
+                                Some(peer) if !appliance_ids.contains(&peer) => {
+                                    self.problem(path.key("peer"), format!("appliance {peer} is not a configured peer; peers: {}", list(appliance_ids.iter())));
+                                    None
+                                }
+                                Some(peer) => Some(UplinkKind::Remote { peer }),
+                                None => None,
+                            }
+                        }
+                    }
+                }
+                other => {
+                    self.problem(
+                        path.key("kind"),
+                        format!("'{other}' is not an uplink kind; valid: local, remote"),
+                    );
+                    None
+                }
+            };
+            let preference = match uplink.preference {
+                None => Some(DEFAULT_UPLINK_PREFERENCE),
+                Some(value @ 0..=1000) => Some(value as u32),
+                Some(other) => {
+                    self.problem(
+                        path.key("preference"),
+                        format!("{other} is out of range; valid: 0 (most preferred) to 1000"),
+                    );
+                    None
+                }
+            };
+            if let (Some(name), Some(kind), Some(preference)) = (name, kind, preference) {
+                if uplinks.iter().any(|u| u.name == name) {
+                    self.problem(path.key("name"), format!("uplink '{name}' is defined twice"));
+                }
+                uplinks.push(Uplink {
+                    name,
+                    kind,
+                    preference,
+                    metered: uplink.metered.unwrap_or(false),
+                });
+            }
+        }
+        uplinks
+    }
+
+    fn hub(&mut self, wire: &WireHub) -> Option<Hub> {
+        let path = KeyPath::root().key("hub");
+        let mut endpoints = Vec::new();
+        for (index, endpoint) in wire.endpoints.iter().enumerate() {
+            match endpoint.parse::<SocketAddr>() {
+                Ok(address) => endpoints.push(address),
+                Err(_) => self.problem(
+                    path.key("endpoints").index(index),
+                    format!("'{endpoint}' is not an address:port such as 203.0.113.10:51820"),
+                ),
+            }
+        }
+        if wire.endpoints.is_empty() {
+            self.problem(path.key("endpoints"), "list at least one hub endpoint (primary first)");
+        }
+        let tunnel_address = self.ipv4(&wire.tunnel_address, &path.key("tunnel_address"));
+        Some(Hub {
+            endpoints,
+            tunnel_address: tunnel_address?,
+        })
+    }
+
+    fn bus(&mut self, wire: &WireBus) -> Option<Bus> {
+        let path = KeyPath::root().key("bus");
+        let socket = match &wire.socket {
+            None => Some(PathBuf::from(DEFAULT_BUS_SOCKET)),
+            Some(socket) if socket.starts_with('/') => Some(PathBuf::from(socket)),
+            Some(_) => {
+                self.problem(path.key("socket"), format!("must be an absolute path such as {DEFAULT_BUS_SOCKET}"));
+                None
+            }
+        };
+        let max_line_bytes = self.bounded(
+            wire.max_line_bytes,
+            DEFAULT_BUS_MAX_LINE_BYTES,
+            1024..=16 * 1024 * 1024,
+            &path.key("max_line_bytes"),
+        );
+        let queue_depth = self.bounded(wire.queue_depth, DEFAULT_BUS_QUEUE_DEPTH, 16..=1_000_000, &path.key("queue_depth"));
+        let metrics_listen = self.listen(wire.metrics_listen.as_deref(), METRICS_PORT_BUS, &path.key("metrics_listen"));
+        Some(Bus {
+            socket: socket?,
+            max_line_bytes: max_line_bytes?,
+            queue_depth: queue_depth?,
+            metrics_listen: metrics_listen?,
+        })
+    }
+
+    fn agents(&mut self, wire: &WireConfig, bus_metrics: Option<SocketAddr>) -> Option<Agents> {
+        let mut agent = |section: &str, wire: &WireAgent, port: u16| {
+            let path = KeyPath::root().key(section);
+            let metrics_listen = self.listen(wire.metrics_listen.as_deref(), port, &path.key("metrics_listen"));
+            metrics_listen.map(|metrics_listen| AgentCommon {
+                enabled: wire.enabled.unwrap_or(true),
+                metrics_listen,
+            })
+        };
+        let agents = Agents {
+            uplink_monitor: agent("uplink_monitor", &wire.uplink_monitor, METRICS_PORT_UPLINK_MONITOR)?,
+            cross_site_failover: agent("cross_site_failover", &wire.cross_site_failover, METRICS_PORT_CROSS_SITE_FAILOVER)?,
+            whereami: agent("whereami", &wire.whereami, METRICS_PORT_WHEREAMI)?,
+            dhcp_takeover: agent("dhcp_takeover", &wire.dhcp_takeover, METRICS_PORT_DHCP_TAKEOVER)?,
+            imds_endpoint: agent("imds_endpoint", &wire.imds_endpoint, METRICS_PORT_IMDS_ENDPOINT)?,
+            inventory: agent("inventory", &wire.inventory, METRICS_PORT_INVENTORY)?,
+        };
+        // Two agents on one port would fail at start-up, far from the file; say it here.
+        let mut by_listen: BTreeMap<SocketAddr, &str> = BTreeMap::new();
+        if let Some(bus) = bus_metrics {
+            by_listen.insert(bus, "bus");
+        }
+        for (section, common) in [
+            ("uplink_monitor", &agents.uplink_monitor),
+            ("cross_site_failover", &agents.cross_site_failover),
+            ("whereami", &agents.whereami),
+            ("dhcp_takeover", &agents.dhcp_takeover),
+            ("imds_endpoint", &agents.imds_endpoint),
+            ("inventory", &agents.inventory),
+        ] {
+            if let Some(other) = by_listen.insert(common.metrics_listen, section) {
+                self.problem(
+                    KeyPath::root().key(section).key("metrics_listen"),
+                    format!("{} is already used by [{other}]", common.metrics_listen),
+                );
+            }
+        }
+        Some(agents)
+    }
+
+    fn bounded(
+        &mut self,
+        value: Option<i64>,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+        path: &KeyPath,
+    ) -> Option<usize> {
+        match value {
+            None => Some(default),
+            Some(value) if value >= 0 && range.contains(&(value as usize)) => Some(value as usize),
+            Some(value) => {
+                self.problem(
+                    path.clone(),
+                    format!("{value} is out of range; valid: {} to {} (default {default})", range.start(), range.end()),
+                );
+                None
+            }
+        }
+    }
+
+    fn listen(&mut self, value: Option<&str>, default_port: u16, path: &KeyPath) -> Option<SocketAddr> {
+        match value {
+            None => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), default_port)),
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    self.problem(
+                        path.clone(),
+                        format!("'{text}' is not an address:port such as 127.0.0.1:{default_port} or [::]:{default_port}"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    fn appliance_id(&mut self, value: i64, path: &KeyPath) -> Option<u8> {
+        match value {
+            1..=254 => Some(value as u8),
+            other => {
+                self.problem(path.clone(), format!("{other} is not an appliance id; valid: 1 to 254"));
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, value: &str, path: &KeyPath) -> Option<String> {
+        let valid = !value.is_empty()
+            && value.len() <= 63
+            && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid {
+            Some(value.to_owned())
+        } else {
+            self.problem(
+                path.clone(),
+                format!("'{value}' is not a valid name; use 1 to 63 letters, digits, '-' or '_'"),
+            );
+            None
+        }
+    }
+
+    fn domain(&mut self, value: &str, path: &KeyPath) -> Option<String> {
+        let value = value.trim_end_matches('.');
+        let valid = !value.is_empty()
+            && value.len() <= 253
+            && value.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if valid {
+            Some(value.to_ascii_lowercase())
+        } else {
+            self.problem(
+                path.clone(),
+                format!("'{value}' is not a DNS domain; write it like site.example.com"),
+            );
+            None
+        }
+    }
+
+    fn interface(&mut self, value: &str, path: &KeyPath) -> Option<String> {
+        // The kernel's limit is IFNAMSIZ - 1 = 15 bytes, no '/', no whitespace.
+        let valid = !value.is_empty()
+            && value.len() <= 15
+            && value != "."
+            && value != ".."
+            && !value.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+        if valid {
+            Some(value.to_owned())
+        } else {
+            self.problem(
+                path.clone(),
+                format!("'{value}' is not an interface name; use 1 to 15 characters without '/', ':' or spaces"),
+            );
+            None
+        }
+    }
+
+    fn ipv4(&mut self, value: &str, path: &KeyPath) -> Option<Ipv4Addr> {
+        match value.parse::<Ipv4Addr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                self.problem(path.clone(), format!("'{value}' is not an IPv4 address such as 10.101.0.1"));
+                None
+            }
+        }
+    }
+}
+
+fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let items: Vec<String> = items.map(|item| item.to_string()).collect();
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}

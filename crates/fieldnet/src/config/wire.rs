@@ -1,0 +1,126 @@
+//! The wire layer of the appliance file: serde types that mirror the TOML exactly.
+//!
+//! Nothing here is checked beyond its TOML type; `super::validate` turns these into the validated
+//! types every agent uses. Unknown keys are rejected so a typo never silently becomes a default.
+
+use serde::Deserialize;
+
+/// The whole `/etc/fieldnet/fieldnet.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireConfig {
+    pub site: WireSite,
+    pub appliance: WireAppliance,
+    #[serde(default)]
+    pub areas: Vec<WireArea>,
+    #[serde(default)]
+    pub networks: Vec<WireNetwork>,
+    #[serde(default)]
+    pub uplinks: Vec<WireUplink>,
+    #[serde(default)]
+    pub peers: Vec<WirePeer>,
+    pub hub: Option<WireHub>,
+    #[serde(default)]
+    pub bus: WireBus,
+    #[serde(default)]
+    pub uplink_monitor: WireAgent,
+    #[serde(default)]
+    pub cross_site_failover: WireAgent,
+    #[serde(default)]
+    pub whereami: WireAgent,
+    #[serde(default)]
+    pub dhcp_takeover: WireAgent,
+    #[serde(default)]
+    pub imds_endpoint: WireAgent,
+    #[serde(default)]
+    pub inventory: WireAgent,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireSite {
+    pub name: String,
+    pub domain: String,
+    pub key: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireAppliance {
+    pub id: i64,
+    pub name: String,
+    pub area: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireArea {
+    pub name: String,
+    pub appliance: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireNetwork {
+    pub name: String,
+    pub area: String,
+    pub subnet: String,
+    pub gateway: String,
+    pub interface: Option<String>,
+    pub vlan: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireUplink {
+    pub name: String,
+    pub kind: String,
+    pub interface: Option<String>,
+    pub gateway: Option<String>,
+    pub peer: Option<i64>,
+    pub preference: Option<i64>,
+    pub metered: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WirePeer {
+    pub id: i64,
+    pub name: String,
+    #[serde(default)]
+    pub paths: Vec<WirePath>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WirePath {
+    pub kind: String,
+    pub interface: String,
+    pub local: String,
+    pub remote: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireHub {
+    pub endpoints: Vec<String>,
+    pub tunnel_address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireBus {
+    pub socket: Option<String>,
+    pub max_line_bytes: Option<i64>,
+    pub queue_depth: Option<i64>,
+    pub metrics_listen: Option<String>,
+}
+
+/// The part every agent section shares; agent issues add their own keys here.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireAgent {
+    pub enabled: Option<bool>,
+    pub metrics_listen: Option<String>,
+}

@@ -1,0 +1,195 @@
+//! Observability shared by every agent: logs to stderr, the Prometheus registry, the HTTP
+//! listener for `/metrics` and `/healthz`, and systemd readiness and watchdog.
+//!
+//! The registry is created in `main` and passed down; nothing here is global except the tracing
+//! subscriber, which is process-wide by nature.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder as _, Registry, TextEncoder};
+use tokio_util::sync::CancellationToken;
+
+/// Logs to stderr (journald adds timestamps under systemd), filtered by `RUST_LOG`, default info.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if under_journald {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// A fresh registry whose metrics all carry the fieldnet prefix by their own names.
+pub fn new_registry() -> Registry {
+    Registry::new()
+}
+
+/// What `/healthz` reports: healthy unless some part of the agent says otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    problems: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Health {
+    /// Marks `part` unhealthy with a reason, or healthy again with `None`.
+    pub fn set(&self, part: &str, problem: Option<String>) {
+        let mut problems = self.problems.lock().unwrap();
+        problems.retain(|(name, _)| name != part);
+        if let Some(problem) = problem {
+            problems.push((part.to_owned(), problem));
+        }
+    }
+
+    /// The current problems, as `part: reason` lines; empty when healthy.
+    pub fn report(&self) -> Vec<String> {
+        let problems = self.problems.lock().unwrap();
+        problems.iter().map(|(part, why)| format!("{part}: {why}")).collect()
+    }
+}
+
+#[derive(Clone)]
+struct ObsState {
+    registry: Registry,
+    health: Health,
+}
+
+/// The router behind the metrics listener; agents may merge their own routes into it.
+pub fn router(registry: Registry, health: Health) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(ObsState { registry, health })
+}
+
+async fn metrics(State(state): State<ObsState>) -> impl IntoResponse {
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    match encoder.encode(&state.registry.gather(), &mut body) {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, encoder.format_type().to_owned())], body),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain".to_owned())],
+            error.to_string().into_bytes(),
+        ),
+    }
+}
+
+async fn healthz(State(state): State<ObsState>) -> impl IntoResponse {
+    let problems = state.health.report();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+    }
+}
+
+/// Binds the metrics listener now (so a taken port fails start-up) and serves it until shutdown.
+/// Returns the bound address, which differs from `listen` when its port is 0.
+pub async fn serve_http(
+    listen: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on {listen}"))?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "metrics listener failed");
+        }
+    });
+    Ok((bound, task))
+}
+
+/// Tells systemd the service is ready (a no-op outside systemd) and, if the unit sets
+/// `WatchdogSec`, keeps petting the watchdog at half the interval until shutdown.
+pub fn notify_ready(shutdown: CancellationToken) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let interval = period / 2;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = ticker.tick() => {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Tells systemd the service is stopping.
+pub fn notify_stopping() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn metrics_and_health_are_served() {
+        let registry = new_registry();
+        let counter = prometheus::IntCounter::new("fieldnet_test_things_total", "things").unwrap();
+        registry.register(Box::new(counter.clone())).unwrap();
+        counter.inc();
+        let health = Health::default();
+        let app = router(registry, health.clone());
+
+        let response = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("fieldnet_test_things_total 1"));
+
+        let response = app.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+
+        health.set("bus", Some("broker unreachable".into()));
+        let response = app.oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&body), "bus: broker unreachable\n");
+    }
+}
