@@ -1,0 +1,321 @@
+//! Component tests of the bus: the broker in process or as the real binary, clients over real
+//! Unix sockets in a temp dir. Waits are bounded and poll for the expected state; nothing
+//! asserts on speed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fieldnet::bus::topics::{AgentsAlive, TOPIC_AGENTS};
+use fieldnet::bus::{Broker, BrokerOptions, BusClient, BusEvent, Envelope};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct TestBroker {
+    socket: PathBuf,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn start_broker(max_line_bytes: usize, queue_depth: usize) -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("bus.sock");
+    let registry = fieldnet::obs::new_registry();
+    let broker = Broker::bind(&socket, BrokerOptions { max_line_bytes, queue_depth }, &registry).unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(broker.serve(shutdown.clone()));
+    TestBroker { socket, shutdown, _dir: dir }
+}
+
+/// A hand-driven client speaking raw lines, as `socat` would.
+struct RawClient {
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl RawClient {
+    async fn connect(socket: &Path) -> Self {
+        let stream = UnixStream::connect(socket).await.unwrap();
+        let (read_half, writer) = stream.into_split();
+        Self { lines: BufReader::new(read_half).lines(), writer }
+    }
+
+    async fn send(&mut self, line: &str) {
+        self.writer.write_all(line.as_bytes()).await.unwrap();
+        self.writer.write_all(b"\n").await.unwrap();
+    }
+
+    /// Sends a ping and waits for its pong, so everything sent before has been processed.
+    async fn sync(&mut self) {
+        self.send(r#"{"op":"ping"}"#).await;
+        loop {
+            let frame = self.next().await.expect("connection open");
+            if frame["op"] == "pong" {
+                return;
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<Value> {
+        let line = tokio::time::timeout(PATIENCE, self.lines.next_line()).await.expect("a line within the patience").ok()??;
+        Some(serde_json::from_str(&line).unwrap())
+    }
+
+    async fn next_msg(&mut self) -> Value {
+        loop {
+            let frame = self.next().await.expect("connection open");
+            if frame["op"] == "msg" {
+                return frame;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn prefix_subscription_and_retained_values() {
+    let broker = start_broker(64 * 1024, 1024);
+    let mut publisher = RawClient::connect(&broker.socket).await;
+    publisher.send(r#"{"op":"pub","topic":"uplink/active","retain":true,"body":{"name":"4g-a"}}"#).await;
+    publisher.send(r#"{"op":"pub","topic":"peer/2","retain":true,"body":{"alive":true}}"#).await;
+    publisher.sync().await;
+
+    let mut subscriber = RawClient::connect(&broker.socket).await;
+    subscriber.send(r#"{"op":"sub","prefix":"uplink/"}"#).await;
+    let retained = subscriber.next_msg().await;
+    assert_eq!((retained["topic"].as_str(), &retained["body"]["name"]), (Some("uplink/active"), &json!("4g-a")));
+    assert!(retained["ts"].as_u64().unwrap() > 0, "broker stamps missing timestamps");
+
+    publisher.send(r#"{"op":"pub","topic":"peer/3","body":1}"#).await;
+    publisher.send(r#"{"op":"pub","topic":"uplink/4g-b/state","body":{"up":false}}"#).await;
+    let live = subscriber.next_msg().await;
+    assert_eq!(live["topic"], "uplink/4g-b/state", "peer/3 must not reach an uplink/ subscriber");
+
+    // A retained null clears the topic: a later subscriber gets nothing for it.
+    publisher.send(r#"{"op":"pub","topic":"uplink/active","retain":true,"body":null}"#).await;
+    publisher.sync().await;
+    let mut late = RawClient::connect(&broker.socket).await;
+    late.send(r#"{"op":"sub","prefix":"uplink/"}"#).await;
+    late.sync().await;
+    publisher.send(r#"{"op":"pub","topic":"uplink/x","body":2}"#).await;
+    assert_eq!(late.next_msg().await["topic"], "uplink/x");
+}
+
+#[tokio::test]
+async fn malformed_and_oversize_lines_drop_only_their_client() {
+    let broker = start_broker(1024, 1024);
+    let mut bystander = RawClient::connect(&broker.socket).await;
+    bystander.send(r#"{"op":"sub","prefix":""}"#).await;
+    bystander.sync().await;
+
+    let mut broken = RawClient::connect(&broker.socket).await;
+    broken.send("{this is not json").await;
+    let error = broken.next().await.expect("an error frame");
+    assert_eq!(error["op"], "error");
+    assert!(error["message"].as_str().unwrap().contains("not a bus frame"), "{error}");
+    assert!(broken.next().await.is_none(), "connection closed after the error");
+
+    let mut oversize = RawClient::connect(&broker.socket).await;
+    oversize.send(&format!(r#"{{"op":"pub","topic":"a","body":"{}"}}"#, "x".repeat(4096))).await;
+    let error = oversize.next().await.expect("an error frame");
+    assert!(error["message"].as_str().unwrap().contains("longer than 1024 bytes"), "{error}");
+    assert!(oversize.next().await.is_none(), "connection closed after the error");
+
+    let mut publisher = RawClient::connect(&broker.socket).await;
+    publisher.send(r#"{"op":"pub","topic":"still/working","body":true}"#).await;
+    assert_eq!(bystander.next_msg().await["topic"], "still/working");
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_lags_and_never_stalls_publishers() {
+    let broker = start_broker(64 * 1024, 64);
+    let mut sleeper = RawClient::connect(&broker.socket).await;
+    sleeper.send(r#"{"op":"sub","prefix":"load/"}"#).await;
+    sleeper.sync().await;
+
+    // Far more than the socket buffers plus the 64-line queue can hold.
+    let client = BusClient::spawn(&broker.socket, "loader");
+    assert!(client.wait_connected(PATIENCE).await);
+    let body = json!({"padding": "p".repeat(512)});
+    let published = 20_000;
+    for n in 0..published {
+        client.publish(&format!("load/{}", n % 7), &body, false).unwrap();
+    }
+    // The publisher's messages all reach the broker (a fresh raw client syncs after them).
+    let mut marker = RawClient::connect(&broker.socket).await;
+    marker.send(r#"{"op":"sub","prefix":"done"}"#).await;
+    marker.sync().await;
+    client.publish("done", &json!(true), false).unwrap();
+    marker.next_msg().await;
+
+    // Now the sleeper wakes: it sees part of the stream, then a lagged notice.
+    let mut received = 0;
+    let missed = loop {
+        let frame = sleeper.next().await.expect("connection open");
+        match frame["op"].as_str() {
+            Some("msg") => received += 1,
+            Some("lagged") => break frame["missed"].as_u64().unwrap(),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    };
+    assert!(missed > 0);
+    assert!(received < published, "received {received} of {published} yet lagged");
+}
+
+#[tokio::test]
+async fn client_publishes_while_broker_is_down_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("bus.sock");
+    let client = BusClient::spawn(&socket, "early-bird");
+    client.publish("uplink/active", &json!({"name": "4g-a"}), true).unwrap();
+    client.publish("events/boot", &json!({"n": 1}), false).unwrap();
+    assert!(!client.is_connected());
+
+    let registry = fieldnet::obs::new_registry();
+    let options = BrokerOptions { max_line_bytes: 65536, queue_depth: 1024 };
+    let broker = Broker::bind(&socket, options, &registry).unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(broker.serve(shutdown.clone()));
+    assert!(client.wait_connected(PATIENCE).await);
+
+    let mut watcher = RawClient::connect(&socket).await;
+    watcher.send(r#"{"op":"sub","prefix":"uplink/"}"#).await;
+    assert_eq!(watcher.next_msg().await["body"]["name"], "4g-a");
+    shutdown.cancel();
+}
+
+fn broker_config(dir: &Path, socket: &Path) -> PathBuf {
+    let path = dir.join("fieldnet.toml");
+    let text = format!(
+        r#"[site]
+name = "test"
+domain = "test.example"
+key = "{key}"
+
+[appliance]
+id = 1
+name = "one"
+area = "a"
+
+[[areas]]
+name = "a"
+appliance = 1
+
+[bus]
+socket = "{socket}"
+metrics_listen = "127.0.0.1:0"
+"#,
+        key = "ab".repeat(32),
+        socket = socket.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct BrokerProcess(Child);
+
+impl BrokerProcess {
+    fn start(config: &Path, socket: &Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_fieldnet-bus"))
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(std::time::Instant::now() < deadline, "broker did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn next_message(subscription: &mut fieldnet::bus::Subscription) -> Envelope {
+    loop {
+        match tokio::time::timeout(PATIENCE, subscription.recv()).await.expect("an event within the patience") {
+            Some(BusEvent::Message(envelope)) => return envelope,
+            Some(BusEvent::Lagged { .. }) => continue,
+            None => panic!("client gone"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn broker_killed_and_restarted_clients_resubscribe_and_retained_state_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("bus.sock");
+    let config = broker_config(dir.path(), &socket);
+    let broker = BrokerProcess::start(&config, &socket);
+
+    let monitor = BusClient::spawn(&socket, "uplink-monitor");
+    let watcher = BusClient::spawn(&socket, "fieldctl");
+    let mut uplinks = watcher.subscribe("uplink/");
+    monitor.publish("uplink/active", &json!({"name": "4g-a"}), true).unwrap();
+    assert_eq!(next_message(&mut uplinks).await.body["name"], "4g-a");
+
+    broker.kill();
+    // Published while the broker is dead: must arrive after the restart.
+    monitor.publish("uplink/active", &json!({"name": "4g-b"}), true).unwrap();
+    let broker = BrokerProcess::start(&config, &socket);
+
+    // The watcher re-subscribed by itself and sees the monitor's retained state come back.
+    assert!(monitor.wait_connected(PATIENCE).await && watcher.wait_connected(PATIENCE).await);
+    assert_eq!(next_message(&mut uplinks).await.body["name"], "4g-b");
+
+    // A newcomer after the restart gets the retained value from the new broker.
+    let newcomer = BusClient::spawn(&socket, "late");
+    let mut late = newcomer.subscribe("uplink/active");
+    assert_eq!(next_message(&mut late).await.body["name"], "4g-b");
+
+    // And the broker's own presence topic lists the named agents.
+    let mut agents = newcomer.subscribe(TOPIC_AGENTS);
+    let alive = loop {
+        let alive: AgentsAlive = next_message(&mut agents).await.body_as().unwrap();
+        if alive.agents.len() >= 3 {
+            break alive;
+        }
+    };
+    let names: Vec<&str> = alive.agents.iter().map(|a| a.name.as_str()).collect();
+    assert!(names.contains(&"uplink-monitor") && names.contains(&"fieldctl"), "{names:?}");
+    drop(broker);
+}
+
+#[test]
+fn check_config_on_a_broken_file_exits_64_naming_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = broker_config(dir.path(), &dir.path().join("bus.sock"));
+    let text = std::fs::read_to_string(&config).unwrap().replace("id = 1", "id = 300");
+    std::fs::write(&config, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_fieldnet-bus"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("{}:7: appliance.id: 300 is not an appliance id; valid: 1 to 254", config.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+}
