@@ -1,0 +1,147 @@
+//! `fieldctl status`: the appliance at a glance. It grows with each agent.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use fieldnet::bus::frame::{self, Envelope, Frame};
+use fieldnet::bus::topics::{AgentsAlive, TOPIC_AGENTS};
+use fieldnet::config::Config;
+use futures_util::StreamExt as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::UnixStream;
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+/// How long to wait for the bus before calling it down.
+const BUS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The agents a config expects to run, by their binary and bus name.
+fn expected_agents(config: &Config) -> Vec<&'static str> {
+    let agents = &config.agents;
+    [
+        ("uplink-monitor", agents.uplink_monitor.enabled),
+        ("cross-site-failover", agents.cross_site_failover.enabled),
+        ("whereami", agents.whereami.enabled),
+        ("dhcp-takeover", agents.dhcp_takeover.enabled),
+        ("imds-endpoint", agents.imds_endpoint.enabled),
+        ("inventory", agents.inventory.enabled),
+    ]
+    .into_iter()
+    .filter(|(_, enabled)| *enabled)
+    .map(|(name, _)| name)
+    .collect()
+}
+
+/// Every retained value under the given prefixes, read in one round trip.
+async fn snapshot(socket: &Path, prefixes: &[&str]) -> anyhow::Result<BTreeMap<String, Envelope>> {
+    let stream = UnixStream::connect(socket).await?;
+    let (read_half, mut write_half) = stream.into_split();
+    let mut request = String::new();
+    for prefix in prefixes {
+        request.push_str(&frame::encode(&Frame::Sub { prefix: (*prefix).to_owned() }));
+    }
+    // Retained values are queued when the sub is processed, so they all arrive before the pong.
+    request.push_str(&frame::encode(&Frame::Ping));
+    write_half.write_all(request.as_bytes()).await?;
+    let mut lines = FramedRead::new(read_half, LinesCodec::new_with_max_length(16 * 1024 * 1024));
+    let mut values = BTreeMap::new();
+    while let Some(line) = lines.next().await {
+        match frame::decode(line?.as_bytes())? {
+            Frame::Msg(envelope) => {
+                values.insert(envelope.topic.clone(), envelope);
+            }
+            Frame::Pong => return Ok(values),
+            _ => {}
+        }
+    }
+    anyhow::bail!("the bus closed the connection")
+}
+
+pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode {
+    let state = tokio::time::timeout(BUS_TIMEOUT, snapshot(socket, &[TOPIC_AGENTS, "agent/"])).await;
+    let state = match state {
+        Ok(Ok(state)) => Ok(state),
+        Ok(Err(error)) => Err(format!("{error:#}")),
+        Err(_) => Err(format!("no answer within {BUS_TIMEOUT:?}")),
+    };
+    if json {
+        let value = match &state {
+            Ok(values) => serde_json::json!({"bus": {"socket": socket, "up": true}, "retained": values}),
+            Err(error) => serde_json::json!({"bus": {"socket": socket, "up": false, "error": error}}),
+        };
+        println!("{value:#}");
+        return if state.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+    }
+    match config {
+        Some(config) => println!(
+            "appliance {} ({}), area {}, site {}",
+            config.appliance.id, config.appliance.name, config.appliance.area, config.site.name
+        ),
+        None => println!("appliance: configuration not readable (run `fieldctl check-config`)"),
+    }
+    let values = match state {
+        Ok(values) => values,
+        Err(error) => {
+            println!("bus        DOWN  {}: {error}", socket.display());
+            println!("           every agent keeps working without it; start it with `systemctl start fieldnet-bus`");
+            return ExitCode::from(1);
+        }
+    };
+    println!("bus        up    {}", socket.display());
+    let alive: AgentsAlive = values
+        .get(TOPIC_AGENTS)
+        .and_then(|envelope| envelope.body_as().ok())
+        .unwrap_or(AgentsAlive { agents: Vec::new() });
+    let now = fieldnet::bus::unix_millis();
+    let connected: Vec<_> = alive.agents.iter().filter(|agent| agent.name != "fieldctl").collect();
+    println!("agents     {} connected", connected.len());
+    for agent in &connected {
+        let version = values
+            .get(&fieldnet::bus::topics::agent_topic(&agent.name))
+            .and_then(|e| e.body["version"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        println!(
+            "  {:<20} pid {:<7} up {:<10} {version}",
+            agent.name,
+            agent.pid,
+            human_duration(now.saturating_sub(agent.since))
+        );
+    }
+    if let Some(config) = config {
+        let missing: Vec<&str> = expected_agents(config)
+            .into_iter()
+            .filter(|name| !alive.agents.iter().any(|agent| agent.name == *name))
+            .collect();
+        if !missing.is_empty() {
+            println!("not connected: {}", missing.join(", "));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `3d4h`, `2h05m`, `4m12s`, `9s`: the two largest units.
+pub fn human_duration(millis: u64) -> String {
+    let seconds = millis / 1000;
+    let (days, hours, minutes) = (seconds / 86_400, (seconds / 3600) % 24, (seconds / 60) % 60);
+    if days > 0 {
+        format!("{days}d{hours}h")
+    } else if hours > 0 {
+        format!("{hours}h{minutes:02}m")
+    } else if minutes > 0 {
+        format!("{minutes}m{:02}s", seconds % 60)
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_like_uptime() {
+        let cases = [(0, "0s"), (9_999, "9s"), (252_000, "4m12s"), (7_500_000, "2h05m"), (360_000_000, "4d4h")];
+        for (millis, text) in cases {
+            assert_eq!(super::human_duration(millis), text);
+        }
+    }
+}
