@@ -1,0 +1,67 @@
+//! `cargo xtask bench NAME`: runs a benchmark in release mode and records its table in
+//! docs/benchmarks.md, between markers, next to the command that made it.
+
+use std::process::Command;
+
+use anyhow::Context as _;
+
+use crate::util::{root, run, step};
+
+pub fn run_bench(name: &str) -> anyhow::Result<String> {
+    match name {
+        "bus" => {
+            step("building release broker and bench");
+            run("cargo", &["build", "--release", "--locked", "-p", "fieldnet-bus", "--bins", "--examples"])?;
+            step("bus bench");
+            let release = root().join("target/release");
+            let output = Command::new(release.join("examples/bus-bench"))
+                .arg(release.join("fieldnet-bus"))
+                .output()
+                .context("running bus-bench")?;
+            anyhow::ensure!(
+                output.status.success(),
+                "bus-bench failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            Ok(String::from_utf8(output.stdout)?)
+        }
+        other => anyhow::bail!("unknown benchmark '{other}'; known: bus"),
+    }
+}
+
+pub fn run(name: &str) -> anyhow::Result<()> {
+    let table = run_bench(name)?;
+    print!("{table}");
+    record(name, &table)
+}
+
+/// Replaces (or appends) the section of `name` in docs/benchmarks.md.
+fn record(name: &str, table: &str) -> anyhow::Result<()> {
+    let path = root().join("docs/benchmarks.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+    let begin = format!("<!-- bench:{name} -->");
+    let end = format!("<!-- /bench:{name} -->");
+    let machine = machine_line();
+    let section = format!(
+        "{begin}\nCommand: `cargo xtask bench {name}` · {machine}\n\n{table}{end}"
+    );
+    let updated = match (text.find(&begin), text.find(&end)) {
+        (Some(start), Some(stop)) if stop > start => {
+            format!("{}{section}{}", &text[..start], &text[stop + end.len()..])
+        }
+        _ => format!("{}\n## {name}\n\n{section}\n", text.trim_end()),
+    };
+    std::fs::write(&path, updated).with_context(|| format!("writing {}", path.display()))?;
+    println!("recorded in {}", path.display());
+    Ok(())
+}
+
+fn machine_line() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{date}, {cores} cores, release build")
+}

@@ -1,0 +1,112 @@
+//! `cargo xtask ci`: everything CI checks, in the order that fails fastest.
+
+use std::process::Command;
+
+use anyhow::Context as _;
+
+use crate::util::{have, is_root, root, run, run_with, step};
+
+/// Debian packages the tests drive, by the program that shows each is installed.
+const DEBIAN_PEERS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("tc", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("socat", "socat"),
+    ("conntrack", "conntrack"),
+];
+
+pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        is_root(),
+        "cargo xtask ci needs root: the lab tests build network namespaces and CI requires them"
+    );
+    step("test peers");
+    install_missing_peers()?;
+
+    step("formatting");
+    run("cargo", &["fmt", "--all", "--", "--check"])?;
+
+    step("clippy, warnings denied");
+    run("cargo", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+
+    step("tests (the lab is required)");
+    run_with(
+        Command::new("cargo")
+            .args(["test", "--workspace", "--locked"])
+            .env("FIELDNET_LAB_REQUIRED", "1"),
+    )?;
+
+    step("example configs");
+    run("cargo", &["build", "--quiet", "--locked", "-p", "fieldctl"])?;
+    let fieldctl = root().join("target/debug/fieldctl");
+    for example in examples()? {
+        run_with(Command::new(&fieldctl).arg("--config").arg(&example).arg("check-config"))?;
+    }
+
+    step("fuzz: bus frame decoder");
+    fuzz(fuzz_seconds)?;
+
+    step("lab leftovers");
+    let left = lab::clean_stale()?;
+    anyhow::ensure!(left.is_empty(), "tests left namespaces behind: {left:?}");
+    println!("none");
+    println!("\nci: all checks passed");
+    Ok(())
+}
+
+fn install_missing_peers() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = DEBIAN_PEERS
+        .iter()
+        .filter(|(program, _)| !have(program))
+        .map(|(_, package)| *package)
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        println!("all present");
+        return Ok(());
+    }
+    println!("installing {}", missing.join(" "));
+    run("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    run_with(Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn examples() -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root().join("deploy/examples")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    anyhow::ensure!(!found.is_empty(), "no example configs under deploy/examples");
+    Ok(found)
+}
+
+/// libFuzzer needs unstable compiler flags; the stable toolchain accepts them with
+/// RUSTC_BOOTSTRAP, which keeps CI on the one toolchain the machine has.
+fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    if !have("cargo-fuzz") {
+        run("cargo", &["install", "--locked", "cargo-fuzz"])?;
+    }
+    let corpus = root().join("fuzz/corpus/bus_frame");
+    std::fs::create_dir_all(&corpus)?;
+    let max_time = format!("-max_total_time={seconds}");
+    run_with(
+        Command::new("cargo")
+            .args(["fuzz", "run", "--fuzz-dir", "fuzz", "bus_frame"])
+            .arg(&corpus)
+            .arg(root().join("fuzz/seeds/bus_frame"))
+            .args(["--", &max_time, "-max_len=4096"])
+            .env("RUSTC_BOOTSTRAP", "1"),
+    )
+}

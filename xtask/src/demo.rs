@@ -1,0 +1,226 @@
+//! `cargo xtask demo`: a three-area site in network namespaces, every agent that exists so far,
+//! told in plain words. Each agent's issue adds its scene here.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use lab::{AreaLab, Lab, Netns, Site, SiteSpec};
+
+use crate::util::{root, run, step};
+
+struct Demo {
+    interrupted: Arc<AtomicBool>,
+    fast: bool,
+}
+
+impl Demo {
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.interrupted.load(Ordering::SeqCst), "interrupted: tearing down");
+        Ok(())
+    }
+
+    /// A pause so a person can read, cut short by Ctrl-C.
+    fn pause(&self, seconds: u64) -> anyhow::Result<()> {
+        if !self.fast {
+            let until = Instant::now() + Duration::from_secs(seconds);
+            while Instant::now() < until {
+                self.check()?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.check()
+    }
+}
+
+pub fn run(fast: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(crate::util::is_root(), "the demo builds network namespaces: run it as root");
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    let demo = Demo { interrupted, fast };
+
+    step("building fieldnet");
+    run("cargo", &["build", "--quiet", "-p", "fieldnet-bus", "-p", "fieldctl"])?;
+    let bin = root().join("target/debug");
+
+    let mut lab = Lab::new("demo").context("creating the lab")?;
+    let outcome = scenes(&demo, &mut lab, &bin);
+    let prefix = lab.prefix().to_owned();
+    step("tearing down");
+    drop(lab);
+    let left = leftover_namespaces(&prefix)?;
+    anyhow::ensure!(left.is_empty(), "namespaces left behind: {left:?}");
+    println!("Every namespace, process and rule the demo made is gone.");
+    outcome
+}
+
+fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
+    step("building a three-area site in network namespaces");
+    let site = lab.site(&SiteSpec::default()).context("building the site")?;
+    println!("{}", site.describe());
+    demo.pause(2)?;
+
+    step("configuring each appliance");
+    let mut sockets = Vec::new();
+    for area in &site.areas {
+        let config = write_config(lab.dir(), &site, area)?;
+        let output = std::process::Command::new(bin.join("fieldctl"))
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .output()?;
+        anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        print!("appliance {}: {}", area.id, String::from_utf8_lossy(&output.stdout));
+        sockets.push((config, lab.dir().join(format!("bus-{}.sock", area.id))));
+    }
+
+    step("starting the bus on every appliance");
+    let mut brokers = Vec::new();
+    for (area, (config, socket)) in site.areas.iter().zip(&sockets) {
+        let config = config.to_str().context("config path is UTF-8")?;
+        brokers.push(lab.spawn(&area.appliance, bin.join("fieldnet-bus").to_str().unwrap_or_default(), &["--config", config])?);
+        wait_for_socket(socket)?;
+        println!("appliance {}: fieldnet-bus listening on {}", area.id, socket.display());
+    }
+    demo.pause(1)?;
+
+    step("scene 1: the site is connected");
+    let north = &site.areas[0];
+    let stage = &site.areas[1];
+    let client = &north.clients[0];
+    let internet = ping_line(&client.ns, "192.0.2.1")?;
+    println!(
+        "A device in area 1 ({}) reaches an internet host (192.0.2.1) through uplink {}: {internet}",
+        client.addr, north.uplinks[0].name
+    );
+    let cross = ping_line(&client.ns, &stage.clients[0].addr)?;
+    println!("It reaches a device in area 2 ({}) over the cable: {cross}", stage.clients[0].addr);
+    demo.pause(2)?;
+
+    step("scene 2: the bus carries what agents say");
+    let (_, socket) = &sockets[0];
+    let socket = socket.to_str().context("socket path is UTF-8")?;
+    let fieldctl = bin.join("fieldctl");
+    let fieldctl = fieldctl.to_str().unwrap_or_default();
+    north.appliance.exec(
+        fieldctl,
+        &["--socket", socket, "publish", "site/note", r#"{"text":"stage power restored"}"#, "--retain"],
+    )?;
+    println!("An operator published a note; anyone following the bus sees it:");
+    let events = north.appliance.exec(fieldctl, &["--socket", socket, "events", "site/", "--count", "1"])?;
+    print!("  {}", String::from_utf8_lossy(&events.stdout));
+    println!("And `fieldctl status` on appliance 1 says:");
+    let status = north.appliance.exec(fieldctl, &["--socket", socket, "--config", &sockets[0].0.to_string_lossy(), "status"]);
+    // status exits 0 only with the bus up; the other agents are not written yet, so it lists them as absent.
+    let status = status?;
+    for line in String::from_utf8_lossy(&status.stdout).lines() {
+        println!("  {line}");
+    }
+    demo.pause(2)?;
+
+    step("scene 3: an uplink dies, and nothing steers around it yet");
+    let cut = lab.link_down(&north.appliance, &north.uplinks[0].appliance_if)?;
+    let during = ping_line(&client.ns, "192.0.2.1")?;
+    println!("Uplink {} is cut. Area 1's devices now: {during}", north.uplinks[0].name);
+    println!("uplink-monitor (coming next) will move the default route to {} within a second.", north.uplinks[1].name);
+    drop(cut);
+    let after = ping_line(&client.ns, "192.0.2.1")?;
+    println!("The uplink is back: {after}");
+    demo.pause(1)?;
+
+    drop(brokers);
+    Ok(())
+}
+
+/// One line of ping results in plain words.
+fn ping_line(from: &Netns, target: &str) -> anyhow::Result<String> {
+    let stats = from.ping(target, 20, Duration::from_millis(20))?;
+    if stats.received == 0 {
+        return Ok(format!("no replies ({} of {} lost)", stats.sent, stats.sent));
+    }
+    Ok(format!(
+        "{} of {} replies, {:.0} % lost, round trip {:.2} ms",
+        stats.received,
+        stats.sent,
+        stats.loss * 100.0,
+        stats.rtt_avg.as_secs_f64() * 1000.0
+    ))
+}
+
+fn wait_for_socket(socket: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "{} did not appear", socket.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn leftover_namespaces(prefix: &str) -> anyhow::Result<Vec<String>> {
+    let output = std::process::Command::new("ip").args(["netns", "list"]).output()?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The appliance file for one lab area, written the way an operator would write it.
+fn write_config(dir: &Path, site: &Site, area: &AreaLab) -> anyhow::Result<PathBuf> {
+    let mut text = String::new();
+    let id = area.id;
+    writeln!(text, "[site]\nname = \"demo\"\ndomain = \"demo.fieldnet.example\"\nkey = \"{}\"\n", "5a".repeat(32))?;
+    writeln!(text, "[appliance]\nid = {id}\nname = \"appliance-{id}\"\narea = \"area{id}\"\n")?;
+    for other in &site.areas {
+        writeln!(text, "[[areas]]\nname = \"area{0}\"\nappliance = {0}\n", other.id)?;
+    }
+    for other in &site.areas {
+        writeln!(
+            text,
+            "[[networks]]\nname = \"NETWORK{0}\"\narea = \"area{0}\"\nsubnet = \"{1}\"\ngateway = \"{2}\"\ninterface = \"{3}\"\n",
+            other.id, other.network, other.gateway, other.lan_if
+        )?;
+    }
+    for uplink in &area.uplinks {
+        writeln!(
+            text,
+            "[[uplinks]]\nname = \"{}\"\nkind = \"local\"\ninterface = \"{}\"\ngateway = \"{}\"\n",
+            uplink.name, uplink.appliance_if, uplink.router_lan_addr
+        )?;
+    }
+    for other in site.areas.iter().filter(|other| other.id != id) {
+        writeln!(
+            text,
+            "[[uplinks]]\nname = \"{}\"\nkind = \"remote\"\npeer = {}\npreference = 50\n",
+            other.uplinks[0].name, other.id
+        )?;
+    }
+    for other in site.areas.iter().filter(|other| other.id != id) {
+        let (low, high) = (id.min(other.id), id.max(other.id));
+        let (mine, theirs) = if id == low { (1, 2) } else { (2, 1) };
+        writeln!(text, "[[peers]]\nid = {0}\nname = \"appliance-{0}\"\n", other.id)?;
+        for (kind, interface, net) in [("cable", "cab", 255), ("wifi", "wifi", 254)] {
+            writeln!(
+                text,
+                "[[peers.paths]]\nkind = \"{kind}\"\ninterface = \"{interface}{}\"\nlocal = \"10.{net}.{low}{high}.{mine}\"\nremote = \"10.{net}.{low}{high}.{theirs}\"\n",
+                other.id
+            )?;
+        }
+    }
+    if site.hub.is_some() {
+        writeln!(text, "[hub]\nendpoints = [\"203.0.113.10:51820\"]\ntunnel_address = \"10.253.0.254\"\n")?;
+    }
+    writeln!(
+        text,
+        "[bus]\nsocket = \"{}\"\nmetrics_listen = \"127.0.0.1:9700\"",
+        dir.join(format!("bus-{id}.sock")).display()
+    )?;
+    let path = dir.join(format!("appliance-{id}.toml"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
