@@ -12,12 +12,22 @@ use tokio_util::codec::{FramedRead, LinesCodec};
 /// Longest body shown on one line; `--json` shows everything.
 const BODY_WIDTH: usize = 160;
 
-pub async fn follow(socket: &Path, prefix: &str, json: bool, count: Option<u64>) -> anyhow::Result<()> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("connecting to the bus at {} (is fieldnet-bus running?)", socket.display()))?;
+pub async fn follow(
+    socket: &Path,
+    prefix: &str,
+    json: bool,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "connecting to the bus at {} (is fieldnet-bus running?)",
+            socket.display()
+        )
+    })?;
     let (read_half, mut write_half) = stream.into_split();
-    let subscribe = frame::encode(&Frame::Sub { prefix: prefix.to_owned() });
+    let subscribe = frame::encode(&Frame::Sub {
+        prefix: prefix.to_owned(),
+    });
     write_half.write_all(subscribe.as_bytes()).await?;
     let mut lines = FramedRead::new(read_half, LinesCodec::new_with_max_length(16 * 1024 * 1024));
     let mut shown = 0;
@@ -26,7 +36,9 @@ pub async fn follow(socket: &Path, prefix: &str, json: bool, count: Option<u64>)
         match frame::decode(line.as_bytes()) {
             Ok(Frame::Msg(envelope)) if json => println!("{}", serde_json::to_string(&envelope)?),
             Ok(Frame::Msg(envelope)) => println!("{}", readable(&envelope)),
-            Ok(Frame::Lagged { missed }) => eprintln!("(missed {missed} events: this terminal read too slowly)"),
+            Ok(Frame::Lagged { missed }) => {
+                eprintln!("(missed {missed} events: this terminal read too slowly)")
+            }
             Ok(Frame::Error { message }) => anyhow::bail!("the bus refused us: {message}"),
             Ok(_) => continue,
             Err(error) => anyhow::bail!("unreadable line from the bus: {error}"),
@@ -50,9 +62,17 @@ pub fn readable(envelope: &Envelope) -> String {
         body.truncate(cut);
         body.push('…');
     }
-    let from = if envelope.from.is_empty() { "?" } else { envelope.from.as_str() };
+    let from = if envelope.from.is_empty() {
+        "?"
+    } else {
+        envelope.from.as_str()
+    };
     let retained = if envelope.retain { ", retained" } else { "" };
-    format!("{} {}  [{from}{retained}]  {body}", clock(envelope.ts), envelope.topic)
+    format!(
+        "{} {}  [{from}{retained}]  {body}",
+        clock(envelope.ts),
+        envelope.topic
+    )
 }
 
 /// UTC wall-clock time of a bus timestamp, `HH:MM:SS.mmm`.
@@ -82,7 +102,10 @@ mod tests {
             retain: true,
             body: json!({"name": "4g-a"}),
         };
-        assert_eq!(readable(&envelope), r#"12:34:31.250 uplink/active  [uplink-monitor, retained]  {"name":"4g-a"}"#);
+        assert_eq!(
+            readable(&envelope),
+            r#"12:34:31.250 uplink/active  [uplink-monitor, retained]  {"name":"4g-a"}"#
+        );
     }
 
     #[test]

@@ -79,25 +79,41 @@ fn main() -> ExitCode {
         .clone()
         .or_else(|| config.as_ref().map(|c| c.bus.socket.clone()))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BUS_SOCKET));
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => return exit_code(Err(error.into())),
     };
     runtime.block_on(async {
         match args.command {
             Command::Status { json } => status::run(&socket, config.as_ref(), json).await,
-            Command::Events { prefix, json, count } => exit_code(events::follow(&socket, &prefix, json, count).await),
-            Command::Publish { topic, json, retain } => exit_code(publish(&socket, &topic, &json, retain).await),
+            Command::Events {
+                prefix,
+                json,
+                count,
+            } => exit_code(events::follow(&socket, &prefix, json, count).await),
+            Command::Publish {
+                topic,
+                json,
+                retain,
+            } => exit_code(publish(&socket, &topic, &json, retain).await),
             Command::CheckConfig => unreachable!("handled above"),
         }
     })
 }
 
-async fn publish(socket: &std::path::Path, topic: &str, json: &str, retain: bool) -> anyhow::Result<()> {
+async fn publish(
+    socket: &std::path::Path,
+    topic: &str,
+    json: &str,
+    retain: bool,
+) -> anyhow::Result<()> {
     use fieldnet::bus::{Envelope, frame};
     frame::check_topic(topic)?;
-    let body: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| anyhow::anyhow!("the body is not valid JSON: {e}"))?;
+    let body: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| anyhow::anyhow!("the body is not valid JSON: {e}"))?;
     let envelope = Envelope {
         v: frame::VERSION,
         topic: topic.to_owned(),

@@ -39,7 +39,9 @@ async fn snapshot(socket: &Path, prefixes: &[&str]) -> anyhow::Result<BTreeMap<S
     let (read_half, mut write_half) = stream.into_split();
     let mut request = String::new();
     for prefix in prefixes {
-        request.push_str(&frame::encode(&Frame::Sub { prefix: (*prefix).to_owned() }));
+        request.push_str(&frame::encode(&Frame::Sub {
+            prefix: (*prefix).to_owned(),
+        }));
     }
     // Retained values are queued when the sub is processed, so they all arrive before the pong.
     request.push_str(&frame::encode(&Frame::Ping));
@@ -59,7 +61,8 @@ async fn snapshot(socket: &Path, prefixes: &[&str]) -> anyhow::Result<BTreeMap<S
 }
 
 pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode {
-    let state = tokio::time::timeout(BUS_TIMEOUT, snapshot(socket, &[TOPIC_AGENTS, "agent/"])).await;
+    let state =
+        tokio::time::timeout(BUS_TIMEOUT, snapshot(socket, &[TOPIC_AGENTS, "agent/"])).await;
     let state = match state {
         Ok(Ok(state)) => Ok(state),
         Ok(Err(error)) => Err(format!("{error:#}")),
@@ -67,11 +70,19 @@ pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode
     };
     if json {
         let value = match &state {
-            Ok(values) => serde_json::json!({"bus": {"socket": socket, "up": true}, "retained": values}),
-            Err(error) => serde_json::json!({"bus": {"socket": socket, "up": false, "error": error}}),
+            Ok(values) => {
+                serde_json::json!({"bus": {"socket": socket, "up": true}, "retained": values})
+            }
+            Err(error) => {
+                serde_json::json!({"bus": {"socket": socket, "up": false, "error": error}})
+            }
         };
         println!("{value:#}");
-        return if state.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) };
+        return if state.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
     }
     match config {
         Some(config) => println!(
@@ -84,7 +95,9 @@ pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode
         Ok(values) => values,
         Err(error) => {
             println!("bus        DOWN  {}: {error}", socket.display());
-            println!("           every agent keeps working without it; start it with `systemctl start fieldnet-bus`");
+            println!(
+                "           every agent keeps working without it; start it with `systemctl start fieldnet-bus`"
+            );
             return ExitCode::from(1);
         }
     };
@@ -94,7 +107,11 @@ pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode
         .and_then(|envelope| envelope.body_as().ok())
         .unwrap_or(AgentsAlive { agents: Vec::new() });
     let now = fieldnet::bus::unix_millis();
-    let connected: Vec<_> = alive.agents.iter().filter(|agent| agent.name != "fieldctl").collect();
+    let connected: Vec<_> = alive
+        .agents
+        .iter()
+        .filter(|agent| agent.name != "fieldctl")
+        .collect();
     println!("agents     {} connected", connected.len());
     for agent in &connected {
         let version = values
@@ -139,7 +156,13 @@ pub fn human_duration(millis: u64) -> String {
 mod tests {
     #[test]
     fn durations_read_like_uptime() {
-        let cases = [(0, "0s"), (9_999, "9s"), (252_000, "4m12s"), (7_500_000, "2h05m"), (360_000_000, "4d4h")];
+        let cases = [
+            (0, "0s"),
+            (9_999, "9s"),
+            (252_000, "4m12s"),
+            (7_500_000, "2h05m"),
+            (360_000_000, "4d4h"),
+        ];
         for (millis, text) in cases {
             assert_eq!(super::human_duration(millis), text);
         }

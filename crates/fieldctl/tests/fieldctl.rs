@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 async fn fieldctl(args: &[&str]) -> (i32, String, String) {
     let output = tokio::time::timeout(
         Duration::from_secs(30),
-        Command::new(env!("CARGO_BIN_EXE_fieldctl")).args(args).env_remove("FIELDNET_CONFIG").output(),
+        Command::new(env!("CARGO_BIN_EXE_fieldctl"))
+            .args(args)
+            .env_remove("FIELDNET_CONFIG")
+            .output(),
     )
     .await
     .expect("fieldctl finishes")
@@ -25,7 +28,10 @@ async fn fieldctl(args: &[&str]) -> (i32, String, String) {
 
 fn start_broker(socket: &Path) -> CancellationToken {
     let registry = fieldnet::obs::new_registry();
-    let options = BrokerOptions { max_line_bytes: 65536, queue_depth: 1024 };
+    let options = BrokerOptions {
+        max_line_bytes: 65536,
+        queue_depth: 1024,
+    };
     let broker = Broker::bind(socket, options, &registry).unwrap();
     let shutdown = CancellationToken::new();
     tokio::spawn(broker.serve(shutdown.clone()));
@@ -39,17 +45,38 @@ async fn publish_events_and_status_through_a_live_broker() {
     let socket_arg = socket.to_str().unwrap();
     let shutdown = start_broker(&socket);
 
-    let (code, _, stderr) = fieldctl(&["--socket", socket_arg, "publish", "site/note", r#"{"text":"hello"}"#, "--retain"]).await;
+    let (code, _, stderr) = fieldctl(&[
+        "--socket",
+        socket_arg,
+        "publish",
+        "site/note",
+        r#"{"text":"hello"}"#,
+        "--retain",
+    ])
+    .await;
     assert_eq!(code, 0, "{stderr}");
-    let (code, stdout, stderr) = fieldctl(&["--socket", socket_arg, "events", "site/", "--count", "1"]).await;
+    let (code, stdout, stderr) =
+        fieldctl(&["--socket", socket_arg, "events", "site/", "--count", "1"]).await;
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains(r#"site/note  [fieldctl, retained]  {"text":"hello"}"#), "{stdout}");
-    let (_, stdout, _) = fieldctl(&["--socket", socket_arg, "events", "site/", "--count", "1", "--json"]).await;
+    assert!(
+        stdout.contains(r#"site/note  [fieldctl, retained]  {"text":"hello"}"#),
+        "{stdout}"
+    );
+    let (_, stdout, _) = fieldctl(&[
+        "--socket", socket_arg, "events", "site/", "--count", "1", "--json",
+    ])
+    .await;
     let envelope: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(envelope["body"], json!({"text": "hello"}));
 
     let agent = BusClient::spawn(&socket, "uplink-monitor");
-    agent.publish("agent/uplink-monitor", &json!({"version": "0.1.0", "pid": 1, "metrics": "x"}), true).unwrap();
+    agent
+        .publish(
+            "agent/uplink-monitor",
+            &json!({"version": "0.1.0", "pid": 1, "metrics": "x"}),
+            true,
+        )
+        .unwrap();
     assert!(agent.wait_connected(Duration::from_secs(20)).await);
     let mut seen = String::new();
     for _ in 0..100 {
@@ -62,9 +89,13 @@ async fn publish_events_and_status_through_a_live_broker() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(seen.contains("bus        up"), "{seen}");
-    assert!(seen.contains("agents     1 connected") && seen.contains("0.1.0"), "{seen}");
+    assert!(
+        seen.contains("agents     1 connected") && seen.contains("0.1.0"),
+        "{seen}"
+    );
 
-    let (code, _, stderr) = fieldctl(&["--socket", socket_arg, "publish", "site/note", "{oops"]).await;
+    let (code, _, stderr) =
+        fieldctl(&["--socket", socket_arg, "publish", "site/note", "{oops"]).await;
     assert_eq!(code, 1);
     assert!(stderr.contains("the body is not valid JSON"), "{stderr}");
     let (code, _, stderr) = fieldctl(&["--socket", socket_arg, "publish", "bad topic", "1"]).await;
@@ -77,7 +108,14 @@ async fn publish_events_and_status_through_a_live_broker() {
 async fn status_says_when_the_bus_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nobody.sock");
-    let (code, stdout, _) = fieldctl(&["--socket", socket.to_str().unwrap(), "--config", "/nonexistent.toml", "status"]).await;
+    let (code, stdout, _) = fieldctl(&[
+        "--socket",
+        socket.to_str().unwrap(),
+        "--config",
+        "/nonexistent.toml",
+        "status",
+    ])
+    .await;
     assert_eq!(code, 1);
     assert!(stdout.contains("bus        DOWN"), "{stdout}");
     assert!(stdout.contains("configuration not readable"), "{stdout}");
@@ -85,17 +123,30 @@ async fn status_says_when_the_bus_is_down() {
 
 #[tokio::test]
 async fn check_config_accepts_examples_and_names_broken_keys() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/examples/riverside/appliance-1.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/examples/riverside/appliance-1.toml"
+    );
     let (code, stdout, stderr) = fieldctl(&["--config", example, "check-config"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.ends_with(": ok\n"), "{stdout}");
 
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.toml");
-    let text = std::fs::read_to_string(example).unwrap().replacen("subnet = \"10.102.0.0/24\"", "subnet = \"10.102.0.0/33\"", 1);
+    let text = std::fs::read_to_string(example).unwrap().replacen(
+        "subnet = \"10.102.0.0/24\"",
+        "subnet = \"10.102.0.0/33\"",
+        1,
+    );
     std::fs::write(&broken, text).unwrap();
     let (code, _, stderr) = fieldctl(&["--config", broken.to_str().unwrap(), "check-config"]).await;
     assert_eq!(code, 64);
-    assert!(stderr.contains("networks[1].subnet: '10.102.0.0/33' is not an IPv4 subnet"), "{stderr}");
-    assert!(stderr.starts_with(&format!("{}:", broken.display())), "{stderr}");
+    assert!(
+        stderr.contains("networks[1].subnet: '10.102.0.0/33' is not an IPv4 subnet"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.starts_with(&format!("{}:", broken.display())),
+        "{stderr}"
+    );
 }

@@ -27,7 +27,9 @@ impl Drop for Broker {
 }
 
 fn main() -> anyhow::Result<()> {
-    let broker_binary = std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: bus-bench PATH-TO-fieldnet-bus"))?;
+    let broker_binary = std::env::args()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("usage: bus-bench PATH-TO-fieldnet-bus"))?;
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("bus.sock");
     let config = dir.path().join("fieldnet.toml");
@@ -40,7 +42,12 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
     let _broker = Broker(
-        Command::new(&broker_binary).arg("--config").arg(&config).env("RUST_LOG", "warn").stdin(Stdio::null()).spawn()?,
+        Command::new(&broker_binary)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()?,
     );
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -92,10 +99,17 @@ async fn throughput(publisher: &BusClient, subscriber: &BusClient) -> anyhow::Re
         while seq >= received.load(Ordering::Relaxed) + WINDOW {
             tokio::task::yield_now().await;
         }
-        publisher.publish("bench/throughput", &json!({"seq": seq, "pad": "0123456789"}), false)?;
+        publisher.publish(
+            "bench/throughput",
+            &json!({"seq": seq, "pad": "0123456789"}),
+            false,
+        )?;
     }
     tokio::time::timeout(Duration::from_secs(120), reader).await??;
-    Ok((THROUGHPUT_MESSAGES as f64 / start.elapsed().as_secs_f64(), lost.load(Ordering::Relaxed)))
+    Ok((
+        THROUGHPUT_MESSAGES as f64 / start.elapsed().as_secs_f64(),
+        lost.load(Ordering::Relaxed),
+    ))
 }
 
 async fn latency(publisher: &BusClient, subscriber: &BusClient) -> anyhow::Result<Vec<Duration>> {

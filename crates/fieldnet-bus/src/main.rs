@@ -45,8 +45,12 @@ async fn run(config: fieldnet::config::Config, socket: Option<PathBuf>) -> anyho
         queue_depth: config.bus.queue_depth,
     };
     let broker = Broker::bind(&socket, options, &registry)?;
-    let (metrics_at, http) =
-        obs::serve_http(config.bus.metrics_listen, obs::router(registry, health), shutdown.clone()).await?;
+    let (metrics_at, http) = obs::serve_http(
+        config.bus.metrics_listen,
+        obs::router(registry, health),
+        shutdown.clone(),
+    )
+    .await?;
     tracing::info!(socket = %socket.display(), metrics = %metrics_at, "listening");
     obs::notify_ready(shutdown.clone());
     let served = broker.serve(shutdown.clone()).await;

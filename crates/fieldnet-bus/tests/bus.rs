@@ -31,10 +31,22 @@ fn start_broker(max_line_bytes: usize, queue_depth: usize) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("bus.sock");
     let registry = fieldnet::obs::new_registry();
-    let broker = Broker::bind(&socket, BrokerOptions { max_line_bytes, queue_depth }, &registry).unwrap();
+    let broker = Broker::bind(
+        &socket,
+        BrokerOptions {
+            max_line_bytes,
+            queue_depth,
+        },
+        &registry,
+    )
+    .unwrap();
     let shutdown = CancellationToken::new();
     tokio::spawn(broker.serve(shutdown.clone()));
-    TestBroker { socket, shutdown, _dir: dir }
+    TestBroker {
+        socket,
+        shutdown,
+        _dir: dir,
+    }
 }
 
 /// A hand-driven client speaking raw lines, as `socat` would.
@@ -47,7 +59,10 @@ impl RawClient {
     async fn connect(socket: &Path) -> Self {
         let stream = UnixStream::connect(socket).await.unwrap();
         let (read_half, writer) = stream.into_split();
-        Self { lines: BufReader::new(read_half).lines(), writer }
+        Self {
+            lines: BufReader::new(read_half).lines(),
+            writer,
+        }
     }
 
     async fn send(&mut self, line: &str) {
@@ -67,7 +82,10 @@ impl RawClient {
     }
 
     async fn next(&mut self) -> Option<Value> {
-        let line = tokio::time::timeout(PATIENCE, self.lines.next_line()).await.expect("a line within the patience").ok()??;
+        let line = tokio::time::timeout(PATIENCE, self.lines.next_line())
+            .await
+            .expect("a line within the patience")
+            .ok()??;
         Some(serde_json::from_str(&line).unwrap())
     }
 
@@ -85,28 +103,49 @@ impl RawClient {
 async fn prefix_subscription_and_retained_values() {
     let broker = start_broker(64 * 1024, 1024);
     let mut publisher = RawClient::connect(&broker.socket).await;
-    publisher.send(r#"{"op":"pub","topic":"uplink/active","retain":true,"body":{"name":"4g-a"}}"#).await;
-    publisher.send(r#"{"op":"pub","topic":"peer/2","retain":true,"body":{"alive":true}}"#).await;
+    publisher
+        .send(r#"{"op":"pub","topic":"uplink/active","retain":true,"body":{"name":"4g-a"}}"#)
+        .await;
+    publisher
+        .send(r#"{"op":"pub","topic":"peer/2","retain":true,"body":{"alive":true}}"#)
+        .await;
     publisher.sync().await;
 
     let mut subscriber = RawClient::connect(&broker.socket).await;
     subscriber.send(r#"{"op":"sub","prefix":"uplink/"}"#).await;
     let retained = subscriber.next_msg().await;
-    assert_eq!((retained["topic"].as_str(), &retained["body"]["name"]), (Some("uplink/active"), &json!("4g-a")));
-    assert!(retained["ts"].as_u64().unwrap() > 0, "broker stamps missing timestamps");
+    assert_eq!(
+        (retained["topic"].as_str(), &retained["body"]["name"]),
+        (Some("uplink/active"), &json!("4g-a"))
+    );
+    assert!(
+        retained["ts"].as_u64().unwrap() > 0,
+        "broker stamps missing timestamps"
+    );
 
-    publisher.send(r#"{"op":"pub","topic":"peer/3","body":1}"#).await;
-    publisher.send(r#"{"op":"pub","topic":"uplink/4g-b/state","body":{"up":false}}"#).await;
+    publisher
+        .send(r#"{"op":"pub","topic":"peer/3","body":1}"#)
+        .await;
+    publisher
+        .send(r#"{"op":"pub","topic":"uplink/4g-b/state","body":{"up":false}}"#)
+        .await;
     let live = subscriber.next_msg().await;
-    assert_eq!(live["topic"], "uplink/4g-b/state", "peer/3 must not reach an uplink/ subscriber");
+    assert_eq!(
+        live["topic"], "uplink/4g-b/state",
+        "peer/3 must not reach an uplink/ subscriber"
+    );
 
     // A retained null clears the topic: a later subscriber gets nothing for it.
-    publisher.send(r#"{"op":"pub","topic":"uplink/active","retain":true,"body":null}"#).await;
+    publisher
+        .send(r#"{"op":"pub","topic":"uplink/active","retain":true,"body":null}"#)
+        .await;
     publisher.sync().await;
     let mut late = RawClient::connect(&broker.socket).await;
     late.send(r#"{"op":"sub","prefix":"uplink/"}"#).await;
     late.sync().await;
-    publisher.send(r#"{"op":"pub","topic":"uplink/x","body":2}"#).await;
+    publisher
+        .send(r#"{"op":"pub","topic":"uplink/x","body":2}"#)
+        .await;
     assert_eq!(late.next_msg().await["topic"], "uplink/x");
 }
 
@@ -121,17 +160,42 @@ async fn malformed_and_oversize_lines_drop_only_their_client() {
     broken.send("{this is not json").await;
     let error = broken.next().await.expect("an error frame");
     assert_eq!(error["op"], "error");
-    assert!(error["message"].as_str().unwrap().contains("not a bus frame"), "{error}");
-    assert!(broken.next().await.is_none(), "connection closed after the error");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a bus frame"),
+        "{error}"
+    );
+    assert!(
+        broken.next().await.is_none(),
+        "connection closed after the error"
+    );
 
     let mut oversize = RawClient::connect(&broker.socket).await;
-    oversize.send(&format!(r#"{{"op":"pub","topic":"a","body":"{}"}}"#, "x".repeat(4096))).await;
+    oversize
+        .send(&format!(
+            r#"{{"op":"pub","topic":"a","body":"{}"}}"#,
+            "x".repeat(4096)
+        ))
+        .await;
     let error = oversize.next().await.expect("an error frame");
-    assert!(error["message"].as_str().unwrap().contains("longer than 1024 bytes"), "{error}");
-    assert!(oversize.next().await.is_none(), "connection closed after the error");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 1024 bytes"),
+        "{error}"
+    );
+    assert!(
+        oversize.next().await.is_none(),
+        "connection closed after the error"
+    );
 
     let mut publisher = RawClient::connect(&broker.socket).await;
-    publisher.send(r#"{"op":"pub","topic":"still/working","body":true}"#).await;
+    publisher
+        .send(r#"{"op":"pub","topic":"still/working","body":true}"#)
+        .await;
     assert_eq!(bystander.next_msg().await["topic"], "still/working");
 }
 
@@ -148,7 +212,9 @@ async fn a_subscriber_that_stops_reading_lags_and_never_stalls_publishers() {
     let body = json!({"padding": "p".repeat(512)});
     let published = 20_000;
     for n in 0..published {
-        client.publish(&format!("load/{}", n % 7), &body, false).unwrap();
+        client
+            .publish(&format!("load/{}", n % 7), &body, false)
+            .unwrap();
     }
     // The publisher's messages all reach the broker (a fresh raw client syncs after them).
     let mut marker = RawClient::connect(&broker.socket).await;
@@ -168,7 +234,10 @@ async fn a_subscriber_that_stops_reading_lags_and_never_stalls_publishers() {
         }
     };
     assert!(missed > 0);
-    assert!(received < published, "received {received} of {published} yet lagged");
+    assert!(
+        received < published,
+        "received {received} of {published} yet lagged"
+    );
 }
 
 #[tokio::test]
@@ -176,12 +245,19 @@ async fn client_publishes_while_broker_is_down_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("bus.sock");
     let client = BusClient::spawn(&socket, "early-bird");
-    client.publish("uplink/active", &json!({"name": "4g-a"}), true).unwrap();
-    client.publish("events/boot", &json!({"n": 1}), false).unwrap();
+    client
+        .publish("uplink/active", &json!({"name": "4g-a"}), true)
+        .unwrap();
+    client
+        .publish("events/boot", &json!({"n": 1}), false)
+        .unwrap();
     assert!(!client.is_connected());
 
     let registry = fieldnet::obs::new_registry();
-    let options = BrokerOptions { max_line_bytes: 65536, queue_depth: 1024 };
+    let options = BrokerOptions {
+        max_line_bytes: 65536,
+        queue_depth: 1024,
+    };
     let broker = Broker::bind(&socket, options, &registry).unwrap();
     let shutdown = CancellationToken::new();
     tokio::spawn(broker.serve(shutdown.clone()));
@@ -233,7 +309,10 @@ impl BrokerProcess {
             .unwrap();
         let deadline = std::time::Instant::now() + PATIENCE;
         while std::os::unix::net::UnixStream::connect(socket).is_err() {
-            assert!(std::time::Instant::now() < deadline, "broker did not start listening");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "broker did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self(child)
@@ -254,7 +333,10 @@ impl Drop for BrokerProcess {
 
 async fn next_message(subscription: &mut fieldnet::bus::Subscription) -> Envelope {
     loop {
-        match tokio::time::timeout(PATIENCE, subscription.recv()).await.expect("an event within the patience") {
+        match tokio::time::timeout(PATIENCE, subscription.recv())
+            .await
+            .expect("an event within the patience")
+        {
             Some(BusEvent::Message(envelope)) => return envelope,
             Some(BusEvent::Lagged { .. }) => continue,
             None => panic!("client gone"),
@@ -272,12 +354,16 @@ async fn broker_killed_and_restarted_clients_resubscribe_and_retained_state_retu
     let monitor = BusClient::spawn(&socket, "uplink-monitor");
     let watcher = BusClient::spawn(&socket, "fieldctl");
     let mut uplinks = watcher.subscribe("uplink/");
-    monitor.publish("uplink/active", &json!({"name": "4g-a"}), true).unwrap();
+    monitor
+        .publish("uplink/active", &json!({"name": "4g-a"}), true)
+        .unwrap();
     assert_eq!(next_message(&mut uplinks).await.body["name"], "4g-a");
 
     broker.kill();
     // Published while the broker is dead: must arrive after the restart.
-    monitor.publish("uplink/active", &json!({"name": "4g-b"}), true).unwrap();
+    monitor
+        .publish("uplink/active", &json!({"name": "4g-b"}), true)
+        .unwrap();
     let broker = BrokerProcess::start(&config, &socket);
 
     // The watcher re-subscribed by itself and sees the monitor's retained state come back.
@@ -298,7 +384,10 @@ async fn broker_killed_and_restarted_clients_resubscribe_and_retained_state_retu
         }
     };
     let names: Vec<&str> = alive.agents.iter().map(|a| a.name.as_str()).collect();
-    assert!(names.contains(&"uplink-monitor") && names.contains(&"fieldctl"), "{names:?}");
+    assert!(
+        names.contains(&"uplink-monitor") && names.contains(&"fieldctl"),
+        "{names:?}"
+    );
     drop(broker);
 }
 
@@ -306,7 +395,9 @@ async fn broker_killed_and_restarted_clients_resubscribe_and_retained_state_retu
 fn check_config_on_a_broken_file_exits_64_naming_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = broker_config(dir.path(), &dir.path().join("bus.sock"));
-    let text = std::fs::read_to_string(&config).unwrap().replace("id = 1", "id = 300");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("id = 1", "id = 300");
     std::fs::write(&config, text).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_fieldnet-bus"))
         .arg("--config")
@@ -316,6 +407,9 @@ fn check_config_on_a_broken_file_exits_64_naming_line_and_key() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let expected = format!("{}:7: appliance.id: 300 is not an appliance id; valid: 1 to 254", config.display());
+    let expected = format!(
+        "{}:7: appliance.id: 300 is not an appliance id; valid: 1 to 254",
+        config.display()
+    );
     assert!(stderr.contains(&expected), "{stderr}");
 }

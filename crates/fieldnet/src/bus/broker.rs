@@ -57,7 +57,10 @@ impl Metrics {
         Ok(Self {
             clients: gauge("fieldnet_bus_clients", "Connected bus clients")?,
             published: counter("fieldnet_bus_published_total", "Messages published")?,
-            delivered: counter("fieldnet_bus_delivered_total", "Messages queued to subscribers")?,
+            delivered: counter(
+                "fieldnet_bus_delivered_total",
+                "Messages queued to subscribers",
+            )?,
             dropped: counter(
                 "fieldnet_bus_dropped_total",
                 "Messages dropped for subscribers that read too slowly",
@@ -80,13 +83,18 @@ struct Subscriber {
 
 impl Subscriber {
     fn wants(&self, topic: &str) -> bool {
-        self.prefixes.iter().any(|prefix| topic.starts_with(prefix.as_str()))
+        self.prefixes
+            .iter()
+            .any(|prefix| topic.starts_with(prefix.as_str()))
     }
 
     /// Queues a line without waiting; tells the subscriber first if it missed any.
     fn offer(&mut self, line: &Arc<str>, metrics: &Metrics) {
         if self.missed > 0 {
-            let notice: Arc<str> = frame::encode(&Frame::Lagged { missed: self.missed }).into();
+            let notice: Arc<str> = frame::encode(&Frame::Lagged {
+                missed: self.missed,
+            })
+            .into();
             if self.queue.try_send(notice).is_err() {
                 self.missed += 1;
                 metrics.dropped.inc();
@@ -129,7 +137,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("options", &self.options).finish()
+        f.debug_struct("Shared")
+            .field("options", &self.options)
+            .finish()
     }
 }
 
@@ -145,9 +155,11 @@ impl Broker {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 anyhow::bail!("{}: another broker is already listening", path.display());
             }
-            std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
         }
-        let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
             .with_context(|| format!("chmod 0660 {}", path.display()))?;
         let shared = Arc::new(Shared {
@@ -184,7 +196,8 @@ impl Broker {
         }
         connections.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
-        std::fs::remove_file(&self.path).with_context(|| format!("removing {}", self.path.display()))?;
+        std::fs::remove_file(&self.path)
+            .with_context(|| format!("removing {}", self.path.display()))?;
         Ok(())
     }
 }
@@ -195,7 +208,10 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancell
     let (queue, outgoing) = mpsc::channel::<Arc<str>>(shared.options.queue_depth);
     shared.metrics.clients.inc();
     let writer = tokio::spawn(write_lines(write_half, outgoing));
-    let mut lines = FramedRead::new(read_half, LinesCodec::new_with_max_length(shared.options.max_line_bytes));
+    let mut lines = FramedRead::new(
+        read_half,
+        LinesCodec::new_with_max_length(shared.options.max_line_bytes),
+    );
     let mut name: Option<String> = None;
     let ending = loop {
         let next = tokio::select! {
@@ -339,7 +355,10 @@ fn publish_agents(shared: &Shared, state: &mut State) {
 }
 
 /// Writes queued lines, flushing only when the queue is momentarily empty.
-async fn write_lines(write_half: tokio::net::unix::OwnedWriteHalf, mut outgoing: mpsc::Receiver<Arc<str>>) {
+async fn write_lines(
+    write_half: tokio::net::unix::OwnedWriteHalf,
+    mut outgoing: mpsc::Receiver<Arc<str>>,
+) {
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     while let Some(line) = outgoing.recv().await {
         if writer.write_all(line.as_bytes()).await.is_err() {

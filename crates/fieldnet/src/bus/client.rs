@@ -35,7 +35,9 @@ const MAX_INCOMING_LINE: usize = 16 * 1024 * 1024;
 pub enum BusEvent {
     Message(Envelope),
     /// This many messages were dropped before reaching this subscription.
-    Lagged { missed: u64 },
+    Lagged {
+        missed: u64,
+    },
 }
 
 /// A stream of events for one topic prefix. Dropping it unsubscribes.
@@ -96,7 +98,12 @@ impl BusClient {
     }
 
     /// Publishes `body` on `topic`. Returns at once; fails only for a bad topic or body.
-    pub fn publish<T: Serialize>(&self, topic: &str, body: &T, retain: bool) -> Result<(), FrameError> {
+    pub fn publish<T: Serialize>(
+        &self,
+        topic: &str,
+        body: &T,
+        retain: bool,
+    ) -> Result<(), FrameError> {
         frame::check_topic(topic)?;
         let body = serde_json::to_value(body).map_err(|e| FrameError::Json(e.to_string()))?;
         let envelope = Envelope {
@@ -115,7 +122,9 @@ impl BusClient {
     /// Subscribes to every topic starting with `prefix` ("" for all), retained values first.
     pub fn subscribe(&self, prefix: &str) -> Subscription {
         let (sender, events) = mpsc::channel(SUBSCRIPTION_DEPTH);
-        let _ = self.commands.send(Command::Subscribe(prefix.to_owned(), sender));
+        let _ = self
+            .commands
+            .send(Command::Subscribe(prefix.to_owned(), sender));
         Subscription { events }
     }
 
@@ -127,7 +136,9 @@ impl BusClient {
     /// Waits until connected or `timeout` passes; true if connected.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut connected = self.connected.clone();
-        tokio::time::timeout(timeout, connected.wait_for(|up| *up)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, connected.wait_for(|up| *up))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -207,7 +218,8 @@ impl ClientTask {
             if envelope.body.is_null() {
                 self.retained.remove(&envelope.topic);
             } else {
-                self.retained.insert(envelope.topic.clone(), envelope.clone());
+                self.retained
+                    .insert(envelope.topic.clone(), envelope.clone());
             }
             if queue && envelope.body.is_null() {
                 self.pending.push_back(envelope);
@@ -221,10 +233,17 @@ impl ClientTask {
         }
     }
 
-    async fn connected_loop(&mut self, stream: UnixStream, commands: &mut mpsc::UnboundedReceiver<Command>) -> Ended {
+    async fn connected_loop(
+        &mut self,
+        stream: UnixStream,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Ended {
         let (read_half, write_half) = stream.into_split();
         let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
-        let mut lines = FramedRead::new(read_half, LinesCodec::new_with_max_length(MAX_INCOMING_LINE));
+        let mut lines = FramedRead::new(
+            read_half,
+            LinesCodec::new_with_max_length(MAX_INCOMING_LINE),
+        );
         if self.send_greeting(&mut writer).await.is_err() {
             return Ended::Broken;
         }
@@ -259,31 +278,47 @@ impl ClientTask {
         }
     }
 
-    async fn send_greeting(&mut self, writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>) -> std::io::Result<()> {
+    async fn send_greeting(
+        &mut self,
+        writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    ) -> std::io::Result<()> {
         let hello = Frame::Hello {
             name: self.name.clone(),
             pid: std::process::id(),
         };
         writer.write_all(frame::encode(&hello).as_bytes()).await?;
         self.subscriptions.retain(|s| !s.sender.is_closed());
-        let mut prefixes: Vec<String> = self.subscriptions.iter().map(|s| s.prefix.clone()).collect();
+        let mut prefixes: Vec<String> = self
+            .subscriptions
+            .iter()
+            .map(|s| s.prefix.clone())
+            .collect();
         prefixes.sort();
         prefixes.dedup();
         for prefix in prefixes {
-            writer.write_all(frame::encode(&Frame::Sub { prefix }).as_bytes()).await?;
+            writer
+                .write_all(frame::encode(&Frame::Sub { prefix }).as_bytes())
+                .await?;
         }
         for envelope in self.retained.values() {
-            writer.write_all(frame::encode(&Frame::Pub(envelope.clone())).as_bytes()).await?;
+            writer
+                .write_all(frame::encode(&Frame::Pub(envelope.clone())).as_bytes())
+                .await?;
         }
         if self.dropped_while_down > 0 {
-            tracing::warn!(dropped = self.dropped_while_down, "bus messages dropped while the broker was unreachable");
+            tracing::warn!(
+                dropped = self.dropped_while_down,
+                "bus messages dropped while the broker was unreachable"
+            );
             self.dropped_while_down = 0;
         }
         while let Some(envelope) = self.pending.pop_front() {
             if envelope.retain && !envelope.body.is_null() {
                 continue; // already sent from `retained`
             }
-            writer.write_all(frame::encode(&Frame::Pub(envelope)).as_bytes()).await?;
+            writer
+                .write_all(frame::encode(&Frame::Pub(envelope)).as_bytes())
+                .await?;
         }
         writer.flush().await
     }
@@ -303,7 +338,10 @@ impl ClientTask {
                 }
             }
             Command::Subscribe(prefix, sender) => {
-                let already = self.subscriptions.iter().any(|s| s.prefix == prefix && !s.sender.is_closed());
+                let already = self
+                    .subscriptions
+                    .iter()
+                    .any(|s| s.prefix == prefix && !s.sender.is_closed());
                 self.subscriptions.push(LocalSubscription {
                     prefix: prefix.clone(),
                     sender,
@@ -312,9 +350,18 @@ impl ClientTask {
                 if already {
                     // The broker sends retained values only on the first sub of a prefix; ask
                     // again by re-subscribing after an unsub so the new local subscriber gets them.
-                    writer.write_all(frame::encode(&Frame::Unsub { prefix: prefix.clone() }).as_bytes()).await?;
+                    writer
+                        .write_all(
+                            frame::encode(&Frame::Unsub {
+                                prefix: prefix.clone(),
+                            })
+                            .as_bytes(),
+                        )
+                        .await?;
                 }
-                writer.write_all(frame::encode(&Frame::Sub { prefix }).as_bytes()).await?;
+                writer
+                    .write_all(frame::encode(&Frame::Sub { prefix }).as_bytes())
+                    .await?;
             }
         }
         Ok(())
@@ -369,7 +416,11 @@ fn jittered(base: Duration) -> Duration {
 
 /// Publishes one message on a fresh connection and waits until the broker has processed it.
 /// For one-shot tools (`fieldctl publish`); agents use [`BusClient`].
-pub async fn publish_once(socket: &Path, envelope: Envelope, timeout: Duration) -> anyhow::Result<()> {
+pub async fn publish_once(
+    socket: &Path,
+    envelope: Envelope,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let work = async {
         let stream = UnixStream::connect(socket)
             .await
@@ -378,7 +429,10 @@ pub async fn publish_once(socket: &Path, envelope: Envelope, timeout: Duration) 
         let mut out = frame::encode(&Frame::Pub(envelope));
         out.push_str(&frame::encode(&Frame::Ping));
         write_half.write_all(out.as_bytes()).await?;
-        let mut lines = FramedRead::new(read_half, LinesCodec::new_with_max_length(MAX_INCOMING_LINE));
+        let mut lines = FramedRead::new(
+            read_half,
+            LinesCodec::new_with_max_length(MAX_INCOMING_LINE),
+        );
         while let Some(line) = lines.next().await {
             match frame::decode(line?.as_bytes())? {
                 Frame::Pong => return Ok(()),
@@ -388,7 +442,10 @@ pub async fn publish_once(socket: &Path, envelope: Envelope, timeout: Duration) 
         }
         anyhow::bail!("the bus closed the connection")
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .with_context(|| format!("no answer from the bus at {} within {timeout:?}", socket.display()))?
+    tokio::time::timeout(timeout, work).await.with_context(|| {
+        format!(
+            "no answer from the bus at {} within {timeout:?}",
+            socket.display()
+        )
+    })?
 }

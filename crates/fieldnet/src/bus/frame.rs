@@ -54,17 +54,25 @@ pub enum Frame {
         pid: u32,
     },
     /// Client → broker: deliver topics starting with `prefix` ("" is everything).
-    Sub { prefix: String },
+    Sub {
+        prefix: String,
+    },
     /// Client → broker: stop delivering `prefix`.
-    Unsub { prefix: String },
+    Unsub {
+        prefix: String,
+    },
     /// Client → broker: publish.
     Pub(Envelope),
     /// Broker → client: a delivered message.
     Msg(Envelope),
     /// Broker → client: this many messages to you were dropped because you read too slowly.
-    Lagged { missed: u64 },
+    Lagged {
+        missed: u64,
+    },
     /// Broker → client: your last line was refused; the connection closes after this.
-    Error { message: String },
+    Error {
+        message: String,
+    },
     /// Either way: liveness check, answered by `pong`.
     Ping,
     Pong,
@@ -151,17 +159,32 @@ mod tests {
     #[test]
     fn minimal_hand_typed_lines_decode() {
         let cases: &[(&str, Frame)] = &[
-            (r#"{"op":"sub","prefix":""}"#, Frame::Sub { prefix: String::new() }),
+            (
+                r#"{"op":"sub","prefix":""}"#,
+                Frame::Sub {
+                    prefix: String::new(),
+                },
+            ),
             (r#"{"op":"ping"}"#, Frame::Ping),
-            (r#"{"op":"hello","name":"x"}"#, Frame::Hello { name: "x".into(), pid: 0 }),
+            (
+                r#"{"op":"hello","name":"x"}"#,
+                Frame::Hello {
+                    name: "x".into(),
+                    pid: 0,
+                },
+            ),
         ];
         for (line, frame) in cases {
             assert_eq!(&decode(line.as_bytes()).unwrap(), frame, "{line}");
         }
-        let Frame::Pub(envelope) = decode(br#"{"op":"pub","topic":"a/b","body":1}"#).unwrap() else {
+        let Frame::Pub(envelope) = decode(br#"{"op":"pub","topic":"a/b","body":1}"#).unwrap()
+        else {
             panic!("not a pub")
         };
-        assert_eq!((envelope.v, envelope.retain, envelope.ts), (VERSION, false, 0));
+        assert_eq!(
+            (envelope.v, envelope.retain, envelope.ts),
+            (VERSION, false, 0)
+        );
     }
 
     #[test]
@@ -170,9 +193,15 @@ mod tests {
             (b"\xff\xfe", "UTF-8"),
             (b"{not json", "not a bus frame"),
             (br#"{"op":"fly"}"#, "not a bus frame"),
-            (br#"{"op":"pub","v":2,"topic":"a","body":null}"#, "version 2"),
+            (
+                br#"{"op":"pub","v":2,"topic":"a","body":null}"#,
+                "version 2",
+            ),
             (br#"{"op":"pub","topic":"a//b","body":null}"#, "segments"),
-            (br#"{"op":"pub","topic":"has space","body":null}"#, "visible ASCII"),
+            (
+                br#"{"op":"pub","topic":"has space","body":null}"#,
+                "visible ASCII",
+            ),
             (br#"{"op":"pub","topic":"","body":null}"#, "empty"),
         ];
         for (line, word) in cases {

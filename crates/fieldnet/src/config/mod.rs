@@ -116,7 +116,10 @@ pub struct Network {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UplinkKind {
     /// A router on one of this appliance's ports.
-    Local { interface: String, gateway: Ipv4Addr },
+    Local {
+        interface: String,
+        gateway: Ipv4Addr,
+    },
     /// Another appliance's uplink, reached over a cross-area path.
     Remote { peer: u8 },
 }

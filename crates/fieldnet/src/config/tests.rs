@@ -37,7 +37,17 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.agents.whereami.metrics_listen.port(), 9703);
     assert!(config.agents.whereami.enabled);
     assert_eq!(config.own_networks().count(), 1);
-    assert_eq!(config.site.key, SiteKey::Inline((0..32).map(|i| [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff][i % 16]).collect()));
+    assert_eq!(
+        config.site.key,
+        SiteKey::Inline(
+            (0..32)
+                .map(|i| [
+                    0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc,
+                    0xdd, 0xee, 0xff
+                ][i % 16])
+                .collect()
+        )
+    );
 }
 
 #[test]
@@ -51,7 +61,10 @@ fn example_configs_parse() {
             seen += 1;
         }
     }
-    assert!(seen >= 3, "expected the three-area example, found {seen} files");
+    assert!(
+        seen >= 3,
+        "expected the three-area example, found {seen} files"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -72,23 +85,70 @@ fn three_area_example_is_consistent() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/riverside");
     let two = Config::load(&examples.join("appliance-2.toml")).unwrap();
     assert_eq!(two.peers.len(), 2);
-    assert_eq!(two.networks_of(3).map(|n| n.name.as_str()).collect::<Vec<_>>(), ["NETWORK3"]);
-    assert_eq!(two.own_networks().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["NETWORK2"]);
-    assert!(two.uplinks.iter().any(|u| u.kind == UplinkKind::Remote { peer: 1 }));
+    assert_eq!(
+        two.networks_of(3)
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>(),
+        ["NETWORK3"]
+    );
+    assert_eq!(
+        two.own_networks()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>(),
+        ["NETWORK2"]
+    );
+    assert!(
+        two.uplinks
+            .iter()
+            .any(|u| u.kind == UplinkKind::Remote { peer: 1 })
+    );
     let cable = &two.peers[0].paths[0];
-    assert_eq!((cable.kind, cable.local.to_string().as_str()), (PathKind::Cable, "10.255.12.2"));
+    assert_eq!(
+        (cable.kind, cable.local.to_string().as_str()),
+        (PathKind::Cable, "10.255.12.2")
+    );
 }
 
 /// Each broken input, the line and key the error must name, and a word of its message.
 #[test]
 fn errors_name_line_key_and_fix() {
     let cases: &[(&str, &str, usize, &str, &str)] = &[
-        ("gateway outside subnet", "gateway = \"10.101.0.1\"", 20, "networks[0].gateway", "not a host address"),
-        ("bad subnet", "subnet = \"10.101.0.0/24\"", 19, "networks[0].subnet", "not an IPv4 subnet"),
-        ("unknown area", "area = \"north\"\nsubnet", 18, "networks[0].area", "defined areas: north"),
-        ("unknown key", "appliance = 1\n", 15, "areas[0].colour", "unknown field"),
+        (
+            "gateway outside subnet",
+            "gateway = \"10.101.0.1\"",
+            20,
+            "networks[0].gateway",
+            "not a host address",
+        ),
+        (
+            "bad subnet",
+            "subnet = \"10.101.0.0/24\"",
+            19,
+            "networks[0].subnet",
+            "not an IPv4 subnet",
+        ),
+        (
+            "unknown area",
+            "area = \"north\"\nsubnet",
+            18,
+            "networks[0].area",
+            "defined areas: north",
+        ),
+        (
+            "unknown key",
+            "appliance = 1\n",
+            15,
+            "areas[0].colour",
+            "unknown field",
+        ),
         ("wrong type", "id = 1", 8, "appliance.id", "invalid type"),
-        ("short key", "key = \"0011", 5, "site.key", "at least 32 bytes"),
+        (
+            "short key",
+            "key = \"0011",
+            5,
+            "site.key",
+            "at least 32 bytes",
+        ),
     ];
     let replacements = [
         "gateway = \"10.102.0.1\"",
@@ -103,10 +163,17 @@ fn errors_name_line_key_and_fix() {
         assert_ne!(text, MINIMAL, "{what}: replacement did not apply");
         let error = error_of(&text);
         let problem = &error.problems[0];
-        assert_eq!((problem.line, problem.key.as_str()), (*line, *key), "{what}: {error}");
+        assert_eq!(
+            (problem.line, problem.key.as_str()),
+            (*line, *key),
+            "{what}: {error}"
+        );
         assert!(problem.message.contains(word), "{what}: {error}");
         let shown = error.to_string();
-        assert!(shown.starts_with(&format!("test.toml:{line}: {key}: ")), "{what}: {shown}");
+        assert!(
+            shown.starts_with(&format!("test.toml:{line}: {key}: ")),
+            "{what}: {shown}"
+        );
     }
 }
 
@@ -119,9 +186,11 @@ fn syntax_error_names_its_line() {
 
 #[test]
 fn every_problem_is_reported_not_just_the_first() {
-    let text = MINIMAL
-        .replacen("id = 1", "id = 0", 1)
-        .replacen("gateway = \"10.101.0.1\"", "gateway = \"10.101.0.0\"", 1);
+    let text = MINIMAL.replacen("id = 1", "id = 0", 1).replacen(
+        "gateway = \"10.101.0.1\"",
+        "gateway = \"10.101.0.0\"",
+        1,
+    );
     let error = error_of(&text);
     let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
     assert!(keys.contains(&"appliance.id"), "{error}");
@@ -135,17 +204,34 @@ fn overlapping_networks_and_duplicate_ports_are_rejected() {
     );
     let error = error_of(&text);
     let shown = error.to_string();
-    assert!(shown.contains("networks[1].subnet: 10.101.0.0/25 overlaps network 'NETWORK1'"), "{shown}");
-    assert!(shown.contains("is already used by [uplink_monitor]"), "{shown}");
+    assert!(
+        shown.contains("networks[1].subnet: 10.101.0.0/25 overlaps network 'NETWORK1'"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("is already used by [uplink_monitor]"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn uplink_kinds_need_their_own_keys() {
-    let text = format!("{MINIMAL}\n[[uplinks]]\nname = \"a\"\nkind = \"local\"\n\n[[uplinks]]\nname = \"b\"\nkind = \"remote\"\npeer = 7\n\n[[uplinks]]\nname = \"c\"\nkind = \"satellite\"\n");
+    let text = format!(
+        "{MINIMAL}\n[[uplinks]]\nname = \"a\"\nkind = \"local\"\n\n[[uplinks]]\nname = \"b\"\nkind = \"remote\"\npeer = 7\n\n[[uplinks]]\nname = \"c\"\nkind = \"satellite\"\n"
+    );
     let shown = error_of(&text).to_string();
-    assert!(shown.contains("uplinks[0]: a local uplink needs 'interface'"), "{shown}");
-    assert!(shown.contains("uplinks[1].peer: appliance 7 is not a configured peer"), "{shown}");
-    assert!(shown.contains("uplinks[2].kind: 'satellite' is not an uplink kind; valid: local, remote"), "{shown}");
+    assert!(
+        shown.contains("uplinks[0]: a local uplink needs 'interface'"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("uplinks[1].peer: appliance 7 is not a configured peer"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("uplinks[2].kind: 'satellite' is not an uplink kind; valid: local, remote"),
+        "{shown}"
+    );
 }
 
 #[test]

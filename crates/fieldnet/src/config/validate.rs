@@ -44,10 +44,10 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     })?;
     let mut checker = Checker::default();
     let config = checker.config(wire);
-    if checker.problems.is_empty() {
-        if let Some(config) = config {
-            return Ok(config);
-        }
+    if let Some(config) = config
+        && checker.problems.is_empty()
+    {
+        return Ok(config);
     }
     let problems = checker
         .problems
@@ -67,7 +67,7 @@ fn explain_serde(message: &str) -> String {
 }
 
 pub(super) fn decode_key(text: &str) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
             "must be hex digits (at least {} of them, e.g. from `openssl rand -hex 32`)",
             MIN_SITE_KEY_BYTES * 2
@@ -107,17 +107,17 @@ impl Checker {
             appliance_ids.insert(appliance.id);
         }
         let areas = self.areas(&wire.areas, &appliance_ids);
-        if let Some(appliance) = &appliance {
-            if !areas.iter().any(|area| area.name == appliance.area) {
-                self.problem(
-                    root.key("appliance").key("area"),
-                    format!(
-                        "area '{}' is not defined; defined areas: {}",
-                        appliance.area,
-                        list(areas.iter().map(|a| a.name.as_str()))
-                    ),
-                );
-            }
+        if let Some(appliance) = &appliance
+            && !areas.iter().any(|area| area.name == appliance.area)
+        {
+            self.problem(
+                root.key("appliance").key("area"),
+                format!(
+                    "area '{}' is not defined; defined areas: {}",
+                    appliance.area,
+                    list(areas.iter().map(|a| a.name.as_str()))
+                ),
+            );
         }
         let networks = self.networks(&wire.networks, &areas);
         let uplinks = self.uplinks(&wire.uplinks, &appliance_ids, appliance.as_ref());
@@ -251,16 +251,16 @@ impl Checker {
             let path = KeyPath::root().key("areas").index(index);
             let name = self.name(&area.name, &path.key("name"));
             let appliance = self.appliance_id(area.appliance, &path.key("appliance"));
-            if let Some(appliance) = appliance {
-                if !appliance_ids.contains(&appliance) {
-                    self.problem(
-                        path.key("appliance"),
-                        format!(
-                            "appliance {appliance} is neither this appliance nor a peer; known ids: {}",
-                            list(appliance_ids.iter())
-                        ),
-                    );
-                }
+            if let Some(appliance) = appliance
+                && !appliance_ids.contains(&appliance)
+            {
+                self.problem(
+                    path.key("appliance"),
+                    format!(
+                        "appliance {appliance} is neither this appliance nor a peer; known ids: {}",
+                        list(appliance_ids.iter())
+                    ),
+                );
             }
             if let (Some(name), Some(appliance)) = (name, appliance) {
                 if areas.iter().any(|a| a.name == name) {
@@ -337,10 +337,15 @@ impl Checker {
                     );
                 }
                 for other in &networks {
-                    if other.subnet.contains(&subnet.network()) || subnet.contains(&other.subnet.network()) {
+                    if other.subnet.contains(&subnet.network())
+                        || subnet.contains(&other.subnet.network())
+                    {
                         self.problem(
                             path.key("subnet"),
-                            format!("{subnet} overlaps network '{}' ({})", other.name, other.subnet),
+                            format!(
+                                "{subnet} overlaps network '{}' ({})",
+                                other.name, other.subnet
+                            ),
                         );
                     }
                 }
@@ -360,9 +365,14 @@ impl Checker {
                     None
                 }
             };
-            if let (Some(name), Some(area), Some(subnet), Some(gateway)) = (name, area, subnet, gateway) {
+            if let (Some(name), Some(area), Some(subnet), Some(gateway)) =
+                (name, area, subnet, gateway)
+            {
                 if networks.iter().any(|n| n.name == name) {
-                    self.problem(path.key("name"), format!("network '{name}' is defined twice"));
+                    self.problem(
+                        path.key("name"),
+                        format!("network '{name}' is defined twice"),
+                    );
                 }
                 networks.push(Network {
                     name,
@@ -413,7 +423,9 @@ impl Checker {
                         }
                     };
                     match (interface, gateway) {
-                        (Some(interface), Some(gateway)) => Some(UplinkKind::Local { interface, gateway }),
+                        (Some(interface), Some(gateway)) => {
+                            Some(UplinkKind::Local { interface, gateway })
+                        }
                         _ => None,
                     }
                 }
@@ -437,7 +449,13 @@ impl Checker {
                                     None
                                 }
                                 Some(peer) if !appliance_ids.contains(&peer) => {
-                                    self.problem(path.key("peer"), format!("appliance {peer} is not a configured peer; peers: {}", list(appliance_ids.iter())));
+                                    self.problem(
+                                        path.key("peer"),
+                                        format!(
+                                            "appliance {peer} is not a configured peer; peers: {}",
+                                            list(appliance_ids.iter())
+                                        ),
+                                    );
                                     None
                                 }
                                 Some(peer) => Some(UplinkKind::Remote { peer }),
@@ -467,7 +485,10 @@ impl Checker {
             };
             if let (Some(name), Some(kind), Some(preference)) = (name, kind, preference) {
                 if uplinks.iter().any(|u| u.name == name) {
-                    self.problem(path.key("name"), format!("uplink '{name}' is defined twice"));
+                    self.problem(
+                        path.key("name"),
+                        format!("uplink '{name}' is defined twice"),
+                    );
                 }
                 uplinks.push(Uplink {
                     name,
@@ -493,7 +514,10 @@ impl Checker {
             }
         }
         if wire.endpoints.is_empty() {
-            self.problem(path.key("endpoints"), "list at least one hub endpoint (primary first)");
+            self.problem(
+                path.key("endpoints"),
+                "list at least one hub endpoint (primary first)",
+            );
         }
         let tunnel_address = self.ipv4(&wire.tunnel_address, &path.key("tunnel_address"));
         Some(Hub {
@@ -508,7 +532,10 @@ impl Checker {
             None => Some(PathBuf::from(DEFAULT_BUS_SOCKET)),
             Some(socket) if socket.starts_with('/') => Some(PathBuf::from(socket)),
             Some(_) => {
-                self.problem(path.key("socket"), format!("must be an absolute path such as {DEFAULT_BUS_SOCKET}"));
+                self.problem(
+                    path.key("socket"),
+                    format!("must be an absolute path such as {DEFAULT_BUS_SOCKET}"),
+                );
                 None
             }
         };
@@ -518,8 +545,17 @@ impl Checker {
             1024..=16 * 1024 * 1024,
             &path.key("max_line_bytes"),
         );
-        let queue_depth = self.bounded(wire.queue_depth, DEFAULT_BUS_QUEUE_DEPTH, 16..=1_000_000, &path.key("queue_depth"));
-        let metrics_listen = self.listen(wire.metrics_listen.as_deref(), METRICS_PORT_BUS, &path.key("metrics_listen"));
+        let queue_depth = self.bounded(
+            wire.queue_depth,
+            DEFAULT_BUS_QUEUE_DEPTH,
+            16..=1_000_000,
+            &path.key("queue_depth"),
+        );
+        let metrics_listen = self.listen(
+            wire.metrics_listen.as_deref(),
+            METRICS_PORT_BUS,
+            &path.key("metrics_listen"),
+        );
         Some(Bus {
             socket: socket?,
             max_line_bytes: max_line_bytes?,
@@ -531,18 +567,38 @@ impl Checker {
     fn agents(&mut self, wire: &WireConfig, bus_metrics: Option<SocketAddr>) -> Option<Agents> {
         let mut agent = |section: &str, wire: &WireAgent, port: u16| {
             let path = KeyPath::root().key(section);
-            let metrics_listen = self.listen(wire.metrics_listen.as_deref(), port, &path.key("metrics_listen"));
+            let metrics_listen = self.listen(
+                wire.metrics_listen.as_deref(),
+                port,
+                &path.key("metrics_listen"),
+            );
             metrics_listen.map(|metrics_listen| AgentCommon {
                 enabled: wire.enabled.unwrap_or(true),
                 metrics_listen,
             })
         };
         let agents = Agents {
-            uplink_monitor: agent("uplink_monitor", &wire.uplink_monitor, METRICS_PORT_UPLINK_MONITOR)?,
-            cross_site_failover: agent("cross_site_failover", &wire.cross_site_failover, METRICS_PORT_CROSS_SITE_FAILOVER)?,
+            uplink_monitor: agent(
+                "uplink_monitor",
+                &wire.uplink_monitor,
+                METRICS_PORT_UPLINK_MONITOR,
+            )?,
+            cross_site_failover: agent(
+                "cross_site_failover",
+                &wire.cross_site_failover,
+                METRICS_PORT_CROSS_SITE_FAILOVER,
+            )?,
             whereami: agent("whereami", &wire.whereami, METRICS_PORT_WHEREAMI)?,
-            dhcp_takeover: agent("dhcp_takeover", &wire.dhcp_takeover, METRICS_PORT_DHCP_TAKEOVER)?,
-            imds_endpoint: agent("imds_endpoint", &wire.imds_endpoint, METRICS_PORT_IMDS_ENDPOINT)?,
+            dhcp_takeover: agent(
+                "dhcp_takeover",
+                &wire.dhcp_takeover,
+                METRICS_PORT_DHCP_TAKEOVER,
+            )?,
+            imds_endpoint: agent(
+                "imds_endpoint",
+                &wire.imds_endpoint,
+                METRICS_PORT_IMDS_ENDPOINT,
+            )?,
             inventory: agent("inventory", &wire.inventory, METRICS_PORT_INVENTORY)?,
         };
         // Two agents on one port would fail at start-up, far from the file; say it here.
@@ -581,16 +637,28 @@ impl Checker {
             Some(value) => {
                 self.problem(
                     path.clone(),
-                    format!("{value} is out of range; valid: {} to {} (default {default})", range.start(), range.end()),
+                    format!(
+                        "{value} is out of range; valid: {} to {} (default {default})",
+                        range.start(),
+                        range.end()
+                    ),
                 );
                 None
             }
         }
     }
 
-    fn listen(&mut self, value: Option<&str>, default_port: u16, path: &KeyPath) -> Option<SocketAddr> {
+    fn listen(
+        &mut self,
+        value: Option<&str>,
+        default_port: u16,
+        path: &KeyPath,
+    ) -> Option<SocketAddr> {
         match value {
-            None => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), default_port)),
+            None => Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                default_port,
+            )),
             Some(text) => match text.parse::<SocketAddr>() {
                 Ok(address) => Some(address),
                 Err(_) => {
@@ -608,7 +676,10 @@ impl Checker {
         match value {
             1..=254 => Some(value as u8),
             other => {
-                self.problem(path.clone(), format!("{other} is not an appliance id; valid: 1 to 254"));
+                self.problem(
+                    path.clone(),
+                    format!("{other} is not an appliance id; valid: 1 to 254"),
+                );
                 None
             }
         }
@@ -617,7 +688,9 @@ impl Checker {
     fn name(&mut self, value: &str, path: &KeyPath) -> Option<String> {
         let valid = !value.is_empty()
             && value.len() <= 63
-            && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if valid {
             Some(value.to_owned())
         } else {
@@ -638,7 +711,9 @@ impl Checker {
                     && label.len() <= 63
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
         if valid {
             Some(value.to_ascii_lowercase())
@@ -657,7 +732,9 @@ impl Checker {
             && value.len() <= 15
             && value != "."
             && value != ".."
-            && !value.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+            && !value
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
         if valid {
             Some(value.to_owned())
         } else {
@@ -673,7 +750,10 @@ impl Checker {
         match value.parse::<Ipv4Addr>() {
             Ok(address) => Some(address),
             Err(_) => {
-                self.problem(path.clone(), format!("'{value}' is not an IPv4 address such as 10.101.0.1"));
+                self.problem(
+                    path.clone(),
+                    format!("'{value}' is not an IPv4 address such as 10.101.0.1"),
+                );
                 None
             }
         }
