@@ -413,3 +413,38 @@ fn check_config_on_a_broken_file_exits_64_naming_line_and_key() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
 }
+
+#[test]
+fn under_systemd_it_reports_ready_after_binding_and_pets_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("bus.sock");
+    let config = broker_config(dir.path(), &socket);
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(PATIENCE)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_fieldnet-bus"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let broker = BrokerProcess(child);
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 512];
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        let n = notify
+            .recv(&mut buffer)
+            .expect("a notification within the patience");
+        let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        if message.contains("READY=1") {
+            // Ready means the socket is already bound and accepting.
+            std::os::unix::net::UnixStream::connect(&socket).expect("bound before READY=1");
+        }
+        seen.push(message);
+    }
+    drop(broker);
+}
