@@ -1,0 +1,143 @@
+//! Running the external tools the lab drives (`ip`, `nft`, `tc`, `ping`, anything a test asks
+//! for) with captured output and a time limit.
+//! Invariant: every child started here has been reaped when the function returns, also on
+//! timeout, so no zombie or orphan outlives the call.
+
+use std::io::{Read, Write};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::LabError;
+
+/// Default limit for one command; generous because a loaded CI machine can be very slow.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A printable form of the command line, for errors.
+pub(crate) fn describe(command: &Command) -> String {
+    let mut text = command.get_program().to_string_lossy().into_owned();
+    for arg in command.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+/// Runs `command` to completion and returns its output whatever its exit status; fails only
+/// when it cannot start or exceeds `timeout` (then it is killed and reaped).
+pub(crate) fn output(
+    ns: &str,
+    mut command: Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    let shown = describe(&command);
+    command
+        .env("LC_ALL", "C")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|source| LabError::Spawn {
+        ns: ns.to_owned(),
+        command: shown.clone(),
+        source,
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A child that exits without reading makes this fail with EPIPE; its stderr says why.
+        let _ = pipe.write_all(input);
+    }
+    let stdout = child.stdout.take().map(reader);
+    let stderr = child.stderr.take().map(reader);
+
+    let started = Instant::now();
+    let mut pause = Duration::from_micros(200);
+    let status: Option<ExitStatus> = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => {
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(anyhow::Error::new(error)
+                    .context(format!("in namespace {ns}: waiting for `{shown}`")));
+            }
+        }
+    };
+    let stdout = stdout.map(join).unwrap_or_default();
+    let stderr = stderr.map(join).unwrap_or_default();
+    match status {
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => Err(LabError::Timeout {
+            ns: ns.to_owned(),
+            what: shown,
+            after: timeout,
+        }
+        .into()),
+    }
+}
+
+/// Like [`output`], but a failing exit status is an error carrying the command's stderr.
+pub(crate) fn checked(
+    ns: &str,
+    command: Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    let shown = describe(&command);
+    let out = output(ns, command, stdin, timeout)?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(LabError::CommandFailed {
+            ns: ns.to_owned(),
+            command: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }
+        .into())
+    }
+}
+
+fn reader(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buffer = Vec::new();
+        let _ = pipe.read_to_end(&mut buffer);
+        buffer
+    })
+}
+
+fn join(handle: thread::JoinHandle<Vec<u8>>) -> Vec<u8> {
+    handle.join().unwrap_or_default()
+}
+
+/// True when an error from a lab command means the thing to undo is already gone (namespace
+/// deleted, interface removed, table or qdisc absent), which teardown treats as success.
+pub(crate) fn is_already_gone(error: &anyhow::Error) -> bool {
+    let text = format!("{error:#}");
+    [
+        "Cannot find device",
+        "No such file or directory",
+        "does not exist",
+        "Cannot open network namespace",
+        "Cannot delete qdisc with handle of zero",
+        "No such device",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
