@@ -89,7 +89,7 @@ fn remove_namespace(name: &str) -> anyhow::Result<()> {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|pid| pid_alive(*pid)) && Instant::now() < deadline {
+    while pids.iter().any(|pid| still_running(*pid)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut delete = Command::new("ip");
@@ -124,6 +124,19 @@ fn pid_alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Whether `pid` exists and is not a zombie (a killed child of someone else stays a zombie until
+/// its parent reaps it, which is not ours to wait for).
+fn still_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +155,7 @@ mod tests {
     #[test]
     fn own_pid_is_alive() {
         assert!(pid_alive(std::process::id()));
+        assert!(still_running(std::process::id()));
         assert!(!pid_alive(0));
     }
 }

@@ -126,7 +126,9 @@ impl Lab {
 
     /// A silent blackhole on `ifname` in `ns`: an nftables `netdev` table of its own whose
     /// ingress and egress chains on that device drop every frame (IP, ARP, everything, also on
-    /// bridge ports). Carrier and addresses stay up, so only probes notice.
+    /// bridge ports). Carrier and addresses stay up, so only probes notice. (Senders in `ns`
+    /// itself get `ENOBUFS` from the egress drop; UDP and TCP hide it unless `IP_RECVERR` is
+    /// set, `ping` reports it.)
     pub fn blackhole(&self, ns: &Netns, ifname: &str) -> anyhow::Result<Fault> {
         validate_ifname(ifname)?;
         let table = fault_table("blackhole");
@@ -141,9 +143,13 @@ impl Lab {
         )
     }
 
-    /// Random loss of `percent` % of the frames leaving `ifname` in `ns` (egress only, so a
-    /// round trip through this one interface loses `percent` %): nftables
-    /// `numgen random mod 100 < percent drop` on the device's `netdev` egress hook.
+    /// Random loss of `percent` % of the frames arriving through `ifname` in `ns`: nftables
+    /// `numgen random mod 100 < percent drop` on the device's `netdev` ingress hook, so a round
+    /// trip through this interface loses `percent` %, from whichever side it starts.
+    ///
+    /// Ingress, not egress: a frame dropped on egress of a locally generated packet is reported
+    /// to its sender (`ENOBUFS`; `ping` even resends it), which a lossy radio link never does.
+    /// To make one direction lossy, put the fault on the receiving end of that direction.
     pub fn loss(&self, ns: &Netns, ifname: &str, percent: u32) -> anyhow::Result<Fault> {
         validate_ifname(ifname)?;
         anyhow::ensure!(
@@ -153,13 +159,13 @@ impl Lab {
         );
         let table = fault_table("loss");
         let script = format!(
-            "table netdev {table} {{\n  chain egress {{\n    type filter hook egress device \"{ifname}\" priority -500; policy accept;\n    numgen random mod 100 < {percent} drop\n  }}\n}}\n"
+            "table netdev {table} {{\n  chain ingress {{\n    type filter hook ingress device \"{ifname}\" priority -500; policy accept;\n    numgen random mod 100 < {percent} drop\n  }}\n}}\n"
         );
         nft_fault(
             ns,
             table,
             script,
-            format!("{percent} % loss on {}:{ifname} egress", ns.name()),
+            format!("{percent} % loss on {}:{ifname} ingress", ns.name()),
         )
     }
 

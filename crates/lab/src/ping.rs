@@ -56,12 +56,10 @@ pub(crate) fn parse_summary(text: &str) -> Option<PingStats> {
         .lines()
         .find(|line| line.starts_with("rtt ") || line.starts_with("round-trip "))
     {
-        let values: Vec<f64> = rtt
-            .split('=')
-            .nth(1)?
-            .trim()
-            .trim_end_matches("ms")
-            .trim()
+        // "= 50.050/50.109/50.153/0.016 ms, pipe 3": the numbers end at the unit.
+        let numbers = rtt.split('=').nth(1)?.trim();
+        let numbers = numbers.split(" ms").next()?.trim();
+        let values: Vec<f64> = numbers
             .split('/')
             .map(|value| value.trim().parse::<f64>())
             .collect::<Result<_, _>>()
@@ -98,7 +96,7 @@ mod tests {
                 (3, 0, 1.0, 0, 0, 0),
             ),
             (
-                "--- x ping statistics ---\n1000 packets transmitted, 800 received, +3 duplicates, 20% packet loss, time 5123ms\nrtt min/avg/max/mdev = 50.100/52.000/70.000/1.000 ms\n",
+                "--- x ping statistics ---\n1000 packets transmitted, 800 received, +3 duplicates, 20% packet loss, time 5123ms\nrtt min/avg/max/mdev = 50.100/52.000/70.000/1.000 ms, pipe 3\n",
                 (1000, 800, 0.2, 50_100, 52_000, 70_000),
             ),
             (
