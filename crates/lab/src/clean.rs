@@ -59,6 +59,7 @@ fn remove_where(doomed: impl Fn(u32) -> bool) -> anyhow::Result<Vec<String>> {
             Err(error) => failures.push(format!("{name}: {error:#}")),
         }
     }
+    remove_temp_dirs(&doomed, &mut failures);
     if failures.is_empty() {
         Ok(removed)
     } else {
@@ -68,6 +69,25 @@ fn remove_where(doomed: impl Fn(u32) -> bool) -> anyhow::Result<Vec<String>> {
             removed.join(", "),
             failures.join("; ")
         )
+    }
+}
+
+/// Removes the log directories (`<tmp>/fieldnet-lab-fl<pid>-<n>-…`) of doomed labs.
+fn remove_temp_dirs(doomed: &impl Fn(u32) -> bool, failures: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("fieldnet-lab-").and_then(creator_pid) else {
+            continue;
+        };
+        if doomed(pid)
+            && entry.path().is_dir()
+            && let Err(error) = std::fs::remove_dir_all(entry.path())
+        {
+            failures.push(format!("{}: {error}", entry.path().display()));
+        }
     }
 }
 

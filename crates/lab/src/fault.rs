@@ -100,6 +100,36 @@ fn nft_fault(
     }))
 }
 
+/// The routes of an `ip -o route show table all dev X` listing that setting X down removes and
+/// setting it up does not bring back: everything except `proto kernel` and the `local` and
+/// `broadcast` entries, as `ip route add` arguments (without `dev X`), state flags removed.
+fn restorable_routes(listing: &str) -> Vec<Vec<String>> {
+    const STATE_FLAGS: [&str; 8] = [
+        "linkdown",
+        "dead",
+        "offload",
+        "trap",
+        "rt_offload",
+        "rt_trap",
+        "rt_offload_failed",
+        "pervasive",
+    ];
+    listing
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|words| !words.is_empty())
+        .filter(|words| !matches!(words[0], "local" | "broadcast" | "anycast" | "multicast"))
+        .filter(|words| !words.windows(2).any(|pair| pair == ["proto", "kernel"]))
+        .map(|words| {
+            words
+                .into_iter()
+                .filter(|word| !STATE_FLAGS.contains(word))
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
 fn fault_table(kind: &str) -> String {
     format!(
         "lab_{kind}_{}",
@@ -109,18 +139,44 @@ fn fault_table(kind: &str) -> String {
 
 impl Lab {
     /// `ip link set dev <ifname> down` in `ns`: the veth peer loses carrier (`NO-CARRIER`).
-    /// The guard sets it up again. Note the kernel flushes the routes through an interface that
-    /// is set down in its own namespace (and the guard does not restore them); to fail an
-    /// uplink as the appliance sees it, take down the far end (e.g. the router's LAN port).
+    ///
+    /// Setting a link down makes the kernel flush the IPv4 routes through it in `ns` (the
+    /// default route via an uplink, for instance). The guard sets the link up and re-adds the
+    /// routes it saw before, except those the kernel restores itself (`proto kernel`) and those
+    /// someone has re-created meanwhile (`File exists` is not an error), so an agent that moved
+    /// the default route elsewhere keeps its choice.
     pub fn link_down(&self, ns: &Netns, ifname: &str) -> anyhow::Result<Fault> {
         validate_ifname(ifname)?;
+        let listing = ns
+            .ip_output(&["-4", "-o", "route", "show", "table", "all", "dev", ifname])
+            .with_context(|| format!("listing routes through {ifname} in {}", ns.name()))?;
+        let routes = restorable_routes(&listing);
         ns.ip(&["link", "set", "dev", ifname, "down"])
             .with_context(|| format!("setting {ifname} down in {}", ns.name()))?;
         let description = format!("link down on {}:{ifname}", ns.name());
         let ns = ns.clone();
         let ifname = ifname.to_owned();
         Ok(Fault::new(description, move || {
-            in_live_ns(&ns, || ns.ip(&["link", "set", "dev", &ifname, "up"]))
+            in_live_ns(&ns, || {
+                ns.ip(&["link", "set", "dev", &ifname, "up"])?;
+                let mut failures = Vec::new();
+                for route in &routes {
+                    let mut args = vec!["-4", "route", "add"];
+                    args.extend(route.iter().map(String::as_str));
+                    args.extend(["dev", ifname.as_str()]);
+                    match ns.ip(&args) {
+                        Err(error) if !format!("{error:#}").contains("File exists") => {
+                            failures.push(format!("{error:#}"))
+                        }
+                        _ => {}
+                    }
+                }
+                if failures.is_empty() {
+                    Ok(())
+                } else {
+                    anyhow::bail!("restoring routes: {}", failures.join("; "))
+                }
+            })
         }))
     }
 
@@ -207,5 +263,30 @@ impl Lab {
                 })
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restorable_routes_skip_what_the_kernel_restores() {
+        let listing = "default via 192.168.8.1 \n\
+            10.102.0.0/24 via 10.255.12.2 proto static metric 20 linkdown \n\
+            192.168.8.0/24 proto kernel scope link src 192.168.8.2 \n\
+            default via 192.168.8.1 table 100 \n\
+            local 192.168.8.2 table local proto kernel scope host src 192.168.8.2 \n\
+            broadcast 192.168.8.255 table local proto kernel scope link src 192.168.8.2 \n";
+        let routes = restorable_routes(listing);
+        let joined: Vec<String> = routes.iter().map(|route| route.join(" ")).collect();
+        assert_eq!(
+            joined,
+            [
+                "default via 192.168.8.1",
+                "10.102.0.0/24 via 10.255.12.2 proto static metric 20",
+                "default via 192.168.8.1 table 100",
+            ]
+        );
     }
 }

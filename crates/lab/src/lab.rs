@@ -240,6 +240,17 @@ impl Lab {
         Ok(())
     }
 
+    /// Leaves the lab running instead of removing it: namespaces, processes and the directory
+    /// stay (for `cargo xtask lab up`). Returns the prefix. Once this process has exited,
+    /// [`clean_stale`](crate::clean_stale) removes all of it. `LabProcess` handles still kill
+    /// their process when dropped.
+    pub fn keep(mut self) -> String {
+        self.namespaces.clear();
+        self.processes.clear();
+        self.dir.disable_cleanup(true);
+        self.prefix.clone()
+    }
+
     /// Removes the lab now and reports every failure (dropping does the same but can only
     /// print them).
     pub fn shutdown(mut self) -> anyhow::Result<()> {

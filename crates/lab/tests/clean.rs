@@ -58,11 +58,36 @@ fn clean_stale_removes_dead_labs_only() {
         std::thread::yield_now();
     }
 
+    let stale_dir = std::env::temp_dir().join(format!("fieldnet-lab-fl{dead_pid}-1-stale-x"));
+    std::fs::create_dir_all(&stale_dir).unwrap();
+
     let removed = clean_stale().unwrap();
+    assert!(!stale_dir.exists());
+    assert!(lab.dir().exists());
     assert!(removed.contains(&stale), "{removed:?}");
     assert!(!removed.iter().any(|name| name.starts_with(lab.prefix())));
     assert!(!netns_list().contains(&stale));
     assert!(live.exists());
     let status = orphan.wait().unwrap();
     assert!(!status.success(), "the process inside was killed: {status}");
+}
+
+#[test]
+fn a_kept_lab_survives_until_cleaned() {
+    let Some(mut lab) = Lab::for_test("keep") else {
+        return;
+    };
+    let ns = lab.netns("kept").unwrap();
+    let dir = lab.dir().to_owned();
+    let prefix = lab.keep();
+    assert!(ns.exists() && dir.exists());
+    assert!(prefix.starts_with("fl"));
+    // This process is alive, so clean_stale must leave it; remove it by hand like `clean --all`.
+    assert!(!clean_stale().unwrap().contains(&ns.name().to_owned()));
+    let status = Command::new("ip")
+        .args(["netns", "delete", ns.name()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(dir).unwrap();
 }

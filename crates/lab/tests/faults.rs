@@ -39,6 +39,45 @@ fn link_down_cuts_carrier_until_the_guard_drops() {
 }
 
 #[test]
+fn link_down_guard_restores_the_routes_the_kernel_flushed() {
+    let Some(mut lab) = Lab::for_test("link-down-routes") else {
+        return;
+    };
+    let (a, b) = pair(&mut lab);
+    lab.addr(&b, "lo", "192.0.2.9/32").unwrap();
+    a.ip(&["route", "add", "default", "via", B_ADDR]).unwrap();
+    a.ip(&[
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        B_ADDR,
+        "metric",
+        "7",
+    ])
+    .unwrap();
+    a.wait_reachable("192.0.2.9", SETTLE).unwrap();
+
+    let fault = lab.link_down(&a, "va").unwrap();
+    let during = a.ip_output(&["-4", "route", "show"]).unwrap();
+    assert!(!during.contains("default"), "{during}");
+    // Someone (an agent) re-creates one of them meanwhile: not an error on undo.
+    fault.undo().unwrap();
+    let after = a.ip_output(&["-4", "route", "show"]).unwrap();
+    assert!(after.contains("default via 10.0.0.2 dev va"), "{after}");
+    assert!(
+        after.contains("198.51.100.0/24 via 10.0.0.2 dev va metric 7"),
+        "{after}"
+    );
+    a.wait_reachable("192.0.2.9", SETTLE).unwrap();
+
+    let fault = lab.link_down(&a, "va").unwrap();
+    a.ip(&["link", "set", "dev", "va", "up"]).unwrap();
+    a.ip(&["route", "add", "default", "via", B_ADDR]).unwrap();
+    fault.undo().unwrap();
+}
+
+#[test]
 fn blackhole_drops_everything_but_keeps_carrier() {
     let Some(mut lab) = Lab::for_test("blackhole") else {
         return;
