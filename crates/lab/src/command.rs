@@ -4,14 +4,22 @@
 //! timeout, so no zombie or orphan outlives the call.
 
 use std::io::{Read, Write};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use crate::error::LabError;
+use crate::process::{exited_unreaped, signal_group};
 
 /// Default limit for one command; generous because a loaded CI machine can be very slow.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long to wait, after a command exited, for the rest of its output.
+const PIPE_GRACE: Duration = Duration::from_secs(2);
 
 /// A printable form of the command line, for errors.
 pub(crate) fn describe(command: &Command) -> String {
@@ -23,8 +31,9 @@ pub(crate) fn describe(command: &Command) -> String {
     text
 }
 
-/// Runs `command` to completion and returns its output whatever its exit status; fails only
-/// when it cannot start or exceeds `timeout` (then it is killed and reaped).
+/// Runs `command` in a process group of its own to completion and returns its output whatever
+/// its exit status; fails only when it cannot start or exceeds `timeout`. Either way the group
+/// is killed and the command reaped before returning.
 pub(crate) fn output(
     ns: &str,
     mut command: Command,
@@ -33,6 +42,7 @@ pub(crate) fn output(
 ) -> anyhow::Result<Output> {
     let shown = describe(&command);
     command
+        .process_group(0)
         .env("LC_ALL", "C")
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -53,30 +63,27 @@ pub(crate) fn output(
     let stdout = child.stdout.take().map(reader);
     let stderr = child.stderr.take().map(reader);
 
+    let pid = child.id();
     let started = Instant::now();
     let mut pause = Duration::from_micros(200);
-    let status: Option<ExitStatus> = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if started.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => {
-                thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(5));
-            }
-            Err(error) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(anyhow::Error::new(error)
-                    .context(format!("in namespace {ns}: waiting for `{shown}`")));
-            }
+    let mut timed_out = false;
+    // Poll without reaping, so the process group is still ours when we clean it up.
+    while !exited_unreaped(pid) {
+        if started.elapsed() >= timeout {
+            timed_out = true;
+            break;
         }
-    };
-    let stdout = stdout.map(join).unwrap_or_default();
-    let stderr = stderr.map(join).unwrap_or_default();
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+    // Whatever the command left running in its group (`sh -c 'x &'`) goes with it.
+    signal_group(pid, libc::SIGKILL);
+    let status = child
+        .wait()
+        .with_context(|| format!("in namespace {ns}: waiting for `{shown}`"))?;
+    let status = if timed_out { None } else { Some(status) };
+    let stdout = stdout.map(collect).unwrap_or_default();
+    let stderr = stderr.map(collect).unwrap_or_default();
     match status {
         Some(status) => Ok(Output {
             status,
@@ -114,16 +121,23 @@ pub(crate) fn checked(
     }
 }
 
-fn reader(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+/// Collects a pipe on its own thread; the result arrives on the returned channel.
+fn reader(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (sender, receiver) = mpsc::channel();
     thread::spawn(move || {
         let mut buffer = Vec::new();
         let _ = pipe.read_to_end(&mut buffer);
-        buffer
-    })
+        let _ = sender.send(buffer);
+    });
+    receiver
 }
 
-fn join(handle: thread::JoinHandle<Vec<u8>>) -> Vec<u8> {
-    handle.join().unwrap_or_default()
+/// The collected output, or what is known to be missing: a command that left a background
+/// child holding its stdout (`sh -c 'daemon &'`) must not make us wait for that child.
+fn collect(receiver: mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
+    receiver
+        .recv_timeout(PIPE_GRACE)
+        .unwrap_or_else(|_| b"(output still held open by a background process)".to_vec())
 }
 
 /// True when an error from a lab command means the thing to undo is already gone (namespace

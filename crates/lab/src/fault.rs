@@ -15,7 +15,7 @@ use crate::netns::Netns;
 /// Numbers the nftables tables of this process's faults, so several faults can coexist.
 static FAULT_COUNTER: AtomicU32 = AtomicU32::new(1);
 
-type Undo = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
+type Undo = Box<dyn FnOnce() -> anyhow::Result<()> + Send + Sync>;
 
 /// An active fault. Dropping it undoes the fault (errors are printed, "already gone" ignored);
 /// [`Fault::undo`] does the same and returns the error.
@@ -37,7 +37,7 @@ impl fmt::Debug for Fault {
 impl Fault {
     pub(crate) fn new(
         description: String,
-        undo: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+        undo: impl FnOnce() -> anyhow::Result<()> + Send + Sync + 'static,
     ) -> Fault {
         Fault {
             description,

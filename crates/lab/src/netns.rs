@@ -95,6 +95,8 @@ impl Netns {
 
     /// Runs `program args…` in the namespace (via `ip netns exec`, so `/sys` shows the
     /// namespace's interfaces) to completion, within 120 s. Err with its stderr if it fails.
+    /// It runs in a process group of its own; what it leaves running there (`sh -c 'x &'`) is
+    /// killed when it exits. Use [`Lab::spawn`](crate::Lab::spawn) for servers.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
         self.exec_timeout(program, args, DEFAULT_TIMEOUT)
     }

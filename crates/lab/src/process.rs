@@ -49,37 +49,15 @@ impl ProcessSlot {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Exit status if it has exited, without reaping it (the zombie keeps PID and group ours).
+    /// Whether it has exited, without reaping it (the zombie keeps PID and group ours).
     fn exited(&self, state: &SlotState) -> bool {
-        if state.child.is_none() {
-            return true;
-        }
-        // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: the child is ours and unreaped; WNOWAIT leaves it waitable, `info` is valid.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                self.pid,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        // SAFETY: waitid filled `info` (or left it zeroed, meaning "not exited").
-        rc == 0 && unsafe { info.si_pid() } != 0
+        state.child.is_none() || exited_unreaped(self.pid)
     }
 
     /// Sends `signal` to the process and to its process group, only while it is unreaped.
     fn signal(&self, state: &SlotState, signal: libc::c_int) {
-        if state.child.is_none() {
-            return;
-        }
-        let pid = self.pid as libc::pid_t;
-        // SAFETY: plain kill(2) calls on a PID and process group we own (the child is unreaped,
-        // so neither can have been reused); errors (ESRCH) are harmless.
-        unsafe {
-            libc::kill(-pid, signal);
-            libc::kill(pid, signal);
+        if state.child.is_some() {
+            signal_group(self.pid, signal);
         }
     }
 
@@ -115,6 +93,37 @@ impl ProcessSlot {
     fn terminate(&self) -> Option<ExitStatus> {
         self.begin_terminate();
         self.finish_terminate(Instant::now() + TERM_GRACE)
+    }
+}
+
+/// Whether our unreaped child `pid` has exited, leaving it waitable (`WNOWAIT`), so its PID and
+/// process group cannot be reused until we reap it.
+pub(crate) fn exited_unreaped(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is valid for writing; WNOHANG|WNOWAIT neither blocks nor reaps.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info`, or left it zeroed, meaning "not exited yet".
+    rc == 0 && unsafe { info.si_pid() } != 0
+}
+
+/// Sends `signal` to process `pid` and to the process group it leads. Callers guarantee `pid` is
+/// their unreaped child, so neither can have been reused by an unrelated process.
+pub(crate) fn signal_group(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: plain kill(2) calls on a PID and process group we own; ESRCH is harmless.
+    unsafe {
+        libc::kill(-pid, signal);
+        libc::kill(pid, signal);
     }
 }
 

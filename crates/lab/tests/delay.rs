@@ -99,3 +99,21 @@ fn delay_link_loss_and_teardown() {
     assert!(a.link("t0").is_err());
     assert!(b.link("t1").is_err());
 }
+
+#[test]
+fn a_delay_link_may_outlive_its_lab() {
+    let Some(mut lab) = Lab::for_test("delay-order") else {
+        return;
+    };
+    let prefix = lab.prefix().to_owned();
+    let a = lab.netns("a").unwrap();
+    let b = lab.netns("b").unwrap();
+    let link = lab.delay_link(&a, "o0", A, &b, "o1", B).unwrap();
+    let guard = link.impair(Direction::AtoB, Duration::from_millis(5), Duration::ZERO, 0);
+    drop(lab);
+    assert_eq!(common::netns_with_prefix(&prefix), Vec::<String>::new());
+    drop(guard);
+    let started = std::time::Instant::now();
+    drop(link);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -232,3 +232,40 @@ fn site_connects_clients_to_the_internet_and_to_other_areas() {
     drop(lab);
     assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());
 }
+
+#[test]
+fn exec_reports_failures_and_does_not_wait_for_background_children() {
+    let Some(mut lab) = Lab::for_test("exec") else {
+        return;
+    };
+    let ns = lab.netns("x").unwrap();
+    let out = ns.exec("sh", &["-c", "echo hello"]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+
+    let error = ns
+        .exec("sh", &["-c", "echo broken >&2; exit 3"])
+        .unwrap_err();
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("broken") && text.contains(ns.name()),
+        "{text}"
+    );
+    let error = ns
+        .ip(&["link", "set", "dev", "nonexistent", "up"])
+        .unwrap_err();
+    assert!(format!("{error:#}").contains(ns.name()));
+
+    let started = Instant::now();
+    ns.exec("sh", &["-c", "sleep 30 & echo started"]).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // What the command left in the background went with it.
+    let pids = std::process::Command::new("ip")
+        .args(["netns", "pids", ns.name()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&pids.stdout).trim(), "");
+    let error = ns
+        .exec_timeout("sleep", &["30"], Duration::from_millis(300))
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("did not finish"), "{error:#}");
+}
