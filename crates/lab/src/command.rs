@@ -3,7 +3,7 @@
 //! Invariant: every child started here has been reaped when the function returns, also on
 //! timeout, so no zombie or orphan outlives the call.
 
-use std::io::{Read, Write};
+use std::io::{Read, Write as _};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -56,12 +56,14 @@ pub(crate) fn output(
         command: shown.clone(),
         source,
     })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A child that exits without reading makes this fail with EPIPE; its stderr says why.
-        let _ = pipe.write_all(input);
-    }
     let stdout = child.stdout.take().map(reader);
     let stderr = child.stderr.take().map(reader);
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // On its own thread, so a child that does not read cannot block us past the timeout.
+        // A child that exits without reading makes the write fail (EPIPE); its stderr says why.
+        let input = input.to_vec();
+        thread::spawn(move || pipe.write_all(&input));
+    }
 
     let pid = child.id();
     let started = Instant::now();

@@ -322,7 +322,8 @@ impl Forwarder {
             ];
             let timespec = libc::timespec {
                 tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+                // Below one second (1e9 ns), so it fits any c_long.
+                tv_nsec: timeout.subsec_nanos() as libc::c_long,
             };
             // SAFETY: `fds` is a valid array of 2 pollfds and `timespec` a valid timeout, both
             // live across the call; a null sigmask leaves the signal mask unchanged.

@@ -110,8 +110,12 @@ pub(crate) fn exited_unreaped(pid: u32) -> bool {
             libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
         )
     };
+    if rc != 0 {
+        // ECHILD: not waitable (already reaped); nothing is left to wait for.
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD);
+    }
     // SAFETY: waitid filled `info`, or left it zeroed, meaning "not exited yet".
-    rc == 0 && unsafe { info.si_pid() } != 0
+    unsafe { info.si_pid() != 0 }
 }
 
 /// Sends `signal` to process `pid` and to the process group it leads. Callers guarantee `pid` is
