@@ -5,13 +5,24 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::util::{root, run, step};
+use crate::util::{cmd, root, step};
 
 pub fn run_bench(name: &str) -> anyhow::Result<String> {
     match name {
         "bus" => {
             step("building release broker and bench");
-            run("cargo", &["build", "--release", "--locked", "-p", "fieldnet-bus", "--bins", "--examples"])?;
+            cmd(
+                "cargo",
+                &[
+                    "build",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "fieldnet-bus",
+                    "--bins",
+                    "--examples",
+                ],
+            )?;
             step("bus bench");
             let release = root().join("target/release");
             let output = Command::new(release.join("examples/bus-bench"))
@@ -42,9 +53,8 @@ fn record(name: &str, table: &str) -> anyhow::Result<()> {
     let begin = format!("<!-- bench:{name} -->");
     let end = format!("<!-- /bench:{name} -->");
     let machine = machine_line();
-    let section = format!(
-        "{begin}\nCommand: `cargo xtask bench {name}` · {machine}\n\n{table}{end}"
-    );
+    let section =
+        format!("{begin}\nCommand: `cargo xtask bench {name}` · {machine}\n\n{table}{end}");
     let updated = match (text.find(&begin), text.find(&end)) {
         (Some(start), Some(stop)) if stop > start => {
             format!("{}{section}{}", &text[..start], &text[stop + end.len()..])

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::util::{have, is_root, root, run, run_with, step};
+use crate::util::{cmd, cmd_with, have, is_root, root, step};
 
 /// Debian packages the tests drive, by the program that shows each is installed.
 const DEBIAN_PEERS: &[(&str, &str)] = &[
@@ -25,23 +25,39 @@ pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
     install_missing_peers()?;
 
     step("formatting");
-    run("cargo", &["fmt", "--all", "--", "--check"])?;
+    cmd("cargo", &["fmt", "--all", "--", "--check"])?;
 
     step("clippy, warnings denied");
-    run("cargo", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    cmd(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
 
     step("tests (the lab is required)");
-    run_with(
+    cmd_with(
         Command::new("cargo")
             .args(["test", "--workspace", "--locked"])
             .env("FIELDNET_LAB_REQUIRED", "1"),
     )?;
 
     step("example configs");
-    run("cargo", &["build", "--quiet", "--locked", "-p", "fieldctl"])?;
+    cmd("cargo", &["build", "--quiet", "--locked", "-p", "fieldctl"])?;
     let fieldctl = root().join("target/debug/fieldctl");
     for example in examples()? {
-        run_with(Command::new(&fieldctl).arg("--config").arg(&example).arg("check-config"))?;
+        cmd_with(
+            Command::new(&fieldctl)
+                .arg("--config")
+                .arg(&example)
+                .arg("check-config"),
+        )?;
     }
 
     step("fuzz: bus frame decoder");
@@ -68,17 +84,23 @@ fn install_missing_peers() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("installing {}", missing.join(" "));
-    run("apt-get", &["update", "-qq"])?;
+    cmd("apt-get", &["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(&missing);
-    run_with(Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive"))
+    cmd_with(
+        Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn examples() -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut found = Vec::new();
     let mut dirs = vec![root().join("deploy/examples")];
     while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
             let path = entry?.path();
             if path.is_dir() {
                 dirs.push(path);
@@ -88,7 +110,10 @@ fn examples() -> anyhow::Result<Vec<std::path::PathBuf>> {
         }
     }
     found.sort();
-    anyhow::ensure!(!found.is_empty(), "no example configs under deploy/examples");
+    anyhow::ensure!(
+        !found.is_empty(),
+        "no example configs under deploy/examples"
+    );
     Ok(found)
 }
 
@@ -96,12 +121,12 @@ fn examples() -> anyhow::Result<Vec<std::path::PathBuf>> {
 /// RUSTC_BOOTSTRAP, which keeps CI on the one toolchain the machine has.
 fn fuzz(seconds: u32) -> anyhow::Result<()> {
     if !have("cargo-fuzz") {
-        run("cargo", &["install", "--locked", "cargo-fuzz"])?;
+        cmd("cargo", &["install", "--locked", "cargo-fuzz"])?;
     }
     let corpus = root().join("fuzz/corpus/bus_frame");
     std::fs::create_dir_all(&corpus)?;
     let max_time = format!("-max_total_time={seconds}");
-    run_with(
+    cmd_with(
         Command::new("cargo")
             .args(["fuzz", "run", "--fuzz-dir", "fuzz", "bus_frame"])
             .arg(&corpus)

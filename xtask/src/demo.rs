@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use lab::{AreaLab, Lab, Netns, Site, SiteSpec};
 
-use crate::util::{root, run, step};
+use crate::util::{cmd, root, step};
 
 struct Demo {
     interrupted: Arc<AtomicBool>,
@@ -19,7 +19,10 @@ struct Demo {
 
 impl Demo {
     fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(!self.interrupted.load(Ordering::SeqCst), "interrupted: tearing down");
+        anyhow::ensure!(
+            !self.interrupted.load(Ordering::SeqCst),
+            "interrupted: tearing down"
+        );
         Ok(())
     }
 
@@ -37,14 +40,21 @@ impl Demo {
 }
 
 pub fn run(fast: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(crate::util::is_root(), "the demo builds network namespaces: run it as root");
+    anyhow::ensure!(
+        crate::util::is_root(),
+        "the demo builds network namespaces: run it as root"
+    );
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
     let demo = Demo { interrupted, fast };
 
     step("building fieldnet");
-    run("cargo", &["build", "--quiet", "-p", "fieldnet-bus", "-p", "fieldctl"])?;
+    cmd(
+        "cargo",
+        &["build", "--quiet", "-p", "fieldnet-bus", "-p", "fieldctl"],
+    )?;
     let bin = root().join("target/debug");
 
     let mut lab = Lab::new("demo").context("creating the lab")?;
@@ -60,7 +70,9 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
 
 fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     step("building a three-area site in network namespaces");
-    let site = lab.site(&SiteSpec::default()).context("building the site")?;
+    let site = lab
+        .site(&SiteSpec::default())
+        .context("building the site")?;
     println!("{}", site.describe());
     demo.pause(2)?;
 
@@ -73,8 +85,16 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
             .arg(&config)
             .arg("check-config")
             .output()?;
-        anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        print!("appliance {}: {}", area.id, String::from_utf8_lossy(&output.stdout));
+        anyhow::ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        print!(
+            "appliance {}: {}",
+            area.id,
+            String::from_utf8_lossy(&output.stdout)
+        );
         sockets.push((config, lab.dir().join(format!("bus-{}.sock", area.id))));
     }
 
@@ -82,9 +102,17 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     let mut brokers = Vec::new();
     for (area, (config, socket)) in site.areas.iter().zip(&sockets) {
         let config = config.to_str().context("config path is UTF-8")?;
-        brokers.push(lab.spawn(&area.appliance, bin.join("fieldnet-bus").to_str().unwrap_or_default(), &["--config", config])?);
+        brokers.push(lab.spawn(
+            &area.appliance,
+            bin.join("fieldnet-bus").to_str().unwrap_or_default(),
+            &["--config", config],
+        )?);
         wait_for_socket(socket)?;
-        println!("appliance {}: fieldnet-bus listening on {}", area.id, socket.display());
+        println!(
+            "appliance {}: fieldnet-bus listening on {}",
+            area.id,
+            socket.display()
+        );
     }
     demo.pause(1)?;
 
@@ -98,7 +126,10 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         client.addr, north.uplinks[0].name
     );
     let cross = ping_line(&client.ns, &stage.clients[0].addr)?;
-    println!("It reaches a device in area 2 ({}) over the cable: {cross}", stage.clients[0].addr);
+    println!(
+        "It reaches a device in area 2 ({}) over the cable: {cross}",
+        stage.clients[0].addr
+    );
     demo.pause(2)?;
 
     step("scene 2: the bus carries what agents say");
@@ -108,13 +139,32 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     let fieldctl = fieldctl.to_str().unwrap_or_default();
     north.appliance.exec(
         fieldctl,
-        &["--socket", socket, "publish", "site/note", r#"{"text":"stage power restored"}"#, "--retain"],
+        &[
+            "--socket",
+            socket,
+            "publish",
+            "site/note",
+            r#"{"text":"stage power restored"}"#,
+            "--retain",
+        ],
     )?;
     println!("An operator published a note; anyone following the bus sees it:");
-    let events = north.appliance.exec(fieldctl, &["--socket", socket, "events", "site/", "--count", "1"])?;
+    let events = north.appliance.exec(
+        fieldctl,
+        &["--socket", socket, "events", "site/", "--count", "1"],
+    )?;
     print!("  {}", String::from_utf8_lossy(&events.stdout));
     println!("And `fieldctl status` on appliance 1 says:");
-    let status = north.appliance.exec(fieldctl, &["--socket", socket, "--config", &sockets[0].0.to_string_lossy(), "status"]);
+    let status = north.appliance.exec(
+        fieldctl,
+        &[
+            "--socket",
+            socket,
+            "--config",
+            &sockets[0].0.to_string_lossy(),
+            "status",
+        ],
+    );
     // status exits 0 only with the bus up; the other agents are not written yet, so it lists them as absent.
     let status = status?;
     for line in String::from_utf8_lossy(&status.stdout).lines() {
@@ -125,8 +175,14 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     step("scene 3: an uplink dies, and nothing steers around it yet");
     let cut = lab.link_down(&north.appliance, &north.uplinks[0].appliance_if)?;
     let during = ping_line(&client.ns, "192.0.2.1")?;
-    println!("Uplink {} is cut. Area 1's devices now: {during}", north.uplinks[0].name);
-    println!("uplink-monitor (coming next) will move the default route to {} within a second.", north.uplinks[1].name);
+    println!(
+        "Uplink {} is cut. Area 1's devices now: {during}",
+        north.uplinks[0].name
+    );
+    println!(
+        "uplink-monitor (coming next) will move the default route to {} within a second.",
+        north.uplinks[1].name
+    );
     drop(cut);
     let after = ping_line(&client.ns, "192.0.2.1")?;
     println!("The uplink is back: {after}");
@@ -140,7 +196,10 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
 fn ping_line(from: &Netns, target: &str) -> anyhow::Result<String> {
     let stats = from.ping(target, 20, Duration::from_millis(20))?;
     if stats.received == 0 {
-        return Ok(format!("no replies ({} of {} lost)", stats.sent, stats.sent));
+        return Ok(format!(
+            "no replies ({} of {} lost)",
+            stats.sent, stats.sent
+        ));
     }
     Ok(format!(
         "{} of {} replies, {:.0} % lost, round trip {:.2} ms",
@@ -154,14 +213,20 @@ fn ping_line(from: &Netns, target: &str) -> anyhow::Result<String> {
 fn wait_for_socket(socket: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "{} did not appear", socket.display());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            socket.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
 
 fn leftover_namespaces(prefix: &str) -> anyhow::Result<Vec<String>> {
-    let output = std::process::Command::new("ip").args(["netns", "list"]).output()?;
+    let output = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.split_whitespace().next())
@@ -174,10 +239,21 @@ fn leftover_namespaces(prefix: &str) -> anyhow::Result<Vec<String>> {
 fn write_config(dir: &Path, site: &Site, area: &AreaLab) -> anyhow::Result<PathBuf> {
     let mut text = String::new();
     let id = area.id;
-    writeln!(text, "[site]\nname = \"demo\"\ndomain = \"demo.fieldnet.example\"\nkey = \"{}\"\n", "5a".repeat(32))?;
-    writeln!(text, "[appliance]\nid = {id}\nname = \"appliance-{id}\"\narea = \"area{id}\"\n")?;
+    writeln!(
+        text,
+        "[site]\nname = \"demo\"\ndomain = \"demo.fieldnet.example\"\nkey = \"{}\"\n",
+        "5a".repeat(32)
+    )?;
+    writeln!(
+        text,
+        "[appliance]\nid = {id}\nname = \"appliance-{id}\"\narea = \"area{id}\"\n"
+    )?;
     for other in &site.areas {
-        writeln!(text, "[[areas]]\nname = \"area{0}\"\nappliance = {0}\n", other.id)?;
+        writeln!(
+            text,
+            "[[areas]]\nname = \"area{0}\"\nappliance = {0}\n",
+            other.id
+        )?;
     }
     for other in &site.areas {
         writeln!(
@@ -203,7 +279,11 @@ fn write_config(dir: &Path, site: &Site, area: &AreaLab) -> anyhow::Result<PathB
     for other in site.areas.iter().filter(|other| other.id != id) {
         let (low, high) = (id.min(other.id), id.max(other.id));
         let (mine, theirs) = if id == low { (1, 2) } else { (2, 1) };
-        writeln!(text, "[[peers]]\nid = {0}\nname = \"appliance-{0}\"\n", other.id)?;
+        writeln!(
+            text,
+            "[[peers]]\nid = {0}\nname = \"appliance-{0}\"\n",
+            other.id
+        )?;
         for (kind, interface, net) in [("cable", "cab", 255), ("wifi", "wifi", 254)] {
             writeln!(
                 text,
@@ -213,7 +293,10 @@ fn write_config(dir: &Path, site: &Site, area: &AreaLab) -> anyhow::Result<PathB
         }
     }
     if site.hub.is_some() {
-        writeln!(text, "[hub]\nendpoints = [\"203.0.113.10:51820\"]\ntunnel_address = \"10.253.0.254\"\n")?;
+        writeln!(
+            text,
+            "[hub]\nendpoints = [\"203.0.113.10:51820\"]\ntunnel_address = \"10.253.0.254\"\n"
+        )?;
     }
     writeln!(
         text,

@@ -17,18 +17,27 @@ pub enum LabAction {
 }
 
 pub fn run(action: LabAction) -> anyhow::Result<()> {
-    anyhow::ensure!(crate::util::is_root(), "the lab builds network namespaces: run as root");
+    anyhow::ensure!(
+        crate::util::is_root(),
+        "the lab builds network namespaces: run as root"
+    );
     match action {
         LabAction::Up => {
             let mut lab = lab::Lab::new("up").context("creating the lab")?;
-            let site = lab.site(&lab::SiteSpec::default()).context("building the site")?;
+            let site = lab
+                .site(&lab::SiteSpec::default())
+                .context("building the site")?;
             println!("{}", site.describe());
             let first = &site.areas[0];
-            println!("Enter a namespace:  ip netns exec {} bash", first.clients[0].ns.name());
+            println!(
+                "Enter a namespace:  ip netns exec {} bash",
+                first.clients[0].ns.name()
+            );
             println!("Remove it all:      cargo xtask lab down");
             // The topology outlives this process on purpose; `lab down` removes it by its prefix.
-            std::mem::forget(site);
-            std::mem::forget(lab);
+            drop(site);
+            let prefix = lab.keep();
+            println!("Lab {prefix}* is up.");
             Ok(())
         }
         LabAction::Down | LabAction::Clean { all: false } => report(lab::clean_stale()?),
@@ -40,7 +49,11 @@ fn report(removed: Vec<String>) -> anyhow::Result<()> {
     if removed.is_empty() {
         println!("no lab namespaces to remove");
     } else {
-        println!("removed {} namespaces: {}", removed.len(), removed.join(" "));
+        println!(
+            "removed {} namespaces: {}",
+            removed.len(),
+            removed.join(" ")
+        );
     }
     Ok(())
 }

@@ -7,7 +7,10 @@ use anyhow::Context as _;
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_owned()
 }
 
 /// Prints a step heading the way CI logs read best.
@@ -16,11 +19,11 @@ pub fn step(title: &str) {
 }
 
 /// Runs a command in the workspace root, inheriting output; fails if it exits non-zero.
-pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    run_with(Command::new(program).args(args))
+pub fn cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    cmd_with(Command::new(program).args(args))
 }
 
-pub fn run_with(command: &mut Command) -> anyhow::Result<()> {
+pub fn cmd_with(command: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{command:?}");
     println!("$ {}", shown.replace('"', ""));
     let status = command
