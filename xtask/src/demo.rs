@@ -50,6 +50,9 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
         .context("installing the Ctrl-C handler")?;
     let demo = Demo { interrupted, fast };
 
+    step("tools the lab needs");
+    crate::ci::install_missing_peers()?;
+
     step("building fieldnet");
     cmd(
         "cargo",

@@ -448,3 +448,30 @@ fn under_systemd_it_reports_ready_after_binding_and_pets_the_watchdog() {
     }
     drop(broker);
 }
+
+#[test]
+fn sigterm_stops_cleanly_and_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("bus.sock");
+    let config = broker_config(dir.path(), &socket);
+    let mut broker = BrokerProcess::start(&config, &socket);
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(broker.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let exit = loop {
+        if let Some(exit) = broker.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exit.code(), Some(0));
+    assert!(!socket.exists(), "socket file removed on exit");
+}
