@@ -303,6 +303,15 @@ fn write_config(dir: &Path, site: &Site, area: &AreaLab) -> anyhow::Result<PathB
     }
     writeln!(
         text,
+        "[uplink_monitor]\ntargets = [{}]\n",
+        lab::INTERNET_HOSTS
+            .iter()
+            .map(|h| format!("\"{h}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(
+        text,
         "[bus]\nsocket = \"{}\"\nmetrics_listen = \"127.0.0.1:9700\"",
         dir.join(format!("bus-{id}.sock")).display()
     )?;

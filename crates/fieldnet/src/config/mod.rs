@@ -11,6 +11,7 @@ mod wire;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
@@ -26,6 +27,18 @@ pub const DEFAULT_BUS_MAX_LINE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_BUS_QUEUE_DEPTH: usize = 4096;
 /// Preference of an uplink that does not set one; lower is preferred.
 pub const DEFAULT_UPLINK_PREFERENCE: u32 = 100;
+/// `[uplink_monitor]` defaults.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+pub const DEFAULT_STANDBY_INTERVAL: Duration = Duration::from_millis(1000);
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_millis(300);
+pub const DEFAULT_HOLD: Duration = Duration::from_millis(3000);
+pub const DEFAULT_MARGIN_PERCENT: u32 = 25;
+pub const DEFAULT_FAILBACK_AFTER: Duration = Duration::from_secs(30);
+pub const DEFAULT_DAMPENING_HALF_LIFE: Duration = Duration::from_secs(15);
+pub const DEFAULT_DAMPENING_SUPPRESS: u32 = 3000;
+pub const DEFAULT_DAMPENING_REUSE: u32 = 1500;
+pub const DEFAULT_ROUTE_TABLE_BASE: u32 = 200;
+pub const DEFAULT_FWMARK_BASE: u32 = 0x4600;
 /// Shortest site key accepted, in bytes.
 pub const MIN_SITE_KEY_BYTES: usize = 32;
 
@@ -186,12 +199,42 @@ pub struct Bus {
 /// Per-agent sections. Each agent's issue grows its own struct.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agents {
-    pub uplink_monitor: AgentCommon,
+    pub uplink_monitor: UplinkMonitorConfig,
     pub cross_site_failover: AgentCommon,
     pub whereami: AgentCommon,
     pub dhcp_takeover: AgentCommon,
     pub imds_endpoint: AgentCommon,
     pub inventory: AgentCommon,
+}
+
+/// `[uplink_monitor]`. Times are in milliseconds in the file, `Duration` here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkMonitorConfig {
+    pub common: AgentCommon,
+    /// Addresses probed over every uplink; an uplink is dead only when all stop answering.
+    pub targets: Vec<Ipv4Addr>,
+    /// Probe interval per target on every uplink that is not a metered standby.
+    pub probe_interval: Duration,
+    /// Probe interval per target on a metered uplink while it is not active.
+    pub standby_interval: Duration,
+    /// Silence from every target before an uplink is declared dead (grown for slow links).
+    pub dead_after: Duration,
+    /// How long another uplink must stay better by `margin_percent` before traffic moves.
+    pub hold: Duration,
+    pub margin_percent: u32,
+    /// How long a recovered uplink must stay up before traffic returns to it.
+    pub failback_after: Duration,
+    pub dampening_half_life: Duration,
+    /// Flap penalty above which an uplink is not used; each flap adds 1000.
+    pub dampening_suppress: u32,
+    /// Penalty below which a suppressed uplink may be used again.
+    pub dampening_reuse: u32,
+    /// Uplink i (0-based, in file order) gets routing table `route_table_base + i`.
+    pub route_table_base: u32,
+    /// Uplink i's probes carry firewall mark `fwmark_base + i`.
+    pub fwmark_base: u32,
+    /// Masquerade traffic leaving through each local uplink (the 4G routers know only their LAN).
+    pub masquerade: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

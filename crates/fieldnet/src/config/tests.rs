@@ -240,3 +240,45 @@ fn site_key_is_never_printed() {
     let debug = format!("{config:?}");
     assert!(!debug.contains("0011223344"), "{debug}");
 }
+
+const LOCAL_UPLINK: &str = "\n[[uplinks]]\nname = \"a\"\nkind = \"local\"\ninterface = \"wan0\"\ngateway = \"192.168.8.1\"\n";
+
+#[test]
+fn uplink_monitor_defaults_and_targets() {
+    let config = Config::from_str(
+        &format!("{MINIMAL}{LOCAL_UPLINK}\n[uplink_monitor]\ntargets = [\"192.0.2.1\"]\n"),
+        "t.toml",
+    )
+    .unwrap();
+    let monitor = &config.agents.uplink_monitor;
+    assert_eq!(
+        monitor.targets,
+        ["192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(monitor.probe_interval, DEFAULT_PROBE_INTERVAL);
+    assert_eq!(
+        (monitor.route_table_base, monitor.fwmark_base),
+        (200, 0x4600)
+    );
+    assert!(monitor.masquerade);
+
+    let shown = error_of(&format!("{MINIMAL}{LOCAL_UPLINK}")).to_string();
+    assert!(
+        shown.contains("uplink_monitor.targets: list the addresses to probe"),
+        "{shown}"
+    );
+
+    let shown = error_of(&format!(
+        "{MINIMAL}{LOCAL_UPLINK}\n[uplink_monitor]\ntargets = [\"192.0.2.1\"]\ndampening_reuse = 5000\nprobe_interval_ms = 5\nroute_table_base = 252\n"
+    ))
+    .to_string();
+    assert!(
+        shown.contains("dampening_reuse: 5000 must be below dampening_suppress (3000)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("probe_interval_ms: 5 is out of range; valid: 10 to 60000"),
+        "{shown}"
+    );
+    assert!(shown.contains("reserved tables 253-255"), "{shown}");
+}

@@ -123,7 +123,7 @@ impl Checker {
         let uplinks = self.uplinks(&wire.uplinks, &appliance_ids, appliance.as_ref());
         let hub = wire.hub.as_ref().and_then(|hub| self.hub(hub));
         let bus = self.bus(&wire.bus);
-        let agents = self.agents(&wire, bus.as_ref().map(|b| b.metrics_listen));
+        let agents = self.agents(&wire, bus.as_ref().map(|b| b.metrics_listen), uplinks.len());
         Some(Config {
             site: site?,
             appliance: appliance?,
@@ -564,25 +564,24 @@ impl Checker {
         })
     }
 
-    fn agents(&mut self, wire: &WireConfig, bus_metrics: Option<SocketAddr>) -> Option<Agents> {
+    fn agents(
+        &mut self,
+        wire: &WireConfig,
+        bus_metrics: Option<SocketAddr>,
+        uplink_count: usize,
+    ) -> Option<Agents> {
+        let uplink_common = self.common(
+            "uplink_monitor",
+            wire.uplink_monitor.enabled,
+            wire.uplink_monitor.metrics_listen.as_deref(),
+            METRICS_PORT_UPLINK_MONITOR,
+        );
+        let uplink_monitor = self.uplink_monitor(&wire.uplink_monitor, uplink_common, uplink_count);
         let mut agent = |section: &str, wire: &WireAgent, port: u16| {
-            let path = KeyPath::root().key(section);
-            let metrics_listen = self.listen(
-                wire.metrics_listen.as_deref(),
-                port,
-                &path.key("metrics_listen"),
-            );
-            metrics_listen.map(|metrics_listen| AgentCommon {
-                enabled: wire.enabled.unwrap_or(true),
-                metrics_listen,
-            })
+            self.common(section, wire.enabled, wire.metrics_listen.as_deref(), port)
         };
         let agents = Agents {
-            uplink_monitor: agent(
-                "uplink_monitor",
-                &wire.uplink_monitor,
-                METRICS_PORT_UPLINK_MONITOR,
-            )?,
+            uplink_monitor: uplink_monitor?,
             cross_site_failover: agent(
                 "cross_site_failover",
                 &wire.cross_site_failover,
@@ -607,7 +606,7 @@ impl Checker {
             by_listen.insert(bus, "bus");
         }
         for (section, common) in [
-            ("uplink_monitor", &agents.uplink_monitor),
+            ("uplink_monitor", &agents.uplink_monitor.common),
             ("cross_site_failover", &agents.cross_site_failover),
             ("whereami", &agents.whereami),
             ("dhcp_takeover", &agents.dhcp_takeover),
@@ -622,6 +621,144 @@ impl Checker {
             }
         }
         Some(agents)
+    }
+
+    fn common(
+        &mut self,
+        section: &str,
+        enabled: Option<bool>,
+        metrics_listen: Option<&str>,
+        port: u16,
+    ) -> Option<AgentCommon> {
+        let path = KeyPath::root().key(section);
+        let metrics_listen = self.listen(metrics_listen, port, &path.key("metrics_listen"))?;
+        Some(AgentCommon {
+            enabled: enabled.unwrap_or(true),
+            metrics_listen,
+        })
+    }
+
+    fn uplink_monitor(
+        &mut self,
+        wire: &WireUplinkMonitor,
+        common: Option<AgentCommon>,
+        uplink_count: usize,
+    ) -> Option<UplinkMonitorConfig> {
+        let path = KeyPath::root().key("uplink_monitor");
+        let mut targets = Vec::new();
+        for (index, target) in wire.targets.iter().flatten().enumerate() {
+            if let Some(address) = self.ipv4(target, &path.key("targets").index(index)) {
+                targets.push(address);
+            }
+        }
+        let enabled = common.as_ref().is_some_and(|c| c.enabled);
+        if enabled && uplink_count > 0 && wire.targets.as_ref().is_none_or(|t| t.is_empty()) {
+            self.problem(
+                path.key("targets"),
+                "list the addresses to probe over every uplink, e.g. the hub's public address and two public anycast resolvers: targets = [\"203.0.113.10\", \"198.51.100.53\"]",
+            );
+        }
+        let mut millis = |key: &str,
+                          value: Option<i64>,
+                          default: Duration,
+                          range: std::ops::RangeInclusive<usize>| {
+            self.bounded(value, default.as_millis() as usize, range, &path.key(key))
+                .map(|ms| Duration::from_millis(ms as u64))
+        };
+        let probe_interval = millis(
+            "probe_interval_ms",
+            wire.probe_interval_ms,
+            DEFAULT_PROBE_INTERVAL,
+            10..=60_000,
+        );
+        let standby_interval = millis(
+            "standby_interval_ms",
+            wire.standby_interval_ms,
+            DEFAULT_STANDBY_INTERVAL,
+            10..=600_000,
+        );
+        let dead_after = millis(
+            "dead_after_ms",
+            wire.dead_after_ms,
+            DEFAULT_DEAD_AFTER,
+            50..=60_000,
+        );
+        let hold = millis("hold_ms", wire.hold_ms, DEFAULT_HOLD, 0..=600_000);
+        let failback_after = millis(
+            "failback_after_ms",
+            wire.failback_after_ms,
+            DEFAULT_FAILBACK_AFTER,
+            0..=3_600_000,
+        );
+        let dampening_half_life = millis(
+            "dampening_half_life_ms",
+            wire.dampening_half_life_ms,
+            DEFAULT_DAMPENING_HALF_LIFE,
+            1000..=3_600_000,
+        );
+        let margin_percent = self.bounded(
+            wire.margin_percent,
+            DEFAULT_MARGIN_PERCENT as usize,
+            0..=100,
+            &path.key("margin_percent"),
+        );
+        let dampening_suppress = self.bounded(
+            wire.dampening_suppress,
+            DEFAULT_DAMPENING_SUPPRESS as usize,
+            1000..=100_000,
+            &path.key("dampening_suppress"),
+        );
+        let dampening_reuse = self.bounded(
+            wire.dampening_reuse,
+            DEFAULT_DAMPENING_REUSE as usize,
+            1..=100_000,
+            &path.key("dampening_reuse"),
+        );
+        if let (Some(suppress), Some(reuse)) = (dampening_suppress, dampening_reuse)
+            && reuse >= suppress
+        {
+            self.problem(
+                path.key("dampening_reuse"),
+                format!("{reuse} must be below dampening_suppress ({suppress})"),
+            );
+        }
+        let route_table_base = self.bounded(
+            wire.route_table_base,
+            DEFAULT_ROUTE_TABLE_BASE as usize,
+            1..=u32::MAX as usize - 256,
+            &path.key("route_table_base"),
+        );
+        if let Some(base) = route_table_base
+            && base < 253
+            && base + uplink_count > 252
+        {
+            self.problem(
+                path.key("route_table_base"),
+                format!("tables {base}..{} would reach the kernel's reserved tables 253-255 (default, main, local); pick a base below {} or at least 256", base + uplink_count, 253 - uplink_count),
+            );
+        }
+        let fwmark_base = self.bounded(
+            wire.fwmark_base,
+            DEFAULT_FWMARK_BASE as usize,
+            1..=u32::MAX as usize - 256,
+            &path.key("fwmark_base"),
+        );
+        Some(UplinkMonitorConfig {
+            common: common?,
+            targets,
+            probe_interval: probe_interval?,
+            standby_interval: standby_interval?,
+            dead_after: dead_after?,
+            hold: hold?,
+            margin_percent: margin_percent? as u32,
+            failback_after: failback_after?,
+            dampening_half_life: dampening_half_life?,
+            dampening_suppress: dampening_suppress? as u32,
+            dampening_reuse: dampening_reuse? as u32,
+            route_table_base: route_table_base? as u32,
+            fwmark_base: fwmark_base? as u32,
+            masquerade: wire.masquerade.unwrap_or(true),
+        })
     }
 
     fn bounded(

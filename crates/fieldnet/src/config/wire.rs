@@ -23,7 +23,7 @@ pub struct WireConfig {
     #[serde(default)]
     pub bus: WireBus,
     #[serde(default)]
-    pub uplink_monitor: WireAgent,
+    pub uplink_monitor: WireUplinkMonitor,
     #[serde(default)]
     pub cross_site_failover: WireAgent,
     #[serde(default)]
@@ -123,4 +123,25 @@ pub struct WireBus {
 pub struct WireAgent {
     pub enabled: Option<bool>,
     pub metrics_listen: Option<String>,
+}
+
+/// `[uplink_monitor]`: the common agent keys plus probing and steering.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireUplinkMonitor {
+    pub enabled: Option<bool>,
+    pub metrics_listen: Option<String>,
+    pub targets: Option<Vec<String>>,
+    pub probe_interval_ms: Option<i64>,
+    pub standby_interval_ms: Option<i64>,
+    pub dead_after_ms: Option<i64>,
+    pub hold_ms: Option<i64>,
+    pub margin_percent: Option<i64>,
+    pub failback_after_ms: Option<i64>,
+    pub dampening_half_life_ms: Option<i64>,
+    pub dampening_suppress: Option<i64>,
+    pub dampening_reuse: Option<i64>,
+    pub route_table_base: Option<i64>,
+    pub fwmark_base: Option<i64>,
+    pub masquerade: Option<bool>,
 }
