@@ -30,7 +30,7 @@ pub const DEFAULT_UPLINK_PREFERENCE: u32 = 100;
 /// `[uplink_monitor]` defaults.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_STANDBY_INTERVAL: Duration = Duration::from_millis(1000);
-pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_millis(300);
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_millis(450);
 pub const DEFAULT_HOLD: Duration = Duration::from_millis(3000);
 pub const DEFAULT_MARGIN_PERCENT: u32 = 25;
 pub const DEFAULT_FAILBACK_AFTER: Duration = Duration::from_secs(30);

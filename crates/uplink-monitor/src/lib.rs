@@ -1,0 +1,8 @@
+//! uplink-monitor: probes every uplink, scores them, and steers the default route to the best.
+//!
+//! `monitor` decides (pure), `score` and `dampening` are its arithmetic; the edge modules turn
+//! sockets, netlink and timers into its inputs and carry out its outputs.
+
+pub mod dampening;
+pub mod monitor;
+pub mod score;

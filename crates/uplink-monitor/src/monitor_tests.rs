@@ -1,0 +1,371 @@
+//! The monitor driven through simulated time: a world decides each probe's fate, the test
+//! asserts on the switches. Virtual time makes the lab's scenarios exact and fast, including
+//! the ten-minute loss soak.
+
+use std::time::{Duration, Instant};
+
+use fieldnet::config::*;
+
+use super::*;
+
+const STEP: Duration = Duration::from_millis(5);
+
+fn settings(targets: usize) -> UplinkMonitorConfig {
+    UplinkMonitorConfig {
+        common: AgentCommon {
+            enabled: true,
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        },
+        targets: (1..=targets as u8)
+            .map(|n| Ipv4Addr::new(192, 0, 2, n))
+            .collect(),
+        probe_interval: DEFAULT_PROBE_INTERVAL,
+        standby_interval: DEFAULT_STANDBY_INTERVAL,
+        dead_after: DEFAULT_DEAD_AFTER,
+        hold: DEFAULT_HOLD,
+        margin_percent: DEFAULT_MARGIN_PERCENT,
+        failback_after: DEFAULT_FAILBACK_AFTER,
+        dampening_half_life: DEFAULT_DAMPENING_HALF_LIFE,
+        dampening_suppress: DEFAULT_DAMPENING_SUPPRESS,
+        dampening_reuse: DEFAULT_DAMPENING_REUSE,
+        route_table_base: DEFAULT_ROUTE_TABLE_BASE,
+        fwmark_base: DEFAULT_FWMARK_BASE,
+        masquerade: true,
+    }
+}
+
+fn uplinks(preferences: &[u32]) -> Vec<UplinkSpec> {
+    preferences
+        .iter()
+        .enumerate()
+        .map(|(index, &preference)| UplinkSpec {
+            name: format!("up{index}"),
+            preference,
+            metered: false,
+            peer: None,
+        })
+        .collect()
+}
+
+/// What the simulated network does to a probe sent at `t` (since start) on `uplink` to
+/// `target`: its round trip, or `None` if it is lost.
+trait World {
+    fn rtt(&mut self, uplink: usize, target: usize, t: Duration) -> Option<Duration>;
+    fn link_up(&mut self, _uplink: usize, _t: Duration) -> bool {
+        true
+    }
+}
+
+/// A world described by a closure.
+struct Fn<F>(F);
+impl<F: FnMut(usize, usize, Duration) -> Option<Duration>> World for Fn<F> {
+    fn rtt(&mut self, uplink: usize, target: usize, t: Duration) -> Option<Duration> {
+        (self.0)(uplink, target, t)
+    }
+}
+
+struct Sim {
+    monitor: Monitor,
+    start: Instant,
+    now: Instant,
+    in_flight: Vec<(Instant, usize, usize, u16)>,
+    links: Vec<bool>,
+    switches: Vec<(Duration, usize, SwitchReason)>,
+}
+
+impl Sim {
+    fn new(
+        monitor_settings: UplinkMonitorConfig,
+        specs: Vec<UplinkSpec>,
+        adopt: Option<usize>,
+    ) -> Self {
+        let start = Instant::now();
+        let count = specs.len();
+        let mut monitor = Monitor::new(monitor_settings, specs, start);
+        let mut sim = Self {
+            monitor: Monitor::new(settings(1), Vec::new(), start),
+            start,
+            now: start,
+            in_flight: Vec::new(),
+            links: vec![true; count],
+            switches: Vec::new(),
+        };
+        let outputs = monitor.step(start, Input::Adopt { uplink: adopt });
+        sim.monitor = monitor;
+        assert!(
+            outputs
+                .iter()
+                .all(|o| !matches!(o, Output::Activate { .. }))
+        );
+        sim
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    fn run(&mut self, world: &mut impl World, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            self.now += STEP;
+            let t = self.elapsed();
+            for uplink in 0..self.links.len() {
+                let up = world.link_up(uplink, t);
+                if up != self.links[uplink] {
+                    self.links[uplink] = up;
+                    let outputs = self.monitor.step(self.now, Input::Link { uplink, up });
+                    self.apply(world, outputs);
+                }
+            }
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.in_flight.drain(..).partition(|(at, ..)| *at <= now);
+            self.in_flight = later;
+            for (_, uplink, target, seq) in due {
+                let outputs = self.monitor.step(
+                    now,
+                    Input::Reply {
+                        uplink,
+                        target,
+                        seq,
+                    },
+                );
+                self.apply(world, outputs);
+            }
+            let outputs = self.monitor.step(now, Input::Tick);
+            self.apply(world, outputs);
+        }
+    }
+
+    fn apply(&mut self, world: &mut impl World, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::SendProbe {
+                    uplink,
+                    target,
+                    seq,
+                } => {
+                    if !self.links[uplink] {
+                        continue;
+                    }
+                    if let Some(rtt) = world.rtt(uplink, target, self.elapsed()) {
+                        self.in_flight.push((self.now + rtt, uplink, target, seq));
+                    }
+                }
+                Output::Activate { uplink, reason, .. } => {
+                    self.switches.push((self.elapsed(), uplink, reason))
+                }
+                Output::HealthChanged { .. } => {}
+            }
+        }
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A small deterministic generator, so the soak is the same every run.
+struct XorShift(u64);
+impl XorShift {
+    fn chance(&mut self, percent: u64) -> bool {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % 100 < percent
+    }
+}
+
+#[test]
+fn first_choice_waits_for_every_verdict_and_picks_the_best() {
+    let mut sim = Sim::new(settings(3), uplinks(&[20, 10]), None);
+    let mut world = Fn(|uplink, _, _| Some(if uplink == 0 { ms(30) } else { ms(35) }));
+    sim.run(&mut world, secs(2));
+    // Uplink 1 is preferred by 10 points, uplink 0 faster by 5 ms: preference wins.
+    assert_eq!(
+        sim.switches,
+        [(sim.switches[0].0, 1, SwitchReason::Initial)]
+    );
+    assert!(
+        sim.switches[0].0 <= ms(400),
+        "decided at {:?}",
+        sim.switches[0].0
+    );
+}
+
+#[test]
+fn restart_adopts_the_kernel_route_and_never_blips() {
+    // The kernel's route points at the less preferred uplink: it stays while it is fine,
+    // until failback (preferred, stable) moves it after the hold time.
+    let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(1));
+    let mut world = Fn(|_, _, _| Some(ms(30)));
+    sim.run(&mut world, ms(2900));
+    assert!(sim.switches.is_empty(), "{:?}", sim.switches);
+    sim.run(&mut world, secs(5));
+    assert_eq!(
+        sim.switches.iter().map(|s| (s.1, s.2)).collect::<Vec<_>>(),
+        [(0, SwitchReason::Preferred)]
+    );
+
+    // Adopting the preferred one: nothing at all happens.
+    let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(0));
+    sim.run(&mut world, secs(60));
+    assert!(sim.switches.is_empty(), "{:?}", sim.switches);
+}
+
+#[test]
+fn carrier_loss_switches_at_once() {
+    struct Cut;
+    impl World for Cut {
+        fn rtt(&mut self, _: usize, _: usize, _: Duration) -> Option<Duration> {
+            Some(ms(30))
+        }
+        fn link_up(&mut self, uplink: usize, t: Duration) -> bool {
+            !(uplink == 0 && t >= secs(5))
+        }
+    }
+    let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(0));
+    sim.run(&mut Cut, secs(10));
+    assert_eq!(sim.switches, [(secs(5), 1, SwitchReason::LinkDown)]);
+}
+
+#[test]
+fn silence_on_every_target_switches_within_the_dead_time_but_one_dead_target_does_not() {
+    let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(0));
+    // Target 2 dies on uplink 0 at 3 s: no switch. Everything on uplink 0 dies at 6 s.
+    let mut world = Fn(|uplink, target, t| {
+        let dead = uplink == 0 && (t >= secs(6) || (target == 2 && t >= secs(3)));
+        (!dead).then_some(ms(1))
+    });
+    sim.run(&mut world, secs(10));
+    assert_eq!(sim.switches.len(), 1, "{:?}", sim.switches);
+    let (at, uplink, reason) = sim.switches[0];
+    assert_eq!((uplink, reason), (1, SwitchReason::Silent));
+    let detection = at - secs(6);
+    assert!(
+        detection <= DEFAULT_DEAD_AFTER + ms(50),
+        "switched {detection:?} after the blackhole"
+    );
+}
+
+#[test]
+fn high_latency_moves_traffic_after_the_hold_time_without_flapping() {
+    let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(0));
+    let mut world = Fn(|uplink, _, t| {
+        Some(if uplink == 0 && t >= secs(10) {
+            ms(400)
+        } else {
+            ms(40)
+        })
+    });
+    sim.run(&mut world, secs(120));
+    assert_eq!(sim.switches.len(), 1, "{:?}", sim.switches);
+    let (at, uplink, reason) = sim.switches[0];
+    assert_eq!((uplink, reason), (1, SwitchReason::Better));
+    // The 400 ms replies first arrive at 10.4 s; the score needs a few samples to cross the
+    // margin, then the hold time runs.
+    assert!(
+        at >= secs(10) + DEFAULT_HOLD && at <= secs(10) + DEFAULT_HOLD + secs(3),
+        "switched at {at:?}"
+    );
+}
+
+#[test]
+fn ten_minutes_of_ten_percent_loss_everywhere_never_switches() {
+    for seed in [1, 7, 42, 1234, 99_991] {
+        let mut rng = XorShift(seed);
+        let mut sim = Sim::new(settings(3), uplinks(&[10, 20, 30]), Some(0));
+        let mut world = Fn(|_, _, _| (!rng.chance(10)).then_some(ms(40)));
+        sim.run(&mut world, secs(600));
+        assert!(sim.switches.is_empty(), "seed {seed}: {:?}", sim.switches);
+        let view = sim.monitor.view(sim.now);
+        let loss = view[0].probes_lost as f64 / view[0].probes_sent as f64;
+        assert!(
+            (0.08..0.12).contains(&loss),
+            "seed {seed}: measured loss {loss}"
+        );
+    }
+}
+
+#[test]
+fn a_flapping_uplink_is_dampened_and_traffic_ends_on_the_stable_one() {
+    struct Flap;
+    impl World for Flap {
+        fn rtt(&mut self, _: usize, _: usize, _: Duration) -> Option<Duration> {
+            Some(ms(5))
+        }
+        // Uplink 0 flaps 5 times a second (100 ms down, 100 ms up) from 5 s to 65 s.
+        fn link_up(&mut self, uplink: usize, t: Duration) -> bool {
+            let flapping = uplink == 0 && t >= secs(5) && t < secs(65);
+            !(flapping && (t.as_millis() / 100).is_multiple_of(2))
+        }
+    }
+    let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(0));
+    sim.run(&mut Flap, secs(70));
+    assert!(sim.switches.len() <= 3, "{:?}", sim.switches);
+    assert_eq!(sim.monitor.active(), Some(1), "{:?}", sim.switches);
+    assert!(sim.monitor.view(sim.now)[0].suppressed);
+    // Once it has settled, been reused and proved stable, the preferred uplink gets traffic back.
+    sim.run(&mut Flap, secs(120));
+    assert_eq!(sim.monitor.active(), Some(0), "{:?}", sim.switches);
+    assert!(sim.switches.len() <= 4, "{:?}", sim.switches);
+}
+
+#[test]
+fn failback_waits_until_the_preferred_uplink_is_stable() {
+    let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(0));
+    // Uplink 0 is silent from 5 s to 15 s.
+    let mut world =
+        Fn(|uplink, _, t| (uplink != 0 || t < secs(5) || t >= secs(15)).then_some(ms(20)));
+    sim.run(&mut world, secs(80));
+    let moves: Vec<(usize, SwitchReason)> = sim.switches.iter().map(|s| (s.1, s.2)).collect();
+    assert_eq!(
+        moves,
+        [(1, SwitchReason::Silent), (0, SwitchReason::Preferred)]
+    );
+    let back = sim.switches[1].0;
+    assert!(
+        back >= secs(15) + DEFAULT_FAILBACK_AFTER + DEFAULT_HOLD,
+        "failed back at {back:?}"
+    );
+}
+
+#[test]
+fn all_local_uplinks_dead_uses_a_remote_one() {
+    let mut specs = uplinks(&[10, 20, 50]);
+    specs[2].peer = Some(2);
+    let mut sim = Sim::new(settings(3), specs, Some(0));
+    let mut world = Fn(|uplink, _, t| (uplink == 2 || t < secs(5)).then_some(ms(25)));
+    sim.run(&mut world, secs(10));
+    assert_eq!(sim.monitor.active(), Some(2), "{:?}", sim.switches);
+    // And when the peer dies, its uplink is down at once.
+    let outputs = sim.monitor.step(
+        sim.now,
+        Input::Peer {
+            peer: 2,
+            alive: false,
+        },
+    );
+    assert!(outputs.contains(&Output::HealthChanged {
+        uplink: 2,
+        from: Health::Up,
+        to: Health::PeerDown
+    }));
+}
+
+#[test]
+fn metered_standby_is_probed_slowly_and_not_called_dead_for_it() {
+    let mut specs = uplinks(&[10, 20]);
+    specs[1].metered = true;
+    let mut sim = Sim::new(settings(3), specs, Some(0));
+    let mut world = Fn(|_, _, _| Some(ms(30)));
+    sim.run(&mut world, secs(20));
+    let view = sim.monitor.view(sim.now);
+    assert!(view[1].probes_sent * 5 < view[0].probes_sent, "{view:?}");
+    assert_eq!(view[1].health, Health::Up);
+    assert!(sim.switches.is_empty());
+}
