@@ -1,7 +1,6 @@
 //! `cargo xtask demo`: a three-area site in network namespaces, every agent that exists so far,
 //! told in plain words. Each agent's issue adds its scene here.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -238,84 +237,10 @@ fn leftover_namespaces(prefix: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// The appliance file for one lab area, written the way an operator would write it.
+/// The appliance file for one lab area, as the lab writes it.
 fn write_config(dir: &Path, site: &Site, area: &AreaLab) -> anyhow::Result<PathBuf> {
-    let mut text = String::new();
-    let id = area.id;
-    writeln!(
-        text,
-        "[site]\nname = \"demo\"\ndomain = \"demo.fieldnet.example\"\nkey = \"{}\"\n",
-        "5a".repeat(32)
-    )?;
-    writeln!(
-        text,
-        "[appliance]\nid = {id}\nname = \"appliance-{id}\"\narea = \"area{id}\"\n"
-    )?;
-    for other in &site.areas {
-        writeln!(
-            text,
-            "[[areas]]\nname = \"area{0}\"\nappliance = {0}\n",
-            other.id
-        )?;
-    }
-    for other in &site.areas {
-        writeln!(
-            text,
-            "[[networks]]\nname = \"NETWORK{0}\"\narea = \"area{0}\"\nsubnet = \"{1}\"\ngateway = \"{2}\"\ninterface = \"{3}\"\n",
-            other.id, other.network, other.gateway, other.lan_if
-        )?;
-    }
-    for uplink in &area.uplinks {
-        writeln!(
-            text,
-            "[[uplinks]]\nname = \"{}\"\nkind = \"local\"\ninterface = \"{}\"\ngateway = \"{}\"\n",
-            uplink.name, uplink.appliance_if, uplink.router_lan_addr
-        )?;
-    }
-    for other in site.areas.iter().filter(|other| other.id != id) {
-        writeln!(
-            text,
-            "[[uplinks]]\nname = \"{}\"\nkind = \"remote\"\npeer = {}\npreference = 50\n",
-            other.uplinks[0].name, other.id
-        )?;
-    }
-    for other in site.areas.iter().filter(|other| other.id != id) {
-        let (low, high) = (id.min(other.id), id.max(other.id));
-        let (mine, theirs) = if id == low { (1, 2) } else { (2, 1) };
-        writeln!(
-            text,
-            "[[peers]]\nid = {0}\nname = \"appliance-{0}\"\n",
-            other.id
-        )?;
-        for (kind, interface, net) in [("cable", "cab", 255), ("wifi", "wifi", 254)] {
-            writeln!(
-                text,
-                "[[peers.paths]]\nkind = \"{kind}\"\ninterface = \"{interface}{}\"\nlocal = \"10.{net}.{low}{high}.{mine}\"\nremote = \"10.{net}.{low}{high}.{theirs}\"\n",
-                other.id
-            )?;
-        }
-    }
-    if site.hub.is_some() {
-        writeln!(
-            text,
-            "[hub]\nendpoints = [\"203.0.113.10:51820\"]\ntunnel_address = \"10.253.0.254\"\n"
-        )?;
-    }
-    writeln!(
-        text,
-        "[uplink_monitor]\ntargets = [{}]\n",
-        lab::INTERNET_HOSTS
-            .iter()
-            .map(|h| format!("\"{h}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )?;
-    writeln!(
-        text,
-        "[bus]\nsocket = \"{}\"\nmetrics_listen = \"127.0.0.1:9700\"",
-        dir.join(format!("bus-{id}.sock")).display()
-    )?;
-    let path = dir.join(format!("appliance-{id}.toml"));
+    let path = dir.join(format!("appliance-{}.toml", area.id));
+    let text = lab::appliance_config(site, area.id, dir, "");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }

@@ -14,6 +14,7 @@
 
 mod clean;
 mod command;
+mod config;
 mod delay;
 mod error;
 mod fault;
@@ -22,8 +23,10 @@ mod netns;
 mod ping;
 mod process;
 mod site;
+mod stream;
 
 pub use clean::{clean_all, clean_stale, lab_namespaces};
+pub use config::appliance_config;
 pub use delay::{DelayLink, Direction, Impairment, LinkCounters};
 pub use error::LabError;
 pub use fault::Fault;
@@ -35,3 +38,4 @@ pub use site::{
     AreaLab, ClientLab, HUB_ADDR, INTERNET_BRIDGE, INTERNET_HOSTS, PathKind, PathLab, Site,
     SiteSpec, UplinkLab,
 };
+pub use stream::{EchoServer, Stream, StreamReport};

@@ -264,6 +264,11 @@ impl Monitor {
         self.settings.targets[target]
     }
 
+    /// Which target an address is, if it is one.
+    pub fn target_index(&self, address: Ipv4Addr) -> Option<usize> {
+        self.settings.targets.iter().position(|t| *t == address)
+    }
+
     pub fn uplink_name(&self, uplink: usize) -> &str {
         &self.uplinks[uplink].spec.name
     }

@@ -34,3 +34,53 @@ pub struct AgentStarted {
     /// Where its metrics and health endpoint listen.
     pub metrics: String,
 }
+
+/// Retained, published by uplink-monitor: the uplink carrying the default route.
+pub const TOPIC_UPLINK_ACTIVE: &str = "uplink/active";
+
+/// Body of [`TOPIC_UPLINK_ACTIVE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UplinkActive {
+    /// The uplink's name from the config.
+    pub name: String,
+    /// Why traffic moved to it: `initial`, `adopted`, `link_down`, `silent`, `peer_down`,
+    /// `suppressed`, `better` or `preferred`.
+    pub reason: String,
+    /// The uplink it replaced, if any.
+    pub previous: Option<String>,
+    /// Since when, in milliseconds since the Unix epoch.
+    pub since: u64,
+}
+
+/// Retained, one per uplink: `uplink/<name>/state`, published by uplink-monitor.
+pub fn uplink_state_topic(name: &str) -> String {
+    format!("uplink/{name}/state")
+}
+
+/// Body of `uplink/<name>/state`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UplinkState {
+    pub name: String,
+    /// `unknown`, `up`, `link_down`, `silent` or `peer_down`.
+    pub health: String,
+    pub active: bool,
+    /// Dampened for flapping.
+    pub suppressed: bool,
+    /// Lower is better; `None` before any reply.
+    pub score: Option<f64>,
+    pub latency_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    /// Recent loss fraction, 0 to 1.
+    pub loss: Option<f64>,
+}
+
+/// Retained, one per peer appliance: `peer/<id>` (published by cross-site-failover).
+pub fn peer_topic(id: u8) -> String {
+    format!("peer/{id}")
+}
+
+/// Body of `peer/<id>`: the least every subscriber relies on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLiveness {
+    pub alive: bool,
+}

@@ -1,0 +1,582 @@
+//! The edge: turns netlink events, probe replies, the bus and the clock into monitor inputs,
+//! and carries out its outputs (probes, the default route, conntrack, bus, metrics).
+//!
+//! Invariant: every decision is the monitor's; this module only translates and executes.
+//! Kernel state is read at start and adopted, so a restart changes nothing until the monitor
+//! has evidence that something should change.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fieldnet::bus::BusClient;
+use fieldnet::bus::topics::{self, UplinkActive, UplinkState};
+use fieldnet::config::{Config, PathKind, UplinkKind};
+use fieldnet::obs::Health as AgentHealth;
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::egress::{self, Egress};
+use crate::kernel::{Kernel, NextHop, RULE_PRIORITY_BASE};
+use crate::monitor::{Health, Input, Monitor, Output, SwitchReason, UplinkSpec};
+use crate::probe::{EchoReply, ProbeSocket};
+
+/// Longest the loop sleeps without a tick.
+const MAX_TICK: Duration = Duration::from_millis(20);
+/// How often link facts are re-read in full (also covers a netlink overrun).
+const RESYNC: Duration = Duration::from_secs(2);
+/// How often figures go to metrics and the bus.
+const REPORT: Duration = Duration::from_secs(1);
+
+/// How one uplink is reached, from this appliance's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkRoute {
+    pub name: String,
+    /// The interface traffic leaves by: the uplink's port, or the path to the owning peer.
+    pub interface: String,
+    pub gateway: Ipv4Addr,
+    pub table: u32,
+    pub mark: u32,
+    pub local: bool,
+}
+
+/// The uplinks as the monitor and the edge need them, derived from the config alone.
+pub fn plan(config: &Config) -> anyhow::Result<(Vec<UplinkSpec>, Vec<UplinkRoute>)> {
+    let settings = &config.agents.uplink_monitor;
+    let mut specs = Vec::new();
+    let mut routes = Vec::new();
+    for (index, uplink) in config.uplinks.iter().enumerate() {
+        let (interface, gateway, peer) = match &uplink.kind {
+            UplinkKind::Local { interface, gateway } => (interface.clone(), *gateway, None),
+            UplinkKind::Remote { peer } => {
+                let peer_config =
+                    config
+                        .peers
+                        .iter()
+                        .find(|p| p.id == *peer)
+                        .with_context(|| {
+                            format!("uplink {}: peer {peer} is not configured", uplink.name)
+                        })?;
+                // Until cross-site-failover tells us the live path, prefer cable, then wifi.
+                let path = [PathKind::Cable, PathKind::Wifi, PathKind::Vpn]
+                    .iter()
+                    .find_map(|kind| peer_config.paths.iter().find(|p| p.kind == *kind))
+                    .with_context(|| format!("uplink {}: peer {peer} has no path", uplink.name))?;
+                (path.interface.clone(), path.remote, Some(*peer))
+            }
+        };
+        specs.push(UplinkSpec {
+            name: uplink.name.clone(),
+            preference: uplink.preference,
+            metered: uplink.metered,
+            peer,
+        });
+        routes.push(UplinkRoute {
+            name: uplink.name.clone(),
+            interface,
+            gateway,
+            table: settings.route_table_base + index as u32,
+            mark: settings.fwmark_base + index as u32,
+            local: peer.is_none(),
+        });
+    }
+    Ok((specs, routes))
+}
+
+struct Metrics {
+    latency: GaugeVec,
+    jitter: GaugeVec,
+    loss: GaugeVec,
+    score: GaugeVec,
+    up: GaugeVec,
+    active: GaugeVec,
+    probes_sent: IntCounterVec,
+    probes_lost: IntCounterVec,
+    switches: IntCounterVec,
+    last_switch: IntGauge,
+    errors: IntCounterVec,
+}
+
+impl Metrics {
+    fn register(registry: &Registry) -> anyhow::Result<Self> {
+        let gauge = |name: &str, help: &str| -> anyhow::Result<GaugeVec> {
+            let metric = GaugeVec::new(Opts::new(name, help), &["uplink"])?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let counter = |name: &str, help: &str, label: &str| -> anyhow::Result<IntCounterVec> {
+            let metric = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let last_switch = IntGauge::new(
+            "fieldnet_uplink_monitor_last_switch_timestamp_seconds",
+            "Unix time of the last change of active uplink (0: none since start)",
+        )?;
+        registry.register(Box::new(last_switch.clone()))?;
+        Ok(Self {
+            latency: gauge(
+                "fieldnet_uplink_monitor_latency_milliseconds",
+                "Smoothed round trip of the best target",
+            )?,
+            jitter: gauge(
+                "fieldnet_uplink_monitor_jitter_milliseconds",
+                "Smoothed round-trip variation",
+            )?,
+            loss: gauge(
+                "fieldnet_uplink_monitor_loss_ratio",
+                "Recent probe loss, 0 to 1",
+            )?,
+            score: gauge(
+                "fieldnet_uplink_monitor_score",
+                "Uplink score, lower is better",
+            )?,
+            up: gauge(
+                "fieldnet_uplink_monitor_up",
+                "1 when the uplink answers probes",
+            )?,
+            active: gauge(
+                "fieldnet_uplink_monitor_active",
+                "1 for the uplink carrying the default route",
+            )?,
+            probes_sent: counter(
+                "fieldnet_uplink_monitor_probes_sent_total",
+                "Probes sent",
+                "uplink",
+            )?,
+            probes_lost: counter(
+                "fieldnet_uplink_monitor_probes_lost_total",
+                "Probes unanswered",
+                "uplink",
+            )?,
+            switches: counter(
+                "fieldnet_uplink_monitor_switches_total",
+                "Changes of active uplink",
+                "reason",
+            )?,
+            last_switch,
+            errors: counter(
+                "fieldnet_uplink_monitor_errors_total",
+                "Failed kernel operations",
+                "operation",
+            )?,
+        })
+    }
+}
+
+/// What the link watcher reports: something about links or addresses changed.
+struct LinkChanged;
+
+pub async fn run(
+    config: Config,
+    registry: Registry,
+    health: AgentHealth,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = config.agents.uplink_monitor.clone();
+    let (specs, routes) = plan(&config)?;
+    anyhow::ensure!(
+        !routes.is_empty(),
+        "no [[uplinks]] configured: nothing to monitor"
+    );
+    let metrics = Metrics::register(&registry)?;
+    let kernel = Kernel::connect()?;
+    let bus = BusClient::spawn(config.bus.socket.clone(), "uplink-monitor");
+    bus.publish(
+        &topics::agent_topic("uplink-monitor"),
+        &topics::AgentStarted {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            metrics: settings.common.metrics_listen.to_string(),
+        },
+        true,
+    )?;
+
+    // Egress: marks, masquerade, loose rp_filter for local uplinks.
+    let egresses: Vec<Egress> = routes
+        .iter()
+        .filter(|r| r.local)
+        .map(|r| Egress {
+            interface: r.interface.clone(),
+            mark: r.mark,
+        })
+        .collect();
+    egress::apply(&egresses, settings.masquerade).await?;
+    for route in routes.iter().filter(|r| r.local) {
+        if let Err(error) = egress::loosen_rp_filter(&route.interface) {
+            tracing::warn!(uplink = %route.name, %error, "cannot loosen reverse-path filtering (interface absent?)");
+        }
+    }
+    for (index, route) in routes.iter().enumerate() {
+        kernel
+            .ensure_rule(route.mark, route.table, RULE_PRIORITY_BASE + index as u32)
+            .await?;
+    }
+
+    let (events_tx, mut events) = mpsc::unbounded_channel::<LinkChanged>();
+    let (replies_tx, mut replies) = mpsc::unbounded_channel();
+    let mut sockets = Vec::new();
+    for route in &routes {
+        let device = route.local.then_some(route.interface.as_str());
+        sockets.push(
+            ProbeSocket::open(sockets.len(), route.mark, device, replies_tx.clone())
+                .with_context(|| format!("opening the probe socket of uplink {}", route.name))?,
+        );
+    }
+    watch_links(events_tx)?;
+    let mut peers = bus.subscribe("peer/");
+
+    let mut edge = Edge {
+        kernel,
+        routes,
+        sockets,
+        metrics,
+        bus,
+        link_index: Vec::new(),
+        link_usable: Vec::new(),
+        reported_sent: Vec::new(),
+        reported_lost: Vec::new(),
+    };
+    let now = Instant::now();
+    let mut monitor = Monitor::new(settings, specs, now);
+    edge.link_index = vec![None; edge.routes.len()];
+    edge.link_usable = vec![None; edge.routes.len()];
+    edge.reported_sent = vec![0; edge.routes.len()];
+    edge.reported_lost = vec![0; edge.routes.len()];
+    let inputs = edge.resync_links().await;
+    for input in inputs {
+        let outputs = monitor.step(Instant::now(), input);
+        edge.execute(&mut monitor, outputs).await;
+    }
+    let adopted = edge.adopt().await;
+    if let Some(uplink) = adopted {
+        tracing::info!(uplink = %edge.routes[uplink].name, "adopting the kernel's default route");
+        edge.publish_active(uplink, None, "adopted");
+    }
+    let outputs = monitor.step(Instant::now(), Input::Adopt { uplink: adopted });
+    edge.execute(&mut monitor, outputs).await;
+    fieldnet::obs::notify_ready(shutdown.clone());
+    health.set("uplinks", None);
+
+    let mut resync = tokio::time::interval(RESYNC);
+    let mut report = tokio::time::interval(REPORT);
+    loop {
+        let deadline = monitor.next_deadline().map_or(MAX_TICK, |at| {
+            at.saturating_duration_since(Instant::now()).min(MAX_TICK)
+        });
+        let input = tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(deadline) => Some(Input::Tick),
+            Some(reply) = replies.recv() => edge.reply_input(&monitor, reply),
+            Some(LinkChanged) = events.recv() => {
+                for input in edge.resync_links().await {
+                    let outputs = monitor.step(Instant::now(), input);
+                    edge.execute(&mut monitor, outputs).await;
+                }
+                None
+            }
+            Some(event) = peers.recv() => peer_input(&event),
+            _ = resync.tick() => {
+                for input in edge.resync_links().await {
+                    let outputs = monitor.step(Instant::now(), input);
+                    edge.execute(&mut monitor, outputs).await;
+                }
+                None
+            }
+            _ = report.tick() => {
+                edge.report(&monitor);
+                None
+            }
+        };
+        if let Some(input) = input {
+            let outputs = monitor.step(Instant::now(), input);
+            edge.execute(&mut monitor, outputs).await;
+        }
+    }
+    // The default route stays as it is: traffic keeps flowing while the agent is away.
+    Ok(())
+}
+
+fn peer_input(event: &fieldnet::bus::BusEvent) -> Option<Input> {
+    let fieldnet::bus::BusEvent::Message(envelope) = event else {
+        return None;
+    };
+    let peer: u8 = envelope.topic.strip_prefix("peer/")?.parse().ok()?;
+    let liveness: topics::PeerLiveness = envelope.body_as().ok()?;
+    Some(Input::Peer {
+        peer,
+        alive: liveness.alive,
+    })
+}
+
+/// Subscribes to link and address changes; each one triggers a re-read of our interfaces.
+fn watch_links(events: mpsc::UnboundedSender<LinkChanged>) -> anyhow::Result<()> {
+    use futures_util::StreamExt as _;
+    use rtnetlink::MulticastGroup;
+    let (connection, _, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])
+            .context("subscribing to link events")?;
+    tokio::spawn(connection);
+    tokio::spawn(async move {
+        while messages.next().await.is_some() {
+            if events.send(LinkChanged).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+struct Edge {
+    kernel: Kernel,
+    routes: Vec<UplinkRoute>,
+    sockets: Vec<ProbeSocket>,
+    metrics: Metrics,
+    bus: BusClient,
+    link_index: Vec<Option<u32>>,
+    link_usable: Vec<Option<bool>>,
+    reported_sent: Vec<u64>,
+    reported_lost: Vec<u64>,
+}
+
+impl Edge {
+    /// Re-reads every uplink interface; returns inputs for those whose state changed, and
+    /// reinstalls an uplink's own table when its link comes (back) up.
+    async fn resync_links(&mut self) -> Vec<Input> {
+        let mut inputs = Vec::new();
+        for index in 0..self.routes.len() {
+            let facts = match self.kernel.link_facts(&self.routes[index].interface).await {
+                Ok(facts) => facts,
+                Err(error) => {
+                    tracing::warn!(uplink = %self.routes[index].name, %error, "reading link state");
+                    continue;
+                }
+            };
+            // A remote uplink's path has no address requirement beyond carrier.
+            let usable = facts.is_some_and(|f| {
+                if self.routes[index].local {
+                    f.usable()
+                } else {
+                    f.carrier
+                }
+            });
+            self.link_index[index] = facts.map(|f| f.index);
+            if self.link_usable[index] != Some(usable) {
+                self.link_usable[index] = Some(usable);
+                if usable {
+                    self.install_table(index).await;
+                }
+                inputs.push(Input::Link {
+                    uplink: index,
+                    up: usable,
+                });
+            }
+        }
+        inputs
+    }
+
+    async fn install_table(&self, index: usize) {
+        let route = &self.routes[index];
+        let Some(interface) = self.link_index[index] else {
+            return;
+        };
+        let hop = NextHop {
+            gateway: route.gateway,
+            interface,
+        };
+        if let Err(error) = self.kernel.replace_default(route.table, hop).await {
+            self.metrics
+                .errors
+                .with_label_values(&["uplink_table"])
+                .inc();
+            tracing::warn!(uplink = %route.name, error = format!("{error:#}"), "installing the uplink's own table");
+        }
+    }
+
+    /// Which uplink the kernel's default route already uses.
+    async fn adopt(&self) -> Option<usize> {
+        let hops = match self.kernel.main_defaults().await {
+            Ok(hops) => hops,
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "reading the default route");
+                return None;
+            }
+        };
+        hops.iter().find_map(|hop| {
+            (0..self.routes.len()).find(|&i| {
+                self.routes[i].gateway == hop.gateway && self.link_index[i] == Some(hop.interface)
+            })
+        })
+    }
+
+    fn reply_input(&self, monitor: &Monitor, reply: EchoReply) -> Option<Input> {
+        let target = monitor.target_index(reply.from)?;
+        Some(Input::Reply {
+            uplink: reply.uplink,
+            target,
+            seq: reply.seq,
+        })
+    }
+
+    async fn execute(&mut self, monitor: &mut Monitor, outputs: Vec<Output>) {
+        let mut pending = outputs;
+        while !pending.is_empty() {
+            let mut follow_up = Vec::new();
+            for output in pending {
+                match output {
+                    Output::SendProbe {
+                        uplink,
+                        target,
+                        seq,
+                    } => {
+                        let address = monitor.target_address(target);
+                        if let Err(error) = self.sockets[uplink].send(address, seq) {
+                            tracing::trace!(uplink = %self.routes[uplink].name, %error, "probe not sent");
+                            follow_up.extend(monitor.step(
+                                Instant::now(),
+                                Input::SendFailed {
+                                    uplink,
+                                    target,
+                                    seq,
+                                },
+                            ));
+                        }
+                    }
+                    Output::Activate {
+                        uplink,
+                        previous,
+                        reason,
+                    } => self.activate(uplink, previous, reason).await,
+                    Output::HealthChanged { uplink, from, to } => {
+                        tracing::info!(uplink = %self.routes[uplink].name, from = %from.as_str(), to = %to.as_str(), "uplink health changed");
+                        self.publish_state(monitor, uplink);
+                    }
+                }
+            }
+            pending = follow_up;
+        }
+    }
+
+    async fn activate(&mut self, uplink: usize, previous: Option<usize>, reason: SwitchReason) {
+        let route = &self.routes[uplink];
+        let started = Instant::now();
+        match self.link_index[uplink] {
+            Some(interface) => {
+                if let Err(error) = self
+                    .kernel
+                    .set_main_default(NextHop {
+                        gateway: route.gateway,
+                        interface,
+                    })
+                    .await
+                {
+                    self.metrics
+                        .errors
+                        .with_label_values(&["default_route"])
+                        .inc();
+                    tracing::error!(uplink = %route.name, error = format!("{error:#}"), "moving the default route");
+                    return;
+                }
+            }
+            None => {
+                tracing::error!(uplink = %route.name, "cannot move the default route: interface absent");
+                return;
+            }
+        }
+        tracing::info!(
+            from = %previous.map(|p| self.routes[p].name.as_str()).unwrap_or("-"),
+            to = %route.name,
+            reason = %reason.as_str(),
+            took_us = started.elapsed().as_micros() as u64,
+            "default route moved"
+        );
+        self.metrics
+            .switches
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        self.metrics
+            .last_switch
+            .set(fieldnet::bus::unix_millis() as i64 / 1000);
+        self.publish_active(uplink, previous, reason.as_str());
+        if let Some(previous) = previous.filter(|p| self.routes[*p].local) {
+            let mark = self.routes[previous].mark;
+            let name = self.routes[previous].name.clone();
+            let errors = self.metrics.errors.clone();
+            // After the route: new packets of old flows now find no entry and are re-NATed
+            // onto the new uplink.
+            tokio::spawn(async move {
+                match egress::flush_conntrack(mark).await {
+                    Ok(count) => {
+                        tracing::info!(uplink = %name, flows = count, "forgot flows of the abandoned uplink")
+                    }
+                    Err(error) => {
+                        errors.with_label_values(&["conntrack"]).inc();
+                        tracing::warn!(uplink = %name, error = format!("{error:#}"), "flushing conntrack");
+                    }
+                }
+            });
+        }
+    }
+
+    fn publish_active(&self, uplink: usize, previous: Option<usize>, reason: &str) {
+        let body = UplinkActive {
+            name: self.routes[uplink].name.clone(),
+            reason: reason.to_owned(),
+            previous: previous.map(|p| self.routes[p].name.clone()),
+            since: fieldnet::bus::unix_millis(),
+        };
+        let _ = self.bus.publish(topics::TOPIC_UPLINK_ACTIVE, &body, true);
+    }
+
+    fn publish_state(&self, monitor: &Monitor, uplink: usize) {
+        let view = &monitor.view(Instant::now())[uplink];
+        let body = UplinkState {
+            name: view.name.clone(),
+            health: view.health.as_str().to_owned(),
+            active: view.active,
+            suppressed: view.suppressed,
+            score: view.score,
+            latency_ms: view.latency_ms,
+            jitter_ms: view.jitter_ms,
+            loss: view.loss,
+        };
+        let _ = self
+            .bus
+            .publish(&topics::uplink_state_topic(&view.name), &body, true);
+    }
+
+    fn report(&mut self, monitor: &Monitor) {
+        for (index, view) in monitor.view(Instant::now()).iter().enumerate() {
+            let labels = [view.name.as_str()];
+            let set = |gauge: &GaugeVec, value: Option<f64>| {
+                gauge
+                    .with_label_values(&labels)
+                    .set(value.unwrap_or(f64::NAN))
+            };
+            set(&self.metrics.latency, view.latency_ms);
+            set(&self.metrics.jitter, view.jitter_ms);
+            set(&self.metrics.loss, view.loss);
+            set(&self.metrics.score, view.score);
+            self.metrics
+                .up
+                .with_label_values(&labels)
+                .set(f64::from(u8::from(view.health == Health::Up)));
+            self.metrics
+                .active
+                .with_label_values(&labels)
+                .set(f64::from(u8::from(view.active)));
+            self.metrics
+                .probes_sent
+                .with_label_values(&labels)
+                .inc_by(view.probes_sent - self.reported_sent[index]);
+            self.metrics
+                .probes_lost
+                .with_label_values(&labels)
+                .inc_by(view.probes_lost - self.reported_lost[index]);
+            self.reported_sent[index] = view.probes_sent;
+            self.reported_lost[index] = view.probes_lost;
+            self.publish_state(monitor, index);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! ICMP echo probes pinned to one uplink each: a raw socket per uplink carrying the uplink's
+//! firewall mark (so a rule sends it through the uplink's own table, whatever the default
+//! route is) and, for local uplinks, bound to the uplink's interface.
+//!
+//! Invariant: a reply is reported only if its identifier, sequence and source match a probe
+//! this process sent on that uplink; everything else a raw socket sees is ignored.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+/// ICMP echo request and reply types.
+const ECHO_REQUEST: u8 = 8;
+const ECHO_REPLY: u8 = 0;
+/// Bytes after the 8-byte ICMP header; a marker so captures show whose probes these are.
+const PAYLOAD: &[u8; 16] = b"fieldnet-uplink\0";
+
+/// A reply, as the socket task reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoReply {
+    pub uplink: usize,
+    pub from: Ipv4Addr,
+    pub seq: u16,
+}
+
+/// One uplink's probe socket.
+#[derive(Debug)]
+pub struct ProbeSocket {
+    socket: std::sync::Arc<AsyncFd<OwnedFd>>,
+    identifier: u16,
+}
+
+impl ProbeSocket {
+    /// Opens the socket; `device` binds it to an interface (local uplinks).
+    pub fn open(
+        uplink: usize,
+        mark: u32,
+        device: Option<&str>,
+        replies: mpsc::UnboundedSender<EchoReply>,
+    ) -> io::Result<Self> {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_ICMP,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_option(&fd, libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes())?;
+        if let Some(device) = device {
+            set_option(
+                &fd,
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                device.as_bytes(),
+            )?;
+        }
+        // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
+        // descriptor stays open and the same for the AsyncFd's whole life.
+        let socket = unsafe { AsyncFd::register(fd) }.map_err(|error| io::Error::from(error))?;
+        let socket = std::sync::Arc::new(socket);
+        // Distinct per process and uplink, so two monitors (or a restart overlap) never
+        // take each other's replies.
+        let identifier = (std::process::id() as u16)
+            .wrapping_mul(31)
+            .wrapping_add(uplink as u16);
+        tokio::spawn(receive(socket.clone(), uplink, identifier, replies));
+        Ok(Self { socket, identifier })
+    }
+
+    /// Sends one echo request. An error (no route, interface gone) is the caller's loss.
+    pub fn send(&self, target: Ipv4Addr, seq: u16) -> io::Result<()> {
+        let packet = echo_request(self.identifier, seq);
+        let address = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(target).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: the buffer and address are valid for the duration of the call and their
+        // lengths are passed alongside.
+        let sent = unsafe {
+            libc::sendto(
+                self.socket.get_ref().as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                libc::MSG_DONTWAIT,
+                (&raw const address).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn set_option(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `value` is valid for `value.len()` bytes for the duration of the call.
+    let result = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+async fn receive(
+    socket: std::sync::Arc<AsyncFd<OwnedFd>>,
+    uplink: usize,
+    identifier: u16,
+    replies: mpsc::UnboundedSender<EchoReply>,
+) {
+    let mut buffer = [0u8; 1500];
+    loop {
+        let Ok(mut ready) = socket.readable().await else {
+            return;
+        };
+        // SAFETY: the buffer is valid for its length; a raw socket delivers whole datagrams.
+        let received = unsafe {
+            libc::recv(
+                socket.get_ref().as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if received < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::WouldBlock {
+                ready.clear_ready();
+                continue;
+            }
+            tracing::warn!(uplink, %error, "probe socket failed");
+            return;
+        }
+        if let Some((from, id, seq)) = parse_echo_reply(&buffer[..received as usize])
+            && id == identifier
+            && replies.send(EchoReply { uplink, from, seq }).is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// An ICMP echo request with the Internet checksum filled in.
+pub fn echo_request(identifier: u16, seq: u16) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(8 + PAYLOAD.len());
+    packet.extend_from_slice(&[ECHO_REQUEST, 0, 0, 0]);
+    packet.extend_from_slice(&identifier.to_be_bytes());
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(PAYLOAD);
+    let checksum = internet_checksum(&packet);
+    packet[2..4].copy_from_slice(&checksum.to_be_bytes());
+    packet
+}
+
+/// RFC 1071 checksum.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Source, identifier and sequence of an IPv4 datagram carrying an ICMP echo reply.
+pub fn parse_echo_reply(datagram: &[u8]) -> Option<(Ipv4Addr, u16, u16)> {
+    let first = *datagram.first()?;
+    if first >> 4 != 4 {
+        return None;
+    }
+    let header_len = usize::from(first & 0x0f) * 4;
+    let source = Ipv4Addr::new(
+        *datagram.get(12)?,
+        *datagram.get(13)?,
+        *datagram.get(14)?,
+        *datagram.get(15)?,
+    );
+    let icmp = datagram.get(header_len..)?;
+    if icmp.len() < 8 || icmp[0] != ECHO_REPLY || icmp[1] != 0 {
+        return None;
+    }
+    let identifier = u16::from_be_bytes([icmp[4], icmp[5]]);
+    let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
+    Some((source, identifier, seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_request_checksums_to_zero() {
+        let packet = echo_request(0x1234, 7);
+        assert_eq!(
+            internet_checksum(&packet),
+            0,
+            "a packet with its checksum sums to zero"
+        );
+        assert_eq!(&packet[4..8], &[0x12, 0x34, 0, 7]);
+    }
+
+    #[test]
+    fn replies_are_parsed_and_other_icmp_is_not() {
+        let mut datagram = vec![
+            0x45, 0, 0, 36, 0, 0, 0, 0, 64, 1, 0, 0, 192, 0, 2, 1, 10, 0, 0, 1,
+        ];
+        let mut reply = echo_request(0xbeef, 513);
+        reply[0] = ECHO_REPLY;
+        datagram.extend_from_slice(&reply);
+        assert_eq!(
+            parse_echo_reply(&datagram),
+            Some((Ipv4Addr::new(192, 0, 2, 1), 0xbeef, 513))
+        );
+        datagram[20] = 3; // destination unreachable
+        assert_eq!(parse_echo_reply(&datagram), None);
+        assert_eq!(parse_echo_reply(&datagram[..10]), None);
+        assert_eq!(parse_echo_reply(&[]), None);
+    }
+}
