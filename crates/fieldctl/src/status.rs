@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fieldnet::bus::frame::{self, Envelope, Frame};
-use fieldnet::bus::topics::{AgentsAlive, TOPIC_AGENTS};
+use fieldnet::bus::topics::{
+    AgentsAlive, TOPIC_AGENTS, TOPIC_UPLINK_ACTIVE, UplinkActive, UplinkState,
+};
 use fieldnet::config::Config;
 use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
@@ -20,7 +22,7 @@ const BUS_TIMEOUT: Duration = Duration::from_secs(3);
 fn expected_agents(config: &Config) -> Vec<&'static str> {
     let agents = &config.agents;
     [
-        ("uplink-monitor", agents.uplink_monitor.enabled),
+        ("uplink-monitor", agents.uplink_monitor.common.enabled),
         ("cross-site-failover", agents.cross_site_failover.enabled),
         ("whereami", agents.whereami.enabled),
         ("dhcp-takeover", agents.dhcp_takeover.enabled),
@@ -125,6 +127,7 @@ pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode
             human_duration(now.saturating_sub(agent.since))
         );
     }
+    print_uplinks(&values);
     if let Some(config) = config {
         let missing: Vec<&str> = expected_agents(config)
             .into_iter()
@@ -135,6 +138,91 @@ pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The uplinks as uplink-monitor last published them.
+fn print_uplinks(values: &BTreeMap<String, Envelope>) {
+    let active: Option<UplinkActive> = values
+        .get(TOPIC_UPLINK_ACTIVE)
+        .and_then(|e| e.body_as().ok());
+    let states: Vec<UplinkState> = values
+        .iter()
+        .filter(|(topic, _)| topic.starts_with("uplink/") && topic.ends_with("/state"))
+        .filter_map(|(_, envelope)| envelope.body_as().ok())
+        .collect();
+    if active.is_none() && states.is_empty() {
+        return;
+    }
+    for line in uplink_lines(active.as_ref(), &states, fieldnet::bus::unix_millis()) {
+        println!("{line}");
+    }
+}
+
+/// The uplinks section of the status, one line per uplink, in plain words.
+pub fn uplink_lines(
+    active: Option<&UplinkActive>,
+    states: &[UplinkState],
+    now: u64,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    match active {
+        Some(active) => {
+            let why = match (active.reason.as_str(), &active.previous) {
+                ("adopted", _) => "kept from before the agent started".to_owned(),
+                ("initial", _) => "chosen at start".to_owned(),
+                (reason, Some(previous)) => format!("{previous} was left: {}", explain(reason)),
+                (reason, None) => explain(reason).to_owned(),
+            };
+            lines.push(format!(
+                "uplinks    traffic on {} for {} ({why})",
+                active.name,
+                human_duration(now.saturating_sub(active.since))
+            ));
+        }
+        None => lines.push("uplinks    no active uplink reported yet".to_owned()),
+    }
+    for state in states {
+        let figures = match (state.latency_ms, state.loss) {
+            (Some(latency), Some(loss)) => format!(
+                "{:>7.1} ms  ±{:.1} ms  {:>5.1} % loss  score {:.0}",
+                latency,
+                state.jitter_ms.unwrap_or(0.0),
+                loss * 100.0,
+                state.score.unwrap_or(0.0)
+            ),
+            _ => "no replies yet".to_owned(),
+        };
+        let mut notes = Vec::new();
+        if state.active {
+            notes.push("ACTIVE");
+        }
+        if state.suppressed {
+            notes.push("flapping, not used for now");
+        }
+        lines.push(
+            format!(
+                "  {:<16} {:<10} {figures}  {}",
+                state.name,
+                state.health,
+                notes.join(", ")
+            )
+            .trim_end()
+            .to_owned(),
+        );
+    }
+    lines
+}
+
+fn explain(reason: &str) -> &'static str {
+    match reason {
+        "link_down" => "its link went down",
+        "silent" => "it stopped answering",
+        "peer_down" => "the appliance it belongs to is down",
+        "suppressed" => "it kept flapping",
+        "better" => "another uplink was clearly better",
+        "preferred" => "the preferred uplink was back and stable",
+        _ => "no reason given",
+    }
 }
 
 /// `3d4h`, `2h05m`, `4m12s`, `9s`: the two largest units.
@@ -154,6 +242,50 @@ pub fn human_duration(millis: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn uplinks_read_in_plain_words() {
+        let active = UplinkActive {
+            name: "north-4g-b".into(),
+            reason: "silent".into(),
+            previous: Some("north-4g-a".into()),
+            since: 1_000,
+        };
+        let states = [
+            UplinkState {
+                name: "north-4g-a".into(),
+                health: "silent".into(),
+                active: false,
+                suppressed: false,
+                score: None,
+                latency_ms: None,
+                jitter_ms: None,
+                loss: None,
+            },
+            UplinkState {
+                name: "north-4g-b".into(),
+                health: "up".into(),
+                active: true,
+                suppressed: false,
+                score: Some(52.0),
+                latency_ms: Some(41.25),
+                jitter_ms: Some(2.0),
+                loss: Some(0.01),
+            },
+        ];
+        let lines = uplink_lines(Some(&active), &states, 253_000);
+        assert_eq!(
+            lines[0],
+            "uplinks    traffic on north-4g-b for 4m12s (north-4g-a was left: it stopped answering)"
+        );
+        assert_eq!(lines[1], "  north-4g-a       silent     no replies yet");
+        assert_eq!(
+            lines[2],
+            "  north-4g-b       up            41.2 ms  ±2.0 ms    1.0 % loss  score 52  ACTIVE"
+        );
+    }
+
     #[test]
     fn durations_read_like_uptime() {
         let cases = [

@@ -214,8 +214,14 @@ impl Lab {
             ns.name()
         );
         let table = fault_table("loss");
+        // numgen's range is 0-99: total loss is an unconditional drop.
+        let verdict = if percent == 100 {
+            "drop".to_owned()
+        } else {
+            format!("numgen random mod 100 < {percent} drop")
+        };
         let script = format!(
-            "table netdev {table} {{\n  chain ingress {{\n    type filter hook ingress device \"{ifname}\" priority -500; policy accept;\n    numgen random mod 100 < {percent} drop\n  }}\n}}\n"
+            "table netdev {table} {{\n  chain ingress {{\n    type filter hook ingress device \"{ifname}\" priority -500; policy accept;\n    {verdict}\n  }}\n}}\n"
         );
         nft_fault(
             ns,

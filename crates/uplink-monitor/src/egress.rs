@@ -72,16 +72,24 @@ pub async fn apply(egresses: &[Egress], masquerade: bool) -> anyhow::Result<()> 
 /// Forgets every tracked flow that left through the uplink with `mark`, so its packets take
 /// the new default route (and a fresh NAT binding) at once. Returns how many were dropped.
 pub async fn flush_conntrack(mark: u32) -> anyhow::Result<u64> {
-    let output = Command::new("conntrack")
-        .args(["-D", "--mark", &mark.to_string()])
-        .output()
-        .await
-        .context("running conntrack (is the conntrack tool installed?)")?;
-    // Its summary line says how many were deleted, also when that is none.
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    match deleted_count(&stderr) {
-        Some(deleted) => Ok(deleted),
-        None => anyhow::bail!("conntrack -D --mark {mark} failed: {}", stderr.trim()),
+    let mut attempt = 0;
+    loop {
+        let output = Command::new("conntrack")
+            .args(["-D", "--mark", &mark.to_string()])
+            .output()
+            .await
+            .context("running conntrack (is the conntrack tool installed?)")?;
+        // Its summary line says how many were deleted, also when that is none.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if let Some(deleted) = deleted_count(&stderr) {
+            return Ok(deleted);
+        }
+        // An entry that expired between listing and deleting stops the tool; go again.
+        attempt += 1;
+        if stderr.contains("such conntrack doesn't exist") && attempt < 3 {
+            continue;
+        }
+        anyhow::bail!("conntrack -D --mark {mark} failed: {}", stderr.trim());
     }
 }
 

@@ -65,7 +65,7 @@ impl ProbeSocket {
         }
         // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
         // descriptor stays open and the same for the AsyncFd's whole life.
-        let socket = unsafe { AsyncFd::register(fd) }.map_err(|error| io::Error::from(error))?;
+        let socket = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
         let socket = std::sync::Arc::new(socket);
         // Distinct per process and uplink, so two monitors (or a restart overlap) never
         // take each other's replies.
