@@ -55,7 +55,16 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
     step("building fieldnet");
     cmd(
         "cargo",
-        &["build", "--quiet", "-p", "fieldnet-bus", "-p", "fieldctl"],
+        &[
+            "build",
+            "--quiet",
+            "-p",
+            "fieldnet-bus",
+            "-p",
+            "fieldctl",
+            "-p",
+            "uplink-monitor",
+        ],
     )?;
     let bin = root().join("target/debug");
 
@@ -116,6 +125,29 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
             socket.display()
         );
     }
+    step("starting uplink-monitor on every appliance");
+    let mut monitors = Vec::new();
+    for (area, (config, _)) in site.areas.iter().zip(&sockets) {
+        let config = config.to_str().context("config path is UTF-8")?;
+        let monitor = lab.spawn(
+            &area.appliance,
+            bin.join("uplink-monitor").to_str().unwrap_or_default(),
+            &["--config", config],
+        )?;
+        for uplink in &area.uplinks {
+            monitor.wait_for_log(
+                &format!("uplink={} from=unknown to=up", uplink.name),
+                Duration::from_secs(20),
+            )?;
+        }
+        println!(
+            "appliance {}: uplink-monitor probes {} uplinks, {} of them its own",
+            area.id,
+            area.uplinks.len() + site.areas.len() - 1,
+            area.uplinks.len()
+        );
+        monitors.push(monitor);
+    }
     demo.pause(1)?;
 
     step("scene 1: the site is connected");
@@ -174,24 +206,102 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     }
     demo.pause(2)?;
 
-    step("scene 3: an uplink dies, and nothing steers around it yet");
-    let cut = lab.link_down(&north.appliance, &north.uplinks[0].appliance_if)?;
-    let during = ping_line(&client.ns, "192.0.2.1")?;
+    step("scene 3: an uplink's cable is pulled");
+    let echo = lab::EchoServer::start(&site.internet, "192.0.2.1:7".parse()?)?;
+    let stream = lab::Stream::start(
+        &client.ns,
+        echo.address,
+        Duration::from_millis(10),
+        Duration::from_secs(30),
+    )?;
     println!(
-        "Uplink {} is cut. Area 1's devices now: {during}",
-        north.uplinks[0].name
+        "A device in area 1 sends a small packet every 10 ms to an internet host, which answers each."
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let first = &north.uplinks[0];
+    let cut = lab.link_down(&first.router, &first.router_lan_if)?;
+    println!(
+        "Now the cable between appliance 1 and its router {} is pulled.",
+        first.name
+    );
+    let moved = format!("default route moved from={} to=", first.name);
+    monitors[0].wait_for_log(&moved, Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_millis(700));
+    let report = stream.finish();
+    println!(
+        "uplink-monitor saw the link go down and moved traffic: {}",
+        last_line(&monitors[0].log(), "default route moved")
     );
     println!(
-        "uplink-monitor (coming next) will move the default route to {} within a second.",
-        north.uplinks[1].name
+        "The device's longest wait for an answer was {:.0} ms ({} of {} answers arrived).",
+        report.longest_gap.as_secs_f64() * 1000.0,
+        report.received,
+        report.sent
     );
-    drop(cut);
-    let after = ping_line(&client.ns, "192.0.2.1")?;
-    println!("The uplink is back: {after}");
-    demo.pause(1)?;
+    demo.pause(2)?;
 
+    step("scene 4: the next uplink dies silently (carrier up, nothing gets through)");
+    let second = &north.uplinks[1];
+    let stream = lab::Stream::start(
+        &client.ns,
+        echo.address,
+        Duration::from_millis(10),
+        Duration::from_secs(30),
+    )?;
+    std::thread::sleep(Duration::from_millis(700));
+    let silent = lab.blackhole(&second.router, &second.router_wan_if)?;
+    println!(
+        "Router {}'s connection to the internet goes dead; its cable stays plugged in.",
+        second.name
+    );
+    let moved = format!("default route moved from={} to=", second.name);
+    monitors[0].wait_for_log(&moved, Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_millis(700));
+    let report = stream.finish();
+    println!(
+        "Its probes went unanswered, so uplink-monitor moved traffic to another area's uplink over the cable: {}",
+        last_line(&monitors[0].log(), "default route moved")
+    );
+    println!(
+        "The device's longest wait for an answer was {:.0} ms ({} of {} answers arrived).",
+        report.longest_gap.as_secs_f64() * 1000.0,
+        report.received,
+        report.sent
+    );
+    println!("What an operator sees on appliance 1:");
+    let status = north.appliance.exec(
+        fieldctl,
+        &[
+            "--socket",
+            socket,
+            "--config",
+            &sockets[0].0.to_string_lossy(),
+            "status",
+        ],
+    )?;
+    for line in String::from_utf8_lossy(&status.stdout).lines() {
+        println!("  {line}");
+    }
+    drop(silent);
+    drop(cut);
+    demo.pause(2)?;
+
+    drop(monitors);
     drop(brokers);
     Ok(())
+}
+
+/// The last log line containing `needle`, without its timestamp.
+fn last_line(log: &str, needle: &str) -> String {
+    log.lines()
+        .rev()
+        .find(|line| line.contains(needle))
+        .map(|line| {
+            line.split_once("INFO ")
+                .map_or(line, |(_, rest)| rest)
+                .to_owned()
+        })
+        .unwrap_or_default()
 }
 
 /// One line of ping results in plain words.
