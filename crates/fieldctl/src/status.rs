@@ -63,8 +63,11 @@ async fn snapshot(socket: &Path, prefixes: &[&str]) -> anyhow::Result<BTreeMap<S
 }
 
 pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode {
-    let state =
-        tokio::time::timeout(BUS_TIMEOUT, snapshot(socket, &[TOPIC_AGENTS, "agent/", "uplink/"])).await;
+    let state = tokio::time::timeout(
+        BUS_TIMEOUT,
+        snapshot(socket, &[TOPIC_AGENTS, "agent/", "uplink/"]),
+    )
+    .await;
     let state = match state {
         Ok(Ok(state)) => Ok(state),
         Ok(Err(error)) => Err(format!("{error:#}")),

@@ -1,0 +1,248 @@
+//! The uplink-monitor lab harness shared by the lab tests and `cargo xtask bench failover`:
+//! a site with the agent running on appliance 1, a UDP stream through it, and a small
+//! topology with delay links for latency faults.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lab::{Direction, EchoServer, Lab, LabProcess, Netns, Site, SiteSpec, Stream, StreamReport};
+
+/// The agent under test: the test build's binary, or `UPLINK_MONITOR_BIN` (the bench passes
+/// its release build).
+pub fn agent_binary() -> String {
+    std::env::var("UPLINK_MONITOR_BIN")
+        .ok()
+        .or(option_env!("CARGO_BIN_EXE_uplink-monitor").map(str::to_owned))
+        .expect("UPLINK_MONITOR_BIN names the uplink-monitor binary")
+}
+
+pub const PATIENCE: Duration = Duration::from_secs(30);
+pub const STREAM_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A site with uplink-monitor running on appliance 1 (and, with `both`, on appliance 2).
+pub struct Running {
+    pub lab: Lab,
+    pub site: Site,
+    pub agent: Option<LabProcess>,
+    pub config: PathBuf,
+    pub echo: EchoServer,
+}
+
+pub fn start(label: &str, areas: u8) -> Option<Running> {
+    start_with(label, areas, 2, "")
+}
+
+/// A site of `areas` areas with `uplinks` uplinks each; `extra` is appended to appliance 1's config.
+pub fn start_with(label: &str, areas: u8, uplinks: u8, extra: &str) -> Option<Running> {
+    let mut lab = Lab::for_test(label)?;
+    let spec = SiteSpec {
+        areas,
+        uplinks_per_area: uplinks,
+        clients_per_area: 1,
+        hub: false,
+    };
+    let site = lab.site(&spec).unwrap();
+    let config = lab.dir().join("appliance-1.toml");
+    std::fs::write(&config, lab::appliance_config(&site, 1, lab.dir(), extra)).unwrap();
+    let echo = EchoServer::start(&site.internet, "192.0.2.1:7".parse().unwrap()).unwrap();
+    let mut running = Running {
+        lab,
+        site,
+        agent: None,
+        config,
+        echo,
+    };
+    running.start_agent();
+    Some(running)
+}
+
+pub fn wait_ready(agent: &LabProcess, uplinks: &[&str]) {
+    for name in uplinks {
+        let needle = format!("uplink health changed uplink={name} from=unknown to=up");
+        agent
+            .wait_for_log(&needle, PATIENCE)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+impl Running {
+    pub fn start_agent(&mut self) {
+        let area = &self.site.areas[0];
+        let agent = self
+            .lab
+            .spawn(
+                &area.appliance,
+                &agent_binary(),
+                &["--config", self.config.to_str().unwrap()],
+            )
+            .unwrap();
+        let names: Vec<&str> = area.uplinks.iter().map(|u| u.name.as_str()).collect();
+        wait_ready(&agent, &names);
+        self.agent = Some(agent);
+    }
+
+    pub fn agent(&self) -> &LabProcess {
+        self.agent.as_ref().unwrap()
+    }
+
+    pub fn default_route(&self) -> String {
+        self.site.areas[0]
+            .appliance
+            .ip_output(&["route", "show", "default"])
+            .unwrap()
+    }
+
+    pub fn stream(&self) -> Stream {
+        let client = &self.site.areas[0].clients[0].ns;
+        let server: SocketAddr = self.echo.address;
+        Stream::start(client, server, STREAM_INTERVAL, Duration::from_secs(120)).unwrap()
+    }
+
+    pub fn wait_for_log(&self, needle: &str) {
+        self.agent()
+            .wait_for_log(needle, PATIENCE)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    pub fn switches(&self) -> usize {
+        self.agent().log().matches("default route moved").count()
+    }
+}
+
+/// Lets the stream run on the new uplink for a while, then reports.
+pub fn settle_and_finish(stream: Stream) -> StreamReport {
+    std::thread::sleep(Duration::from_millis(500));
+    stream.finish()
+}
+
+/// The stream recovered: replies kept coming after the longest gap, and the gap is the only
+/// real hole (a few more stray losses are allowed, for a noisy machine).
+pub fn assert_recovered(report: &StreamReport, what: &str) {
+    let expected_in_gap =
+        report.longest_gap.as_millis() as u64 / STREAM_INTERVAL.as_millis() as u64 + 5;
+    assert!(
+        report.received + expected_in_gap >= report.sent,
+        "{what}: {report:?}"
+    );
+    eprintln!(
+        "{what}: longest gap {:?} ({} of {} replies)",
+        report.longest_gap, report.received, report.sent
+    );
+}
+
+/// A small topology whose routers reach the internet over delay links, for latency faults.
+pub struct DelaySite {
+    pub lab: Lab,
+    pub appliance: Netns,
+    pub client: Netns,
+    pub links: Vec<lab::DelayLink>,
+    pub agent: LabProcess,
+}
+
+pub fn delay_site(label: &str) -> Option<DelaySite> {
+    let mut lab = Lab::for_test(label)?;
+    let appliance = lab.netns("app").unwrap();
+    let client = lab.netns("client").unwrap();
+    let internet = lab.netns("inet").unwrap();
+    appliance.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    lab.veth(&client, "eth0", &appliance, "lan0").unwrap();
+    lab.addr(&client, "eth0", "10.101.0.101/24").unwrap();
+    lab.addr(&appliance, "lan0", "10.101.0.1/24").unwrap();
+    client
+        .ip(&["route", "add", "default", "via", "10.101.0.1"])
+        .unwrap();
+    for host in lab::INTERNET_HOSTS {
+        internet
+            .ip(&["addr", "add", &format!("{host}/32"), "dev", "lo"])
+            .unwrap();
+    }
+    let mut links = Vec::new();
+    for k in 0..2u8 {
+        let router = lab.netns(&format!("r{k}")).unwrap();
+        router.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        let wan_if = format!("wan{k}");
+        lab.veth(&router, "lan", &appliance, &wan_if).unwrap();
+        lab.addr(&router, "lan", &format!("192.168.{}.1/24", 8 + k))
+            .unwrap();
+        lab.addr(&appliance, &wan_if, &format!("192.168.{}.2/24", 8 + k))
+            .unwrap();
+        let link = lab
+            .delay_link(
+                &router,
+                "wan",
+                &format!("198.51.100.{}", 1 + 2 * k),
+                &internet,
+                &format!("r{k}"),
+                &format!("198.51.100.{}", 2 + 2 * k),
+            )
+            .unwrap();
+        router
+            .ip(&["route", "add", "default", "dev", "wan"])
+            .unwrap();
+        router
+            .ip(&[
+                "route",
+                "add",
+                "10.0.0.0/8",
+                "via",
+                &format!("192.168.{}.2", 8 + k),
+            ])
+            .unwrap();
+        lab.nat(&router, "wan").unwrap();
+        // 40 ms round trip on both to begin with.
+        std::mem::forget(link.impair(
+            Direction::AtoB,
+            Duration::from_millis(20),
+            Duration::ZERO,
+            0,
+        ));
+        std::mem::forget(link.impair(
+            Direction::BtoA,
+            Duration::from_millis(20),
+            Duration::ZERO,
+            0,
+        ));
+        links.push(link);
+    }
+    appliance
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.168.8.1",
+            "dev",
+            "wan0",
+        ])
+        .unwrap();
+    let config = lab.dir().join("app.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[site]\nname = \"lab\"\ndomain = \"lab.example\"\nkey = \"{}\"\n\n[appliance]\nid = 1\nname = \"app\"\narea = \"a\"\n\n[[areas]]\nname = \"a\"\nappliance = 1\n\n\
+             [[uplinks]]\nname = \"up0\"\nkind = \"local\"\ninterface = \"wan0\"\ngateway = \"192.168.8.1\"\npreference = 10\n\n\
+             [[uplinks]]\nname = \"up1\"\nkind = \"local\"\ninterface = \"wan1\"\ngateway = \"192.168.9.1\"\npreference = 20\n\n\
+             [bus]\nsocket = \"{}\"\n\n[uplink_monitor]\ntargets = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\"]\n",
+            "5a".repeat(32),
+            lab.dir().join("bus.sock").display()
+        ),
+    )
+    .unwrap();
+    let agent = lab
+        .spawn(
+            &appliance,
+            &agent_binary(),
+            &["--config", config.to_str().unwrap()],
+        )
+        .unwrap();
+    wait_ready(&agent, &["up0", "up1"]);
+    Some(DelaySite {
+        lab,
+        appliance,
+        client,
+        links,
+        agent,
+    })
+}
