@@ -222,6 +222,7 @@ fn explain(reason: &str) -> &'static str {
         "silent" => "it stopped answering",
         "peer_down" => "the appliance it belongs to is down",
         "suppressed" => "it kept flapping",
+        "captive" => "it answers pings but not the web check (a login page or no service)",
         "better" => "another uplink was clearly better",
         "preferred" => "the preferred uplink was back and stable",
         _ => "no reason given",

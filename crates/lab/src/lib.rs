@@ -38,4 +38,4 @@ pub use site::{
     AreaLab, ClientLab, HUB_ADDR, INTERNET_BRIDGE, INTERNET_HOSTS, PathKind, PathLab, Site,
     SiteSpec, UplinkLab,
 };
-pub use stream::{EchoServer, Stream, StreamReport};
+pub use stream::{EchoServer, HttpResponder, Stream, StreamReport};

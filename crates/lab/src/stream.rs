@@ -173,3 +173,61 @@ impl Drop for Stream {
         }
     }
 }
+
+/// A minimal HTTP server in a namespace answering every request with one status and no body,
+/// as a connectivity-check endpoint (204) or a captive portal (302) does. Stops when dropped.
+#[derive(Debug)]
+pub struct HttpResponder {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub address: SocketAddr,
+}
+
+impl HttpResponder {
+    pub fn start(ns: &Netns, address: SocketAddr, status: u16) -> anyhow::Result<Self> {
+        let listener = ns
+            .run(move || std::net::TcpListener::bind(address))?
+            .with_context(|| format!("binding the HTTP responder on {address} in {}", ns.name()))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::{Read as _, Write as _};
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut head = Vec::new();
+                        let mut buffer = [0u8; 512];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                            match stream.read(&mut buffer) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => head.extend_from_slice(&buffer[..n]),
+                            }
+                        }
+                        let response = format!(
+                            "HTTP/1.1 {status} Lab\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = stream.write_all(response.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            address,
+        })
+    }
+}
+
+impl Drop for HttpResponder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

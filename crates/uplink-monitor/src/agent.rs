@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use fieldnet::bus::BusClient;
 use fieldnet::bus::topics::{self, UplinkActive, UplinkState};
-use fieldnet::config::{Config, PathKind, UplinkKind};
+use fieldnet::config::{Config, PathKind, ProbeTarget, UplinkKind};
 use fieldnet::obs::Health as AgentHealth;
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::mpsc;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::egress::{self, Egress};
 use crate::kernel::{Kernel, NextHop, RULE_PRIORITY_BASE};
 use crate::monitor::{Health, Input, Monitor, Output, SwitchReason, UplinkSpec};
-use crate::probe::{EchoReply, ProbeSocket};
+use crate::probe::{ProbeReply, ProbeSocket, UdpProbeSocket};
 
 /// Longest the loop sleeps without a tick.
 const MAX_TICK: Duration = Duration::from_millis(20);
@@ -96,6 +96,7 @@ struct Metrics {
     switches: IntCounterVec,
     last_switch: IntGauge,
     errors: IntCounterVec,
+    throughput: GaugeVec,
 }
 
 impl Metrics {
@@ -161,6 +162,17 @@ impl Metrics {
                 "Failed kernel operations",
                 "operation",
             )?,
+            throughput: {
+                let metric = GaugeVec::new(
+                    Opts::new(
+                        "fieldnet_uplink_monitor_throughput_bits_per_second",
+                        "Traffic through the uplink's interface, from its counters",
+                    ),
+                    &["uplink", "direction"],
+                )?;
+                registry.register(Box::new(metric.clone()))?;
+                metric
+            },
         })
     }
 }
@@ -216,13 +228,26 @@ pub async fn run(
 
     let (events_tx, mut events) = mpsc::unbounded_channel::<LinkChanged>();
     let (replies_tx, mut replies) = mpsc::unbounded_channel();
+    let (checks_tx, mut checks) = mpsc::unbounded_channel::<Input>();
+    let wants_udp = settings
+        .targets
+        .iter()
+        .any(|t| matches!(t, ProbeTarget::Udp(_)));
     let mut sockets = Vec::new();
-    for route in &routes {
+    for (index, route) in routes.iter().enumerate() {
         let device = route.local.then_some(route.interface.as_str());
-        sockets.push(
-            ProbeSocket::open(sockets.len(), route.mark, device, replies_tx.clone())
-                .with_context(|| format!("opening the probe socket of uplink {}", route.name))?,
-        );
+        let icmp = ProbeSocket::open(index, route.mark, device, replies_tx.clone())
+            .with_context(|| format!("opening the ICMP probe socket of uplink {}", route.name))?;
+        let udp = if wants_udp {
+            Some(
+                UdpProbeSocket::open(index, route.mark, device, replies_tx.clone()).with_context(
+                    || format!("opening the UDP probe socket of uplink {}", route.name),
+                )?,
+            )
+        } else {
+            None
+        };
+        sockets.push(Probes { icmp, udp });
     }
     watch_links(events_tx)?;
     let mut peers = bus.subscribe("peer/");
@@ -237,6 +262,9 @@ pub async fn run(
         link_usable: Vec::new(),
         reported_sent: Vec::new(),
         reported_lost: Vec::new(),
+        counters: Vec::new(),
+        http_check: config.agents.uplink_monitor.http_check.clone(),
+        checks: checks_tx,
     };
     let now = Instant::now();
     let mut monitor = Monitor::new(settings, specs, now);
@@ -244,6 +272,7 @@ pub async fn run(
     edge.link_usable = vec![None; edge.routes.len()];
     edge.reported_sent = vec![0; edge.routes.len()];
     edge.reported_lost = vec![0; edge.routes.len()];
+    edge.counters = vec![None; edge.routes.len()];
     let inputs = edge.resync_links().await;
     for input in inputs {
         let outputs = monitor.step(Instant::now(), input);
@@ -269,6 +298,7 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(deadline) => Some(Input::Tick),
             Some(reply) = replies.recv() => edge.reply_input(&monitor, reply),
+            Some(result) = checks.recv() => Some(result),
             Some(LinkChanged) = events.recv() => {
                 for input in edge.resync_links().await {
                     let outputs = monitor.step(Instant::now(), input);
@@ -328,16 +358,37 @@ fn watch_links(events: mpsc::UnboundedSender<LinkChanged>) -> anyhow::Result<()>
     Ok(())
 }
 
+/// One uplink's probe sockets.
+struct Probes {
+    icmp: ProbeSocket,
+    udp: Option<UdpProbeSocket>,
+}
+
+impl Probes {
+    fn send(&self, target: ProbeTarget, seq: u16) -> std::io::Result<()> {
+        match (target, &self.udp) {
+            (ProbeTarget::Icmp(address), _) => self.icmp.send(address, seq),
+            (ProbeTarget::Udp(socket), Some(udp)) => udp.send(socket, seq),
+            (ProbeTarget::Udp(_), None) => Err(std::io::Error::other("no UDP probe socket")),
+        }
+    }
+}
+
 struct Edge {
     kernel: Kernel,
     routes: Vec<UplinkRoute>,
-    sockets: Vec<ProbeSocket>,
+    sockets: Vec<Probes>,
     metrics: Metrics,
     bus: BusClient,
     link_index: Vec<Option<u32>>,
     link_usable: Vec<Option<bool>>,
     reported_sent: Vec<u64>,
     reported_lost: Vec<u64>,
+    /// Last counter sample per uplink: (when, rx bytes, tx bytes).
+    counters: Vec<Option<(Instant, u64, u64)>>,
+    http_check: Option<fieldnet::config::HttpCheck>,
+    /// Where finished HTTP checks report.
+    checks: mpsc::UnboundedSender<Input>,
 }
 
 impl Edge {
@@ -353,6 +404,9 @@ impl Edge {
                     continue;
                 }
             };
+            if let Some(facts) = facts {
+                self.sample_counters(index, &facts);
+            }
             // A remote uplink's path has no address requirement beyond carrier.
             let usable = facts.is_some_and(|f| {
                 if self.routes[index].local {
@@ -374,6 +428,31 @@ impl Edge {
             }
         }
         inputs
+    }
+
+    /// Throughput from interface counters. Reported, not scored: the probes already measure
+    /// what congestion does (latency, jitter, loss), and scoring on traffic would count against
+    /// the uplink for carrying it.
+    fn sample_counters(&mut self, index: usize, facts: &crate::kernel::LinkFacts) {
+        let now = Instant::now();
+        if let Some((then, rx, tx)) = self.counters[index] {
+            let seconds = now.duration_since(then).as_secs_f64();
+            if seconds >= 0.5 {
+                let name = self.routes[index].name.as_str();
+                let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 * 8.0 / seconds;
+                self.metrics
+                    .throughput
+                    .with_label_values(&[name, "rx"])
+                    .set(rate(facts.rx_bytes, rx));
+                self.metrics
+                    .throughput
+                    .with_label_values(&[name, "tx"])
+                    .set(rate(facts.tx_bytes, tx));
+            } else {
+                return;
+            }
+        }
+        self.counters[index] = Some((now, facts.rx_bytes, facts.tx_bytes));
     }
 
     async fn install_table(&self, index: usize) {
@@ -410,7 +489,7 @@ impl Edge {
         })
     }
 
-    fn reply_input(&self, monitor: &Monitor, reply: EchoReply) -> Option<Input> {
+    fn reply_input(&self, monitor: &Monitor, reply: ProbeReply) -> Option<Input> {
         let target = monitor.target_index(reply.from)?;
         Some(Input::Reply {
             uplink: reply.uplink,
@@ -430,8 +509,7 @@ impl Edge {
                         target,
                         seq,
                     } => {
-                        let address = monitor.target_address(target);
-                        if let Err(error) = self.sockets[uplink].send(address, seq) {
+                        if let Err(error) = self.sockets[uplink].send(monitor.target(target), seq) {
                             tracing::trace!(uplink = %self.routes[uplink].name, %error, "probe not sent");
                             follow_up.extend(monitor.step(
                                 Instant::now(),
@@ -448,6 +526,7 @@ impl Edge {
                         previous,
                         reason,
                     } => self.activate(uplink, previous, reason).await,
+                    Output::HttpCheck { uplink } => self.spawn_http_check(uplink),
                     Output::HealthChanged { uplink, from, to } => {
                         tracing::info!(uplink = %self.routes[uplink].name, from = %from.as_str(), to = %to.as_str(), "uplink health changed");
                         self.publish_state(monitor, uplink);
@@ -456,6 +535,19 @@ impl Edge {
             }
             pending = follow_up;
         }
+    }
+
+    fn spawn_http_check(&self, uplink: usize) {
+        let Some(check) = self.http_check.clone() else {
+            return;
+        };
+        let route = &self.routes[uplink];
+        let (mark, device) = (route.mark, route.local.then(|| route.interface.clone()));
+        let results = self.checks.clone();
+        tokio::spawn(async move {
+            let ok = crate::httpcheck::run(&check, mark, device.as_deref()).await;
+            let _ = results.send(Input::HttpResult { uplink, ok });
+        });
     }
 
     async fn activate(&mut self, uplink: usize, previous: Option<usize>, reason: SwitchReason) {

@@ -38,6 +38,9 @@ pub struct LinkFacts {
     pub carrier: bool,
     /// Holds at least one IPv4 address.
     pub addressed: bool,
+    /// Interface byte counters, for throughput.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 impl LinkFacts {
@@ -97,10 +100,20 @@ impl Kernel {
         };
         let index = link.header.index;
         let addressed = self.has_ipv4_address(index).await?;
+        let (rx_bytes, tx_bytes) = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Stats64(stats) => Some((stats.rx_bytes, stats.tx_bytes)),
+                _ => None,
+            })
+            .unwrap_or_default();
         Ok(Some(LinkFacts {
             index,
             carrier: carrier(&link),
             addressed,
+            rx_bytes,
+            tx_bytes,
         }))
     }
 

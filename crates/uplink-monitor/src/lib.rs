@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod dampening;
 pub mod egress;
+pub mod httpcheck;
 pub mod kernel;
 pub mod monitor;
 pub mod probe;

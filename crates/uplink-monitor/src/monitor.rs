@@ -9,10 +9,9 @@
 //! is in, so a restart adopts what the kernel holds without a blip.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use fieldnet::config::UplinkMonitorConfig;
+use fieldnet::config::{ProbeTarget, UplinkMonitorConfig};
 
 use crate::dampening::Dampening;
 use crate::score::{TargetStats, UplinkFigures, clearly_better};
@@ -25,6 +24,8 @@ const RELIABILITY_WEIGHT: f64 = 0.01;
 /// Unanswered probes (over all targets) before silence can mean death: at 10 % random loss,
 /// six in a row happen once in a million.
 const MIN_UNANSWERED: u32 = 6;
+/// Consecutive failed HTTP checks before an answering uplink counts as captive.
+const CAPTIVE_AFTER: u32 = 2;
 /// Probes a target may have outstanding; older ones are written off as lost.
 const MAX_PENDING: usize = 64;
 
@@ -42,6 +43,9 @@ pub enum Health {
     Silent,
     /// For a remote uplink: the appliance that owns it is dead.
     PeerDown,
+    /// Probes are answered but the HTTP check is not: a captive portal or a router's own
+    /// "no service" page (link up, no internet).
+    Captive,
 }
 
 impl Health {
@@ -52,6 +56,7 @@ impl Health {
             Health::LinkDown => "link_down",
             Health::Silent => "silent",
             Health::PeerDown => "peer_down",
+            Health::Captive => "captive",
         }
     }
 }
@@ -70,6 +75,8 @@ pub enum SwitchReason {
     PeerDown,
     /// The active uplink is being dampened for flapping.
     Suppressed,
+    /// The active uplink fails the HTTP check (captive).
+    Captive,
     /// Another uplink scored clearly better for the hold time.
     Better,
     /// A more preferred uplink, recovered and stable, is not clearly worse: fail back to it.
@@ -84,6 +91,7 @@ impl SwitchReason {
             SwitchReason::Silent => "silent",
             SwitchReason::PeerDown => "peer_down",
             SwitchReason::Suppressed => "suppressed",
+            SwitchReason::Captive => "captive",
             SwitchReason::Better => "better",
             SwitchReason::Preferred => "preferred",
         }
@@ -113,6 +121,8 @@ pub enum Input {
     Link { uplink: usize, up: bool },
     /// For remote uplinks: whether the owning appliance is alive.
     Peer { peer: u8, alive: bool },
+    /// The outcome of an HTTP check the monitor asked for.
+    HttpResult { uplink: usize, ok: bool },
 }
 
 /// Commands to the edge.
@@ -123,6 +133,8 @@ pub enum Output {
         target: usize,
         seq: u16,
     },
+    /// Run the HTTP check through `uplink` and answer with `Input::HttpResult`.
+    HttpCheck { uplink: usize },
     /// Make `uplink` the default route; forget the conntrack entries pinned to `previous`.
     Activate {
         uplink: usize,
@@ -179,6 +191,10 @@ struct Uplink {
     seq: u16,
     /// Probes sent since the last reply from any target.
     unanswered: u32,
+    /// HTTP check: when next, whether one is running, consecutive failures.
+    next_http_check: Instant,
+    http_running: bool,
+    http_failures: u32,
     /// The interval the targets are currently staggered over.
     interval: Duration,
     probes_sent: u64,
@@ -242,6 +258,9 @@ impl Monitor {
                 ),
                 seq: 0,
                 unanswered: 0,
+                next_http_check: now,
+                http_running: false,
+                http_failures: 0,
                 interval: settings.probe_interval,
                 probes_sent: 0,
                 probes_lost: 0,
@@ -260,13 +279,13 @@ impl Monitor {
         self.active
     }
 
-    pub fn target_address(&self, target: usize) -> Ipv4Addr {
+    pub fn target(&self, target: usize) -> ProbeTarget {
         self.settings.targets[target]
     }
 
-    /// Which target an address is, if it is one.
-    pub fn target_index(&self, address: Ipv4Addr) -> Option<usize> {
-        self.settings.targets.iter().position(|t| *t == address)
+    /// Which target answered, if it is one of ours.
+    pub fn target_index(&self, answered: ProbeTarget) -> Option<usize> {
+        self.settings.targets.iter().position(|t| *t == answered)
     }
 
     pub fn uplink_name(&self, uplink: usize) -> &str {
@@ -318,6 +337,7 @@ impl Monitor {
                     }
                 }
             }
+            Input::HttpResult { .. } => {}
             Input::Peer { peer, alive } => {
                 for u in &mut self.uplinks {
                     if u.spec.peer == Some(peer) && u.peer_alive != alive {
@@ -328,6 +348,12 @@ impl Monitor {
                     }
                 }
             }
+        }
+        if let Input::HttpResult { uplink, ok } = input
+            && let Some(u) = self.uplinks.get_mut(uplink)
+        {
+            u.http_running = false;
+            u.http_failures = if ok { 0 } else { u.http_failures + 1 };
         }
         self.expire(now);
         self.update_health(now, &mut out);
@@ -418,6 +444,8 @@ impl Monitor {
                 let last = last_reply.expect("heard");
                 if now.saturating_duration_since(last) > silence_allowed && enough_unanswered {
                     Health::Silent
+                } else if u.http_failures >= CAPTIVE_AFTER {
+                    Health::Captive
                 } else {
                     Health::Up
                 }
@@ -434,7 +462,9 @@ impl Monitor {
                     u.dampening.flap(now);
                 }
                 match health {
-                    Health::LinkDown | Health::Silent | Health::PeerDown => u.troubled = true,
+                    Health::LinkDown | Health::Silent | Health::PeerDown | Health::Captive => {
+                        u.troubled = true
+                    }
                     Health::Up if u.troubled => {
                         u.troubled = false;
                         u.recovered_at = Some(now);
@@ -530,6 +560,7 @@ impl Monitor {
                         Health::LinkDown => SwitchReason::LinkDown,
                         Health::PeerDown => SwitchReason::PeerDown,
                         Health::Up => SwitchReason::Suppressed,
+                        Health::Captive => SwitchReason::Captive,
                         Health::Silent | Health::Unknown => SwitchReason::Silent,
                     },
                 };
@@ -590,6 +621,15 @@ impl Monitor {
     }
 
     fn probe(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if let Some(check) = &self.settings.http_check {
+            for (index, u) in self.uplinks.iter_mut().enumerate() {
+                if u.link_up && !u.http_running && now >= u.next_http_check {
+                    u.http_running = true;
+                    u.next_http_check = now + check.interval;
+                    out.push(Output::HttpCheck { uplink: index });
+                }
+            }
+        }
         for index in 0..self.uplinks.len() {
             let interval = self.probe_interval(index);
             let u = &mut self.uplinks[index];

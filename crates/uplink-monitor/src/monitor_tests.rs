@@ -17,7 +17,7 @@ fn settings(targets: usize) -> UplinkMonitorConfig {
             metrics_listen: "127.0.0.1:0".parse().unwrap(),
         },
         targets: (1..=targets as u8)
-            .map(|n| Ipv4Addr::new(192, 0, 2, n))
+            .map(|n| ProbeTarget::Icmp(std::net::Ipv4Addr::new(192, 0, 2, n)))
             .collect(),
         probe_interval: DEFAULT_PROBE_INTERVAL,
         standby_interval: DEFAULT_STANDBY_INTERVAL,
@@ -31,6 +31,7 @@ fn settings(targets: usize) -> UplinkMonitorConfig {
         route_table_base: DEFAULT_ROUTE_TABLE_BASE,
         fwmark_base: DEFAULT_FWMARK_BASE,
         masquerade: true,
+        http_check: None,
     }
 }
 
@@ -54,6 +55,9 @@ trait World {
     fn link_up(&mut self, _uplink: usize, _t: Duration) -> bool {
         true
     }
+    fn http_ok(&mut self, _uplink: usize, _t: Duration) -> bool {
+        true
+    }
 }
 
 /// A world described by a closure.
@@ -69,6 +73,7 @@ struct Sim {
     start: Instant,
     now: Instant,
     in_flight: Vec<(Instant, usize, usize, u16)>,
+    http_in_flight: Vec<(Instant, usize, bool)>,
     links: Vec<bool>,
     switches: Vec<(Duration, usize, SwitchReason)>,
 }
@@ -87,6 +92,7 @@ impl Sim {
             start,
             now: start,
             in_flight: Vec::new(),
+            http_in_flight: Vec::new(),
             links: vec![true; count],
             switches: Vec::new(),
         };
@@ -132,6 +138,15 @@ impl Sim {
                 );
                 self.apply(world, outputs);
             }
+            let (due, later): (Vec<_>, Vec<_>) = self
+                .http_in_flight
+                .drain(..)
+                .partition(|(at, ..)| *at <= now);
+            self.http_in_flight = later;
+            for (_, uplink, ok) in due {
+                let outputs = self.monitor.step(now, Input::HttpResult { uplink, ok });
+                self.apply(world, outputs);
+            }
             let outputs = self.monitor.step(now, Input::Tick);
             self.apply(world, outputs);
         }
@@ -156,6 +171,10 @@ impl Sim {
                     self.switches.push((self.elapsed(), uplink, reason))
                 }
                 Output::HealthChanged { .. } => {}
+                Output::HttpCheck { uplink } => {
+                    let ok = world.http_ok(uplink, self.elapsed());
+                    self.http_in_flight.push((self.now + ms(50), uplink, ok));
+                }
             }
         }
     }
@@ -368,4 +387,34 @@ fn metered_standby_is_probed_slowly_and_not_called_dead_for_it() {
     assert!(view[1].probes_sent * 5 < view[0].probes_sent, "{view:?}");
     assert_eq!(view[1].health, Health::Up);
     assert!(sim.switches.is_empty());
+}
+
+#[test]
+fn a_captive_uplink_that_answers_pings_is_left_after_two_failed_http_checks() {
+    struct Portal;
+    impl World for Portal {
+        fn rtt(&mut self, _: usize, _: usize, _: Duration) -> Option<Duration> {
+            Some(ms(30))
+        }
+        // Uplink 0's router starts showing a login page at 20 s.
+        fn http_ok(&mut self, uplink: usize, t: Duration) -> bool {
+            !(uplink == 0 && t >= secs(20))
+        }
+    }
+    let mut check_settings = settings(3);
+    check_settings.http_check = Some(HttpCheck {
+        address: "192.0.2.10:80".parse().unwrap(),
+        host: "192.0.2.10".into(),
+        path: "/generate_204".into(),
+        interval: secs(5),
+        expect: 204,
+    });
+    let mut sim = Sim::new(check_settings, uplinks(&[10, 20]), Some(0));
+    sim.run(&mut Portal, secs(40));
+    assert_eq!(sim.switches.len(), 1, "{:?}", sim.switches);
+    let (at, uplink, reason) = sim.switches[0];
+    assert_eq!((uplink, reason), (1, SwitchReason::Captive));
+    // Checks every 5 s: failures at 20 and 25 s.
+    assert!(at >= secs(25) && at <= secs(26), "switched at {at:?}");
+    assert_eq!(sim.monitor.view(sim.now)[0].health, Health::Captive);
 }

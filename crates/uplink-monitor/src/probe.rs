@@ -1,14 +1,17 @@
-//! ICMP echo probes pinned to one uplink each: a raw socket per uplink carrying the uplink's
-//! firewall mark (so a rule sends it through the uplink's own table, whatever the default
-//! route is) and, for local uplinks, bound to the uplink's interface.
+//! Probes pinned to one uplink each: per uplink a raw ICMP socket (echo) and, when UDP targets
+//! are configured, a UDP socket (a DNS-shaped query that DNS servers and echo services both
+//! answer). Each carries the uplink's firewall mark, so a rule sends it through the uplink's
+//! own table whatever the default route is, and for local uplinks is bound to the interface.
 //!
-//! Invariant: a reply is reported only if its identifier, sequence and source match a probe
-//! this process sent on that uplink; everything else a raw socket sees is ignored.
+//! Invariant: a reply is reported only if it matches a probe this process sent on that uplink
+//! (ICMP identifier, or the UDP socket's own port, and the sequence); the monitor then checks
+//! the sequence against what is outstanding, so stray packets prove nothing.
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
+use fieldnet::config::ProbeTarget;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
@@ -18,11 +21,12 @@ const ECHO_REPLY: u8 = 0;
 /// Bytes after the 8-byte ICMP header; a marker so captures show whose probes these are.
 const PAYLOAD: &[u8; 16] = b"fieldnet-uplink\0";
 
-/// A reply, as the socket task reports it.
+/// A reply, as the socket tasks report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EchoReply {
+pub struct ProbeReply {
     pub uplink: usize,
-    pub from: Ipv4Addr,
+    /// Who answered, in the form the target is configured in.
+    pub from: ProbeTarget,
     pub seq: u16,
 }
 
@@ -39,7 +43,7 @@ impl ProbeSocket {
         uplink: usize,
         mark: u32,
         device: Option<&str>,
-        replies: mpsc::UnboundedSender<EchoReply>,
+        replies: mpsc::UnboundedSender<ProbeReply>,
     ) -> io::Result<Self> {
         // SAFETY: plain socket(2) call; the result is checked before use.
         let fd = unsafe {
@@ -129,7 +133,7 @@ async fn receive(
     socket: std::sync::Arc<AsyncFd<OwnedFd>>,
     uplink: usize,
     identifier: u16,
-    replies: mpsc::UnboundedSender<EchoReply>,
+    replies: mpsc::UnboundedSender<ProbeReply>,
 ) {
     let mut buffer = [0u8; 1500];
     loop {
@@ -156,11 +160,89 @@ async fn receive(
         }
         if let Some((from, id, seq)) = parse_echo_reply(&buffer[..received as usize])
             && id == identifier
-            && replies.send(EchoReply { uplink, from, seq }).is_err()
+            && replies
+                .send(ProbeReply {
+                    uplink,
+                    from: ProbeTarget::Icmp(from),
+                    seq,
+                })
+                .is_err()
         {
             return;
         }
     }
+}
+
+/// One uplink's UDP probe socket.
+#[derive(Debug)]
+pub struct UdpProbeSocket {
+    socket: std::sync::Arc<tokio::net::UdpSocket>,
+}
+
+impl UdpProbeSocket {
+    pub fn open(
+        uplink: usize,
+        mark: u32,
+        device: Option<&str>,
+        replies: mpsc::UnboundedSender<ProbeReply>,
+    ) -> io::Result<Self> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_nonblocking(true)?;
+        let fd = std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned()?;
+        set_option(&fd, libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes())?;
+        if let Some(device) = device {
+            set_option(
+                &fd,
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                device.as_bytes(),
+            )?;
+        }
+        let socket = std::sync::Arc::new(tokio::net::UdpSocket::from_std(socket)?);
+        let receiving = socket.clone();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 1500];
+            loop {
+                let Ok((n, from)) = receiving.recv_from(&mut buffer).await else {
+                    return;
+                };
+                let std::net::SocketAddr::V4(from) = from else {
+                    continue;
+                };
+                if n >= 2 {
+                    let seq = u16::from_be_bytes([buffer[0], buffer[1]]);
+                    if replies
+                        .send(ProbeReply {
+                            uplink,
+                            from: ProbeTarget::Udp(from),
+                            seq,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Self { socket })
+    }
+
+    pub fn send(&self, target: std::net::SocketAddrV4, seq: u16) -> io::Result<()> {
+        self.socket
+            .try_send_to(&dns_query(seq), target.into())
+            .map(|_| ())
+    }
+}
+
+/// A DNS query for the root's NS records with `seq` as its id: any DNS server answers it
+/// (even with REFUSED), and an echo service sends it back; both carry the id first.
+pub fn dns_query(seq: u16) -> Vec<u8> {
+    let mut query = seq.to_be_bytes().to_vec();
+    // Flags: recursion desired; one question, no other records.
+    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    // The root name, type NS, class IN.
+    query.extend_from_slice(&[0, 0, 2, 0, 1]);
+    query
 }
 
 /// An ICMP echo request with the Internet checksum filled in.
@@ -213,6 +295,14 @@ pub fn parse_echo_reply(datagram: &[u8]) -> Option<(Ipv4Addr, u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_query_is_well_formed() {
+        let query = dns_query(0x0102);
+        assert_eq!(query.len(), 17);
+        assert_eq!(&query[..4], &[1, 2, 1, 0]);
+        assert_eq!(&query[4..6], &[0, 1], "one question");
+    }
 
     #[test]
     fn echo_request_checksums_to_zero() {

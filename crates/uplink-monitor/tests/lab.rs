@@ -229,3 +229,59 @@ fn latency_raised_to_400_ms_moves_traffic_after_the_hold_time_without_flapping()
     assert!(stats.received > 0, "{stats:?}");
     drop(site.lab);
 }
+
+#[test]
+fn an_uplink_probed_only_over_udp_is_judged_and_its_blackhole_detected() {
+    // The site's echo server on 192.0.2.1:7 answers the DNS-shaped UDP probes.
+    let extra = "[uplink_monitor]\ntargets = [\"192.0.2.1:7\"]\n";
+    let Some(running) = start_with("um-udp", 1, 2, extra) else {
+        return;
+    };
+    let area = &running.site.areas[0];
+    let _dead = running
+        .lab
+        .blackhole(&area.uplinks[0].router, &area.uplinks[0].router_wan_if)
+        .unwrap();
+    running.wait_for_log("default route moved from=a1-up1 to=a1-up2 reason=silent");
+    assert!(
+        running.default_route().contains("dev wan1"),
+        "{}",
+        running.default_route()
+    );
+}
+
+#[test]
+fn a_captive_portal_that_still_answers_pings_is_detected_by_the_http_check() {
+    let extra = "[uplink_monitor]\ntargets = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\"]\nhttp_check_url = \"http://192.0.2.1/generate_204\"\nhttp_check_interval_ms = 1000\n";
+    let Some(running) = start_with("um-captive", 1, 2, extra) else {
+        return;
+    };
+    let area = &running.site.areas[0];
+    let router = &area.uplinks[0].router;
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        running.switches(),
+        0,
+        "the real endpoint answers 204:\n{}",
+        running.agent().log()
+    );
+    // Router 1 starts sending every web request to its own login page; pings still pass.
+    let _portal =
+        lab::HttpResponder::start(router, "192.168.8.1:8080".parse().unwrap(), 302).unwrap();
+    router
+        .exec_with_stdin(
+            "nft",
+            &["-f", "-"],
+            b"table ip portal {\n  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n    iifname \"lan\" tcp dport 80 dnat to 192.168.8.1:8080\n  }\n}\n",
+        )
+        .unwrap();
+    running.wait_for_log("default route moved from=a1-up1 to=a1-up2 reason=captive");
+    assert!(
+        running
+            .agent()
+            .log()
+            .contains("uplink=a1-up1 from=up to=captive"),
+        "{}",
+        running.agent().log()
+    );
+}

@@ -39,6 +39,8 @@ pub const DEFAULT_DAMPENING_SUPPRESS: u32 = 3000;
 pub const DEFAULT_DAMPENING_REUSE: u32 = 1500;
 pub const DEFAULT_ROUTE_TABLE_BASE: u32 = 200;
 pub const DEFAULT_FWMARK_BASE: u32 = 0x4600;
+pub const DEFAULT_HTTP_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_HTTP_CHECK_EXPECT: u16 = 204;
 /// Shortest site key accepted, in bytes.
 pub const MIN_SITE_KEY_BYTES: usize = 32;
 
@@ -211,8 +213,8 @@ pub struct Agents {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkMonitorConfig {
     pub common: AgentCommon,
-    /// Addresses probed over every uplink; an uplink is dead only when all stop answering.
-    pub targets: Vec<Ipv4Addr>,
+    /// What is probed over every uplink; an uplink is dead only when all stop answering.
+    pub targets: Vec<ProbeTarget>,
     /// Probe interval per target on every uplink that is not a metered standby.
     pub probe_interval: Duration,
     /// Probe interval per target on a metered uplink while it is not active.
@@ -235,6 +237,48 @@ pub struct UplinkMonitorConfig {
     pub fwmark_base: u32,
     /// Masquerade traffic leaving through each local uplink (the 4G routers know only their LAN).
     pub masquerade: bool,
+    /// The slower check for captive "link up, no internet" states, if configured.
+    pub http_check: Option<HttpCheck>,
+}
+
+/// An HTTP GET through every uplink that must answer with a known status; a captive portal
+/// (or a router's "no service" page) answers something else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// Where to connect: an IPv4 address, so the check needs no DNS over a particular uplink.
+    pub address: SocketAddr,
+    /// The `Host` header and path of the request.
+    pub host: String,
+    pub path: String,
+    pub interval: Duration,
+    /// The status that means "the internet is really there", e.g. 204.
+    pub expect: u16,
+}
+
+/// One probe target: an address answered with ICMP echo, or an `address:port` answered over
+/// UDP (a DNS-shaped query; DNS servers and UDP echo services both answer it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeTarget {
+    Icmp(Ipv4Addr),
+    Udp(std::net::SocketAddrV4),
+}
+
+impl ProbeTarget {
+    pub fn address(&self) -> Ipv4Addr {
+        match self {
+            ProbeTarget::Icmp(address) => *address,
+            ProbeTarget::Udp(socket) => *socket.ip(),
+        }
+    }
+}
+
+impl fmt::Display for ProbeTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeTarget::Icmp(address) => write!(f, "icmp {address}"),
+            ProbeTarget::Udp(socket) => write!(f, "udp {socket}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -246,14 +246,25 @@ const LOCAL_UPLINK: &str = "\n[[uplinks]]\nname = \"a\"\nkind = \"local\"\ninter
 #[test]
 fn uplink_monitor_defaults_and_targets() {
     let config = Config::from_str(
-        &format!("{MINIMAL}{LOCAL_UPLINK}\n[uplink_monitor]\ntargets = [\"192.0.2.1\"]\n"),
+        &format!("{MINIMAL}{LOCAL_UPLINK}\n[uplink_monitor]\ntargets = [\"192.0.2.1\", \"198.51.100.53:53\"]\n"),
         "t.toml",
     )
     .unwrap();
     let monitor = &config.agents.uplink_monitor;
     assert_eq!(
         monitor.targets,
-        ["192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap()]
+        [
+            ProbeTarget::Icmp("192.0.2.1".parse().unwrap()),
+            ProbeTarget::Udp("198.51.100.53:53".parse().unwrap())
+        ]
+    );
+    let shown = error_of(&format!(
+        "{MINIMAL}{LOCAL_UPLINK}\n[uplink_monitor]\ntargets = [\"dns.google\"]\n"
+    ))
+    .to_string();
+    assert!(
+        shown.contains("uplink_monitor.targets[0]: 'dns.google' is neither an IPv4 address"),
+        "{shown}"
     );
     assert_eq!(monitor.probe_interval, DEFAULT_PROBE_INTERVAL);
     assert_eq!(
@@ -281,4 +292,32 @@ fn uplink_monitor_defaults_and_targets() {
         "{shown}"
     );
     assert!(shown.contains("reserved tables 253-255"), "{shown}");
+}
+
+#[test]
+fn http_check_url_is_parsed_or_explained() {
+    let with = |url: &str| {
+        format!(
+            "{MINIMAL}{LOCAL_UPLINK}\n[uplink_monitor]\ntargets = [\"192.0.2.1\"]\nhttp_check_url = \"{url}\"\n"
+        )
+    };
+    let config = Config::from_str(&with("http://192.0.2.10:8080/generate_204"), "t.toml").unwrap();
+    let check = config.agents.uplink_monitor.http_check.unwrap();
+    assert_eq!(check.address, "192.0.2.10:8080".parse().unwrap());
+    assert_eq!(
+        (check.host.as_str(), check.path.as_str(), check.expect),
+        ("192.0.2.10:8080", "/generate_204", 204)
+    );
+    let shown = error_of(&with("https://example.com/")).to_string();
+    assert!(
+        shown.contains(
+            "uplink_monitor.http_check_url: 'https://example.com/' is not an http:// URL"
+        ),
+        "{shown}"
+    );
+    let shown = error_of(&with("http://example.com/")).to_string();
+    assert!(
+        shown.contains("'example.com' in 'http://example.com/' is not an IPv4 address"),
+        "{shown}"
+    );
 }

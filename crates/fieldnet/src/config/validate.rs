@@ -647,9 +647,22 @@ impl Checker {
         let path = KeyPath::root().key("uplink_monitor");
         let mut targets = Vec::new();
         for (index, target) in wire.targets.iter().flatten().enumerate() {
-            if let Some(address) = self.ipv4(target, &path.key("targets").index(index)) {
-                targets.push(address);
+            if let Ok(address) = target.parse::<Ipv4Addr>() {
+                targets.push(ProbeTarget::Icmp(address));
+            } else if let Ok(socket) = target.parse::<std::net::SocketAddrV4>() {
+                targets.push(ProbeTarget::Udp(socket));
+            } else {
+                self.problem(
+                    path.key("targets").index(index),
+                    format!("'{target}' is neither an IPv4 address (probed with ICMP echo) nor address:port (probed over UDP), e.g. \"192.0.2.1\" or \"198.51.100.53:53\""),
+                );
             }
+        }
+        if targets.len() > 16 {
+            self.problem(
+                path.key("targets"),
+                format!("{} targets is too many; list at most 16", targets.len()),
+            );
         }
         let enabled = common.as_ref().is_some_and(|c| c.enabled);
         if enabled && uplink_count > 0 && wire.targets.as_ref().is_none_or(|t| t.is_empty()) {
@@ -694,6 +707,12 @@ impl Checker {
             "dampening_half_life_ms",
             wire.dampening_half_life_ms,
             DEFAULT_DAMPENING_HALF_LIFE,
+            1000..=3_600_000,
+        );
+        let http_check_interval = millis(
+            "http_check_interval_ms",
+            wire.http_check_interval_ms,
+            DEFAULT_HTTP_CHECK_INTERVAL,
             1000..=3_600_000,
         );
         let margin_percent = self.bounded(
@@ -743,8 +762,37 @@ impl Checker {
             1..=u32::MAX as usize - 256,
             &path.key("fwmark_base"),
         );
+        let http_check = match &wire.http_check_url {
+            None => None,
+            Some(url) => {
+                let interval = http_check_interval;
+                let expect = self.bounded(
+                    wire.http_check_expect,
+                    usize::from(DEFAULT_HTTP_CHECK_EXPECT),
+                    100..=599,
+                    &path.key("http_check_expect"),
+                );
+                let target = parse_http_url(url);
+                if let Err(message) = &target {
+                    self.problem(path.key("http_check_url"), message.clone());
+                }
+                match (target, interval, expect) {
+                    (Ok((address, host, url_path)), Some(interval), Some(expect)) => {
+                        Some(HttpCheck {
+                            address,
+                            host,
+                            path: url_path,
+                            interval,
+                            expect: expect as u16,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+        };
         Some(UplinkMonitorConfig {
             common: common?,
+            http_check,
             targets,
             probe_interval: probe_interval?,
             standby_interval: standby_interval?,
@@ -904,4 +952,28 @@ fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
     } else {
         items.join(", ")
     }
+}
+
+/// `http://192.0.2.10/generate_204` → (192.0.2.10:80, "192.0.2.10", "/generate_204").
+fn parse_http_url(url: &str) -> Result<(SocketAddr, String, String), String> {
+    let hint = "write it like http://203.0.113.10/generate_204 (plain http, an IPv4 address, so no DNS is needed over a particular uplink)";
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("'{url}' is not an http:// URL; {hint}"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/"),
+    };
+    let address = match authority.parse::<SocketAddr>() {
+        Ok(address) => address,
+        Err(_) => match authority.parse::<Ipv4Addr>() {
+            Ok(ip) => SocketAddr::new(IpAddr::V4(ip), 80),
+            Err(_) => {
+                return Err(format!(
+                    "'{authority}' in '{url}' is not an IPv4 address[:port]; {hint}"
+                ));
+            }
+        },
+    };
+    Ok((address, authority.to_owned(), path.to_owned()))
 }

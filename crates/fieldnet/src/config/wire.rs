@@ -144,4 +144,7 @@ pub struct WireUplinkMonitor {
     pub route_table_base: Option<i64>,
     pub fwmark_base: Option<i64>,
     pub masquerade: Option<bool>,
+    pub http_check_url: Option<String>,
+    pub http_check_interval_ms: Option<i64>,
+    pub http_check_expect: Option<i64>,
 }

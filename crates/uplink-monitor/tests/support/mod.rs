@@ -28,6 +28,8 @@ pub struct Running {
     pub agent: Option<LabProcess>,
     pub config: PathBuf,
     pub echo: EchoServer,
+    /// A connectivity-check endpoint answering 204 on 192.0.2.1:80.
+    pub check: lab::HttpResponder,
 }
 
 pub fn start(label: &str, areas: u8) -> Option<Running> {
@@ -47,12 +49,15 @@ pub fn start_with(label: &str, areas: u8, uplinks: u8, extra: &str) -> Option<Ru
     let config = lab.dir().join("appliance-1.toml");
     std::fs::write(&config, lab::appliance_config(&site, 1, lab.dir(), extra)).unwrap();
     let echo = EchoServer::start(&site.internet, "192.0.2.1:7".parse().unwrap()).unwrap();
+    let check =
+        lab::HttpResponder::start(&site.internet, "192.0.2.1:80".parse().unwrap(), 204).unwrap();
     let mut running = Running {
         lab,
         site,
         agent: None,
         config,
         echo,
+        check,
     };
     running.start_agent();
     Some(running)
