@@ -74,6 +74,8 @@ struct Sim {
     now: Instant,
     in_flight: Vec<(Instant, usize, usize, u16)>,
     http_in_flight: Vec<(Instant, usize, bool)>,
+    /// Outputs of the adopting step, carried out when the world first runs.
+    initial: Vec<Output>,
     links: Vec<bool>,
     switches: Vec<(Duration, usize, SwitchReason)>,
 }
@@ -93,6 +95,7 @@ impl Sim {
             now: start,
             in_flight: Vec::new(),
             http_in_flight: Vec::new(),
+            initial: Vec::new(),
             links: vec![true; count],
             switches: Vec::new(),
         };
@@ -103,6 +106,7 @@ impl Sim {
                 .iter()
                 .all(|o| !matches!(o, Output::Activate { .. }))
         );
+        sim.initial = outputs;
         sim
     }
 
@@ -111,6 +115,8 @@ impl Sim {
     }
 
     fn run(&mut self, world: &mut impl World, duration: Duration) {
+        let initial = std::mem::take(&mut self.initial);
+        self.apply(world, initial);
         let end = self.now + duration;
         while self.now < end {
             self.now += STEP;
