@@ -185,6 +185,17 @@ pub struct HttpResponder {
 
 impl HttpResponder {
     pub fn start(ns: &Netns, address: SocketAddr, status: u16) -> anyhow::Result<Self> {
+        Self::start_with_body(ns, address, status, 0)
+    }
+
+    /// Like [`HttpResponder::start`], answering with a body of `body_len` bytes (a download
+    /// for throughput tests).
+    pub fn start_with_body(
+        ns: &Netns,
+        address: SocketAddr,
+        status: u16,
+        body_len: usize,
+    ) -> anyhow::Result<Self> {
         let listener = ns
             .run(move || std::net::TcpListener::bind(address))?
             .with_context(|| format!("binding the HTTP responder on {address} in {}", ns.name()))?;
@@ -207,9 +218,19 @@ impl HttpResponder {
                             }
                         }
                         let response = format!(
-                            "HTTP/1.1 {status} Lab\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            "HTTP/1.1 {status} Lab\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
                         );
+                        let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
                         let _ = stream.write_all(response.as_bytes());
+                        let chunk = [b'x'; 16 * 1024];
+                        let mut left = body_len;
+                        while left > 0 && !flag.load(Ordering::Relaxed) {
+                            let n = left.min(chunk.len());
+                            if stream.write_all(&chunk[..n]).is_err() {
+                                break;
+                            }
+                            left -= n;
+                        }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }

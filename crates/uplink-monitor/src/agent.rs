@@ -97,6 +97,7 @@ struct Metrics {
     last_switch: IntGauge,
     errors: IntCounterVec,
     throughput: GaugeVec,
+    capacity: GaugeVec,
 }
 
 impl Metrics {
@@ -161,6 +162,10 @@ impl Metrics {
                 "fieldnet_uplink_monitor_errors_total",
                 "Failed kernel operations",
                 "operation",
+            )?,
+            capacity: gauge(
+                "fieldnet_uplink_monitor_capacity_kilobits_per_second",
+                "Last result of the active throughput test",
             )?,
             throughput: {
                 let metric = GaugeVec::new(
@@ -264,6 +269,7 @@ pub async fn run(
         reported_lost: Vec::new(),
         counters: Vec::new(),
         http_check: config.agents.uplink_monitor.http_check.clone(),
+        throughput_test: config.agents.uplink_monitor.throughput_test.clone(),
         checks: checks_tx,
     };
     let now = Instant::now();
@@ -387,6 +393,7 @@ struct Edge {
     /// Last counter sample per uplink: (when, rx bytes, tx bytes).
     counters: Vec<Option<(Instant, u64, u64)>>,
     http_check: Option<fieldnet::config::HttpCheck>,
+    throughput_test: Option<fieldnet::config::ThroughputTest>,
     /// Where finished HTTP checks report.
     checks: mpsc::UnboundedSender<Input>,
 }
@@ -527,6 +534,7 @@ impl Edge {
                         reason,
                     } => self.activate(uplink, previous, reason).await,
                     Output::HttpCheck { uplink } => self.spawn_http_check(uplink),
+                    Output::ThroughputTest { uplink } => self.spawn_throughput_test(uplink),
                     Output::HealthChanged { uplink, from, to } => {
                         tracing::info!(uplink = %self.routes[uplink].name, from = %from.as_str(), to = %to.as_str(), "uplink health changed");
                         self.publish_state(monitor, uplink);
@@ -535,6 +543,31 @@ impl Edge {
             }
             pending = follow_up;
         }
+    }
+
+    fn spawn_throughput_test(&self, uplink: usize) {
+        let Some(test) = self.throughput_test.clone() else {
+            return;
+        };
+        let route = &self.routes[uplink];
+        let (mark, device, name) = (
+            route.mark,
+            route.local.then(|| route.interface.clone()),
+            route.name.clone(),
+        );
+        let results = self.checks.clone();
+        let capacity = self.metrics.capacity.clone();
+        tokio::spawn(async move {
+            let kbps = crate::httpcheck::throughput(&test, mark, device.as_deref()).await;
+            match kbps {
+                Some(kbps) => {
+                    capacity.with_label_values(&[name.as_str()]).set(kbps);
+                    tracing::info!(uplink = %name, kbps = kbps as u64, "throughput measured");
+                }
+                None => tracing::info!(uplink = %name, "throughput test failed"),
+            }
+            let _ = results.send(Input::ThroughputResult { uplink, kbps });
+        });
     }
 
     fn spawn_http_check(&self, uplink: usize) {

@@ -1,14 +1,14 @@
-//! The captive-portal check: one HTTP GET through one uplink (its mark, its interface), whose
-//! status must be the configured one. A portal or a router's "no service" page answers
-//! something else, or nothing.
+//! HTTP through one uplink (its mark, its interface): the captive-portal check, one GET whose
+//! status must be the configured one (a portal or a router's "no service" page answers
+//! something else, or nothing), and the optional throughput test, one bounded download.
 //!
-//! Invariant: one attempt is bounded by `TIMEOUT`; any failure (connect, timeout, garbage) is
-//! simply "not ok" for the monitor to weigh.
+//! Invariant: every attempt is bounded in time (and the download in size); any failure is
+//! simply "not ok" or "no figure" for the monitor to weigh.
 
 use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
-use fieldnet::config::HttpCheck;
+use fieldnet::config::{HttpCheck, ThroughputTest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Longest one check may take.
@@ -22,7 +22,52 @@ pub async fn run(check: &HttpCheck, mark: u32, device: Option<&str>) -> bool {
     }
 }
 
-async fn status(check: &HttpCheck, mark: u32, device: Option<&str>) -> std::io::Result<u16> {
+/// Longest a throughput test may take, and most it downloads.
+pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DOWNLOAD_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Kilobits per second of one download through the uplink, from its first byte to its last;
+/// `None` if it failed or was too small to time.
+pub async fn throughput(test: &ThroughputTest, mark: u32, device: Option<&str>) -> Option<f64> {
+    let work = async {
+        let mut stream = connect(test.address, mark, device).await?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fieldnet-uplink-monitor\r\nConnection: close\r\n\r\n",
+            test.path, test.host
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut first: Option<std::time::Instant> = None;
+        let mut total = 0usize;
+        loop {
+            let n = stream.read(&mut buffer).await?;
+            if n == 0 || total >= DOWNLOAD_LIMIT {
+                break;
+            }
+            if first.is_none() {
+                first = Some(std::time::Instant::now());
+            } else {
+                total += n;
+            }
+        }
+        std::io::Result::Ok(first.map(|first| (total, first.elapsed())))
+    };
+    match tokio::time::timeout(DOWNLOAD_TIMEOUT, work).await {
+        Ok(Ok(Some((bytes, elapsed))))
+            if bytes >= 16 * 1024 && elapsed > Duration::from_millis(1) =>
+        {
+            Some(bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1000.0)
+        }
+        _ => None,
+    }
+}
+
+/// A TCP connection pinned to one uplink.
+async fn connect(
+    address: std::net::SocketAddr,
+    mark: u32,
+    device: Option<&str>,
+) -> std::io::Result<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     let mark = mark.to_ne_bytes();
     // SAFETY: the option value is valid for its length for the duration of the call.
@@ -41,7 +86,11 @@ async fn status(check: &HttpCheck, mark: u32, device: Option<&str>) -> std::io::
     if let Some(device) = device {
         socket.bind_device(Some(device.as_bytes()))?;
     }
-    let mut stream = socket.connect(check.address).await?;
+    socket.connect(address).await
+}
+
+async fn status(check: &HttpCheck, mark: u32, device: Option<&str>) -> std::io::Result<u16> {
+    let mut stream = connect(check.address, mark, device).await?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: fieldnet-uplink-monitor\r\nConnection: close\r\n\r\n",
         check.path, check.host

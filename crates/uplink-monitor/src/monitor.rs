@@ -24,6 +24,11 @@ const RELIABILITY_WEIGHT: f64 = 0.01;
 /// Unanswered probes (over all targets) before silence can mean death: at 10 % random loss,
 /// six in a row happen once in a million.
 const MIN_UNANSWERED: u32 = 6;
+/// Score points for an uplink measured with no throughput at all; proportionally less for
+/// one measured between nothing and `min_throughput_kbps`.
+const SLOW_WEIGHT: f64 = 300.0;
+/// Time between the first throughput tests of successive uplinks.
+const THROUGHPUT_TEST_SPACING: Duration = Duration::from_secs(5);
 /// Consecutive failed HTTP checks before an answering uplink counts as captive.
 const CAPTIVE_AFTER: u32 = 2;
 /// Probes a target may have outstanding; older ones are written off as lost.
@@ -123,6 +128,8 @@ pub enum Input {
     Peer { peer: u8, alive: bool },
     /// The outcome of an HTTP check the monitor asked for.
     HttpResult { uplink: usize, ok: bool },
+    /// The outcome of a throughput test: kilobits per second, or `None` if it failed.
+    ThroughputResult { uplink: usize, kbps: Option<f64> },
 }
 
 /// Commands to the edge.
@@ -135,6 +142,8 @@ pub enum Output {
     },
     /// Run the HTTP check through `uplink` and answer with `Input::HttpResult`.
     HttpCheck { uplink: usize },
+    /// Run the throughput test through `uplink` and answer with `Input::ThroughputResult`.
+    ThroughputTest { uplink: usize },
     /// Make `uplink` the default route; forget the conntrack entries pinned to `previous`.
     Activate {
         uplink: usize,
@@ -195,6 +204,10 @@ struct Uplink {
     next_http_check: Instant,
     http_running: bool,
     http_failures: u32,
+    /// Throughput test: when next, whether one is running, the last measured capacity.
+    next_throughput_test: Instant,
+    throughput_running: bool,
+    capacity_kbps: Option<f64>,
     /// The interval the targets are currently staggered over.
     interval: Duration,
     probes_sent: u64,
@@ -215,6 +228,8 @@ pub struct UplinkView {
     pub probes_sent: u64,
     pub probes_lost: u64,
     pub penalty: f64,
+    /// Last measured capacity, from the throughput test.
+    pub capacity_kbps: Option<f64>,
 }
 
 /// The decision state of the whole agent.
@@ -233,7 +248,8 @@ impl Monitor {
         let target_count = settings.targets.len().max(1) as u32;
         let uplinks = specs
             .into_iter()
-            .map(|spec| Uplink {
+            .enumerate()
+            .map(|(index, spec)| Uplink {
                 targets: (0..settings.targets.len())
                     .map(|index| Target {
                         stats: TargetStats::default(),
@@ -261,6 +277,10 @@ impl Monitor {
                 next_http_check: now,
                 http_running: false,
                 http_failures: 0,
+                // Spread the tests out so uplinks are not measured all at once.
+                next_throughput_test: now + THROUGHPUT_TEST_SPACING * (index as u32 + 1),
+                throughput_running: false,
+                capacity_kbps: None,
                 interval: settings.probe_interval,
                 probes_sent: 0,
                 probes_lost: 0,
@@ -338,6 +358,15 @@ impl Monitor {
                 }
             }
             Input::HttpResult { .. } => {}
+            Input::ThroughputResult { uplink, kbps } => {
+                if let Some(u) = self.uplinks.get_mut(uplink) {
+                    u.throughput_running = false;
+                    // A failed test says nothing about capacity; probes judge liveness.
+                    if let Some(kbps) = kbps {
+                        u.capacity_kbps = Some(kbps);
+                    }
+                }
+            }
             Input::Peer { peer, alive } => {
                 for u in &mut self.uplinks {
                     if u.spec.peer == Some(peer) && u.peer_alive != alive {
@@ -485,7 +514,15 @@ impl Monitor {
     fn score(&self, uplink: usize, now: Instant) -> Option<f64> {
         let u = &self.uplinks[uplink];
         let figures = UplinkFigures::combine(u.targets.iter().map(|t| &t.stats))?;
-        Some(figures.score(u.spec.preference) + u.dampening.penalty(now) * RELIABILITY_WEIGHT)
+        let slow = match (&self.settings.throughput_test, u.capacity_kbps) {
+            (Some(test), Some(kbps)) if test.min_kbps > 0 && kbps < f64::from(test.min_kbps) => {
+                (1.0 - kbps / f64::from(test.min_kbps)) * SLOW_WEIGHT
+            }
+            _ => 0.0,
+        };
+        Some(
+            figures.score(u.spec.preference) + u.dampening.penalty(now) * RELIABILITY_WEIGHT + slow,
+        )
     }
 
     /// Usable at all: answering and not dampened.
@@ -621,6 +658,16 @@ impl Monitor {
     }
 
     fn probe(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if let Some(test) = &self.settings.throughput_test {
+            for (index, u) in self.uplinks.iter_mut().enumerate() {
+                if u.health == Health::Up && !u.throughput_running && now >= u.next_throughput_test
+                {
+                    u.throughput_running = true;
+                    u.next_throughput_test = now + test.interval;
+                    out.push(Output::ThroughputTest { uplink: index });
+                }
+            }
+        }
         if let Some(check) = &self.settings.http_check {
             for (index, u) in self.uplinks.iter_mut().enumerate() {
                 if u.link_up && !u.http_running && now >= u.next_http_check {
@@ -694,6 +741,7 @@ impl Monitor {
                     probes_sent: u.probes_sent,
                     probes_lost: u.probes_lost,
                     penalty: u.dampening.penalty(now),
+                    capacity_kbps: u.capacity_kbps,
                 }
             })
             .collect()

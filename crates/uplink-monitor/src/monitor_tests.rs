@@ -32,6 +32,7 @@ fn settings(targets: usize) -> UplinkMonitorConfig {
         fwmark_base: DEFAULT_FWMARK_BASE,
         masquerade: true,
         http_check: None,
+        throughput_test: None,
     }
 }
 
@@ -58,6 +59,9 @@ trait World {
     fn http_ok(&mut self, _uplink: usize, _t: Duration) -> bool {
         true
     }
+    fn kbps(&mut self, _uplink: usize, _t: Duration) -> Option<f64> {
+        Some(20_000.0)
+    }
 }
 
 /// A world described by a closure.
@@ -74,6 +78,7 @@ struct Sim {
     now: Instant,
     in_flight: Vec<(Instant, usize, usize, u16)>,
     http_in_flight: Vec<(Instant, usize, bool)>,
+    throughput_in_flight: Vec<(Instant, usize, Option<f64>)>,
     /// Outputs of the adopting step, carried out when the world first runs.
     initial: Vec<Output>,
     links: Vec<bool>,
@@ -95,6 +100,7 @@ impl Sim {
             now: start,
             in_flight: Vec::new(),
             http_in_flight: Vec::new(),
+            throughput_in_flight: Vec::new(),
             initial: Vec::new(),
             links: vec![true; count],
             switches: Vec::new(),
@@ -153,6 +159,17 @@ impl Sim {
                 let outputs = self.monitor.step(now, Input::HttpResult { uplink, ok });
                 self.apply(world, outputs);
             }
+            let (due, later): (Vec<_>, Vec<_>) = self
+                .throughput_in_flight
+                .drain(..)
+                .partition(|(at, ..)| *at <= now);
+            self.throughput_in_flight = later;
+            for (_, uplink, kbps) in due {
+                let outputs = self
+                    .monitor
+                    .step(now, Input::ThroughputResult { uplink, kbps });
+                self.apply(world, outputs);
+            }
             let outputs = self.monitor.step(now, Input::Tick);
             self.apply(world, outputs);
         }
@@ -177,6 +194,11 @@ impl Sim {
                     self.switches.push((self.elapsed(), uplink, reason))
                 }
                 Output::HealthChanged { .. } => {}
+                Output::ThroughputTest { uplink } => {
+                    let kbps = world.kbps(uplink, self.elapsed());
+                    self.throughput_in_flight
+                        .push((self.now + secs(2), uplink, kbps));
+                }
                 Output::HttpCheck { uplink } => {
                     let ok = world.http_ok(uplink, self.elapsed());
                     self.http_in_flight.push((self.now + ms(50), uplink, ok));
@@ -423,4 +445,41 @@ fn a_captive_uplink_that_answers_pings_is_left_after_two_failed_http_checks() {
     // Checks every 5 s: failures at 20 and 25 s.
     assert!(at >= secs(25) && at <= secs(26), "switched at {at:?}");
     assert_eq!(sim.monitor.view(sim.now)[0].health, Health::Captive);
+}
+
+#[test]
+fn an_uplink_measured_far_below_the_minimum_throughput_loses_traffic() {
+    struct Thin;
+    impl World for Thin {
+        fn rtt(&mut self, _: usize, _: usize, _: Duration) -> Option<Duration> {
+            Some(ms(30))
+        }
+        // Uplink 0 carries only 200 kbit/s from 60 s on; uplink 1 carries 20 Mbit/s.
+        fn kbps(&mut self, uplink: usize, t: Duration) -> Option<f64> {
+            Some(if uplink == 0 && t >= secs(60) {
+                200.0
+            } else {
+                20_000.0
+            })
+        }
+    }
+    let mut test_settings = settings(3);
+    test_settings.throughput_test = Some(ThroughputTest {
+        address: "192.0.2.10:80".parse().unwrap(),
+        host: "192.0.2.10".into(),
+        path: "/1m".into(),
+        interval: secs(60),
+        min_kbps: 2000,
+    });
+    let mut sim = Sim::new(test_settings, uplinks(&[10, 20]), Some(0));
+    sim.run(&mut Thin, secs(59));
+    assert!(
+        sim.switches.is_empty(),
+        "fast enough so far: {:?}",
+        sim.switches
+    );
+    assert_eq!(sim.monitor.view(sim.now)[1].capacity_kbps, Some(20_000.0));
+    sim.run(&mut Thin, secs(60));
+    let moves: Vec<(usize, SwitchReason)> = sim.switches.iter().map(|s| (s.1, s.2)).collect();
+    assert_eq!(moves, [(1, SwitchReason::Better)]);
 }

@@ -285,3 +285,36 @@ fn a_captive_portal_that_still_answers_pings_is_detected_by_the_http_check() {
         running.agent().log()
     );
 }
+
+#[test]
+fn the_throughput_test_moves_traffic_off_an_uplink_far_below_the_minimum() {
+    let extra = "[uplink_monitor]\ntargets = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\"]\nthroughput_test_url = \"http://192.0.2.1:8081/1m\"\nthroughput_test_interval_ms = 10000\nmin_throughput_kbps = 4000\n";
+    let Some(running) = start_with("um-throughput", 1, 2, extra) else {
+        return;
+    };
+    let area = &running.site.areas[0];
+    let _download = lab::HttpResponder::start_with_body(
+        &running.site.internet,
+        "192.0.2.1:8081".parse().unwrap(),
+        200,
+        1 << 20,
+    )
+    .unwrap();
+    // Downloads through uplink 1 crawl at 1 Mbit/s.
+    let _thin = running
+        .lab
+        .rate_limit(
+            &area.uplinks[0].router,
+            &area.uplinks[0].router_lan_if,
+            1000,
+        )
+        .unwrap();
+    running.wait_for_log("throughput measured uplink=a1-up1");
+    running.wait_for_log("default route moved from=a1-up1 to=a1-up2 reason=better");
+    let log = running.agent().log();
+    assert!(log.contains("throughput measured uplink=a1-up2"), "{log}");
+    assert!(
+        !log.contains("to=silent"),
+        "a slow uplink is not a dead one:\n{log}"
+    );
+}

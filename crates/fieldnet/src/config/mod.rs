@@ -41,6 +41,7 @@ pub const DEFAULT_ROUTE_TABLE_BASE: u32 = 200;
 pub const DEFAULT_FWMARK_BASE: u32 = 0x4600;
 pub const DEFAULT_HTTP_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_CHECK_EXPECT: u16 = 204;
+pub const DEFAULT_THROUGHPUT_TEST_INTERVAL: Duration = Duration::from_secs(600);
 /// Shortest site key accepted, in bytes.
 pub const MIN_SITE_KEY_BYTES: usize = 32;
 
@@ -239,6 +240,19 @@ pub struct UplinkMonitorConfig {
     pub masquerade: bool,
     /// The slower check for captive "link up, no internet" states, if configured.
     pub http_check: Option<HttpCheck>,
+    /// The optional active throughput test (off unless a URL is configured).
+    pub throughput_test: Option<ThroughputTest>,
+}
+
+/// A download through every uplink now and then, to measure what it can carry; an uplink
+/// measured below `min_kbps` scores worse in proportion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThroughputTest {
+    pub address: SocketAddr,
+    pub host: String,
+    pub path: String,
+    pub interval: Duration,
+    pub min_kbps: u32,
 }
 
 /// An HTTP GET through every uplink that must answer with a known status; a captive portal

@@ -715,6 +715,12 @@ impl Checker {
             DEFAULT_HTTP_CHECK_INTERVAL,
             1000..=3_600_000,
         );
+        let throughput_interval = millis(
+            "throughput_test_interval_ms",
+            wire.throughput_test_interval_ms,
+            DEFAULT_THROUGHPUT_TEST_INTERVAL,
+            10_000..=86_400_000,
+        );
         let margin_percent = self.bounded(
             wire.margin_percent,
             DEFAULT_MARGIN_PERCENT as usize,
@@ -790,9 +796,45 @@ impl Checker {
                 }
             }
         };
+        let min_kbps = self.bounded(
+            wire.min_throughput_kbps,
+            0,
+            0..=10_000_000,
+            &path.key("min_throughput_kbps"),
+        );
+        let throughput_test = match &wire.throughput_test_url {
+            None => {
+                if wire.min_throughput_kbps.is_some_and(|k| k > 0) {
+                    self.problem(
+                        path.key("min_throughput_kbps"),
+                        "needs throughput_test_url: without the test there is nothing to compare with",
+                    );
+                }
+                None
+            }
+            Some(url) => {
+                let target = parse_http_url(url);
+                if let Err(message) = &target {
+                    self.problem(path.key("throughput_test_url"), message.clone());
+                }
+                match (target, throughput_interval, min_kbps) {
+                    (Ok((address, host, url_path)), Some(interval), Some(min_kbps)) => {
+                        Some(ThroughputTest {
+                            address,
+                            host,
+                            path: url_path,
+                            interval,
+                            min_kbps: min_kbps as u32,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+        };
         Some(UplinkMonitorConfig {
             common: common?,
             http_check,
+            throughput_test,
             targets,
             probe_interval: probe_interval?,
             standby_interval: standby_interval?,

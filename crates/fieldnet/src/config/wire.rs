@@ -147,4 +147,7 @@ pub struct WireUplinkMonitor {
     pub http_check_url: Option<String>,
     pub http_check_interval_ms: Option<i64>,
     pub http_check_expect: Option<i64>,
+    pub throughput_test_url: Option<String>,
+    pub throughput_test_interval_ms: Option<i64>,
+    pub min_throughput_kbps: Option<i64>,
 }
