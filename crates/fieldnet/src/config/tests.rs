@@ -321,3 +321,33 @@ fn http_check_url_is_parsed_or_explained() {
         "{shown}"
     );
 }
+
+#[test]
+fn throughput_test_is_off_by_default_and_its_minimum_needs_it() {
+    let base = format!("{MINIMAL}{LOCAL_UPLINK}\n[uplink_monitor]\ntargets = [\"192.0.2.1\"]\n");
+    assert!(
+        Config::from_str(&base, "t.toml")
+            .unwrap()
+            .agents
+            .uplink_monitor
+            .throughput_test
+            .is_none()
+    );
+    let shown = error_of(&format!("{base}min_throughput_kbps = 2000\n")).to_string();
+    assert!(
+        shown.contains("min_throughput_kbps: needs throughput_test_url"),
+        "{shown}"
+    );
+    let config = Config::from_str(
+        &format!(
+            "{base}throughput_test_url = \"http://192.0.2.10/1m\"\nmin_throughput_kbps = 2000\n"
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let test = config.agents.uplink_monitor.throughput_test.unwrap();
+    assert_eq!(
+        (test.min_kbps, test.interval),
+        (2000, DEFAULT_THROUGHPUT_TEST_INTERVAL)
+    );
+}
