@@ -346,22 +346,60 @@ fn peer_input(event: &fieldnet::bus::BusEvent) -> Option<Input> {
     })
 }
 
-/// Subscribes to link and address changes; each one triggers a re-read of our interfaces.
+/// Subscribes to link and address changes; each one triggers a full re-read of our
+/// interfaces, which is also what a netlink buffer overrun calls for. If the subscription
+/// ends, it is made again (the 2 s resync covers the gap).
 fn watch_links(events: mpsc::UnboundedSender<LinkChanged>) -> anyhow::Result<()> {
-    use futures_util::StreamExt as _;
-    use rtnetlink::MulticastGroup;
-    let (connection, _, mut messages) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])
-            .context("subscribing to link events")?;
-    tokio::spawn(connection);
+    let messages = subscribe_links()?;
     tokio::spawn(async move {
-        while messages.next().await.is_some() {
+        let mut messages = messages;
+        loop {
+            use futures_util::StreamExt as _;
+            while let Some((message, _)) = messages.next().await {
+                if let rtnetlink::packet_core::NetlinkPayload::Overrun(_) = message.payload {
+                    tracing::warn!("netlink event buffer overrun: re-reading every uplink's state");
+                }
+                if events.send(LinkChanged).is_err() {
+                    return;
+                }
+            }
+            tracing::warn!("link event subscription ended; subscribing again");
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                match subscribe_links() {
+                    Ok(again) => {
+                        messages = again;
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), "subscribing to link events")
+                    }
+                }
+            }
             if events.send(LinkChanged).is_err() {
                 return;
             }
         }
     });
     Ok(())
+}
+
+fn subscribe_links() -> anyhow::Result<
+    impl futures_util::Stream<
+        Item = (
+            rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+            rtnetlink::sys::SocketAddr,
+        ),
+    > + Unpin
+    + Send
+    + 'static,
+> {
+    use rtnetlink::MulticastGroup;
+    let (connection, _, messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])
+            .context("subscribing to link events")?;
+    tokio::spawn(connection);
+    Ok(messages)
 }
 
 /// One uplink's probe sockets.
