@@ -33,12 +33,15 @@ const REPORT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkRoute {
     pub name: String,
-    /// The interface traffic leaves by: the uplink's port, or the path to the owning peer.
+    /// The interface traffic leaves by: the uplink's port, or the path to the owning peer in
+    /// use now (one of `paths`).
     pub interface: String,
     pub gateway: Ipv4Addr,
     pub table: u32,
     pub mark: u32,
     pub local: bool,
+    /// For a remote uplink, every path to its peer, preferred first: (interface, peer address).
+    pub paths: Vec<(String, Ipv4Addr)>,
 }
 
 /// The uplinks as the monitor and the edge need them, derived from the config alone.
@@ -47,6 +50,7 @@ pub fn plan(config: &Config) -> anyhow::Result<(Vec<UplinkSpec>, Vec<UplinkRoute
     let mut specs = Vec::new();
     let mut routes = Vec::new();
     for (index, uplink) in config.uplinks.iter().enumerate() {
+        let mut paths = Vec::new();
         let (interface, gateway, peer) = match &uplink.kind {
             UplinkKind::Local { interface, gateway } => (interface.clone(), *gateway, None),
             UplinkKind::Remote { peer } => {
@@ -58,12 +62,22 @@ pub fn plan(config: &Config) -> anyhow::Result<(Vec<UplinkSpec>, Vec<UplinkRoute
                         .with_context(|| {
                             format!("uplink {}: peer {peer} is not configured", uplink.name)
                         })?;
-                // Until cross-site-failover tells us the live path, prefer cable, then wifi.
-                let path = [PathKind::Cable, PathKind::Wifi, PathKind::Vpn]
-                    .iter()
-                    .find_map(|kind| peer_config.paths.iter().find(|p| p.kind == *kind))
+                // Cable, then wifi, then VPN: the first whose link is up carries the uplink.
+                let mut ordered: Vec<&fieldnet::config::PeerPath> =
+                    peer_config.paths.iter().collect();
+                ordered.sort_by_key(|p| match p.kind {
+                    PathKind::Cable => 0,
+                    PathKind::Wifi => 1,
+                    PathKind::Vpn => 2,
+                });
+                let first = ordered
+                    .first()
                     .with_context(|| format!("uplink {}: peer {peer} has no path", uplink.name))?;
-                (path.interface.clone(), path.remote, Some(*peer))
+                paths = ordered
+                    .iter()
+                    .map(|p| (p.interface.clone(), p.remote))
+                    .collect();
+                (first.interface.clone(), first.remote, Some(*peer))
             }
         };
         specs.push(UplinkSpec {
@@ -79,6 +93,7 @@ pub fn plan(config: &Config) -> anyhow::Result<(Vec<UplinkSpec>, Vec<UplinkRoute
             table: settings.route_table_base + index as u32,
             mark: settings.fwmark_base + index as u32,
             local: peer.is_none(),
+            paths,
         });
     }
     Ok((specs, routes))
@@ -269,6 +284,7 @@ pub async fn run(
         reported_lost: Vec::new(),
         counters: Vec::new(),
         http_check: config.agents.uplink_monitor.http_check.clone(),
+        active: None,
         throughput_test: config.agents.uplink_monitor.throughput_test.clone(),
         checks: checks_tx,
     };
@@ -285,6 +301,7 @@ pub async fn run(
         edge.execute(&mut monitor, outputs).await;
     }
     let adopted = edge.adopt().await;
+    edge.active = adopted;
     if let Some(uplink) = adopted {
         tracing::info!(uplink = %edge.routes[uplink].name, "adopting the kernel's default route");
         edge.publish_active(uplink, None, "adopted");
@@ -431,6 +448,8 @@ struct Edge {
     /// Last counter sample per uplink: (when, rx bytes, tx bytes).
     counters: Vec<Option<(Instant, u64, u64)>>,
     http_check: Option<fieldnet::config::HttpCheck>,
+    /// The uplink the default route points at, as far as this edge has set or adopted it.
+    active: Option<usize>,
     throughput_test: Option<fieldnet::config::ThroughputTest>,
     /// Where finished HTTP checks report.
     checks: mpsc::UnboundedSender<Input>,
@@ -442,6 +461,9 @@ impl Edge {
     async fn resync_links(&mut self) -> Vec<Input> {
         let mut inputs = Vec::new();
         for index in 0..self.routes.len() {
+            if !self.routes[index].local {
+                self.follow_live_path(index).await;
+            }
             let facts = match self.kernel.link_facts(&self.routes[index].interface).await {
                 Ok(facts) => facts,
                 Err(error) => {
@@ -473,6 +495,45 @@ impl Edge {
             }
         }
         inputs
+    }
+
+    /// Keeps a remote uplink on the first of its paths whose link is up; when that changes,
+    /// its table and (if it carries traffic) the default route move with it.
+    async fn follow_live_path(&mut self, index: usize) {
+        let mut live = None;
+        for (interface, gateway) in &self.routes[index].paths {
+            if let Ok(Some(facts)) = self.kernel.link_facts(interface).await
+                && facts.carrier
+            {
+                live = Some((interface.clone(), *gateway, facts.index));
+                break;
+            }
+        }
+        let Some((interface, gateway, link)) = live else {
+            return;
+        };
+        let route = &mut self.routes[index];
+        if route.interface == interface {
+            return;
+        }
+        tracing::info!(uplink = %route.name, from = %route.interface, to = %interface, "remote uplink follows its live path");
+        route.interface = interface;
+        route.gateway = gateway;
+        self.link_index[index] = Some(link);
+        self.install_table(index).await;
+        if self.active == Some(index) {
+            let hop = NextHop {
+                gateway,
+                interface: link,
+            };
+            if let Err(error) = self.kernel.set_main_default(hop).await {
+                self.metrics
+                    .errors
+                    .with_label_values(&["default_route"])
+                    .inc();
+                tracing::error!(uplink = %self.routes[index].name, error = format!("{error:#}"), "moving the default route to the live path");
+            }
+        }
     }
 
     /// Throughput from interface counters. Reported, not scored: the probes already measure
@@ -647,6 +708,7 @@ impl Edge {
                 return;
             }
         }
+        self.active = Some(uplink);
         tracing::info!(
             from = %previous.map(|p| self.routes[p].name.as_str()).unwrap_or("-"),
             to = %route.name,
@@ -741,5 +803,40 @@ impl Edge {
             self.reported_lost[index] = view.probes_lost;
             self.publish_state(monitor, index);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_orders_remote_paths_cable_first_and_numbers_tables_and_marks() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/examples/riverside/appliance-1.toml"
+        );
+        let config = Config::load(std::path::Path::new(example)).unwrap();
+        let (specs, routes) = plan(&config).unwrap();
+        assert_eq!(specs.len(), routes.len());
+        let local = &routes[0];
+        assert_eq!(
+            (
+                local.interface.as_str(),
+                local.table,
+                local.mark,
+                local.local
+            ),
+            ("wan0", 200, 0x4600, true)
+        );
+        let remote = routes.iter().find(|r| !r.local).unwrap();
+        let kinds: Vec<&str> = remote
+            .paths
+            .iter()
+            .map(|(interface, _)| interface.as_str())
+            .collect();
+        assert_eq!(kinds, ["cab-stage", "wifi-stage", "wg-hub"]);
+        assert_eq!(remote.interface, "cab-stage");
+        assert_eq!(specs.iter().filter(|s| s.peer.is_some()).count(), 2);
     }
 }

@@ -318,3 +318,37 @@ fn the_throughput_test_moves_traffic_off_an_uplink_far_below_the_minimum() {
         "a slow uplink is not a dead one:\n{log}"
     );
 }
+
+#[test]
+fn a_remote_uplink_follows_its_live_path_when_the_cable_is_cut() {
+    let Some(running) = start("um-remote-path", 2) else {
+        return;
+    };
+    let area = &running.site.areas[0];
+    let _cuts: Vec<_> = area
+        .uplinks
+        .iter()
+        .map(|u| running.lab.link_down(&u.router, &u.router_lan_if).unwrap())
+        .collect();
+    running.wait_for_log("to=a2-up1");
+    assert!(
+        running.default_route().contains("dev cab2"),
+        "{}",
+        running.default_route()
+    );
+    let stream = running.stream();
+    std::thread::sleep(Duration::from_millis(500));
+    // The cable between the areas is cut at area 2's end: area 1's cab2 loses carrier.
+    let _cable = running
+        .lab
+        .link_down(&running.site.areas[1].appliance, "cab1")
+        .unwrap();
+    running.wait_for_log("remote uplink follows its live path uplink=a2-up1 from=cab2 to=wifi2");
+    let report = settle_and_finish(stream);
+    assert!(
+        running.default_route().contains("dev wifi2"),
+        "{}",
+        running.default_route()
+    );
+    assert_recovered(&report, "remote uplink over wifi");
+}
