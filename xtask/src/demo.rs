@@ -208,65 +208,31 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
 
     step("scene 3: an uplink's cable is pulled");
     let echo = lab::EchoServer::start(&site.internet, "192.0.2.1:7".parse()?)?;
-    let stream = lab::Stream::start(
-        &client.ns,
-        echo.address,
-        Duration::from_millis(10),
-        Duration::from_secs(30),
-    )?;
     println!(
         "A device in area 1 sends a small packet every 10 ms to an internet host, which answers each."
     );
-    std::thread::sleep(Duration::from_millis(700));
     let first = &north.uplinks[0];
-    let cut = lab.link_down(&first.router, &first.router_lan_if)?;
-    println!(
-        "Now the cable between appliance 1 and its router {} is pulled.",
-        first.name
-    );
-    let moved = format!("default route moved from={} to=", first.name);
-    monitors[0].wait_for_log(&moved, Duration::from_secs(20))?;
-    std::thread::sleep(Duration::from_millis(700));
-    let report = stream.finish();
-    println!(
-        "uplink-monitor saw the link go down and moved traffic: {}",
-        last_line(&monitors[0].log(), "default route moved")
-    );
-    println!(
-        "The device's longest wait for an answer was {:.0} ms ({} of {} answers arrived).",
-        report.longest_gap.as_secs_f64() * 1000.0,
-        report.received,
-        report.sent
-    );
+    let cut = failover(&client.ns, echo.address, &monitors[0], &first.name, || {
+        println!(
+            "Now the cable between appliance 1 and its router {} is pulled.",
+            first.name
+        );
+        lab.link_down(&first.router, &first.router_lan_if)
+    })?;
+    println!("uplink-monitor saw the link go down and moved traffic.");
     demo.pause(2)?;
 
     step("scene 4: the next uplink dies silently (carrier up, nothing gets through)");
     let second = &north.uplinks[1];
-    let stream = lab::Stream::start(
-        &client.ns,
-        echo.address,
-        Duration::from_millis(10),
-        Duration::from_secs(30),
-    )?;
-    std::thread::sleep(Duration::from_millis(700));
-    let silent = lab.blackhole(&second.router, &second.router_wan_if)?;
+    let silent = failover(&client.ns, echo.address, &monitors[0], &second.name, || {
+        println!(
+            "Router {}'s connection to the internet goes dead; its cable stays plugged in.",
+            second.name
+        );
+        lab.blackhole(&second.router, &second.router_wan_if)
+    })?;
     println!(
-        "Router {}'s connection to the internet goes dead; its cable stays plugged in.",
-        second.name
-    );
-    let moved = format!("default route moved from={} to=", second.name);
-    monitors[0].wait_for_log(&moved, Duration::from_secs(20))?;
-    std::thread::sleep(Duration::from_millis(700));
-    let report = stream.finish();
-    println!(
-        "Its probes went unanswered, so uplink-monitor moved traffic to another area's uplink over the cable: {}",
-        last_line(&monitors[0].log(), "default route moved")
-    );
-    println!(
-        "The device's longest wait for an answer was {:.0} ms ({} of {} answers arrived).",
-        report.longest_gap.as_secs_f64() * 1000.0,
-        report.received,
-        report.sent
+        "Its probes went unanswered, so uplink-monitor moved traffic to another area's uplink over the cable."
     );
     println!("What an operator sees on appliance 1:");
     let status = north.appliance.exec(
@@ -289,6 +255,39 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     drop(monitors);
     drop(brokers);
     Ok(())
+}
+
+/// Streams from `client` while `inject` breaks uplink `from`, waits for uplink-monitor to move
+/// traffic, and tells what the device saw. Returns the fault, still in force.
+fn failover(
+    client: &Netns,
+    echo: std::net::SocketAddr,
+    monitor: &lab::LabProcess,
+    from: &str,
+    inject: impl FnOnce() -> anyhow::Result<lab::Fault>,
+) -> anyhow::Result<lab::Fault> {
+    let stream = lab::Stream::start(
+        client,
+        echo,
+        Duration::from_millis(10),
+        Duration::from_secs(30),
+    )?;
+    std::thread::sleep(Duration::from_millis(700));
+    let fault = inject()?;
+    monitor.wait_for_log(
+        &format!("default route moved from={from} to="),
+        Duration::from_secs(20),
+    )?;
+    std::thread::sleep(Duration::from_millis(700));
+    let report = stream.finish();
+    println!("  {}", last_line(&monitor.log(), "default route moved"));
+    println!(
+        "The device's longest wait for an answer was {:.0} ms ({} of {} answers arrived).",
+        report.longest_gap.as_secs_f64() * 1000.0,
+        report.received,
+        report.sent
+    );
+    Ok(fault)
 }
 
 /// The last log line containing `needle`, without its timestamp.

@@ -74,12 +74,7 @@ fn main() -> anyhow::Result<()> {
         let running = start("bench-remote", 2).expect("lab");
         let stream = running.stream();
         std::thread::sleep(Duration::from_millis(500));
-        let area = &running.site.areas[0];
-        let faults: Vec<_> = area
-            .uplinks
-            .iter()
-            .map(|u| running.lab.link_down(&u.router, &u.router_lan_if).unwrap())
-            .collect();
+        let faults = running.cut_local_uplinks();
         running.wait_for_log("to=a2-up1");
         outages.push(settle_and_finish(stream).longest_gap);
         drop(faults);
@@ -218,17 +213,7 @@ fn soak_row(duration: Duration) -> (String, String, String, String) {
 
 fn flap_row(duration: Duration) -> (String, String, String, String) {
     let running = start("bench-flap", 1).expect("lab");
-    let uplink = &running.site.areas[0].uplinks[0];
-    let until = Instant::now() + duration;
-    while Instant::now() < until {
-        let down = running
-            .lab
-            .link_down(&uplink.router, &uplink.router_lan_if)
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        down.undo().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    running.flap_first_uplink(duration);
     std::thread::sleep(Duration::from_secs(2));
     let alive = running.agent().is_running();
     let on_stable = running.default_route().contains("dev wan1");

@@ -5,7 +5,6 @@
 //! Invariant: every attempt is bounded in time (and the download in size); any failure is
 //! simply "not ok" or "no figure" for the monitor to weigh.
 
-use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
 use fieldnet::config::{HttpCheck, ThroughputTest};
@@ -69,23 +68,7 @@ async fn connect(
     device: Option<&str>,
 ) -> std::io::Result<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
-    let mark = mark.to_ne_bytes();
-    // SAFETY: the option value is valid for its length for the duration of the call.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            mark.as_ptr().cast(),
-            mark.len() as libc::socklen_t,
-        )
-    };
-    if result < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if let Some(device) = device {
-        socket.bind_device(Some(device.as_bytes()))?;
-    }
+    crate::probe::pin(std::os::fd::AsFd::as_fd(&socket), mark, device)?;
     socket.connect(address).await
 }
 

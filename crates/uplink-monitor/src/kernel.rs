@@ -63,25 +63,6 @@ impl Kernel {
         Ok(Self { handle })
     }
 
-    /// The interface index of `name`, if it exists.
-    pub async fn link_index(&self, name: &str) -> anyhow::Result<Option<u32>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        match links.try_next().await {
-            Ok(Some(link)) => Ok(Some(link.header.index)),
-            Ok(None) => Ok(None),
-            // The kernel answers ENODEV for a name it does not know.
-            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => {
-                Ok(None)
-            }
-            Err(error) => Err(error).with_context(|| format!("looking up interface {name}")),
-        }
-    }
-
     /// Carrier and addresses of interface `name`; `None` if it does not exist.
     pub async fn link_facts(&self, name: &str) -> anyhow::Result<Option<LinkFacts>> {
         let mut links = self

@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 
 use fieldnet::config::ProbeTarget;
 use tokio::io::unix::AsyncFd;
@@ -58,15 +58,7 @@ impl ProbeSocket {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        set_option(&fd, libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes())?;
-        if let Some(device) = device {
-            set_option(
-                &fd,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                device.as_bytes(),
-            )?;
-        }
+        pin(fd.as_fd(), mark, device)?;
         // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
         // descriptor stays open and the same for the AsyncFd's whole life.
         let socket = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
@@ -111,7 +103,27 @@ impl ProbeSocket {
     }
 }
 
-fn set_option(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<()> {
+/// Pins a socket to one uplink: its firewall mark (so the uplink's rule and table route it)
+/// and, for a local uplink, its interface.
+pub fn pin(fd: BorrowedFd<'_>, mark: u32, device: Option<&str>) -> io::Result<()> {
+    set_option(fd, libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes())?;
+    if let Some(device) = device {
+        set_option(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            device.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+fn set_option(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &[u8],
+) -> io::Result<()> {
     // SAFETY: `value` is valid for `value.len()` bytes for the duration of the call.
     let result = unsafe {
         libc::setsockopt(
@@ -188,16 +200,7 @@ impl UdpProbeSocket {
     ) -> io::Result<Self> {
         let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
         socket.set_nonblocking(true)?;
-        let fd = std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned()?;
-        set_option(&fd, libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes())?;
-        if let Some(device) = device {
-            set_option(
-                &fd,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                device.as_bytes(),
-            )?;
-        }
+        pin(socket.as_fd(), mark, device)?;
         let socket = std::sync::Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let receiving = socket.clone();
         tokio::spawn(async move {

@@ -105,19 +105,8 @@ fn a_flapping_uplink_is_dampened_and_traffic_ends_on_the_stable_one() {
     let Some(running) = start("um-flap", 1) else {
         return;
     };
-    let area = &running.site.areas[0];
-    let router = &area.uplinks[0].router;
     // 5 flaps a second for 10 s (the bench runs the full minute).
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
-        let down = running
-            .lab
-            .link_down(router, &area.uplinks[0].router_lan_if)
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        down.undo().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    running.flap_first_uplink(Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(2));
     assert!(running.agent().is_running(), "{}", running.agent().log());
     let switches = running.switches();
@@ -161,14 +150,9 @@ fn with_every_local_uplink_dead_traffic_flows_through_another_area() {
     let Some(running) = start("um-remote", 2) else {
         return;
     };
-    let area = &running.site.areas[0];
     let stream = running.stream();
     std::thread::sleep(Duration::from_millis(500));
-    let _cuts: Vec<_> = area
-        .uplinks
-        .iter()
-        .map(|u| running.lab.link_down(&u.router, &u.router_lan_if).unwrap())
-        .collect();
+    let _cuts = running.cut_local_uplinks();
     running.wait_for_log("to=a2-up1");
     let report = settle_and_finish(stream);
     assert!(
@@ -324,12 +308,7 @@ fn a_remote_uplink_follows_its_live_path_when_the_cable_is_cut() {
     let Some(running) = start("um-remote-path", 2) else {
         return;
     };
-    let area = &running.site.areas[0];
-    let _cuts: Vec<_> = area
-        .uplinks
-        .iter()
-        .map(|u| running.lab.link_down(&u.router, &u.router_lan_if).unwrap())
-        .collect();
+    let _cuts = running.cut_local_uplinks();
     running.wait_for_log("to=a2-up1");
     assert!(
         running.default_route().contains("dev cab2"),

@@ -111,6 +111,30 @@ impl Running {
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// Pulls the cable of every local uplink of area 1 (carrier lost at the appliance).
+    pub fn cut_local_uplinks(&self) -> Vec<lab::Fault> {
+        self.site.areas[0]
+            .uplinks
+            .iter()
+            .map(|u| self.lab.link_down(&u.router, &u.router_lan_if).unwrap())
+            .collect()
+    }
+
+    /// Flaps uplink 1's cable five times a second (100 ms down, 100 ms up) for `duration`.
+    pub fn flap_first_uplink(&self, duration: Duration) {
+        let uplink = &self.site.areas[0].uplinks[0];
+        let until = std::time::Instant::now() + duration;
+        while std::time::Instant::now() < until {
+            let down = self
+                .lab
+                .link_down(&uplink.router, &uplink.router_lan_if)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            down.undo().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn switches(&self) -> usize {
         self.agent().log().matches("default route moved").count()
     }
