@@ -203,34 +203,12 @@ impl HttpResponder {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            use std::io::{Read as _, Write as _};
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut head = Vec::new();
-                        let mut buffer = [0u8; 512];
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                            match stream.read(&mut buffer) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => head.extend_from_slice(&buffer[..n]),
-                            }
-                        }
-                        let response = format!(
-                            "HTTP/1.1 {status} Lab\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
-                        );
-                        let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
-                        let _ = stream.write_all(response.as_bytes());
-                        let chunk = [b'x'; 16 * 1024];
-                        let mut left = body_len;
-                        while left > 0 && !flag.load(Ordering::Relaxed) {
-                            let n = left.min(chunk.len());
-                            if stream.write_all(&chunk[..n]).is_err() {
-                                break;
-                            }
-                            left -= n;
-                        }
+                    Ok((stream, _)) => {
+                        // One thread per connection: a slow download must not hold up a check.
+                        let flag = flag.clone();
+                        std::thread::spawn(move || serve_one(stream, status, body_len, &flag));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -241,6 +219,36 @@ impl HttpResponder {
             thread: Some(thread),
             address,
         })
+    }
+}
+
+/// Answers one request on `stream` with `status` and a body of `body_len` bytes.
+fn serve_one(mut stream: std::net::TcpStream, status: u16, body_len: usize, stop: &AtomicBool) {
+    use std::io::{Read as _, Write as _};
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let response =
+        format!("HTTP/1.1 {status} Lab\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(response.as_bytes()).is_err() {
+        return;
+    }
+    let chunk = [b'x'; 16 * 1024];
+    let mut left = body_len;
+    while left > 0 && !stop.load(Ordering::Relaxed) {
+        let n = left.min(chunk.len());
+        if stream.write_all(&chunk[..n]).is_err() {
+            return;
+        }
+        left -= n;
     }
 }
 
