@@ -23,7 +23,10 @@ fn expected_agents(config: &Config) -> Vec<&'static str> {
     let agents = &config.agents;
     [
         ("uplink-monitor", agents.uplink_monitor.common.enabled),
-        ("cross-site-failover", agents.cross_site_failover.enabled),
+        (
+            "cross-site-failover",
+            agents.cross_site_failover.common.enabled,
+        ),
         ("whereami", agents.whereami.enabled),
         ("dhcp-takeover", agents.dhcp_takeover.enabled),
         ("imds-endpoint", agents.imds_endpoint.enabled),

@@ -42,6 +42,11 @@ pub const DEFAULT_FWMARK_BASE: u32 = 0x4600;
 pub const DEFAULT_HTTP_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_CHECK_EXPECT: u16 = 204;
 pub const DEFAULT_THROUGHPUT_TEST_INTERVAL: Duration = Duration::from_secs(600);
+/// `[cross_site_failover]` defaults.
+pub const DEFAULT_HEARTBEAT_PORT: u16 = 47840;
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+pub const DEFAULT_DETECT_MULTIPLIER: u8 = 3;
+pub const DEFAULT_FAILBACK_HOLD: Duration = Duration::from_secs(10);
 /// Shortest site key accepted, in bytes.
 pub const MIN_SITE_KEY_BYTES: usize = 32;
 
@@ -203,7 +208,7 @@ pub struct Bus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agents {
     pub uplink_monitor: UplinkMonitorConfig,
-    pub cross_site_failover: AgentCommon,
+    pub cross_site_failover: CrossSiteFailoverConfig,
     pub whereami: AgentCommon,
     pub dhcp_takeover: AgentCommon,
     pub imds_endpoint: AgentCommon,
@@ -267,6 +272,19 @@ pub struct HttpCheck {
     pub interval: Duration,
     /// The status that means "the internet is really there", e.g. 204.
     pub expect: u16,
+}
+
+/// `[cross_site_failover]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossSiteFailoverConfig {
+    pub common: AgentCommon,
+    /// UDP port heartbeats are sent to and received on, on every path address.
+    pub heartbeat_port: u16,
+    pub heartbeat_interval: Duration,
+    /// Heartbeats missed before a path is down.
+    pub detect_multiplier: u8,
+    /// How long a more preferred path must stay up before routes return to it.
+    pub failback_hold: Duration,
 }
 
 /// One probe target: an address answered with ICMP echo, or an `address:port` answered over

@@ -577,16 +577,13 @@ impl Checker {
             METRICS_PORT_UPLINK_MONITOR,
         );
         let uplink_monitor = self.uplink_monitor(&wire.uplink_monitor, uplink_common, uplink_count);
+        let cross_site = self.cross_site_failover(&wire.cross_site_failover);
         let mut agent = |section: &str, wire: &WireAgent, port: u16| {
             self.common(section, wire.enabled, wire.metrics_listen.as_deref(), port)
         };
         let agents = Agents {
             uplink_monitor: uplink_monitor?,
-            cross_site_failover: agent(
-                "cross_site_failover",
-                &wire.cross_site_failover,
-                METRICS_PORT_CROSS_SITE_FAILOVER,
-            )?,
+            cross_site_failover: cross_site?,
             whereami: agent("whereami", &wire.whereami, METRICS_PORT_WHEREAMI)?,
             dhcp_takeover: agent(
                 "dhcp_takeover",
@@ -607,7 +604,7 @@ impl Checker {
         }
         for (section, common) in [
             ("uplink_monitor", &agents.uplink_monitor.common),
-            ("cross_site_failover", &agents.cross_site_failover),
+            ("cross_site_failover", &agents.cross_site_failover.common),
             ("whereami", &agents.whereami),
             ("dhcp_takeover", &agents.dhcp_takeover),
             ("imds_endpoint", &agents.imds_endpoint),
@@ -635,6 +632,50 @@ impl Checker {
         Some(AgentCommon {
             enabled: enabled.unwrap_or(true),
             metrics_listen,
+        })
+    }
+
+    fn cross_site_failover(
+        &mut self,
+        wire: &WireCrossSiteFailover,
+    ) -> Option<CrossSiteFailoverConfig> {
+        let path = KeyPath::root().key("cross_site_failover");
+        let common = self.common(
+            "cross_site_failover",
+            wire.enabled,
+            wire.metrics_listen.as_deref(),
+            METRICS_PORT_CROSS_SITE_FAILOVER,
+        );
+        let port = self.bounded(
+            wire.heartbeat_port,
+            usize::from(DEFAULT_HEARTBEAT_PORT),
+            1..=65535,
+            &path.key("heartbeat_port"),
+        );
+        let interval = self.bounded(
+            wire.heartbeat_interval_ms,
+            DEFAULT_HEARTBEAT_INTERVAL.as_millis() as usize,
+            10..=10_000,
+            &path.key("heartbeat_interval_ms"),
+        );
+        let multiplier = self.bounded(
+            wire.detect_multiplier,
+            usize::from(DEFAULT_DETECT_MULTIPLIER),
+            2..=50,
+            &path.key("detect_multiplier"),
+        );
+        let hold = self.bounded(
+            wire.failback_hold_ms,
+            DEFAULT_FAILBACK_HOLD.as_millis() as usize,
+            0..=3_600_000,
+            &path.key("failback_hold_ms"),
+        );
+        Some(CrossSiteFailoverConfig {
+            common: common?,
+            heartbeat_port: port? as u16,
+            heartbeat_interval: Duration::from_millis(interval? as u64),
+            detect_multiplier: multiplier? as u8,
+            failback_hold: Duration::from_millis(hold? as u64),
         })
     }
 

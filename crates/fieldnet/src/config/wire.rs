@@ -25,7 +25,7 @@ pub struct WireConfig {
     #[serde(default)]
     pub uplink_monitor: WireUplinkMonitor,
     #[serde(default)]
-    pub cross_site_failover: WireAgent,
+    pub cross_site_failover: WireCrossSiteFailover,
     #[serde(default)]
     pub whereami: WireAgent,
     #[serde(default)]
@@ -150,4 +150,16 @@ pub struct WireUplinkMonitor {
     pub throughput_test_url: Option<String>,
     pub throughput_test_interval_ms: Option<i64>,
     pub min_throughput_kbps: Option<i64>,
+}
+
+/// `[cross_site_failover]`: the common agent keys plus heartbeats and path failback.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireCrossSiteFailover {
+    pub enabled: Option<bool>,
+    pub metrics_listen: Option<String>,
+    pub heartbeat_port: Option<i64>,
+    pub heartbeat_interval_ms: Option<i64>,
+    pub detect_multiplier: Option<i64>,
+    pub failback_hold_ms: Option<i64>,
 }

@@ -1,0 +1,143 @@
+//! cross-site-failover on a real two-area lab site: the agent on both appliances, heartbeats
+//! over the real cable and wifi veths, a client in area 1 streaming UDP to a client in area 2.
+//! Outage times are for `cargo xtask bench cross-site`; these tests check what happens.
+
+use std::time::Duration;
+
+use lab::{EchoServer, Lab, LabProcess, SiteSpec, Stream};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn wait(agent: &LabProcess, needle: &str) {
+    agent
+        .wait_for_log(needle, PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[test]
+fn cable_cut_moves_the_routes_to_wifi_and_back_after_the_hold() {
+    let Some(mut lab) = Lab::for_test("csf-cable") else {
+        return;
+    };
+    let spec = SiteSpec {
+        areas: 2,
+        uplinks_per_area: 1,
+        clients_per_area: 1,
+        hub: false,
+    };
+    let site = lab.site(&spec).unwrap();
+    let mut agents = Vec::new();
+    for area in &site.areas {
+        let config = lab.dir().join(format!("appliance-{}.toml", area.id));
+        let extra = "[cross_site_failover]\nfailback_hold_ms = 2000\n";
+        std::fs::write(
+            &config,
+            lab::appliance_config(&site, area.id, lab.dir(), extra),
+        )
+        .unwrap();
+        let agent = lab
+            .spawn(
+                &area.appliance,
+                env!("CARGO_BIN_EXE_cross-site-failover"),
+                &["--config", config.to_str().unwrap()],
+            )
+            .unwrap();
+        agents.push(agent);
+    }
+    for agent in &agents {
+        wait(agent, "routes to peer moved");
+        wait(agent, "peer liveness changed");
+    }
+    let a1 = &site.areas[0].appliance;
+    let route = a1.ip_output(&["route", "show", "10.102.0.0/24"]).unwrap();
+    assert!(
+        route.contains("via 10.255.12.2 dev cab2 proto 202"),
+        "{route}"
+    );
+
+    let echo = EchoServer::start(
+        &site.areas[1].clients[0].ns,
+        "10.102.0.101:7".parse().unwrap(),
+    )
+    .unwrap();
+    let stream = Stream::start(
+        &site.areas[0].clients[0].ns,
+        echo.address,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let cut = lab.link_down(&site.areas[1].appliance, "cab1").unwrap();
+    for agent in &agents {
+        wait(agent, "routes to peer moved peer=");
+        wait(agent, "to=wifi reason=pathdown");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let report = stream.finish();
+    let route = a1.ip_output(&["route", "show", "10.102.0.0/24"]).unwrap();
+    assert!(route.contains("dev wifi2 proto 202"), "{route}");
+    let lost_in_gap = report.longest_gap.as_millis() as u64 / 10 + 5;
+    assert!(report.received + lost_in_gap >= report.sent, "{report:?}");
+    eprintln!("cable cut: longest gap {:?}", report.longest_gap);
+    // Neither appliance thought the other dead: one path was enough.
+    for agent in &agents {
+        assert!(!agent.log().contains("alive=false"), "{}", agent.log());
+    }
+
+    // The cable returns: routes go back after the 2 s hold, and only once.
+    drop(cut);
+    for agent in &agents {
+        wait(agent, "to=cable reason=failback");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for agent in &agents {
+        assert_eq!(
+            agent.log().matches("routes to peer moved").count(),
+            3,
+            "{}",
+            agent.log()
+        );
+    }
+    let route = a1.ip_output(&["route", "show", "10.102.0.0/24"]).unwrap();
+    assert!(route.contains("dev cab2 proto 202"), "{route}");
+}
+
+#[test]
+fn a_dead_peer_is_detected_on_every_path() {
+    let Some(mut lab) = Lab::for_test("csf-dead") else {
+        return;
+    };
+    let spec = SiteSpec {
+        areas: 2,
+        uplinks_per_area: 1,
+        clients_per_area: 1,
+        hub: false,
+    };
+    let site = lab.site(&spec).unwrap();
+    let mut agents = Vec::new();
+    for area in &site.areas {
+        let config = lab.dir().join(format!("appliance-{}.toml", area.id));
+        std::fs::write(
+            &config,
+            lab::appliance_config(&site, area.id, lab.dir(), ""),
+        )
+        .unwrap();
+        agents.push(
+            lab.spawn(
+                &area.appliance,
+                env!("CARGO_BIN_EXE_cross-site-failover"),
+                &["--config", config.to_str().unwrap()],
+            )
+            .unwrap(),
+        );
+    }
+    for agent in &agents {
+        wait(agent, "peer liveness changed peer=");
+    }
+    // Appliance 2 loses power: its agent dies and its paths fall silent.
+    let survivor = agents.remove(0);
+    let dead = agents.remove(0);
+    dead.kill().unwrap();
+    wait(&survivor, "peer liveness changed peer=2 alive=false");
+}
