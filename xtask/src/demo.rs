@@ -64,6 +64,8 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
             "fieldctl",
             "-p",
             "uplink-monitor",
+            "-p",
+            "cross-site-failover",
         ],
     )?;
     let bin = root().join("target/debug");
@@ -147,6 +149,29 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
             area.uplinks.len()
         );
         monitors.push(monitor);
+    }
+    step("starting cross-site-failover on every appliance");
+    let mut crossers = Vec::new();
+    for (area, (config, _)) in site.areas.iter().zip(&sockets) {
+        let config = config.to_str().context("config path is UTF-8")?;
+        crossers.push(lab.spawn(
+            &area.appliance,
+            bin.join("cross-site-failover").to_str().unwrap_or_default(),
+            &["--config", config],
+        )?);
+    }
+    for (area, agent) in site.areas.iter().zip(&crossers) {
+        for other in site.areas.iter().filter(|other| other.id != area.id) {
+            agent.wait_for_log(
+                &format!("peer liveness changed peer={}", other.id),
+                Duration::from_secs(20),
+            )?;
+        }
+        println!(
+            "appliance {}: heartbeats every 50 ms over cable and wifi; sees {} other appliances alive",
+            area.id,
+            site.areas.len() - 1
+        );
     }
     demo.pause(1)?;
 
@@ -252,6 +277,44 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     drop(cut);
     demo.pause(2)?;
 
+    step("scene 5: the cable between areas 1 and 2 is cut");
+    let far = lab::EchoServer::start(
+        &stage.clients[0].ns,
+        format!("{}:7", stage.clients[0].addr).parse()?,
+    )?;
+    println!(
+        "A device in area 1 sends a small packet every 10 ms to a device in area 2, which answers each."
+    );
+    let stream = lab::Stream::start(
+        &client.ns,
+        far.address,
+        Duration::from_millis(10),
+        Duration::from_secs(30),
+    )?;
+    std::thread::sleep(Duration::from_millis(700));
+    let cable = lab.link_down(&stage.appliance, "cab1")?;
+    println!("The cable between the two areas is cut.");
+    crossers[0].wait_for_log(
+        "routes to peer moved peer=2 from=cable to=wifi",
+        Duration::from_secs(20),
+    )?;
+    std::thread::sleep(Duration::from_millis(700));
+    let report = stream.finish();
+    println!(
+        "  {}",
+        last_line(&crossers[0].log(), "routes to peer moved peer=2")
+    );
+    println!(
+        "Heartbeats stopped on the cable, so both appliances moved the routes to the wifi bridge. \
+         The device's longest wait for an answer was {:.0} ms ({} of {} answers arrived).",
+        report.longest_gap.as_secs_f64() * 1000.0,
+        report.received,
+        report.sent
+    );
+    drop(cable);
+    demo.pause(1)?;
+
+    drop(crossers);
     drop(monitors);
     drop(brokers);
     Ok(())
