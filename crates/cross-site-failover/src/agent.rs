@@ -196,6 +196,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut rebind = tokio::time::interval(Duration::from_secs(2));
+    // Path states and round trips go to the bus at least this often (changes go at once).
+    let mut report = tokio::time::interval(Duration::from_secs(1));
     fieldnet::obs::notify_ready(shutdown.clone());
     health.set("paths", None);
     loop {
@@ -216,6 +218,11 @@ pub async fn run(
                             }
                         }
                     }
+                }
+            }
+            _ = report.tick() => {
+                for peer in &peers {
+                    publish_peer(&bus, peer);
                 }
             }
             _ = send.tick() => {
@@ -241,6 +248,7 @@ pub async fn run(
                     for index in 0..peer.sessions.len() {
                         if let Some(transition) = peer.sessions[index].tick(now) {
                             log_transition(&peer.plan, index, transition.from, transition.to, "timeout");
+                            publish_peer(&bus, peer);
                         }
                     }
                     settle(&handle, &bus, &metrics, peer, now).await;
@@ -256,6 +264,7 @@ pub async fn run(
                         metrics.heartbeats.with_label_values(&["accepted"]).inc();
                         if let Some(transition) = peer.sessions[datagram.path].receive(now, now_us, &heartbeat) {
                             log_transition(&peer.plan, datagram.path, transition.from, transition.to, "heartbeat");
+                            publish_peer(&bus, peer);
                         }
                         settle(&handle, &bus, &metrics, peer, now).await;
                     }
@@ -390,27 +399,26 @@ async fn link_index(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<Op
 }
 
 fn publish_peer(bus: &BusClient, peer: &PeerState) {
-    let paths: Vec<serde_json::Value> = peer
+    let paths = peer
         .plan
         .paths
         .iter()
         .zip(&peer.sessions)
-        .map(|(path, session)| {
-            serde_json::json!({
-                "kind": path.kind.as_str(),
-                "interface": path.interface,
-                "state": session.state().as_str(),
-                "rtt_ms": session.rtt().map(|r| r.as_secs_f64() * 1000.0),
-            })
+        .map(|(path, session)| topics::PeerPathState {
+            kind: path.kind.as_str().to_owned(),
+            interface: path.interface.clone(),
+            state: session.state().as_str().to_owned(),
+            rtt_ms: session.rtt().map(|r| r.as_secs_f64() * 1000.0),
         })
         .collect();
-    let body = serde_json::json!({
-        "alive": peer.liveness.verdict() == Liveness::Alive,
-        "verdict": format!("{:?}", peer.liveness.verdict()).to_lowercase(),
-        "active_path": peer.choice.active().map(PathKind::as_str),
-        "paths": paths,
-        "since": fieldnet::bus::unix_millis() - peer.liveness.since().elapsed().as_millis() as u64,
-    });
+    let body = topics::PeerState {
+        alive: peer.liveness.verdict() == Liveness::Alive,
+        verdict: format!("{:?}", peer.liveness.verdict()).to_lowercase(),
+        active_path: peer.choice.active().map(|kind| kind.as_str().to_owned()),
+        paths,
+        since: fieldnet::bus::unix_millis()
+            .saturating_sub(peer.liveness.since().elapsed().as_millis() as u64),
+    };
     let _ = bus.publish(&topics::peer_topic(peer.plan.id), &body, true);
 }
 

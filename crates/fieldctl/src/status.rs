@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fieldnet::bus::frame::{self, Envelope, Frame};
 use fieldnet::bus::topics::{
-    AgentsAlive, TOPIC_AGENTS, TOPIC_UPLINK_ACTIVE, UplinkActive, UplinkState,
+    AgentsAlive, PeerState, TOPIC_AGENTS, TOPIC_UPLINK_ACTIVE, UplinkActive, UplinkState,
 };
 use fieldnet::config::Config;
 use futures_util::StreamExt as _;
@@ -68,7 +68,7 @@ async fn snapshot(socket: &Path, prefixes: &[&str]) -> anyhow::Result<BTreeMap<S
 pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode {
     let state = tokio::time::timeout(
         BUS_TIMEOUT,
-        snapshot(socket, &[TOPIC_AGENTS, "agent/", "uplink/"]),
+        snapshot(socket, &[TOPIC_AGENTS, "agent/", "uplink/", "peer/"]),
     )
     .await;
     let state = match state {
@@ -134,6 +134,18 @@ pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode
         );
     }
     print_uplinks(&values);
+    let peers: Vec<(String, PeerState)> = values
+        .iter()
+        .filter_map(|(topic, envelope)| {
+            Some((
+                topic.strip_prefix("peer/")?.to_owned(),
+                envelope.body_as().ok()?,
+            ))
+        })
+        .collect();
+    for line in peer_lines(&peers, fieldnet::bus::unix_millis()) {
+        println!("{line}");
+    }
     if let Some(config) = config {
         let missing: Vec<&str> = expected_agents(config)
             .into_iter()
@@ -162,6 +174,39 @@ fn print_uplinks(values: &BTreeMap<String, Envelope>) {
     for line in uplink_lines(active.as_ref(), &states, fieldnet::bus::unix_millis()) {
         println!("{line}");
     }
+}
+
+/// The peers section of the status: which other appliances answer, over which path.
+pub fn peer_lines(peers: &[(String, PeerState)], now: u64) -> Vec<String> {
+    if peers.is_empty() {
+        return Vec::new();
+    }
+    let alive = peers.iter().filter(|(_, p)| p.alive).count();
+    let mut lines = vec![format!("peers      {alive} of {} answering", peers.len())];
+    for (id, peer) in peers {
+        let paths: Vec<String> = peer
+            .paths
+            .iter()
+            .map(|path| match (path.state.as_str(), path.rtt_ms) {
+                ("up", Some(rtt)) => format!("{} up {rtt:.1} ms", path.kind),
+                (state, _) => format!("{} {state}", path.kind),
+            })
+            .collect();
+        let verdict = match (peer.verdict.as_str(), &peer.active_path) {
+            ("alive", Some(path)) => format!("alive, routes via {path}"),
+            ("dead", _) => format!(
+                "DEAD for {}",
+                human_duration(now.saturating_sub(peer.since))
+            ),
+            (verdict, _) => verdict.to_owned(),
+        };
+        lines.push(
+            format!("  appliance {id:<4} {verdict:<26} {}", paths.join(", "))
+                .trim_end()
+                .to_owned(),
+        );
+    }
+    lines
 }
 
 /// The uplinks section of the status, one line per uplink, in plain words.
@@ -250,6 +295,48 @@ pub fn human_duration(millis: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_read_in_plain_words() {
+        let path = |kind: &str, state: &str, rtt| fieldnet::bus::topics::PeerPathState {
+            kind: kind.into(),
+            interface: format!("{kind}2"),
+            state: state.into(),
+            rtt_ms: rtt,
+        };
+        let peers = vec![
+            (
+                "2".to_owned(),
+                PeerState {
+                    alive: true,
+                    verdict: "alive".into(),
+                    active_path: Some("wifi".into()),
+                    paths: vec![path("cable", "down", None), path("wifi", "up", Some(7.25))],
+                    since: 0,
+                },
+            ),
+            (
+                "3".to_owned(),
+                PeerState {
+                    alive: false,
+                    verdict: "dead".into(),
+                    active_path: Some("cable".into()),
+                    paths: vec![path("cable", "down", None)],
+                    since: 1_000,
+                },
+            ),
+        ];
+        let lines = peer_lines(&peers, 61_000);
+        assert_eq!(lines[0], "peers      1 of 2 answering");
+        assert_eq!(
+            lines[1],
+            "  appliance 2    alive, routes via wifi     cable down, wifi up 7.2 ms"
+        );
+        assert_eq!(
+            lines[2],
+            "  appliance 3    DEAD for 1m00s             cable down"
+        );
+    }
 
     #[test]
     fn uplinks_read_in_plain_words() {

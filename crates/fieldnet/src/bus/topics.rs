@@ -84,3 +84,26 @@ pub fn peer_topic(id: u8) -> String {
 pub struct PeerLiveness {
     pub alive: bool,
 }
+
+/// The full body cross-site-failover publishes on `peer/<id>` (a superset of [`PeerLiveness`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerState {
+    pub alive: bool,
+    /// `unknown` (never heard since start), `alive` or `dead`.
+    pub verdict: String,
+    /// The path carrying the routes to the peer's networks: `cable`, `wifi` or `vpn`.
+    pub active_path: Option<String>,
+    pub paths: Vec<PeerPathState>,
+    /// Since when the verdict holds, in milliseconds since the Unix epoch.
+    pub since: u64,
+}
+
+/// One path to a peer, in [`PeerState`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerPathState {
+    pub kind: String,
+    pub interface: String,
+    /// `down`, `init` or `up`.
+    pub state: String,
+    pub rtt_ms: Option<f64>,
+}
