@@ -9,11 +9,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd as _;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use fieldnet::bus::BusClient;
 use fieldnet::bus::topics;
 use fieldnet::config::{Config, PathKind};
-use futures_util::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::net::UdpSocket;
@@ -164,8 +162,7 @@ pub async fn run(
         },
         true,
     )?;
-    let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    tokio::spawn(connection);
+    let handle = fieldnet::net::connect()?;
 
     let started = Instant::now();
     let (received_tx, mut received) = mpsc::unbounded_channel::<Received>();
@@ -354,24 +351,28 @@ async fn apply_switch(
         return;
     };
     let started = Instant::now();
-    let interface = match link_index(handle, &path.interface).await {
-        Ok(Some(index)) => index,
+    let interface = match fieldnet::net::find_link(handle, &path.interface).await {
+        Ok(Some(link)) => link.header.index,
         Ok(None) | Err(_) => {
             tracing::error!(peer = plan.id, path = %path.interface, "cannot route over a path whose interface is gone");
             return;
         }
     };
+    let hop = fieldnet::net::NextHop {
+        gateway: path.remote,
+        interface,
+    };
     for network in &plan.networks {
-        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(network.network(), network.prefix_len())
-            .gateway(path.remote)
-            .output_interface(interface)
-            .protocol(rtnetlink::packet_route::route::RouteProtocol::Other(
-                ROUTE_PROTOCOL,
-            ))
-            .build();
-        if let Err(error) = handle.route().add(route).replace().execute().await {
-            tracing::error!(peer = plan.id, %network, %error, "replacing the route to a peer's network");
+        let replaced = fieldnet::net::replace_route(
+            handle,
+            fieldnet::net::TABLE_MAIN,
+            *network,
+            hop,
+            ROUTE_PROTOCOL,
+        )
+        .await;
+        if let Err(error) = replaced {
+            tracing::error!(peer = plan.id, %network, error = format!("{error:#}"), "replacing the route to a peer's network");
         }
     }
     let reason = format!("{:?}", switch.reason).to_lowercase();
@@ -387,15 +388,6 @@ async fn apply_switch(
         took_us = started.elapsed().as_micros() as u64,
         "routes to peer moved"
     );
-}
-
-async fn link_index(handle: &rtnetlink::Handle, name: &str) -> anyhow::Result<Option<u32>> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(link) => Ok(link.map(|l| l.header.index)),
-        Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => Ok(None),
-        Err(error) => Err(error).with_context(|| format!("looking up {name}")),
-    }
 }
 
 fn publish_peer(bus: &BusClient, peer: &PeerState) {

@@ -18,9 +18,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::egress::{self, Egress};
-use crate::kernel::{Kernel, NextHop, RULE_PRIORITY_BASE};
+use crate::kernel::{Kernel, RULE_PRIORITY_BASE};
 use crate::monitor::{Health, Input, Monitor, Output, SwitchReason, UplinkSpec};
 use crate::probe::{ProbeReply, ProbeSocket, UdpProbeSocket};
+use fieldnet::net::NextHop;
 
 /// Longest the loop sleeps without a tick.
 const MAX_TICK: Duration = Duration::from_millis(20);

@@ -8,27 +8,19 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
+use fieldnet::net::{NextHop, TABLE_MAIN};
 use futures_util::TryStreamExt as _;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 /// The route protocol number of uplink-monitor's routes (`ip route` shows `proto 201`).
 pub const ROUTE_PROTOCOL: u8 = 201;
-/// Main routing table.
-const TABLE_MAIN: u32 = 254;
 /// Rule priorities: uplink i's rule sits at `RULE_PRIORITY_BASE + i`, ahead of `main` (32766).
 pub const RULE_PRIORITY_BASE: u32 = 1000;
-
-/// Where a default route points.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NextHop {
-    pub gateway: Ipv4Addr,
-    pub interface: u32,
-}
 
 /// The kernel's view of one interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,26 +50,15 @@ pub struct Kernel {
 impl Kernel {
     /// Opens a netlink connection and drives it on the current runtime.
     pub fn connect() -> anyhow::Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-        tokio::spawn(connection);
-        Ok(Self { handle })
+        Ok(Self {
+            handle: fieldnet::net::connect()?,
+        })
     }
 
     /// Carrier and addresses of interface `name`; `None` if it does not exist.
     pub async fn link_facts(&self, name: &str) -> anyhow::Result<Option<LinkFacts>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        let link = match links.try_next().await {
-            Ok(Some(link)) => link,
-            Ok(None) => return Ok(None),
-            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => {
-                return Ok(None);
-            }
-            Err(error) => return Err(error).with_context(|| format!("reading interface {name}")),
+        let Some(link) = fieldnet::net::find_link(&self.handle, name).await? else {
+            return Ok(None);
         };
         let index = link.header.index;
         let addressed = self.has_ipv4_address(index).await?;
@@ -120,24 +101,8 @@ impl Kernel {
 
     /// Points `table`'s default route at `hop` (table 254 is main).
     pub async fn replace_default(&self, table: u32, hop: NextHop) -> anyhow::Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(hop.gateway)
-            .output_interface(hop.interface)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .table_id(table)
-            .build();
-        self.handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| {
-                format!(
-                    "replacing the default route of table {table} with via {} dev #{}",
-                    hop.gateway, hop.interface
-                )
-            })
+        let everywhere = ipnet::Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid prefix");
+        fieldnet::net::replace_route(&self.handle, table, everywhere, hop, ROUTE_PROTOCOL).await
     }
 
     /// Points the main table's default route at `hop`.
