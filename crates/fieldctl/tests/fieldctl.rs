@@ -83,7 +83,7 @@ async fn publish_events_and_status_through_a_live_broker() {
         let (code, stdout, _) = fieldctl(&["--socket", socket_arg, "status"]).await;
         assert_eq!(code, 0);
         seen = stdout;
-        if seen.contains("uplink-monitor") {
+        if seen.contains("uplink-monitor") && seen.contains("0.1.0") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
