@@ -112,14 +112,9 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     }
 
     step("starting the bus on every appliance");
-    let mut brokers = Vec::new();
-    for (area, (config, socket)) in site.areas.iter().zip(&sockets) {
-        let config = config.to_str().context("config path is UTF-8")?;
-        brokers.push(lab.spawn(
-            &area.appliance,
-            bin.join("fieldnet-bus").to_str().unwrap_or_default(),
-            &["--config", config],
-        )?);
+    let configs: Vec<PathBuf> = sockets.iter().map(|(config, _)| config.clone()).collect();
+    let brokers = spawn_everywhere(lab, &site, &configs, &bin.join("fieldnet-bus"))?;
+    for (area, (_, socket)) in site.areas.iter().zip(&sockets) {
         wait_for_socket(socket)?;
         println!(
             "appliance {}: fieldnet-bus listening on {}",
@@ -128,14 +123,8 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         );
     }
     step("starting uplink-monitor on every appliance");
-    let mut monitors = Vec::new();
-    for (area, (config, _)) in site.areas.iter().zip(&sockets) {
-        let config = config.to_str().context("config path is UTF-8")?;
-        let monitor = lab.spawn(
-            &area.appliance,
-            bin.join("uplink-monitor").to_str().unwrap_or_default(),
-            &["--config", config],
-        )?;
+    let monitors = spawn_everywhere(lab, &site, &configs, &bin.join("uplink-monitor"))?;
+    for (area, monitor) in site.areas.iter().zip(&monitors) {
         for uplink in &area.uplinks {
             monitor.wait_for_log(
                 &format!("uplink={} from=unknown to=up", uplink.name),
@@ -148,18 +137,9 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
             area.uplinks.len() + site.areas.len() - 1,
             area.uplinks.len()
         );
-        monitors.push(monitor);
     }
     step("starting cross-site-failover on every appliance");
-    let mut crossers = Vec::new();
-    for (area, (config, _)) in site.areas.iter().zip(&sockets) {
-        let config = config.to_str().context("config path is UTF-8")?;
-        crossers.push(lab.spawn(
-            &area.appliance,
-            bin.join("cross-site-failover").to_str().unwrap_or_default(),
-            &["--config", config],
-        )?);
-    }
+    let crossers = spawn_everywhere(lab, &site, &configs, &bin.join("cross-site-failover"))?;
     for (area, agent) in site.areas.iter().zip(&crossers) {
         for other in site.areas.iter().filter(|other| other.id != area.id) {
             agent.wait_for_log(
@@ -318,6 +298,24 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     drop(monitors);
     drop(brokers);
     Ok(())
+}
+
+/// Starts `program --config <its appliance file>` on every appliance of the site.
+fn spawn_everywhere(
+    lab: &mut Lab,
+    site: &Site,
+    configs: &[PathBuf],
+    program: &Path,
+) -> anyhow::Result<Vec<lab::LabProcess>> {
+    let program = program.to_str().context("binary path is UTF-8")?;
+    site.areas
+        .iter()
+        .zip(configs)
+        .map(|(area, config)| {
+            let config = config.to_str().context("config path is UTF-8")?;
+            lab.spawn(&area.appliance, program, &["--config", config])
+        })
+        .collect()
 }
 
 /// Streams from `client` while `inject` breaks uplink `from`, waits for uplink-monitor to move

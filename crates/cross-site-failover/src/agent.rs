@@ -152,15 +152,11 @@ pub async fn run(
     let key = HeartbeatKey::new(&config.site.key.bytes()?);
     let own_id = config.appliance.id;
     let metrics = Metrics::register(&registry)?;
-    let bus = BusClient::spawn(config.bus.socket.clone(), "cross-site-failover");
-    bus.publish(
-        &topics::agent_topic("cross-site-failover"),
-        &topics::AgentStarted {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            metrics: settings.common.metrics_listen.to_string(),
-        },
-        true,
+    let bus = fieldnet::rt::announce(
+        &config,
+        "cross-site-failover",
+        env!("CARGO_PKG_VERSION"),
+        settings.common.metrics_listen,
     )?;
     let handle = fieldnet::net::connect()?;
 
@@ -195,8 +191,7 @@ pub async fn run(
     let mut rebind = tokio::time::interval(Duration::from_secs(2));
     // Path states and round trips go to the bus at least this often (changes go at once).
     let mut report = tokio::time::interval(Duration::from_secs(1));
-    fieldnet::obs::notify_ready(shutdown.clone());
-    health.set("paths", None);
+    fieldnet::rt::ready(&health, &shutdown);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

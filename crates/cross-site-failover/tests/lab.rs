@@ -14,11 +14,9 @@ fn wait(agent: &LabProcess, needle: &str) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-#[test]
-fn cable_cut_moves_the_routes_to_wifi_and_back_after_the_hold() {
-    let Some(mut lab) = Lab::for_test("csf-cable") else {
-        return;
-    };
+/// A two-area site with cross-site-failover on both appliances; `extra` goes into each config.
+fn start(label: &str, extra: &str) -> Option<(Lab, lab::Site, Vec<LabProcess>)> {
+    let mut lab = Lab::for_test(label)?;
     let spec = SiteSpec {
         areas: 2,
         uplinks_per_area: 1,
@@ -29,21 +27,31 @@ fn cable_cut_moves_the_routes_to_wifi_and_back_after_the_hold() {
     let mut agents = Vec::new();
     for area in &site.areas {
         let config = lab.dir().join(format!("appliance-{}.toml", area.id));
-        let extra = "[cross_site_failover]\nfailback_hold_ms = 2000\n";
         std::fs::write(
             &config,
             lab::appliance_config(&site, area.id, lab.dir(), extra),
         )
         .unwrap();
-        let agent = lab
-            .spawn(
+        agents.push(
+            lab.spawn(
                 &area.appliance,
                 env!("CARGO_BIN_EXE_cross-site-failover"),
                 &["--config", config.to_str().unwrap()],
             )
-            .unwrap();
-        agents.push(agent);
+            .unwrap(),
+        );
     }
+    Some((lab, site, agents))
+}
+
+#[test]
+fn cable_cut_moves_the_routes_to_wifi_and_back_after_the_hold() {
+    let Some((lab, site, agents)) = start(
+        "csf-cable",
+        "[cross_site_failover]\nfailback_hold_ms = 2000\n",
+    ) else {
+        return;
+    };
     for agent in &agents {
         wait(agent, "routes to peer moved");
         wait(agent, "peer liveness changed");
@@ -105,33 +113,9 @@ fn cable_cut_moves_the_routes_to_wifi_and_back_after_the_hold() {
 
 #[test]
 fn a_dead_peer_is_detected_on_every_path() {
-    let Some(mut lab) = Lab::for_test("csf-dead") else {
+    let Some((_lab, _site, mut agents)) = start("csf-dead", "") else {
         return;
     };
-    let spec = SiteSpec {
-        areas: 2,
-        uplinks_per_area: 1,
-        clients_per_area: 1,
-        hub: false,
-    };
-    let site = lab.site(&spec).unwrap();
-    let mut agents = Vec::new();
-    for area in &site.areas {
-        let config = lab.dir().join(format!("appliance-{}.toml", area.id));
-        std::fs::write(
-            &config,
-            lab::appliance_config(&site, area.id, lab.dir(), ""),
-        )
-        .unwrap();
-        agents.push(
-            lab.spawn(
-                &area.appliance,
-                env!("CARGO_BIN_EXE_cross-site-failover"),
-                &["--config", config.to_str().unwrap()],
-            )
-            .unwrap(),
-        );
-    }
     for agent in &agents {
         wait(agent, "peer liveness changed peer=");
     }

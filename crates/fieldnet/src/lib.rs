@@ -1,11 +1,12 @@
 //! The shared library of the fieldnet agents.
 //!
 //! `config` reads the appliance file, `bus` speaks the local message bus, `obs` sets up logs,
-//! metrics and health, `net` carries out the netlink operations several agents need, `cli`
-//! holds the flags every binary shares.
+//! metrics and health, `net` carries out the netlink operations several agents need, `rt`
+//! runs an agent process, `cli` holds the flags every binary shares.
 
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod net;
 pub mod obs;
+pub mod rt;

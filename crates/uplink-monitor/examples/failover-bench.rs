@@ -10,7 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use lab::{Direction, StreamReport};
+use lab::StreamReport;
 use support::*;
 
 fn main() -> anyhow::Result<()> {
@@ -148,18 +148,7 @@ fn latency(runs: usize) -> (String, String, String, String) {
     for _ in 0..runs {
         let site = delay_site("bench-latency").expect("lab");
         let raised = Instant::now();
-        let slow = site.links[0].impair(
-            Direction::AtoB,
-            Duration::from_millis(200),
-            Duration::ZERO,
-            0,
-        );
-        let slow_back = site.links[0].impair(
-            Direction::BtoA,
-            Duration::from_millis(200),
-            Duration::ZERO,
-            0,
-        );
+        let slow = site.slow_first_uplink();
         site.agent
             .wait_for_log(
                 "default route moved from=up0 to=up1 reason=better",
@@ -171,7 +160,7 @@ fn latency(runs: usize) -> (String, String, String, String) {
         let log = site.agent.log();
         extra_switches += log.matches("default route moved").count() - 1;
         silent += usize::from(log.contains("to=silent"));
-        drop((slow, slow_back));
+        drop(slow);
     }
     switch_after.sort();
     (

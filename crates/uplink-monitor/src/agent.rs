@@ -215,15 +215,11 @@ pub async fn run(
     );
     let metrics = Metrics::register(&registry)?;
     let kernel = Kernel::connect()?;
-    let bus = BusClient::spawn(config.bus.socket.clone(), "uplink-monitor");
-    bus.publish(
-        &topics::agent_topic("uplink-monitor"),
-        &topics::AgentStarted {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            metrics: settings.common.metrics_listen.to_string(),
-        },
-        true,
+    let bus = fieldnet::rt::announce(
+        &config,
+        "uplink-monitor",
+        env!("CARGO_PKG_VERSION"),
+        settings.common.metrics_listen,
     )?;
 
     // Egress: marks, masquerade, loose rp_filter for local uplinks.
@@ -309,8 +305,7 @@ pub async fn run(
     }
     let outputs = monitor.step(Instant::now(), Input::Adopt { uplink: adopted });
     edge.execute(&mut monitor, outputs).await;
-    fieldnet::obs::notify_ready(shutdown.clone());
-    health.set("uplinks", None);
+    fieldnet::rt::ready(&health, &shutdown);
 
     let mut resync = tokio::time::interval(RESYNC);
     let mut report = tokio::time::interval(REPORT);

@@ -8,7 +8,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use lab::Direction;
 use support::*;
 
 #[test]
@@ -169,18 +168,7 @@ fn latency_raised_to_400_ms_moves_traffic_after_the_hold_time_without_flapping()
         return;
     };
     let raised = Instant::now();
-    let _slow = site.links[0].impair(
-        Direction::AtoB,
-        Duration::from_millis(200),
-        Duration::ZERO,
-        0,
-    );
-    let _slow_back = site.links[0].impair(
-        Direction::BtoA,
-        Duration::from_millis(200),
-        Duration::ZERO,
-        0,
-    );
+    let _slow = site.slow_first_uplink();
     site.agent
         .wait_for_log(
             "default route moved from=up0 to=up1 reason=better",

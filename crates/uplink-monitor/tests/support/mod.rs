@@ -162,6 +162,18 @@ pub fn assert_recovered(report: &StreamReport, what: &str) {
 }
 
 /// A small topology whose routers reach the internet over delay links, for latency faults.
+impl DelaySite {
+    /// Raises uplink 0's round trip from 40 ms to 400 ms (200 ms more each way) while the
+    /// faults live.
+    pub fn slow_first_uplink(&self) -> (lab::Fault, lab::Fault) {
+        let more = Duration::from_millis(200);
+        (
+            self.links[0].impair(Direction::AtoB, more, Duration::ZERO, 0),
+            self.links[0].impair(Direction::BtoA, more, Duration::ZERO, 0),
+        )
+    }
+}
+
 pub struct DelaySite {
     pub lab: Lab,
     pub appliance: Netns,
