@@ -14,6 +14,9 @@ const DEBIAN_PEERS: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("socat", "socat"),
     ("conntrack", "conntrack"),
+    // The lab's VPN: userspace WireGuard (this kernel has no WireGuard module) and `wg`.
+    ("wg", "wireguard-tools"),
+    ("wireguard-go", "wireguard-go"),
 ];
 
 pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {

@@ -1,31 +1,48 @@
-//! The appliance edge: heartbeat sockets on every path, the clock, and the routes to the other
-//! areas. Decisions are `session` and `choice`'s; this module sends, receives and executes.
+//! The edge: heartbeat sockets on every path, the clock, the routes, tunnel health, the bus.
+//! Decisions are `session`, `choice`, `tunnel` and `hub`'s; this module sends, receives and
+//! executes them.
 //!
-//! Invariants: the routes to a peer's networks are only ever replaced (tagged with route
-//! protocol 202), never deleted and re-added; until a path is known up nothing is changed, so a
-//! restart keeps the routes the kernel holds.
+//! On an appliance the routes to each peer's networks follow that peer's best path; the hub is
+//! a heartbeat partner through the tunnel (its data plane) but carries no routes. On a hub
+//! (`mode = "hub"`) the peers are the appliances, reached through one tunnel each, every area's
+//! networks ride the tunnel `hub::area_carrier` picks, and the partner hub is watched over its
+//! own path for the AWS side (`hub_aws`).
+//!
+//! Invariants: routes are only ever replaced (tagged with route protocol 202), never deleted
+//! and re-added; until a path is known up nothing is changed, so a restart keeps the routes the
+//! kernel holds. One socket per (interface, local address); a heartbeat belongs to the path
+//! whose remote address sent it and whose peer id it carries.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd as _;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use fieldnet::bus::BusClient;
 use fieldnet::bus::topics;
 use fieldnet::config::{Config, PathKind};
 use ipnet::Ipv4Net;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::choice::{PathChoice, Switch};
+use crate::hub::{self, HubPair};
 use crate::packet::{self, HeartbeatKey, SessionState};
 use crate::session::{Liveness, PathSession, PeerLiveness};
+use crate::tunnel::{self, TunnelObservation, TunnelVerdict};
 
 /// The route protocol number of cross-site-failover's routes (`ip route` shows `proto 202`).
 pub const ROUTE_PROTOCOL: u8 = 202;
+/// The id every hub uses in heartbeats: appliances address "the hub", whichever it is.
+pub const HUB_ID: u8 = 0;
+/// The path code of the heartbeats between the two hubs of the pair.
+pub const PARTNER_PATH: u8 = 3;
 /// How often sessions are checked for timeouts, finer than the heartbeat interval.
 const TICK: Duration = Duration::from_millis(5);
+/// How often tunnel health is read.
+const TUNNEL_CHECK: Duration = Duration::from_secs(1);
 
 /// The wire code of a path kind.
 pub fn path_code(kind: PathKind) -> u8 {
@@ -36,13 +53,36 @@ pub fn path_code(kind: PathKind) -> u8 {
     }
 }
 
+/// What a heartbeat partner is to this agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    /// Another appliance (on a hub: every appliance). Its networks are routed.
+    Appliance,
+    /// The hub, seen from an appliance through its tunnel: the tunnel's data plane.
+    Hub,
+    /// The other hub of the pair, seen from a hub.
+    Partner,
+}
+
 /// One path to one peer, as the edge needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathPlan {
     pub kind: PathKind,
+    /// The path byte of its heartbeats: `path_code(kind)`, or [`PARTNER_PATH`].
+    pub code: u8,
     pub interface: String,
     pub local: Ipv4Addr,
     pub remote: Ipv4Addr,
+}
+
+impl PathPlan {
+    fn label(&self) -> &'static str {
+        if self.code == PARTNER_PATH {
+            "partner"
+        } else {
+            self.kind.as_str()
+        }
+    }
 }
 
 /// One peer: its paths and the networks routed to it.
@@ -50,23 +90,35 @@ pub struct PathPlan {
 pub struct PeerPlan {
     pub id: u8,
     pub name: String,
+    pub role: PeerRole,
     pub paths: Vec<PathPlan>,
     pub networks: Vec<Ipv4Net>,
 }
 
-/// The peers as the agent needs them, derived from the config alone.
+/// The id this agent puts in its heartbeats.
+pub fn own_wire_id(config: &Config) -> u8 {
+    if config.agents.cross_site_failover.hub.is_some() {
+        HUB_ID
+    } else {
+        config.appliance.id
+    }
+}
+
+/// The heartbeat partners as the agent needs them, derived from the config alone.
 pub fn plan(config: &Config) -> Vec<PeerPlan> {
-    config
+    let mut peers: Vec<PeerPlan> = config
         .peers
         .iter()
         .map(|peer| PeerPlan {
             id: peer.id,
             name: peer.name.clone(),
+            role: PeerRole::Appliance,
             paths: peer
                 .paths
                 .iter()
                 .map(|p| PathPlan {
                     kind: p.kind,
+                    code: path_code(p.kind),
                     interface: p.interface.clone(),
                     local: p.local,
                     remote: p.remote,
@@ -74,7 +126,76 @@ pub fn plan(config: &Config) -> Vec<PeerPlan> {
                 .collect(),
             networks: config.networks_of(peer.id).map(|n| n.subnet).collect(),
         })
-        .collect()
+        .collect();
+    match (&config.agents.cross_site_failover.hub, &config.hub) {
+        (Some(hub_mode), _) => peers.push(PeerPlan {
+            id: HUB_ID,
+            name: "partner-hub".to_owned(),
+            role: PeerRole::Partner,
+            paths: vec![PathPlan {
+                kind: PathKind::Vpn,
+                code: PARTNER_PATH,
+                interface: hub_mode.interface.clone(),
+                local: hub_mode.local,
+                remote: hub_mode.partner,
+            }],
+            networks: Vec::new(),
+        }),
+        (None, Some(hub)) => {
+            // The appliance's own tunnel address is the local end of its VPN paths.
+            let local = hub.interface.as_ref().and_then(|interface| {
+                config
+                    .peers
+                    .iter()
+                    .flat_map(|peer| &peer.paths)
+                    .find(|path| path.kind == PathKind::Vpn && &path.interface == interface)
+                    .map(|path| path.local)
+            });
+            if let (Some(interface), Some(local)) = (&hub.interface, local) {
+                peers.push(PeerPlan {
+                    id: HUB_ID,
+                    name: "hub".to_owned(),
+                    role: PeerRole::Hub,
+                    paths: vec![PathPlan {
+                        kind: PathKind::Vpn,
+                        code: path_code(PathKind::Vpn),
+                        interface: interface.clone(),
+                        local,
+                        remote: hub.tunnel_address,
+                    }],
+                    networks: Vec::new(),
+                });
+            }
+        }
+        (None, None) => {}
+    }
+    peers
+}
+
+/// The tunnels whose health is watched: on an appliance its tunnel to the hub; on a hub every
+/// appliance's tunnel. (interface, the peer it leads to, for labels).
+pub fn tunnels(config: &Config, peers: &[PeerPlan]) -> Vec<(String, String)> {
+    if config.agents.cross_site_failover.hub.is_some() {
+        let mut found: Vec<(String, String)> = Vec::new();
+        for peer in peers.iter().filter(|p| p.role == PeerRole::Appliance) {
+            for path in peer.paths.iter().filter(|p| p.kind == PathKind::Vpn) {
+                if !found
+                    .iter()
+                    .any(|(interface, _)| interface == &path.interface)
+                {
+                    found.push((path.interface.clone(), peer.name.clone()));
+                }
+            }
+        }
+        found
+    } else {
+        config
+            .hub
+            .as_ref()
+            .and_then(|hub| hub.interface.clone())
+            .map(|interface| vec![(interface, "hub".to_owned())])
+            .unwrap_or_default()
+    }
 }
 
 struct Metrics {
@@ -83,6 +204,10 @@ struct Metrics {
     switches: IntCounterVec,
     heartbeats: IntCounterVec,
     peer_alive: IntGaugeVec,
+    tunnel_interface_up: IntGaugeVec,
+    tunnel_handshake_age: GaugeVec,
+    tunnel_data_plane_up: IntGaugeVec,
+    tunnel_healthy: IntGaugeVec,
 }
 
 impl Metrics {
@@ -97,6 +222,14 @@ impl Metrics {
             registry.register(Box::new(metric.clone()))?;
             Ok(metric)
         };
+        let handshake_age = GaugeVec::new(
+            Opts::new(
+                "fieldnet_cross_site_tunnel_handshake_age_seconds",
+                "Age of the tunnel's newest WireGuard handshake (-1: never, or unreadable)",
+            ),
+            &["tunnel", "peer"],
+        )?;
+        registry.register(Box::new(handshake_age.clone()))?;
         Ok(Self {
             path_up: gauge(
                 "fieldnet_cross_site_path_up",
@@ -123,23 +256,73 @@ impl Metrics {
                 "1 while the peer answers on any path",
                 &["peer"],
             )?,
+            tunnel_interface_up: gauge(
+                "fieldnet_cross_site_tunnel_interface_up",
+                "Tunnel layer 1: the interface exists and is up",
+                &["tunnel", "peer"],
+            )?,
+            tunnel_handshake_age: handshake_age,
+            tunnel_data_plane_up: gauge(
+                "fieldnet_cross_site_tunnel_data_plane_up",
+                "Tunnel layer 3: a heartbeat session through the tunnel is up",
+                &["tunnel", "peer"],
+            )?,
+            tunnel_healthy: gauge(
+                "fieldnet_cross_site_tunnel_healthy",
+                "1 while interface, handshake and data plane are all healthy",
+                &["tunnel", "peer"],
+            )?,
         })
     }
+}
+
+/// A socket for every distinct (interface, local address) of the paths.
+struct Endpoint {
+    interface: String,
+    local: Ipv4Addr,
+    socket: Option<Arc<UdpSocket>>,
 }
 
 struct PeerState {
     plan: PeerPlan,
     sessions: Vec<PathSession>,
-    sockets: Vec<Option<std::sync::Arc<UdpSocket>>>,
+    /// The endpoint of each path.
+    endpoints: Vec<usize>,
     liveness: PeerLiveness,
     choice: PathChoice,
 }
 
-/// A received datagram: which peer/path socket it came in on, and its bytes.
+/// A received datagram: the endpoint it came in on, its source, its bytes.
 struct Received {
-    peer: usize,
-    path: usize,
+    endpoint: usize,
+    source: Ipv4Addr,
     bytes: Vec<u8>,
+}
+
+/// One tunnel's latest health, as the hub reports it to AWS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TunnelReport {
+    pub interface: String,
+    pub peer: String,
+    pub verdict: TunnelVerdict,
+    pub rtt: Option<Duration>,
+    /// The WireGuard state could be read (a failed read is a failed collection).
+    pub collected: bool,
+}
+
+/// What the hub's AWS task acts on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubView {
+    pub partner_up: bool,
+    pub owner: hub::RouteOwner,
+    pub tunnels: Vec<TunnelReport>,
+}
+
+/// Options of the binary that are not in the config file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Log the AWS calls instead of making them.
+    pub dry_run: bool,
 }
 
 pub async fn run(
@@ -148,9 +331,19 @@ pub async fn run(
     health: fieldnet::obs::Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with(config, registry, health, shutdown, Options::default()).await
+}
+
+pub async fn run_with(
+    config: Config,
+    registry: Registry,
+    health: fieldnet::obs::Health,
+    shutdown: CancellationToken,
+    options: Options,
+) -> anyhow::Result<()> {
     let settings = config.agents.cross_site_failover.clone();
     let key = HeartbeatKey::new(&config.site.key.bytes()?);
-    let own_id = config.appliance.id;
+    let own_id = own_wire_id(&config);
     let metrics = Metrics::register(&registry)?;
     let bus = fieldnet::rt::announce(
         &config,
@@ -161,8 +354,10 @@ pub async fn run(
     let handle = fieldnet::net::connect()?;
 
     let started = Instant::now();
-    let (received_tx, mut received) = mpsc::unbounded_channel::<Received>();
-    let mut peers: Vec<PeerState> = plan(&config)
+    let plans = plan(&config);
+    let watched_tunnels = tunnels(&config, &plans);
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    let mut peers: Vec<PeerState> = plans
         .into_iter()
         .map(|plan| PeerState {
             sessions: plan
@@ -171,19 +366,53 @@ pub async fn run(
                 .map(|p| {
                     PathSession::new(
                         plan.id,
-                        path_code(p.kind),
+                        p.code,
                         settings.heartbeat_interval,
                         settings.detect_multiplier,
                         started,
                     )
                 })
                 .collect(),
-            sockets: vec![None; plan.paths.len()],
+            endpoints: plan
+                .paths
+                .iter()
+                .map(|p| endpoint_index(&mut endpoints, &p.interface, p.local))
+                .collect(),
             liveness: PeerLiveness::new(plan.id, started),
             choice: PathChoice::new(settings.failback_hold),
             plan,
         })
         .collect();
+
+    // Hub mode: the pair's decisions and the AWS task that carries them out.
+    let mut pair = settings
+        .hub
+        .as_ref()
+        .map(|h| HubPair::new(h.role, h.takeover_after, h.giveback_hold, started));
+    let mut hub_routes: BTreeMap<u8, u8> = BTreeMap::new();
+    let mut tunnel_reports: Vec<TunnelReport> = Vec::new();
+    let hub_view = match (&settings.hub, &pair) {
+        (Some(hub_mode), Some(pair)) => {
+            let (sender, receiver) = watch::channel(HubView {
+                partner_up: pair.partner_up(),
+                owner: pair.owner(),
+                tunnels: Vec::new(),
+            });
+            crate::hub_aws::spawn(
+                &config,
+                hub_mode.clone(),
+                options.dry_run,
+                receiver,
+                &registry,
+                shutdown.clone(),
+            )
+            .await?;
+            Some(sender)
+        }
+        _ => None,
+    };
+
+    let (received_tx, mut received) = mpsc::unbounded_channel::<Received>();
     let mut send = tokio::time::interval(settings.heartbeat_interval);
     send.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut tick = tokio::time::interval(TICK);
@@ -191,31 +420,35 @@ pub async fn run(
     let mut rebind = tokio::time::interval(Duration::from_secs(2));
     // Path states and round trips go to the bus at least this often (changes go at once).
     let mut report = tokio::time::interval(Duration::from_secs(1));
+    let mut tunnel_check = tokio::time::interval(TUNNEL_CHECK);
+    tunnel_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     fieldnet::rt::ready(&health, &shutdown);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = rebind.tick() => {
                 // Paths whose interface or address is missing (a VPN not up yet) bind later.
-                for (peer_index, peer) in peers.iter_mut().enumerate() {
-                    for (path_index, path) in peer.plan.paths.iter().enumerate() {
-                        if peer.sockets[path_index].is_none() {
-                            match bind(path, settings.heartbeat_port) {
-                                Ok(socket) => {
-                                    let socket = std::sync::Arc::new(socket);
-                                    spawn_receiver(socket.clone(), peer_index, path_index, received_tx.clone());
-                                    peer.sockets[path_index] = Some(socket);
-                                }
-                                Err(error) => tracing::debug!(peer = peer.plan.id, path = %path.interface, %error, "path socket not bound yet"),
-                            }
+                for (index, endpoint) in endpoints.iter_mut().enumerate() {
+                    if endpoint.socket.is_some() {
+                        continue;
+                    }
+                    match bind(&endpoint.interface, endpoint.local, settings.heartbeat_port) {
+                        Ok(socket) => {
+                            let socket = Arc::new(socket);
+                            spawn_receiver(socket.clone(), index, received_tx.clone());
+                            endpoint.socket = Some(socket);
                         }
+                        Err(error) => tracing::debug!(interface = %endpoint.interface, local = %endpoint.local, %error, "path socket not bound yet"),
                     }
                 }
             }
             _ = report.tick() => {
-                for peer in &peers {
+                for peer in peers.iter().filter(|p| p.plan.role == PeerRole::Appliance) {
                     publish_peer(&bus, peer);
                 }
+            }
+            _ = tunnel_check.tick() => {
+                tunnel_reports = check_tunnels(&handle, &metrics, &watched_tunnels, &peers, &tunnel_reports).await;
             }
             _ = send.tick() => {
                 let now = Instant::now();
@@ -224,7 +457,7 @@ pub async fn run(
                 let seq = fieldnet::bus::unix_millis() * 1000 + u64::from(now.duration_since(started).subsec_micros() % 1000);
                 for peer in &peers {
                     for (path_index, path) in peer.plan.paths.iter().enumerate() {
-                        let Some(socket) = &peer.sockets[path_index] else { continue };
+                        let Some(socket) = &endpoints[peer.endpoints[path_index]].socket else { continue };
                         let heartbeat = peer.sessions[path_index].heartbeat(own_id, seq, now, now_us);
                         let datagram = packet::encode(&heartbeat, &key);
                         let target = SocketAddr::V4(SocketAddrV4::new(path.remote, settings.heartbeat_port));
@@ -236,35 +469,57 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let now = Instant::now();
+                let mut changed = false;
                 for peer in &mut peers {
                     for index in 0..peer.sessions.len() {
                         if let Some(transition) = peer.sessions[index].tick(now) {
                             log_transition(&peer.plan, index, transition.from, transition.to, "timeout");
-                            publish_peer(&bus, peer);
+                            changed = true;
                         }
                     }
-                    settle(&handle, &bus, &metrics, peer, now).await;
+                    changed |= settle(&handle, &bus, &metrics, peer, now, pair.is_none()).await;
+                }
+                if let Some(pair) = &mut pair {
+                    hub_step(&handle, &metrics, &peers, pair, &mut hub_routes, now, changed).await;
+                    if let Some(view) = &hub_view {
+                        publish_view(view, pair, &tunnel_reports);
+                    }
                 }
             }
             Some(datagram) = received.recv() => {
                 let now = Instant::now();
                 let now_us = now.duration_since(started).as_micros() as u64 + 1;
-                let peer = &mut peers[datagram.peer];
-                match packet::decode(&datagram.bytes, &key) {
-                    Ok(heartbeat) if heartbeat.from == peer.plan.id && heartbeat.to == own_id
-                        && heartbeat.path == path_code(peer.plan.paths[datagram.path].kind) => {
-                        metrics.heartbeats.with_label_values(&["accepted"]).inc();
-                        if let Some(transition) = peer.sessions[datagram.path].receive(now, now_us, &heartbeat) {
-                            log_transition(&peer.plan, datagram.path, transition.from, transition.to, "heartbeat");
-                            publish_peer(&bus, peer);
-                        }
-                        settle(&handle, &bus, &metrics, peer, now).await;
-                    }
-                    Ok(_) => metrics.heartbeats.with_label_values(&["misaddressed"]).inc(),
+                let heartbeat = match packet::decode(&datagram.bytes, &key) {
+                    Ok(heartbeat) => heartbeat,
                     Err(error) => {
                         metrics.heartbeats.with_label_values(&["rejected"]).inc();
                         tracing::debug!(%error, "heartbeat rejected");
+                        continue;
                     }
+                };
+                let found = peers.iter().enumerate().find_map(|(peer_index, peer)| {
+                    peer.plan.paths.iter().enumerate().find_map(|(path_index, path)| {
+                        (peer.endpoints[path_index] == datagram.endpoint
+                            && path.remote == datagram.source
+                            && path.code == heartbeat.path
+                            && peer.plan.id == heartbeat.from)
+                            .then_some((peer_index, path_index))
+                    })
+                });
+                let Some((peer_index, path_index)) = found.filter(|_| heartbeat.to == own_id) else {
+                    metrics.heartbeats.with_label_values(&["misaddressed"]).inc();
+                    continue;
+                };
+                metrics.heartbeats.with_label_values(&["accepted"]).inc();
+                let peer = &mut peers[peer_index];
+                let mut changed = false;
+                if let Some(transition) = peer.sessions[path_index].receive(now, now_us, &heartbeat) {
+                    log_transition(&peer.plan, path_index, transition.from, transition.to, "heartbeat");
+                    changed = true;
+                }
+                changed |= settle(&handle, &bus, &metrics, peer, now, pair.is_none()).await;
+                if let Some(pair) = &mut pair {
+                    hub_step(&handle, &metrics, &peers, pair, &mut hub_routes, now, changed).await;
                 }
             }
         }
@@ -272,11 +527,26 @@ pub async fn run(
     Ok(())
 }
 
+fn endpoint_index(endpoints: &mut Vec<Endpoint>, interface: &str, local: Ipv4Addr) -> usize {
+    if let Some(index) = endpoints
+        .iter()
+        .position(|e| e.interface == interface && e.local == local)
+    {
+        return index;
+    }
+    endpoints.push(Endpoint {
+        interface: interface.to_owned(),
+        local,
+        socket: None,
+    });
+    endpoints.len() - 1
+}
+
 fn log_transition(plan: &PeerPlan, path: usize, from: SessionState, to: SessionState, cause: &str) {
     tracing::info!(
         peer = plan.id,
         path = %plan.paths[path].interface,
-        kind = %plan.paths[path].kind.as_str(),
+        kind = %plan.paths[path].label(),
         from = %from.as_str(),
         to = %to.as_str(),
         %cause,
@@ -284,18 +554,20 @@ fn log_transition(plan: &PeerPlan, path: usize, from: SessionState, to: SessionS
     );
 }
 
-/// After any session change: liveness, path choice, routes, bus, metrics.
+/// After any session change: liveness, metrics and, on an appliance, the path choice and
+/// routes. Returns whether anything changed.
 async fn settle(
     handle: &rtnetlink::Handle,
     bus: &BusClient,
     metrics: &Metrics,
     peer: &mut PeerState,
     now: Instant,
-) {
-    let peer_label = peer.plan.id.to_string();
+    route_by_choice: bool,
+) -> bool {
+    let peer_label = peer_label(&peer.plan);
     for (index, path) in peer.plan.paths.iter().enumerate() {
         let session = &peer.sessions[index];
-        let labels = [peer_label.as_str(), path.kind.as_str()];
+        let labels = [peer_label.as_str(), path.label()];
         metrics
             .path_up
             .with_label_values(&labels)
@@ -307,23 +579,27 @@ async fn settle(
                 .set(rtt.as_micros() as i64);
         }
     }
-    let up: Vec<PathKind> = peer
-        .plan
-        .paths
-        .iter()
-        .zip(&peer.sessions)
-        .filter(|(_, s)| s.state() == SessionState::Up)
-        .map(|(p, _)| p.kind)
-        .collect();
     let liveness_changed = peer.liveness.update(now, &peer.sessions);
-    let switch = peer.choice.step(now, &up);
-    if let Some(switch) = switch {
-        apply_switch(handle, metrics, &peer.plan, switch).await;
+    let mut switch = None;
+    if route_by_choice && peer.plan.role == PeerRole::Appliance {
+        let up: Vec<PathKind> = peer
+            .plan
+            .paths
+            .iter()
+            .zip(&peer.sessions)
+            .filter(|(_, s)| s.state() == SessionState::Up)
+            .map(|(p, _)| p.kind)
+            .collect();
+        switch = peer.choice.step(now, &up);
+        if let Some(switch) = switch {
+            apply_switch(handle, metrics, &peer.plan, switch).await;
+        }
     }
     if let Some(verdict) = liveness_changed {
         tracing::info!(
             peer = peer.plan.id,
             alive = verdict == Liveness::Alive,
+            role = ?peer.plan.role,
             "peer liveness changed"
         );
         metrics
@@ -331,8 +607,18 @@ async fn settle(
             .with_label_values(&[peer_label.as_str()])
             .set(i64::from(verdict == Liveness::Alive));
     }
-    if switch.is_some() || liveness_changed.is_some() {
+    let changed = switch.is_some() || liveness_changed.is_some();
+    if changed && peer.plan.role == PeerRole::Appliance {
         publish_peer(bus, peer);
+    }
+    changed
+}
+
+fn peer_label(plan: &PeerPlan) -> String {
+    match plan.role {
+        PeerRole::Appliance => plan.id.to_string(),
+        PeerRole::Hub => "hub".to_owned(),
+        PeerRole::Partner => "partner".to_owned(),
     }
 }
 
@@ -346,30 +632,7 @@ async fn apply_switch(
         return;
     };
     let started = Instant::now();
-    let interface = match fieldnet::net::find_link(handle, &path.interface).await {
-        Ok(Some(link)) => link.header.index,
-        Ok(None) | Err(_) => {
-            tracing::error!(peer = plan.id, path = %path.interface, "cannot route over a path whose interface is gone");
-            return;
-        }
-    };
-    let hop = fieldnet::net::NextHop {
-        gateway: path.remote,
-        interface,
-    };
-    for network in &plan.networks {
-        let replaced = fieldnet::net::replace_route(
-            handle,
-            fieldnet::net::TABLE_MAIN,
-            *network,
-            hop,
-            ROUTE_PROTOCOL,
-        )
-        .await;
-        if let Err(error) = replaced {
-            tracing::error!(peer = plan.id, %network, error = format!("{error:#}"), "replacing the route to a peer's network");
-        }
-    }
+    route_networks(handle, plan.id, &plan.networks, path).await;
     let reason = format!("{:?}", switch.reason).to_lowercase();
     metrics
         .switches
@@ -383,6 +646,207 @@ async fn apply_switch(
         took_us = started.elapsed().as_micros() as u64,
         "routes to peer moved"
     );
+}
+
+/// Replaces the routes to `networks` with ones via `path`'s remote end.
+async fn route_networks(
+    handle: &rtnetlink::Handle,
+    peer: u8,
+    networks: &[Ipv4Net],
+    path: &PathPlan,
+) -> bool {
+    let interface = match fieldnet::net::find_link(handle, &path.interface).await {
+        Ok(Some(link)) => link.header.index,
+        Ok(None) | Err(_) => {
+            tracing::error!(peer, path = %path.interface, "cannot route over a path whose interface is gone");
+            return false;
+        }
+    };
+    let hop = fieldnet::net::NextHop {
+        gateway: path.remote,
+        interface,
+    };
+    let mut all = true;
+    for network in networks {
+        let replaced = fieldnet::net::replace_route(
+            handle,
+            fieldnet::net::TABLE_MAIN,
+            *network,
+            hop,
+            ROUTE_PROTOCOL,
+        )
+        .await;
+        if let Err(error) = replaced {
+            all = false;
+            tracing::error!(peer, %network, error = format!("{error:#}"), "replacing the route to a peer's network");
+        }
+    }
+    all
+}
+
+/// Hub mode, after any change: the partner's liveness into the pair, and every area's networks
+/// onto the tunnel `hub::area_carrier` picks.
+async fn hub_step(
+    handle: &rtnetlink::Handle,
+    metrics: &Metrics,
+    peers: &[PeerState],
+    pair: &mut HubPair,
+    routes: &mut BTreeMap<u8, u8>,
+    now: Instant,
+    changed: bool,
+) {
+    if let Some(partner) = peers.iter().find(|p| p.plan.role == PeerRole::Partner) {
+        pair.observe(now, partner.liveness.verdict() == Liveness::Alive);
+    }
+    if let Some(partner_up) = pair.tick(now) {
+        tracing::info!(
+            partner_up,
+            owner = %pair.owner().as_str(),
+            "hub partner changed"
+        );
+    }
+    if !changed {
+        return;
+    }
+    let appliances: Vec<&PeerState> = peers
+        .iter()
+        .filter(|p| p.plan.role == PeerRole::Appliance)
+        .collect();
+    let up: Vec<u8> = appliances
+        .iter()
+        .filter(|p| p.sessions.iter().any(|s| s.state() == SessionState::Up))
+        .map(|p| p.plan.id)
+        .collect();
+    for owner in &appliances {
+        let Some(carrier) = hub::area_carrier(owner.plan.id, &up) else {
+            continue;
+        };
+        if routes.get(&owner.plan.id) == Some(&carrier) {
+            continue;
+        }
+        let Some(path) = appliances
+            .iter()
+            .find(|p| p.plan.id == carrier)
+            .and_then(|p| p.plan.paths.iter().find(|path| path.kind == PathKind::Vpn))
+        else {
+            continue;
+        };
+        if route_networks(handle, owner.plan.id, &owner.plan.networks, path).await {
+            let from = routes.insert(owner.plan.id, carrier);
+            metrics
+                .switches
+                .with_label_values(&[owner.plan.id.to_string().as_str(), "hub"])
+                .inc();
+            tracing::info!(
+                area_of = owner.plan.id,
+                from = %from.map_or("-".to_owned(), |id| id.to_string()),
+                via = carrier,
+                tunnel = %path.interface,
+                "hub routes moved"
+            );
+        }
+    }
+}
+
+fn publish_view(view: &watch::Sender<HubView>, pair: &HubPair, tunnels: &[TunnelReport]) {
+    let next = HubView {
+        partner_up: pair.partner_up(),
+        owner: pair.owner(),
+        tunnels: tunnels.to_vec(),
+    };
+    view.send_if_modified(|current| {
+        if *current == next {
+            false
+        } else {
+            *current = next;
+            true
+        }
+    });
+}
+
+/// Reads every watched tunnel's three layers, updates the metrics, logs verdict changes.
+async fn check_tunnels(
+    handle: &rtnetlink::Handle,
+    metrics: &Metrics,
+    watched: &[(String, String)],
+    peers: &[PeerState],
+    previous: &[TunnelReport],
+) -> Vec<TunnelReport> {
+    let mut reports = Vec::new();
+    for (interface, peer_name) in watched {
+        let interface_up = match fieldnet::net::find_link(handle, interface).await {
+            Ok(Some(link)) => link
+                .header
+                .flags
+                .contains(rtnetlink::packet_route::link::LinkFlags::Up),
+            _ => false,
+        };
+        let wireguard = if interface_up {
+            tunnel::read_wireguard(interface).await
+        } else {
+            Err(anyhow::anyhow!("interface {interface} is down or missing"))
+        };
+        let collected = wireguard.is_ok();
+        if let Err(error) = &wireguard {
+            tracing::debug!(tunnel = %interface, error = format!("{error:#}"), "reading WireGuard state");
+        }
+        let handshake_age = wireguard
+            .ok()
+            .and_then(|peers| tunnel::newest_handshake_age(&peers, SystemTime::now()));
+        let through: Vec<&PathSession> = peers
+            .iter()
+            .flat_map(|peer| peer.plan.paths.iter().zip(&peer.sessions))
+            .filter(|(path, _)| &path.interface == interface)
+            .map(|(_, session)| session)
+            .collect();
+        let data_plane_up = through.iter().any(|s| s.state() == SessionState::Up);
+        let rtt = through
+            .iter()
+            .filter(|s| s.state() == SessionState::Up)
+            .filter_map(|s| s.rtt())
+            .min();
+        let observation = TunnelObservation {
+            interface_up,
+            handshake_age,
+            data_plane_up,
+        };
+        let verdict = tunnel::verdict(&observation);
+        let labels = [interface.as_str(), peer_name.as_str()];
+        metrics
+            .tunnel_interface_up
+            .with_label_values(&labels)
+            .set(i64::from(interface_up));
+        metrics
+            .tunnel_handshake_age
+            .with_label_values(&labels)
+            .set(handshake_age.map_or(-1.0, |age| age.as_secs_f64()));
+        metrics
+            .tunnel_data_plane_up
+            .with_label_values(&labels)
+            .set(i64::from(data_plane_up));
+        metrics
+            .tunnel_healthy
+            .with_label_values(&labels)
+            .set(i64::from(verdict == TunnelVerdict::Healthy));
+        let before = previous.iter().find(|r| &r.interface == interface);
+        if before.map(|r| r.verdict) != Some(verdict) {
+            tracing::info!(
+                tunnel = %interface,
+                peer = %peer_name,
+                verdict = %verdict.as_str(),
+                handshake_age_s = handshake_age.map(|a| a.as_secs()),
+                "tunnel health changed"
+            );
+        }
+        reports.push(TunnelReport {
+            interface: interface.clone(),
+            peer: peer_name.clone(),
+            verdict,
+            rtt,
+            collected,
+        });
+    }
+    reports
 }
 
 fn publish_peer(bus: &BusClient, peer: &PeerState) {
@@ -409,43 +873,36 @@ fn publish_peer(bus: &BusClient, peer: &PeerState) {
     let _ = bus.publish(&topics::peer_topic(peer.plan.id), &body, true);
 }
 
-/// A UDP socket on the path's own address and interface.
-fn bind(path: &PathPlan, port: u16) -> std::io::Result<UdpSocket> {
-    let socket = std::net::UdpSocket::bind(SocketAddrV4::new(path.local, port))?;
+/// A UDP socket on the path's own address and interface. The device is bound before the
+/// address, so several interfaces may share one address (a hub's tunnels all carry its tunnel
+/// address).
+fn bind(interface: &str, local: Ipv4Addr, port: u16) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.bind_device(Some(interface.as_bytes()))?;
+    socket.bind(&SocketAddr::V4(SocketAddrV4::new(local, port)).into())?;
     socket.set_nonblocking(true)?;
-    let device = path.interface.as_bytes();
-    // SAFETY: `device` is valid for its length for the duration of the call.
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            device.as_ptr().cast(),
-            device.len() as libc::socklen_t,
-        )
-    };
-    if result < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    UdpSocket::from_std(socket)
+    UdpSocket::from_std(socket.into())
 }
 
 fn spawn_receiver(
-    socket: std::sync::Arc<UdpSocket>,
-    peer: usize,
-    path: usize,
+    socket: Arc<UdpSocket>,
+    endpoint: usize,
     received: mpsc::UnboundedSender<Received>,
 ) {
     tokio::spawn(async move {
         let mut buffer = [0u8; 256];
         loop {
-            let Ok((n, _)) = socket.recv_from(&mut buffer).await else {
+            let Ok((n, source)) = socket.recv_from(&mut buffer).await else {
                 return;
+            };
+            let SocketAddr::V4(source) = source else {
+                continue;
             };
             if received
                 .send(Received {
-                    peer,
-                    path,
+                    endpoint,
+                    source: *source.ip(),
                     bytes: buffer[..n].to_vec(),
                 })
                 .is_err()

@@ -11,6 +11,10 @@ use fieldnet::cli::CommonArgs;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    /// Hub mode: log the AWS calls that would change something (ReplaceRoute,
+    /// UpdateHealthCheck, PutMetricData) instead of making them; reads still go to AWS.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn main() -> ExitCode {
@@ -20,6 +24,11 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         &args.common,
         |config| config.agents.cross_site_failover.common.metrics_listen,
-        cross_site_failover::agent::run,
+        |config, registry, health, shutdown| {
+            let options = cross_site_failover::agent::Options {
+                dry_run: args.dry_run,
+            };
+            cross_site_failover::agent::run_with(config, registry, health, shutdown, options)
+        },
     )
 }

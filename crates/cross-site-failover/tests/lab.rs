@@ -15,13 +15,15 @@ fn wait(agent: &LabProcess, needle: &str) {
 }
 
 /// A two-area site with cross-site-failover on both appliances; `extra` goes into each config.
-fn start(label: &str, extra: &str) -> Option<(Lab, lab::Site, Vec<LabProcess>)> {
+/// With `vpn`, each appliance also has a WireGuard tunnel to the hub.
+fn start(label: &str, extra: &str, vpn: bool) -> Option<(Lab, lab::Site, Vec<LabProcess>)> {
     let mut lab = Lab::for_test(label)?;
     let spec = SiteSpec {
         areas: 2,
         uplinks_per_area: 1,
         clients_per_area: 1,
-        hub: false,
+        hub: vpn,
+        vpn,
     };
     let site = lab.site(&spec).unwrap();
     let mut agents = Vec::new();
@@ -49,6 +51,7 @@ fn cable_cut_moves_the_routes_to_wifi_and_back_after_the_hold() {
     let Some((lab, site, agents)) = start(
         "csf-cable",
         "[cross_site_failover]\nfailback_hold_ms = 2000\n",
+        false,
     ) else {
         return;
     };
@@ -113,7 +116,7 @@ fn cable_cut_moves_the_routes_to_wifi_and_back_after_the_hold() {
 
 #[test]
 fn a_dead_peer_is_detected_on_every_path() {
-    let Some((_lab, _site, mut agents)) = start("csf-dead", "") else {
+    let Some((_lab, _site, mut agents)) = start("csf-dead", "", false) else {
         return;
     };
     for agent in &agents {
@@ -124,4 +127,109 @@ fn a_dead_peer_is_detected_on_every_path() {
     let dead = agents.remove(0);
     dead.kill().unwrap();
     wait(&survivor, "peer liveness changed peer=2 alive=false");
+}
+
+#[test]
+fn cable_cut_then_wifi_blackholed_moves_to_the_vpn_through_the_hub_and_back_to_cable() {
+    let Some((lab, site, agents)) = start(
+        "csf-vpn",
+        "[cross_site_failover]\nfailback_hold_ms = 2000\n",
+        true,
+    ) else {
+        return;
+    };
+    for agent in &agents {
+        wait(agent, "to=cable reason=initial");
+    }
+    let a1 = &site.areas[0].appliance;
+    let vpn_if = &site.areas[0].vpn.as_ref().unwrap().ifname;
+    let echo = EchoServer::start(
+        &site.areas[1].clients[0].ns,
+        "10.102.0.101:7".parse().unwrap(),
+    )
+    .unwrap();
+    let stream = || {
+        Stream::start(
+            &site.areas[0].clients[0].ns,
+            echo.address,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    };
+    let check = |report: lab::StreamReport, what: &str| {
+        eprintln!("{what}: longest gap {:?} ({report:?})", report.longest_gap);
+        let lost_in_gap = report.longest_gap.as_millis() as u64 / 10 + 5;
+        assert!(
+            report.received + lost_in_gap >= report.sent,
+            "{what}: {report:?}"
+        );
+    };
+    let cable_stream = stream();
+    std::thread::sleep(Duration::from_millis(500));
+    let cable = lab.link_down(&site.areas[1].appliance, "cab1").unwrap();
+    for agent in &agents {
+        wait(agent, "to=wifi reason=pathdown");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    check(cable_stream.finish(), "cable cut");
+
+    // The wifi bridge goes silent (rain): packets vanish, the link stays up.
+    let wifi_stream = stream();
+    std::thread::sleep(Duration::from_millis(500));
+    let wifi = lab.blackhole(&site.areas[1].appliance, "wifi1").unwrap();
+    for agent in &agents {
+        wait(agent, "to=vpn reason=pathdown");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    check(wifi_stream.finish(), "wifi blackholed");
+    let route = a1.ip_output(&["route", "show", "10.102.0.0/24"]).unwrap();
+    assert!(
+        route.contains(&format!("via 10.253.0.2 dev {vpn_if} proto 202")),
+        "{route}"
+    );
+    // The client's traffic really crosses the hub: its tunnel interface counts it.
+    let hub = site.hub.as_ref().unwrap();
+    let hub_if = &site.areas[0].vpn.as_ref().unwrap().hub_ifname;
+    let received = || -> u64 {
+        let counter = format!("/sys/class/net/{hub_if}/statistics/rx_packets");
+        let output = hub.exec("cat", &[&counter]).unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = received();
+    let probe = stream();
+    std::thread::sleep(Duration::from_millis(500));
+    let through_hub = probe.finish();
+    let after = received();
+    assert!(
+        after >= before + through_hub.received,
+        "hub tunnel saw {} packets, the client got {} answers",
+        after - before,
+        through_hub.received
+    );
+    assert!(through_hub.received > 20, "{through_hub:?}");
+    for agent in &agents {
+        assert!(!agent.log().contains("alive=false"), "{}", agent.log());
+    }
+
+    // Both come back: after the 2 s hold the routes return to the cable, once.
+    drop(wifi);
+    drop(cable);
+    for agent in &agents {
+        wait(agent, "to=cable reason=failback");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for agent in &agents {
+        let log = agent.log();
+        let moves: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("routes to peer moved"))
+            .collect();
+        assert_eq!(moves.len(), 4, "initial, wifi, vpn, failback: {moves:#?}");
+    }
+    let route = a1.ip_output(&["route", "show", "10.102.0.0/24"]).unwrap();
+    assert!(route.contains("dev cab2 proto 202"), "{route}");
 }

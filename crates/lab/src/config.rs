@@ -74,8 +74,22 @@ pub fn appliance_config(site: &Site, id: u8, dir: &Path, extra: &str) -> String 
                 );
             }
         }
+        // Through the hub: the appliance's own tunnel, addressed to the peer's tunnel address.
+        if let (Some(own), Some(theirs)) = (&area.vpn, &other.vpn) {
+            let _ = writeln!(
+                text,
+                "[[peers.paths]]\nkind = \"vpn\"\ninterface = \"{}\"\nlocal = \"{}\"\nremote = \"{}\"\n",
+                own.ifname, own.addr, theirs.addr
+            );
+        }
     }
-    if site.hub.is_some() {
+    if let Some(vpn) = &area.vpn {
+        let _ = writeln!(
+            text,
+            "[hub]\nendpoints = [\"{}\"]\ntunnel_address = \"{}\"\ninterface = \"{}\"\n",
+            vpn.endpoint, site.hub_tunnel_addr, vpn.ifname
+        );
+    } else if site.hub.is_some() {
         let _ = writeln!(
             text,
             "[hub]\nendpoints = [\"203.0.113.10:51820\"]\ntunnel_address = \"10.253.0.254\"\n"

@@ -225,6 +225,34 @@ impl Lab {
         ))
     }
 
+    /// Starts a daemon that lives as long as the lab (a VPN endpoint, say): like
+    /// [`spawn`](Self::spawn), but the lab keeps the only handle and stops it at teardown.
+    /// Returns the path of its log.
+    pub fn spawn_daemon(
+        &mut self,
+        ns: &Netns,
+        program: &str,
+        args: &[&str],
+    ) -> anyhow::Result<std::path::PathBuf> {
+        let process = self.spawn(ns, program, args)?;
+        let log = process.log_path().to_path_buf();
+        // The lab's own list holds the process too; teardown terminates it from there.
+        std::mem::forget(process);
+        Ok(log)
+    }
+
+    /// A short tag unique to this lab (8 hex digits of its prefix), for names that live outside
+    /// the namespaces, such as WireGuard's control sockets in `/var/run/wireguard`.
+    pub fn tag(&self) -> String {
+        // FNV-1a: stable across runs, no dependency.
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in self.prefix.bytes() {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        format!("{hash:08x}")
+    }
+
     /// Makes `router` a NAT router: IPv4 forwarding on, and an nftables table `lab_nat` that
     /// masquerades everything leaving through `wan_if`. Its LAN side and WAN side (addresses,
     /// routes) are the caller's.

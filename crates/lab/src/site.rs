@@ -17,6 +17,8 @@ pub const INTERNET_BRIDGE: &str = "br0";
 pub const INTERNET_HOSTS: [&str; 3] = ["192.0.2.1", "192.0.2.2", "192.0.2.3"];
 /// The hub's address on the internet.
 pub const HUB_ADDR: &str = "203.0.113.10";
+/// The hub's address inside the tunnels (on each of its tunnel interfaces).
+pub const HUB_TUNNEL_ADDR: &str = "10.253.0.254";
 /// Gateway of the routers' WAN network, on the internet bridge.
 const ROUTER_WAN_GATEWAY: &str = "198.51.100.1";
 /// Gateway of the hub, on the internet bridge.
@@ -33,6 +35,9 @@ pub struct SiteSpec {
     pub clients_per_area: u8,
     /// Whether to build the hub namespace.
     pub hub: bool,
+    /// Whether every appliance gets a WireGuard tunnel to the hub (needs `hub`; userspace
+    /// `wireguard-go`, configured with `wg`).
+    pub vpn: bool,
 }
 
 impl Default for SiteSpec {
@@ -42,6 +47,7 @@ impl Default for SiteSpec {
             uplinks_per_area: 2,
             clients_per_area: 2,
             hub: true,
+            vpn: true,
         }
     }
 }
@@ -66,6 +72,8 @@ pub struct Site {
     pub hub_addr: String,
     /// The areas, `areas[0]` has id 1.
     pub areas: Vec<AreaLab>,
+    /// The hub's address inside the tunnels, [`HUB_TUNNEL_ADDR`] (when `vpn`).
+    pub hub_tunnel_addr: String,
 }
 
 /// One area: its appliance, uplinks, clients and paths to the other areas.
@@ -87,6 +95,23 @@ pub struct AreaLab {
     pub clients: Vec<ClientLab>,
     /// Cable and wifi links to every other appliance.
     pub paths: Vec<PathLab>,
+    /// The WireGuard tunnel to the hub, when the site has a VPN.
+    pub vpn: Option<VpnLab>,
+}
+
+/// One appliance's WireGuard tunnel to the hub. The hub has one interface per appliance
+/// (route-based: which tunnel carries an area is a route, not a WireGuard peer setting).
+#[derive(Clone, Debug)]
+pub struct VpnLab {
+    /// The appliance's tunnel interface, `wg<tag>a<id>` (unique per lab: the userspace
+    /// daemon's control socket lives in the shared `/var/run/wireguard`).
+    pub ifname: String,
+    /// The appliance's tunnel address, `10.253.0.<id>` (/24 on `ifname`).
+    pub addr: String,
+    /// The hub's interface for this appliance, `wg<tag>h<id>`.
+    pub hub_ifname: String,
+    /// The hub's WireGuard endpoint for this appliance, `203.0.113.10:<51820 + id>`.
+    pub endpoint: String,
 }
 
 /// One uplink: a NAT router between an appliance port and the internet bridge.
@@ -243,6 +268,13 @@ impl Site {
                     path.peer_addr
                 );
             }
+            if let Some(vpn) = &area.vpn {
+                let _ = writeln!(
+                    out,
+                    "  vpn      {} {}/24 -> hub {} (hub interface {}, wireguard-go)",
+                    vpn.ifname, vpn.addr, vpn.endpoint, vpn.hub_ifname
+                );
+            }
             if let Some(first) = area.uplinks.first() {
                 let _ = writeln!(
                     out,
@@ -384,6 +416,13 @@ impl Lab {
             }
         }
 
+        if spec.vpn {
+            let hub = hub
+                .as_ref()
+                .context("site: a VPN needs the hub (set `hub: true`)")?;
+            self.site_vpn(hub, &mut areas).context("building the VPN")?;
+        }
+
         Ok(Site {
             internet,
             internet_bridge: bridge.to_owned(),
@@ -396,7 +435,132 @@ impl Lab {
             hub_port: "hub".to_owned(),
             hub_addr: HUB_ADDR.to_owned(),
             areas,
+            hub_tunnel_addr: HUB_TUNNEL_ADDR.to_owned(),
         })
+    }
+
+    /// A WireGuard tunnel from every appliance to the hub: `wireguard-go` on both ends, one hub
+    /// interface per appliance, the hub routing each area's network and tunnel address into
+    /// that area's tunnel. Returns once every tunnel has passed a packet.
+    fn site_vpn(&mut self, hub: &Netns, areas: &mut [AreaLab]) -> anyhow::Result<()> {
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            hub.sysctl(key, value)?;
+        }
+        let tag = self.tag();
+        let (hub_private, hub_public) = self.wireguard_key("hub")?;
+        for area in areas.iter_mut() {
+            let id = area.id;
+            let hub_if = format!("wg{tag}h{id}");
+            let own_if = format!("wg{tag}a{id}");
+            let port = (51820 + u16::from(id)).to_string();
+            let endpoint = format!("{HUB_ADDR}:{port}");
+            let (own_private, own_public) = self.wireguard_key(&format!("a{id}"))?;
+            // The hub end first, so the appliance's first handshake finds it ready.
+            self.wireguard(hub, &hub_if)?;
+            hub.exec(
+                "wg",
+                &[
+                    "set",
+                    &hub_if,
+                    "private-key",
+                    &hub_private,
+                    "listen-port",
+                    &port,
+                    "peer",
+                    &own_public,
+                    "allowed-ips",
+                    "0.0.0.0/0",
+                ],
+            )?;
+            self.addr(hub, &hub_if, &format!("{HUB_TUNNEL_ADDR}/32"))?;
+            hub.ip(&["link", "set", "dev", &hub_if, "up"])?;
+            hub.ip(&["route", "add", &format!("10.253.0.{id}/32"), "dev", &hub_if])?;
+            hub.ip(&["route", "add", &area.network, "dev", &hub_if])?;
+
+            self.wireguard(&area.appliance, &own_if)?;
+            area.appliance.exec(
+                "wg",
+                &[
+                    "set",
+                    &own_if,
+                    "private-key",
+                    &own_private,
+                    "peer",
+                    &hub_public,
+                    "endpoint",
+                    &endpoint,
+                    "allowed-ips",
+                    "0.0.0.0/0",
+                    "persistent-keepalive",
+                    "25",
+                ],
+            )?;
+            self.addr(&area.appliance, &own_if, &format!("10.253.0.{id}/24"))?;
+            area.appliance.ip(&["link", "set", "dev", &own_if, "up"])?;
+            area.vpn = Some(VpnLab {
+                ifname: own_if,
+                addr: format!("10.253.0.{id}"),
+                hub_ifname: hub_if,
+                endpoint,
+            });
+        }
+        for area in areas.iter() {
+            area.appliance
+                .wait_reachable(HUB_TUNNEL_ADDR, std::time::Duration::from_secs(20))
+                .with_context(|| format!("area {}'s tunnel to the hub", area.id))?;
+        }
+        Ok(())
+    }
+
+    /// Starts `wireguard-go` for `ifname` in `ns` and waits for its interface.
+    fn wireguard(&mut self, ns: &Netns, ifname: &str) -> anyhow::Result<()> {
+        self.spawn_daemon(ns, "wireguard-go", &["-f", ifname])?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let socket = format!("/var/run/wireguard/{ifname}.sock");
+        while ns.link(ifname).is_err() || !std::path::Path::new(&socket).exists() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "wireguard-go did not create {ifname} in {} within 10 s",
+                ns.name()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// A fresh WireGuard key pair: (path of the private key file in the lab directory, public
+    /// key). Generated by `wg`, which touches no network.
+    fn wireguard_key(&self, name: &str) -> anyhow::Result<(String, String)> {
+        let run = |args: &[&str], input: Option<&str>| -> anyhow::Result<String> {
+            use std::io::Write as _;
+            let mut child = std::process::Command::new("wg")
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("running `wg` (Debian package wireguard-tools)")?;
+            if let Some(input) = input {
+                child
+                    .stdin
+                    .take()
+                    .context("wg stdin")?
+                    .write_all(input.as_bytes())?;
+            }
+            drop(child.stdin.take());
+            let output = child.wait_with_output()?;
+            anyhow::ensure!(output.status.success(), "wg {args:?} failed");
+            Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+        };
+        let private = run(&["genkey"], None)?;
+        let public = run(&["pubkey"], Some(&private))?;
+        let path = self.dir().join(format!("wg-{name}.key"));
+        std::fs::write(&path, format!("{private}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok((path.display().to_string(), public))
     }
 
     fn site_area(&mut self, spec: &SiteSpec, id: u8, internet: &Netns) -> anyhow::Result<AreaLab> {
@@ -505,6 +669,7 @@ impl Lab {
             uplinks,
             clients,
             paths: Vec::new(),
+            vpn: None,
         })
     }
 }
@@ -537,9 +702,10 @@ mod tests {
                 spec.areas,
                 spec.uplinks_per_area,
                 spec.clients_per_area,
-                spec.hub
+                spec.hub,
+                spec.vpn
             ),
-            (3, 2, 2, true)
+            (3, 2, 2, true, true)
         );
     }
 }

@@ -47,6 +47,12 @@ pub const DEFAULT_HEARTBEAT_PORT: u16 = 47840;
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 pub const DEFAULT_DETECT_MULTIPLIER: u8 = 3;
 pub const DEFAULT_FAILBACK_HOLD: Duration = Duration::from_secs(10);
+/// `[cross_site_failover.hub]` defaults.
+pub const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_millis(1000);
+pub const DEFAULT_GIVEBACK_HOLD: Duration = Duration::from_secs(30);
+pub const DEFAULT_CLOUDWATCH_NAMESPACE: &str = "fieldnet";
+pub const DEFAULT_CLOUDWATCH_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 /// Shortest site key accepted, in bytes.
 pub const MIN_SITE_KEY_BYTES: usize = 32;
 
@@ -194,6 +200,9 @@ pub struct Hub {
     pub endpoints: Vec<SocketAddr>,
     /// The hub's address inside the tunnels.
     pub tunnel_address: Ipv4Addr,
+    /// This appliance's tunnel interface to the hub, whose health is watched (interface,
+    /// handshake age, heartbeats to `tunnel_address` through it).
+    pub interface: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,6 +294,45 @@ pub struct CrossSiteFailoverConfig {
     pub detect_multiplier: u8,
     /// How long a more preferred path must stay up before routes return to it.
     pub failback_hold: Duration,
+    /// `Some` on a hub of the AWS hub pair (`mode = "hub"`), `None` on an appliance.
+    pub hub: Option<HubMode>,
+}
+
+/// The role of a hub in the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubRole {
+    /// Normally carries the site: the VPC routes point at it.
+    Primary,
+    /// Takes the VPC routes when the primary is dead, and gives them back.
+    Standby,
+}
+
+/// `[cross_site_failover.hub]`: the hub pair and its AWS side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubMode {
+    pub role: HubRole,
+    /// The interface and own address the partner hub is watched over.
+    pub interface: String,
+    pub local: Ipv4Addr,
+    pub partner: Ipv4Addr,
+    /// How long the partner must be dead before the standby takes the VPC routes.
+    pub takeover_after: Duration,
+    /// How long a returned primary must stay alive before the routes go back to it.
+    pub giveback_hold: Duration,
+    pub aws_region: String,
+    /// One endpoint URL for every AWS service (a test server such as moto); `None` means AWS.
+    pub aws_endpoint: Option<String>,
+    /// VPC route tables whose site-network routes follow the live hub.
+    pub route_tables: Vec<String>,
+    pub instance_id: String,
+    pub partner_instance_id: String,
+    /// Route53 health checks used as on/off switches (`Inverted`) for each hub's endpoint.
+    pub partner_health_check: Option<String>,
+    pub own_health_check: Option<String>,
+    pub cloudwatch_namespace: String,
+    pub cloudwatch_interval: Duration,
+    /// How often the AWS state is read back and corrected even without a change.
+    pub reconcile_interval: Duration,
 }
 
 /// One probe target: an address answered with ICMP echo, or an `address:port` answered over

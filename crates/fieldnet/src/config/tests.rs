@@ -351,3 +351,106 @@ fn throughput_test_is_off_by_default_and_its_minimum_needs_it() {
         (2000, DEFAULT_THROUGHPUT_TEST_INTERVAL)
     );
 }
+
+const HUB: &str = r#"
+[site]
+name = "lab"
+domain = "lab.example"
+key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+[appliance]
+id = 200
+name = "hub-b"
+
+[[areas]]
+name = "north"
+appliance = 1
+
+[[networks]]
+name = "NETWORK1"
+area = "north"
+subnet = "10.101.0.0/24"
+gateway = "10.101.0.1"
+
+[[peers]]
+id = 1
+name = "north"
+
+[[peers.paths]]
+kind = "vpn"
+interface = "wg-a1"
+local = "10.253.0.254"
+remote = "10.253.0.1"
+
+[cross_site_failover]
+mode = "hub"
+
+[cross_site_failover.hub]
+role = "standby"
+interface = "eth0"
+local = "203.0.113.11"
+partner = "203.0.113.10"
+aws_region = "eu-west-1"
+route_tables = ["rtb-0a1b"]
+instance_id = "i-0b"
+partner_instance_id = "i-0a"
+partner_health_check = "hc-a"
+"#;
+
+#[test]
+fn a_hub_needs_no_area_and_gets_hub_defaults() {
+    let config = Config::from_str(HUB, "hub.toml").unwrap();
+    let hub = config.agents.cross_site_failover.hub.unwrap();
+    assert_eq!(hub.role, HubRole::Standby);
+    assert_eq!(hub.takeover_after, DEFAULT_TAKEOVER_AFTER);
+    assert_eq!(hub.giveback_hold, DEFAULT_GIVEBACK_HOLD);
+    assert_eq!(hub.cloudwatch_namespace, "fieldnet");
+    assert_eq!(hub.aws_endpoint, None);
+    assert_eq!(config.appliance.area, "");
+}
+
+#[test]
+fn hub_mode_mistakes_are_named() {
+    let text = HUB
+        .replace("role = \"standby\"", "role = \"backup\"")
+        .replace("instance_id = \"i-0b\"", "instance_id = \"0b\"")
+        .replace("[\"rtb-0a1b\"]", "[\"0a1b\"]");
+    let message = error_of(&text).to_string();
+    assert!(
+        message.contains(
+            "cross_site_failover.hub.role: 'backup' is not a hub role; valid: primary, standby"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("cross_site_failover.hub.instance_id: '0b' is not an EC2 instance id"),
+        "{message}"
+    );
+    assert!(
+        message.contains("cross_site_failover.hub.route_tables[0]: '0a1b' is not a route table id"),
+        "{message}"
+    );
+
+    let no_section = HUB.split("[cross_site_failover.hub]").next().unwrap();
+    let message = error_of(no_section).to_string();
+    assert!(
+        message
+            .contains("cross_site_failover.mode: a hub needs a [cross_site_failover.hub] section"),
+        "{message}"
+    );
+
+    let no_mode = HUB.replace("mode = \"hub\"", "");
+    let message = error_of(&no_mode).to_string();
+    assert!(message.contains("appliance.area: missing"), "{message}");
+    assert!(
+        message.contains("cross_site_failover.hub: only a hub has this section"),
+        "{message}"
+    );
+
+    let bad_mode = HUB.replace("mode = \"hub\"", "mode = \"spoke\"");
+    let message = error_of(&bad_mode).to_string();
+    assert!(
+        message.contains("'spoke' is not a mode; valid: appliance (default), hub"),
+        "{message}"
+    );
+}

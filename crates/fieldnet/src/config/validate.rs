@@ -107,7 +107,17 @@ impl Checker {
             appliance_ids.insert(appliance.id);
         }
         let areas = self.areas(&wire.areas, &appliance_ids);
+        let hub_mode = wire.cross_site_failover.mode.as_deref() == Some("hub");
         if let Some(appliance) = &appliance
+            && appliance.area.is_empty()
+            && !hub_mode
+        {
+            self.problem(
+                root.key("appliance").key("area"),
+                "missing: name the area this appliance serves (only a hub, [cross_site_failover] mode = \"hub\", serves none)",
+            );
+        } else if let Some(appliance) = &appliance
+            && !appliance.area.is_empty()
             && !areas.iter().any(|area| area.name == appliance.area)
         {
             self.problem(
@@ -181,7 +191,10 @@ impl Checker {
     fn appliance(&mut self, wire: &WireAppliance, path: &KeyPath) -> Option<Appliance> {
         let id = self.appliance_id(wire.id, &path.key("id"));
         let name = self.name(&wire.name, &path.key("name"));
-        let area = self.name(&wire.area, &path.key("area"));
+        let area = match &wire.area {
+            Some(area) => self.name(area, &path.key("area")),
+            None => Some(String::new()),
+        };
         Some(Appliance {
             id: id?,
             name: name?,
@@ -520,9 +533,14 @@ impl Checker {
             );
         }
         let tunnel_address = self.ipv4(&wire.tunnel_address, &path.key("tunnel_address"));
+        let interface = match &wire.interface {
+            Some(name) => Some(self.interface(name, &path.key("interface"))?),
+            None => None,
+        };
         Some(Hub {
             endpoints,
             tunnel_address: tunnel_address?,
+            interface,
         })
     }
 
@@ -670,12 +688,167 @@ impl Checker {
             0..=3_600_000,
             &path.key("failback_hold_ms"),
         );
+        let hub = match (wire.mode.as_deref(), &wire.hub) {
+            (None | Some("appliance"), None) => Some(None),
+            (None | Some("appliance"), Some(_)) => {
+                self.problem(
+                    path.key("hub"),
+                    "only a hub has this section; add mode = \"hub\" or remove it",
+                );
+                None
+            }
+            (Some("hub"), Some(hub)) => self.hub_mode(hub, &path.key("hub")).map(Some),
+            (Some("hub"), None) => {
+                self.problem(
+                    path.key("mode"),
+                    "a hub needs a [cross_site_failover.hub] section (role, partner, AWS)",
+                );
+                None
+            }
+            (Some(other), _) => {
+                self.problem(
+                    path.key("mode"),
+                    format!("'{other}' is not a mode; valid: appliance (default), hub"),
+                );
+                None
+            }
+        };
         Some(CrossSiteFailoverConfig {
             common: common?,
             heartbeat_port: port? as u16,
             heartbeat_interval: Duration::from_millis(interval? as u64),
             detect_multiplier: multiplier? as u8,
             failback_hold: Duration::from_millis(hold? as u64),
+            hub: hub?,
+        })
+    }
+
+    fn hub_mode(&mut self, wire: &WireHubMode, path: &KeyPath) -> Option<HubMode> {
+        let role = match wire.role.as_str() {
+            "primary" => Some(HubRole::Primary),
+            "standby" => Some(HubRole::Standby),
+            other => {
+                self.problem(
+                    path.key("role"),
+                    format!("'{other}' is not a hub role; valid: primary, standby"),
+                );
+                None
+            }
+        };
+        let interface = self.interface(&wire.interface, &path.key("interface"));
+        let local = self.ipv4(&wire.local, &path.key("local"));
+        let partner = self.ipv4(&wire.partner, &path.key("partner"));
+        let millis = |this: &mut Self, value, default: Duration, key: &str| {
+            this.bounded(
+                value,
+                default.as_millis() as usize,
+                0..=86_400_000,
+                &path.key(key),
+            )
+            .map(|ms| Duration::from_millis(ms as u64))
+        };
+        let takeover_after = millis(
+            self,
+            wire.takeover_after_ms,
+            DEFAULT_TAKEOVER_AFTER,
+            "takeover_after_ms",
+        );
+        let giveback_hold = millis(
+            self,
+            wire.giveback_hold_ms,
+            DEFAULT_GIVEBACK_HOLD,
+            "giveback_hold_ms",
+        );
+        let cloudwatch_interval = millis(
+            self,
+            wire.cloudwatch_interval_ms,
+            DEFAULT_CLOUDWATCH_INTERVAL,
+            "cloudwatch_interval_ms",
+        );
+        let reconcile_interval = millis(
+            self,
+            wire.reconcile_interval_ms,
+            DEFAULT_RECONCILE_INTERVAL,
+            "reconcile_interval_ms",
+        );
+        let region_ok = !wire.aws_region.is_empty()
+            && wire
+                .aws_region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !region_ok {
+            self.problem(
+                path.key("aws_region"),
+                format!(
+                    "'{}' is not an AWS region such as eu-west-1",
+                    wire.aws_region
+                ),
+            );
+        }
+        let endpoint_ok = wire
+            .aws_endpoint
+            .as_deref()
+            .is_none_or(|url| url.starts_with("http://") || url.starts_with("https://"));
+        if !endpoint_ok {
+            self.problem(
+                path.key("aws_endpoint"),
+                "must be a URL such as http://127.0.0.1:5000 (omit it to use AWS itself)",
+            );
+        }
+        let mut ids_ok = true;
+        for (key, value, prefix) in [
+            ("instance_id", Some(&wire.instance_id), "i-"),
+            ("partner_instance_id", Some(&wire.partner_instance_id), "i-"),
+        ] {
+            if let Some(value) = value
+                && !value.starts_with(prefix)
+            {
+                self.problem(
+                    path.key(key),
+                    format!("'{value}' is not an EC2 instance id (i-…)"),
+                );
+                ids_ok = false;
+            }
+        }
+        for (index, table) in wire.route_tables.iter().enumerate() {
+            if !table.starts_with("rtb-") {
+                self.problem(
+                    path.key("route_tables").index(index),
+                    format!("'{table}' is not a route table id (rtb-…)"),
+                );
+                ids_ok = false;
+            }
+        }
+        let namespace = wire
+            .cloudwatch_namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CLOUDWATCH_NAMESPACE.to_owned());
+        if namespace.is_empty() || namespace.starts_with("AWS/") {
+            self.problem(
+                path.key("cloudwatch_namespace"),
+                format!("'{namespace}' cannot be used: empty, or reserved for AWS (AWS/…)"),
+            );
+        }
+        if !(region_ok && endpoint_ok && ids_ok) {
+            return None;
+        }
+        Some(HubMode {
+            role: role?,
+            interface: interface?,
+            local: local?,
+            partner: partner?,
+            takeover_after: takeover_after?,
+            giveback_hold: giveback_hold?,
+            aws_region: wire.aws_region.clone(),
+            aws_endpoint: wire.aws_endpoint.clone(),
+            route_tables: wire.route_tables.clone(),
+            instance_id: wire.instance_id.clone(),
+            partner_instance_id: wire.partner_instance_id.clone(),
+            partner_health_check: wire.partner_health_check.clone(),
+            own_health_check: wire.own_health_check.clone(),
+            cloudwatch_namespace: namespace,
+            cloudwatch_interval: cloudwatch_interval?,
+            reconcile_interval: reconcile_interval?,
         })
     }
 

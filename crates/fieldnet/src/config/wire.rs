@@ -50,7 +50,8 @@ pub struct WireSite {
 pub struct WireAppliance {
     pub id: i64,
     pub name: String,
-    pub area: String,
+    /// Required on an appliance; a hub (`[cross_site_failover] mode = "hub"`) serves no area.
+    pub area: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +107,7 @@ pub struct WirePath {
 pub struct WireHub {
     pub endpoints: Vec<String>,
     pub tunnel_address: String,
+    pub interface: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,4 +164,29 @@ pub struct WireCrossSiteFailover {
     pub heartbeat_interval_ms: Option<i64>,
     pub detect_multiplier: Option<i64>,
     pub failback_hold_ms: Option<i64>,
+    pub mode: Option<String>,
+    pub hub: Option<WireHubMode>,
+}
+
+/// `[cross_site_failover.hub]`: what a hub of the pair needs (only with `mode = "hub"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireHubMode {
+    pub role: String,
+    pub interface: String,
+    pub local: String,
+    pub partner: String,
+    pub takeover_after_ms: Option<i64>,
+    pub giveback_hold_ms: Option<i64>,
+    pub aws_region: String,
+    pub aws_endpoint: Option<String>,
+    #[serde(default)]
+    pub route_tables: Vec<String>,
+    pub instance_id: String,
+    pub partner_instance_id: String,
+    pub partner_health_check: Option<String>,
+    pub own_health_check: Option<String>,
+    pub cloudwatch_namespace: Option<String>,
+    pub cloudwatch_interval_ms: Option<i64>,
+    pub reconcile_interval_ms: Option<i64>,
 }

@@ -44,6 +44,7 @@ pub fn start_with(label: &str, areas: u8, uplinks: u8, extra: &str) -> Option<Ru
         uplinks_per_area: uplinks,
         clients_per_area: 1,
         hub: false,
+        vpn: false,
     };
     let site = lab.site(&spec).unwrap();
     let config = lab.dir().join("appliance-1.toml");
