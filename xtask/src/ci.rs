@@ -72,7 +72,19 @@ pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Python packages the tests drive, by the program that shows each is installed.
+const PYTHON_PEERS: &[(&str, &str)] = &[
+    // moto's server stands in for AWS (EC2, Route53, CloudWatch, STS) in hub-mode tests.
+    ("moto_server", "moto[server]"),
+];
+
 pub fn install_missing_peers() -> anyhow::Result<()> {
+    for (program, package) in PYTHON_PEERS {
+        if !have(program) {
+            println!("installing {package} (pip)");
+            cmd("python3", &["-m", "pip", "install", "--quiet", package])?;
+        }
+    }
     let mut missing: Vec<&str> = DEBIAN_PEERS
         .iter()
         .filter(|(program, _)| !have(program))

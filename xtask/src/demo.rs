@@ -291,6 +291,51 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         report.received,
         report.sent
     );
+    demo.pause(1)?;
+
+    step("scene 6: rain on the wifi bridge too: the VPN through the hub");
+    let stream = lab::Stream::start(
+        &client.ns,
+        far.address,
+        Duration::from_millis(10),
+        Duration::from_secs(30),
+    )?;
+    std::thread::sleep(Duration::from_millis(700));
+    let rain = lab.blackhole(&stage.appliance, "wifi1")?;
+    println!(
+        "With the cable still cut, the wifi bridge goes silent: its link stays up, nothing gets through."
+    );
+    crossers[0].wait_for_log(
+        "routes to peer moved peer=2 from=wifi to=vpn",
+        Duration::from_secs(20),
+    )?;
+    std::thread::sleep(Duration::from_millis(700));
+    let report = stream.finish();
+    println!(
+        "  {}",
+        last_line(&crossers[0].log(), "routes to peer moved peer=2 from=wifi")
+    );
+    let route = north
+        .appliance
+        .ip_output(&["route", "show", &stage.network])?;
+    println!("  route on appliance 1: {}", route.trim());
+    println!(
+        "The routes moved to the WireGuard tunnel through the hub, which was up and hot all along. \
+         The device's longest wait was {:.0} ms ({} of {} answers arrived).",
+        report.longest_gap.as_secs_f64() * 1000.0,
+        report.received,
+        report.sent
+    );
+    if let Some(health) = crossers[0]
+        .log()
+        .lines()
+        .rev()
+        .find(|line| line.contains("tunnel health changed"))
+    {
+        println!("The tunnel's health, judged on interface, handshake and heartbeats through it:");
+        println!("  {}", health.trim());
+    }
+    drop(rain);
     drop(cable);
     demo.pause(1)?;
 

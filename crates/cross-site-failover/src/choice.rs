@@ -71,15 +71,15 @@ impl PathChoice {
             (Some(active), Some(best)) if !up.contains(&active) => {
                 Some(switch(best, ChoiceReason::PathDown))
             }
-            (Some(active), Some(_)) => self
+            // Back only to the most preferred path that is up, once it has held: when cable and
+            // wifi return a moment apart, traffic goes straight to the cable in one move.
+            (Some(active), Some(best)) if best < active => self
                 .up_since
                 .iter()
-                .filter(|(kind, since)| {
-                    *kind < active && now.saturating_duration_since(*since) >= self.failback_hold
-                })
-                .map(|(kind, _)| *kind)
-                .min()
-                .map(|kind| switch(kind, ChoiceReason::Failback)),
+                .find(|(kind, _)| *kind == best)
+                .filter(|(_, since)| now.saturating_duration_since(*since) >= self.failback_hold)
+                .map(|_| switch(best, ChoiceReason::Failback)),
+            (Some(_), Some(_)) => None,
         };
         if let Some(decision) = decision {
             self.active = Some(decision.to);
@@ -147,6 +147,46 @@ mod tests {
                 (20_000, Some(Vpn), Cable, ChoiceReason::Failback),
             ]
         );
+    }
+
+    #[test]
+    fn wifi_and_cable_back_a_moment_apart_is_one_move_straight_to_the_cable() {
+        let start = Instant::now();
+        let mut choice = PathChoice::new(HOLD);
+        let switches = run(&mut choice, start, ms(30_000), |t| {
+            let mut up = vec![Vpn];
+            if t < ms(5_000) || t >= ms(15_050) {
+                up.push(Cable);
+            }
+            if t < ms(5_000) || t >= ms(15_000) {
+                up.push(Wifi);
+            }
+            up
+        });
+        let seen: Vec<(u64, PathKind)> = switches
+            .iter()
+            .map(|(t, s)| (t.as_millis() as u64, s.to))
+            .collect();
+        assert_eq!(seen, [(0, Cable), (5_000, Vpn), (20_050, Cable)]);
+    }
+
+    #[test]
+    fn a_flapping_cable_does_not_keep_traffic_off_a_stable_wifi() {
+        let start = Instant::now();
+        let mut choice = PathChoice::new(HOLD);
+        // On the VPN since 1 s; wifi back for good at 2 s; the cable up 2 s, down 1 s, forever.
+        let switches = run(&mut choice, start, ms(30_000), |t| {
+            let mut up = vec![Vpn];
+            if t < ms(1_000) || (t >= ms(2_000) && (t.as_millis() / 1_000) % 3 != 2) {
+                up.push(Cable);
+            }
+            if t < ms(1_000) || t >= ms(2_000) {
+                up.push(Wifi);
+            }
+            up
+        });
+        let to: Vec<PathKind> = switches.iter().map(|(_, s)| s.to).collect();
+        assert_eq!(to, [Cable, Vpn, Wifi], "{switches:?}");
     }
 
     #[test]
