@@ -326,6 +326,8 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         report.received,
         report.sent
     );
+    // Tunnel health is judged every second.
+    std::thread::sleep(Duration::from_millis(1200));
     if let Some(health) = crossers[0]
         .log()
         .lines()
