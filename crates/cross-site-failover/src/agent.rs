@@ -412,6 +412,10 @@ pub async fn run_with(
         _ => None,
     };
 
+    // The tunnel to the hub rides whichever uplink is active; when that changes, WireGuard's
+    // cached source address must be forgotten (see `tunnel::reset_endpoints`).
+    let mut uplink_changes = bus.subscribe(topics::TOPIC_UPLINK_ACTIVE);
+    let mut active_uplink: Option<String> = None;
     let (received_tx, mut received) = mpsc::unbounded_channel::<Received>();
     let mut send = tokio::time::interval(settings.heartbeat_interval);
     send.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -440,6 +444,24 @@ pub async fn run_with(
                         }
                         Err(error) => tracing::debug!(interface = %endpoint.interface, local = %endpoint.local, %error, "path socket not bound yet"),
                     }
+                }
+            }
+            Some(event) = uplink_changes.recv() => {
+                let fieldnet::bus::BusEvent::Message(envelope) = event else { continue };
+                let Ok(active) = envelope.body_as::<topics::UplinkActive>() else { continue };
+                if active_uplink.as_deref() == Some(active.name.as_str()) || pair.is_some() {
+                    continue;
+                }
+                active_uplink = Some(active.name.clone());
+                for (interface, _) in &watched_tunnels {
+                    let interface = interface.clone();
+                    let uplink = active.name.clone();
+                    tokio::spawn(async move {
+                        match tunnel::reset_endpoints(&interface).await {
+                            Ok(peers) => tracing::info!(tunnel = %interface, %uplink, peers, "tunnel endpoint re-set for the new uplink"),
+                            Err(error) => tracing::warn!(tunnel = %interface, error = format!("{error:#}"), "re-setting the tunnel endpoint"),
+                        }
+                    });
                 }
             }
             _ = report.tick() => {

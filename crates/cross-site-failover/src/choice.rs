@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use fieldnet::config::PathKind;
 
+/// After the first path comes up, a better one coming up this soon is taken at once, not after
+/// the failback hold: sessions come up a few heartbeats apart at start, in any order.
+pub const INITIAL_GRACE: Duration = Duration::from_millis(1000);
+
 /// Why the routes to a peer moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChoiceReason {
@@ -34,6 +38,8 @@ pub struct Switch {
 pub struct PathChoice {
     failback_hold: Duration,
     active: Option<PathKind>,
+    /// When the first path was chosen.
+    initial_at: Option<Instant>,
     /// Since when each path has been up without interruption.
     up_since: Vec<(PathKind, Instant)>,
 }
@@ -43,6 +49,7 @@ impl PathChoice {
         Self {
             failback_hold,
             active: None,
+            initial_at: None,
             up_since: Vec::new(),
         }
     }
@@ -67,7 +74,19 @@ impl PathChoice {
         };
         let decision = match (self.active, best_up) {
             (_, None) => None,
-            (None, Some(best)) => Some(switch(best, ChoiceReason::Initial)),
+            (None, Some(best)) => {
+                self.initial_at = Some(now);
+                Some(switch(best, ChoiceReason::Initial))
+            }
+            (Some(active), Some(best))
+                if best < active
+                    && up.contains(&active)
+                    && self
+                        .initial_at
+                        .is_some_and(|at| now.saturating_duration_since(at) < INITIAL_GRACE) =>
+            {
+                Some(switch(best, ChoiceReason::Initial))
+            }
             (Some(active), Some(best)) if !up.contains(&active) => {
                 Some(switch(best, ChoiceReason::PathDown))
             }
@@ -204,6 +223,40 @@ mod tests {
         });
         let to: Vec<PathKind> = switches.iter().map(|(_, s)| s.to).collect();
         assert_eq!(to, [Cable, Wifi], "{switches:?}");
+    }
+
+    #[test]
+    fn at_start_a_better_path_coming_up_a_moment_later_is_taken_at_once() {
+        let start = Instant::now();
+        let mut choice = PathChoice::new(HOLD);
+        let switches = run(&mut choice, start, ms(10_000), |t| {
+            let mut up = vec![Vpn];
+            if t >= ms(50) {
+                up.push(Cable);
+            }
+            up
+        });
+        let seen: Vec<(u64, PathKind, ChoiceReason)> = switches
+            .iter()
+            .map(|(t, s)| (t.as_millis() as u64, s.to, s.reason))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, Vpn, ChoiceReason::Initial),
+                (50, Cable, ChoiceReason::Initial)
+            ]
+        );
+        // After the grace, the failback hold applies again.
+        let mut late = PathChoice::new(HOLD);
+        let switches = run(&mut late, start, ms(10_000), |t| {
+            let mut up = vec![Vpn];
+            if t >= ms(2_000) {
+                up.push(Cable);
+            }
+            up
+        });
+        assert_eq!(switches.last().unwrap().0, ms(7_000));
     }
 
     #[test]

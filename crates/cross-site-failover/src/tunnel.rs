@@ -130,6 +130,39 @@ pub async fn read_wireguard(interface: &str) -> anyhow::Result<Vec<WgPeer>> {
     parse_dump(&String::from_utf8_lossy(&output.stdout)).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// Sets every peer's endpoint on `interface` again, to the same address. WireGuard (the kernel
+/// module and wireguard-go alike) remembers the source address, and wireguard-go the interface,
+/// it last sent from; after the uplinks change, that is the dead uplink's, and the tunnel stays
+/// silent until something resets it. Setting the endpoint forgets the cached source, so the
+/// next packet takes the new default route. Returns how many peers were reset.
+pub async fn reset_endpoints(interface: &str) -> anyhow::Result<usize> {
+    let mut reset = 0;
+    for peer in read_wireguard(interface).await? {
+        let Some(endpoint) = &peer.endpoint else {
+            continue;
+        };
+        let output = tokio::process::Command::new("wg")
+            .args([
+                "set",
+                interface,
+                "peer",
+                &peer.public_key,
+                "endpoint",
+                endpoint,
+            ])
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            output.status.success(),
+            "`wg set {interface} peer … endpoint {endpoint}`: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        reset += 1;
+    }
+    Ok(reset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
