@@ -8,104 +8,81 @@ use anyhow::Context as _;
 use crate::util::{cmd, root, step};
 
 pub fn run_bench(name: &str) -> anyhow::Result<String> {
+    let release = root().join("target/release");
     match name {
         "bus" => {
-            step("building release broker and bench");
-            cmd(
-                "cargo",
-                &[
-                    "build",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "fieldnet-bus",
-                    "--bins",
-                    "--examples",
-                ],
-            )?;
-            step("bus bench");
-            let release = root().join("target/release");
-            let output = Command::new(release.join("examples/bus-bench"))
-                .arg(release.join("fieldnet-bus"))
-                .output()
-                .context("running bus-bench")?;
-            anyhow::ensure!(
-                output.status.success(),
-                "bus-bench failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            Ok(String::from_utf8(output.stdout)?)
+            let broker = release.join("fieldnet-bus");
+            release_example(&["fieldnet-bus"], "bus-bench", &[broker.as_os_str()], &[])
         }
         "failover" => {
-            anyhow::ensure!(
-                crate::util::is_root(),
-                "the failover bench builds lab sites: run it as root"
-            );
-            step("building release uplink-monitor and bench");
-            cmd(
-                "cargo",
-                &[
-                    "build",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "uplink-monitor",
-                    "--bins",
-                    "--examples",
-                ],
-            )?;
+            ensure_root("failover")?;
             step("failover bench (about 20 minutes with the 10-minute soak)");
-            let release = root().join("target/release");
-            let output = Command::new(release.join("examples/failover-bench"))
-                .arg("10")
-                .env("UPLINK_MONITOR_BIN", release.join("uplink-monitor"))
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .context("running failover-bench")?;
-            anyhow::ensure!(output.status.success(), "failover-bench failed");
+            let table = release_example(
+                &["uplink-monitor"],
+                "failover-bench",
+                &["10".as_ref()],
+                &[("UPLINK_MONITOR_BIN", release.join("uplink-monitor"))],
+            )?;
             let anchors = "\nAnchors (published figures, not measured here): the original field build switched in 4 s; \
                 OpenWrt mwan3 takes 60–146 s at its defaults, pfSense dpinger ~14 s, keepalived 3.6 s, BFD 0.9 s.\n";
-            Ok(String::from_utf8(output.stdout)? + anchors)
+            Ok(table + anchors)
         }
         "cross-site" => {
-            anyhow::ensure!(
-                crate::util::is_root(),
-                "the cross-site bench builds a lab site: run it as root"
-            );
-            step("building release cross-site-failover, broker and bench");
-            cmd(
-                "cargo",
+            ensure_root("cross-site")?;
+            step("cross-site bench (about 3 minutes)");
+            let table = release_example(
+                &["cross-site-failover", "fieldnet-bus"],
+                "cross-site-bench",
+                &["10".as_ref()],
                 &[
-                    "build",
-                    "--release",
-                    "--locked",
-                    "-p",
-                    "cross-site-failover",
-                    "-p",
-                    "fieldnet-bus",
-                    "--bins",
-                    "--examples",
+                    (
+                        "CROSS_SITE_FAILOVER_BIN",
+                        release.join("cross-site-failover"),
+                    ),
+                    ("FIELDNET_BUS_BIN", release.join("fieldnet-bus")),
                 ],
             )?;
-            step("cross-site bench (about 3 minutes)");
-            let release = root().join("target/release");
-            let output = Command::new(release.join("examples/cross-site-bench"))
-                .arg("10")
-                .env(
-                    "CROSS_SITE_FAILOVER_BIN",
-                    release.join("cross-site-failover"),
-                )
-                .env("FIELDNET_BUS_BIN", release.join("fieldnet-bus"))
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .context("running cross-site-bench")?;
-            anyhow::ensure!(output.status.success(), "cross-site-bench failed");
             let anchors = "\nAnchors (published figures, not measured here): the original field build switched cable → wifi in 2 s with a script \
                 and in 4–6 s when the VPN was involved; BFD at its defaults (300 ms × 3) detects in 0.9 s; Route53 health checks take 1.5–2.5 min.\n";
-            Ok(String::from_utf8(output.stdout)? + anchors)
+            Ok(table + anchors)
         }
         other => anyhow::bail!("unknown benchmark '{other}'; known: bus, failover, cross-site"),
     }
+}
+
+fn ensure_root(bench: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        crate::util::is_root(),
+        "the {bench} bench builds lab sites: run it as root"
+    );
+    Ok(())
+}
+
+/// Builds `packages` (binaries and examples) in release mode, runs `example` with `args` and
+/// `envs` (its progress on our stderr), and returns what it printed: the table.
+fn release_example(
+    packages: &[&str],
+    example: &str,
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, std::path::PathBuf)],
+) -> anyhow::Result<String> {
+    step(&format!(
+        "building release {} and {example}",
+        packages.join(", ")
+    ));
+    let mut build = vec!["build", "--release", "--locked", "--bins", "--examples"];
+    for package in packages {
+        build.extend(["-p", package]);
+    }
+    cmd("cargo", &build)?;
+    let output = Command::new(root().join("target/release/examples").join(example))
+        .args(args)
+        .envs(envs.iter().map(|(key, value)| (*key, value)))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {example}"))?;
+    anyhow::ensure!(output.status.success(), "{example} failed");
+    Ok(String::from_utf8(output.stdout)?)
 }
 
 pub fn run(name: &str) -> anyhow::Result<()> {
