@@ -27,7 +27,7 @@ fn expected_agents(config: &Config) -> Vec<&'static str> {
             "cross-site-failover",
             agents.cross_site_failover.common.enabled,
         ),
-        ("whereami", agents.whereami.enabled),
+        ("whereami", agents.whereami.common.enabled),
         ("dhcp-takeover", agents.dhcp_takeover.enabled),
         ("imds-endpoint", agents.imds_endpoint.enabled),
         ("inventory", agents.inventory.enabled),

@@ -47,6 +47,12 @@ pub const DEFAULT_HEARTBEAT_PORT: u16 = 47840;
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 pub const DEFAULT_DETECT_MULTIPLIER: u8 = 3;
 pub const DEFAULT_FAILBACK_HOLD: Duration = Duration::from_secs(10);
+/// `[whereami]` defaults.
+pub const DEFAULT_DNS_PORT: u16 = 53;
+pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_DNS_CACHE_SIZE: u64 = 10_000;
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
+pub const DEFAULT_SERVE_STALE: Duration = Duration::from_secs(86_400);
 /// `[cross_site_failover.hub]` defaults.
 pub const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_millis(1000);
 pub const DEFAULT_GIVEBACK_HOLD: Duration = Duration::from_secs(30);
@@ -218,7 +224,7 @@ pub struct Bus {
 pub struct Agents {
     pub uplink_monitor: UplinkMonitorConfig,
     pub cross_site_failover: CrossSiteFailoverConfig,
-    pub whereami: AgentCommon,
+    pub whereami: WhereamiConfig,
     pub dhcp_takeover: AgentCommon,
     pub imds_endpoint: AgentCommon,
     pub inventory: AgentCommon,
@@ -281,6 +287,33 @@ pub struct HttpCheck {
     pub interval: Duration,
     /// The status that means "the internet is really there", e.g. 204.
     pub expect: u16,
+}
+
+/// `[whereami]`: the area's DNS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhereamiConfig {
+    pub common: AgentCommon,
+    /// UDP and TCP port on every LAN gateway address.
+    pub port: u16,
+    /// Resolvers everything outside the site zone is forwarded to, tried in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// TTL of the answers whereami makes itself (whereami, local names).
+    pub local_ttl: Duration,
+    /// Forwarded answers kept.
+    pub cache_size: u64,
+    /// How long to wait for the upstreams before answering from a stale cache entry.
+    pub upstream_timeout: Duration,
+    /// How long after expiry a cached answer may still be served while no upstream answers.
+    pub serve_stale: Duration,
+    /// Local names under the site zone, besides the appliances.
+    pub hosts: Vec<Host>,
+}
+
+/// A local name: `<name>.<site domain>` → address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub address: std::net::IpAddr,
 }
 
 /// `[cross_site_failover]`.

@@ -34,8 +34,8 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.appliance.id, 1);
     assert_eq!(config.bus.socket, Path::new(DEFAULT_BUS_SOCKET));
     assert_eq!(config.bus.max_line_bytes, DEFAULT_BUS_MAX_LINE_BYTES);
-    assert_eq!(config.agents.whereami.metrics_listen.port(), 9703);
-    assert!(config.agents.whereami.enabled);
+    assert_eq!(config.agents.whereami.common.metrics_listen.port(), 9703);
+    assert!(config.agents.whereami.common.enabled);
     assert_eq!(config.own_networks().count(), 1);
     assert_eq!(
         config.site.key,

@@ -596,13 +596,14 @@ impl Checker {
         );
         let uplink_monitor = self.uplink_monitor(&wire.uplink_monitor, uplink_common, uplink_count);
         let cross_site = self.cross_site_failover(&wire.cross_site_failover);
+        let whereami = self.whereami(&wire.whereami);
         let mut agent = |section: &str, wire: &WireAgent, port: u16| {
             self.common(section, wire.enabled, wire.metrics_listen.as_deref(), port)
         };
         let agents = Agents {
             uplink_monitor: uplink_monitor?,
             cross_site_failover: cross_site?,
-            whereami: agent("whereami", &wire.whereami, METRICS_PORT_WHEREAMI)?,
+            whereami: whereami?,
             dhcp_takeover: agent(
                 "dhcp_takeover",
                 &wire.dhcp_takeover,
@@ -623,7 +624,7 @@ impl Checker {
         for (section, common) in [
             ("uplink_monitor", &agents.uplink_monitor.common),
             ("cross_site_failover", &agents.cross_site_failover.common),
-            ("whereami", &agents.whereami),
+            ("whereami", &agents.whereami.common),
             ("dhcp_takeover", &agents.dhcp_takeover),
             ("imds_endpoint", &agents.imds_endpoint),
             ("inventory", &agents.inventory),
@@ -720,6 +721,96 @@ impl Checker {
             detect_multiplier: multiplier? as u8,
             failback_hold: Duration::from_millis(hold? as u64),
             hub: hub?,
+        })
+    }
+
+    fn whereami(&mut self, wire: &WireWhereami) -> Option<WhereamiConfig> {
+        let path = KeyPath::root().key("whereami");
+        let common = self.common(
+            "whereami",
+            wire.enabled,
+            wire.metrics_listen.as_deref(),
+            METRICS_PORT_WHEREAMI,
+        );
+        let port = self.bounded(
+            wire.port,
+            usize::from(DEFAULT_DNS_PORT),
+            1..=65535,
+            &path.key("port"),
+        );
+        let mut upstreams = Vec::new();
+        for (index, upstream) in wire.upstreams.iter().flatten().enumerate() {
+            let parsed = upstream.parse::<SocketAddr>().ok().or_else(|| {
+                upstream
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(address) => upstreams.push(address),
+                None => self.problem(
+                    path.key("upstreams").index(index),
+                    format!("'{upstream}' is not an address or address:port such as 192.0.2.53 or 192.0.2.53:5353"),
+                ),
+            }
+        }
+        let seconds = |this: &mut Self, value, default: Duration, range, key: &str| {
+            this.bounded(value, default.as_secs() as usize, range, &path.key(key))
+                .map(|s| Duration::from_secs(s as u64))
+        };
+        let local_ttl = seconds(
+            self,
+            wire.local_ttl_s,
+            DEFAULT_LOCAL_TTL,
+            0..=86_400,
+            "local_ttl_s",
+        );
+        let serve_stale = seconds(
+            self,
+            wire.serve_stale_s,
+            DEFAULT_SERVE_STALE,
+            0..=604_800,
+            "serve_stale_s",
+        );
+        let cache_size = self.bounded(
+            wire.cache_size,
+            DEFAULT_DNS_CACHE_SIZE as usize,
+            0..=10_000_000,
+            &path.key("cache_size"),
+        );
+        let timeout = self.bounded(
+            wire.upstream_timeout_ms,
+            DEFAULT_UPSTREAM_TIMEOUT.as_millis() as usize,
+            50..=30_000,
+            &path.key("upstream_timeout_ms"),
+        );
+        let mut hosts = Vec::new();
+        for (index, host) in wire.hosts.iter().enumerate() {
+            let key = path.key("hosts").index(index);
+            let name = self.name(&host.name, &key.key("name"));
+            let address = match host.address.parse::<IpAddr>() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    self.problem(
+                        key.key("address"),
+                        format!("'{}' is not an IPv4 or IPv6 address", host.address),
+                    );
+                    None
+                }
+            };
+            if let (Some(name), Some(address)) = (name, address) {
+                hosts.push(Host { name, address });
+            }
+        }
+        Some(WhereamiConfig {
+            common: common?,
+            port: port? as u16,
+            upstreams,
+            local_ttl: local_ttl?,
+            cache_size: cache_size? as u64,
+            upstream_timeout: Duration::from_millis(timeout? as u64),
+            serve_stale: serve_stale?,
+            hosts,
         })
     }
 

@@ -27,7 +27,7 @@ pub struct WireConfig {
     #[serde(default)]
     pub cross_site_failover: WireCrossSiteFailover,
     #[serde(default)]
-    pub whereami: WireAgent,
+    pub whereami: WireWhereami,
     #[serde(default)]
     pub dhcp_takeover: WireAgent,
     #[serde(default)]
@@ -152,6 +152,30 @@ pub struct WireUplinkMonitor {
     pub throughput_test_url: Option<String>,
     pub throughput_test_interval_ms: Option<i64>,
     pub min_throughput_kbps: Option<i64>,
+}
+
+/// `[whereami]`: the common agent keys plus DNS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireWhereami {
+    pub enabled: Option<bool>,
+    pub metrics_listen: Option<String>,
+    pub port: Option<i64>,
+    pub upstreams: Option<Vec<String>>,
+    pub local_ttl_s: Option<i64>,
+    pub cache_size: Option<i64>,
+    pub upstream_timeout_ms: Option<i64>,
+    pub serve_stale_s: Option<i64>,
+    #[serde(default)]
+    pub hosts: Vec<WireHost>,
+}
+
+/// `[[whereami.hosts]]`: a local name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireHost {
+    pub name: String,
+    pub address: String,
 }
 
 /// `[cross_site_failover]`: the common agent keys plus heartbeats and path failback.

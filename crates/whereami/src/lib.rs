@@ -1,0 +1,14 @@
+//! whereami: the area's DNS server. Devices look up TXT `whereami.<zone>` and learn the name of
+//! the network they are on (on the internet, the public zone answers `INTERNET`); names under
+//! the site zone are answered locally; everything else is forwarded through a cache that serves
+//! stale answers while the uplinks are down.
+//!
+//! `answer` (who is asking what → the answer) and `cache` are pure; `forward` asks the
+//! upstreams; `server` is the hickory request handler; `agent` binds the LAN addresses and runs
+//! it all.
+
+pub mod agent;
+pub mod answer;
+pub mod cache;
+pub mod forward;
+pub mod server;

@@ -1,0 +1,189 @@
+//! The hickory request handler: decode, decide (`answer`), forward when told to, answer.
+//! Responses carry EDNS when the request did (payload capped at 1232 bytes, the DNS flag day
+//! size); hickory truncates UDP answers that do not fit and sets TC, so clients retry over TCP.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_proto::rr::Record;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+
+use crate::answer::{Decision, Views};
+use crate::forward::{Forwarder, Source};
+
+/// Largest UDP answer offered to EDNS clients.
+const MAX_UDP_PAYLOAD: u16 = 1232;
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub queries: IntCounterVec,
+    pub upstream_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> anyhow::Result<Metrics> {
+        let queries = IntCounterVec::new(
+            Opts::new(
+                "fieldnet_whereami_queries_total",
+                "Queries by the asker's network (view), type and result (rcode, or where a forwarded answer came from)",
+            ),
+            &["view", "type", "result"],
+        )?;
+        let upstream_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "fieldnet_whereami_upstream_seconds",
+                "Time the upstream resolvers took (misses of the cache)",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
+            ]),
+        )?;
+        registry.register(Box::new(queries.clone()))?;
+        registry.register(Box::new(upstream_seconds.clone()))?;
+        Ok(Metrics {
+            queries,
+            upstream_seconds,
+        })
+    }
+}
+
+/// Shared by every listener.
+#[derive(Debug)]
+pub struct State {
+    pub views: RwLock<Views>,
+    pub forwarder: Forwarder,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone)]
+pub struct Handler {
+    pub state: Arc<State>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let edns = request.edns.as_ref().map(|requested| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(requested.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            edns.set_version(0);
+            edns
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+
+        let Ok(info) = request.request_info() else {
+            // Not exactly one question.
+            metadata.response_code = ResponseCode::FormErr;
+            return send(
+                response
+                    .send_response(builder.build_no_records(metadata))
+                    .await,
+                request,
+            );
+        };
+        let source = request.src().ip();
+        let (name, original) = (info.query.name(), info.query.original().name());
+        let (qtype, qclass) = (info.query.query_type(), info.query.query_class());
+        let (decision, view) = {
+            let views = self.state.views.read().unwrap_or_else(|p| p.into_inner());
+            let view = views.view_of(source).map_or_else(
+                || {
+                    if source.is_loopback() {
+                        "local"
+                    } else {
+                        "outside"
+                    }
+                    .to_owned()
+                },
+                |v| v.name.clone(),
+            );
+            (views.decide(source, name, original, qtype, qclass), view)
+        };
+        let count = |result: &str| {
+            self.state
+                .metrics
+                .queries
+                .with_label_values(&[view.as_str(), qtype.to_string().as_str(), result])
+                .inc();
+        };
+        let (answers, authorities): (Vec<Record>, Vec<Record>) = match decision {
+            Decision::Refused => {
+                count("refused");
+                metadata.response_code = ResponseCode::Refused;
+                return send(
+                    response
+                        .send_response(builder.build_no_records(metadata))
+                        .await,
+                    request,
+                );
+            }
+            Decision::Local { code, answers, soa } => {
+                count(code.to_str());
+                metadata.authoritative = true;
+                metadata.response_code = code;
+                (answers, soa.into_iter().map(|soa| *soa).collect())
+            }
+            Decision::Forward => {
+                let started = Instant::now();
+                let forwarded = self.state.forwarder.resolve(name, qtype).await;
+                if let Some(took) = forwarded.upstream_time {
+                    self.state
+                        .metrics
+                        .upstream_seconds
+                        .observe(took.as_secs_f64());
+                }
+                count(match forwarded.source {
+                    Source::Upstream => forwarded.code.to_str(),
+                    other => other.as_str(),
+                });
+                if forwarded.source == Source::Stale {
+                    tracing::debug!(%name, %qtype, waited_ms = started.elapsed().as_millis() as u64, "served stale");
+                }
+                metadata.response_code = forwarded.code;
+                // The question is answered under the asker's spelling of the name.
+                let rename = |records: Vec<Record>| -> Vec<Record> {
+                    records
+                        .into_iter()
+                        .map(|mut record| {
+                            if record.name == *original {
+                                record.name = original.clone();
+                            }
+                            record
+                        })
+                        .collect()
+                };
+                (rename(forwarded.answers), forwarded.authorities)
+            }
+        };
+        let message = builder.build(metadata, answers.iter(), authorities.iter(), [], []);
+        send(response.send_response(message).await, request)
+    }
+}
+
+fn send(
+    result: Result<ResponseInfo, hickory_server::net::NetError>,
+    request: &Request,
+) -> ResponseInfo {
+    result.unwrap_or_else(|error| {
+        tracing::debug!(%error, "sending a DNS response");
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = ResponseCode::ServFail;
+        ResponseInfo::from(Header {
+            metadata,
+            counts: HeaderCounts::default(),
+        })
+    })
+}
