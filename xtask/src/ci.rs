@@ -8,6 +8,11 @@ use crate::util::{cmd, cmd_with, have, is_root, root, step};
 
 /// Debian packages the tests drive, by the program that shows each is installed.
 const DEBIAN_PEERS: &[(&str, &str)] = &[
+    // DNS: the client, the resolvers whereami is compared with and forwards to, the load tool.
+    ("dig", "bind9-dnsutils"),
+    ("dnsmasq", "dnsmasq-base"),
+    ("unbound", "unbound"),
+    ("dnsperf", "dnsperf"),
     ("ip", "iproute2"),
     ("nft", "nftables"),
     ("tc", "iproute2"),
@@ -59,7 +64,7 @@ pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
         )?;
     }
 
-    step("fuzz: bus frame decoder");
+    step("fuzz: bus frame decoder, DNS request path");
     fuzz(fuzz_seconds)?;
 
     step("lab leftovers");
@@ -97,9 +102,26 @@ pub fn install_missing_peers() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("installing {}", missing.join(" "));
+    // Packages with services (unbound) must not start them: the tests run their own, in lab
+    // namespaces. A policy-rc.d that says "no" is the Debian way; ours is removed afterwards.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = install_debian(&missing);
+    if own_policy {
+        std::fs::remove_file(policy)?;
+    }
+    installed
+}
+
+fn install_debian(missing: &[&str]) -> anyhow::Result<()> {
     cmd("apt-get", &["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
+    args.extend(missing);
     cmd_with(
         Command::new("apt-get")
             .args(&args)
@@ -136,17 +158,21 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
     if !have("cargo-fuzz") {
         cmd("cargo", &["install", "--locked", "cargo-fuzz"])?;
     }
-    let corpus = root().join("fuzz/corpus/bus_frame");
-    std::fs::create_dir_all(&corpus)?;
-    let max_time = format!("-max_total_time={seconds}");
-    cmd_with(
-        Command::new("cargo")
-            .args(["fuzz", "run", "--fuzz-dir", "fuzz", "bus_frame"])
-            .arg(&corpus)
-            .arg(root().join("fuzz/seeds/bus_frame"))
-            .args(["--", &max_time, "-max_len=4096"])
-            .env("RUSTC_BOOTSTRAP", "1"),
-    )
+    // The bus frame decoder, and whereami's request path (parse, decide).
+    for target in ["bus_frame", "dns_request"] {
+        let corpus = root().join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let max_time = format!("-max_total_time={seconds}");
+        cmd_with(
+            Command::new("cargo")
+                .args(["fuzz", "run", "--fuzz-dir", "fuzz", target])
+                .arg(&corpus)
+                .arg(root().join("fuzz/seeds").join(target))
+                .args(["--", &max_time, "-max_len=4096"])
+                .env("RUSTC_BOOTSTRAP", "1"),
+        )?;
+    }
+    Ok(())
 }
 
 /// Runs every test with the lab required, echoing the output and summing the result lines.
