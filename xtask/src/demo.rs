@@ -66,6 +66,8 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
             "uplink-monitor",
             "-p",
             "cross-site-failover",
+            "-p",
+            "whereami",
         ],
     )?;
     let bin = root().join("target/debug");
@@ -153,6 +155,59 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
             site.areas.len() - 1
         );
     }
+    step("starting whereami (the area's DNS) on every appliance");
+    let resolvers = spawn_everywhere(lab, &site, &configs, &bin.join("whereami"))?;
+    for (area, resolver) in site.areas.iter().zip(&resolvers) {
+        resolver.wait_for_log("answering DNS", Duration::from_secs(20))?;
+        println!(
+            "appliance {}: whereami answers DNS on {}",
+            area.id, area.gateway
+        );
+    }
+    demo.pause(1)?;
+
+    step("whereami: every device learns which network it is on");
+    println!("A device in each area asks its DNS server for TXT whereami.lab.fieldnet.example:");
+    for area in &site.areas {
+        let client = &area.clients[0];
+        let answer = client.ns.exec(
+            "dig",
+            &[
+                "+short",
+                "+tries=1",
+                "+time=2",
+                &format!("@{}", area.gateway),
+                "TXT",
+                "whereami.lab.fieldnet.example",
+            ],
+        )?;
+        println!(
+            "  {} in area {}: {}",
+            client.addr,
+            area.id,
+            String::from_utf8_lossy(&answer.stdout).trim()
+        );
+    }
+    let outsider = &site.areas[0].uplinks[0].router;
+    let refused = outsider.exec(
+        "dig",
+        &[
+            "+tries=1",
+            "+time=2",
+            &format!("@{}", site.areas[0].gateway),
+            "TXT",
+            "whereami.lab.fieldnet.example",
+        ],
+    )?;
+    let status = String::from_utf8_lossy(&refused.stdout)
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or("no answer")
+        .to_owned();
+    println!(
+        "The 4G router on the uplink side asks the same and gets {status}: not an open resolver."
+    );
     demo.pause(1)?;
 
     step("scene 1: the site is connected");
@@ -328,6 +383,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     drop(cable);
     demo.pause(1)?;
 
+    drop(resolvers);
     drop(crossers);
     drop(monitors);
     drop(brokers);
