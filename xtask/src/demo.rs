@@ -170,41 +170,11 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     println!("A device in each area asks its DNS server for TXT whereami.lab.fieldnet.example:");
     for area in &site.areas {
         let client = &area.clients[0];
-        let answer = client.ns.exec(
-            "dig",
-            &[
-                "+short",
-                "+tries=1",
-                "+time=2",
-                &format!("@{}", area.gateway),
-                "TXT",
-                "whereami.lab.fieldnet.example",
-            ],
-        )?;
-        println!(
-            "  {} in area {}: {}",
-            client.addr,
-            area.id,
-            String::from_utf8_lossy(&answer.stdout).trim()
-        );
+        let (_, answer) = ask_whereami(&client.ns, &area.gateway)?;
+        println!("  {} in area {}: {answer}", client.addr, area.id);
     }
     let outsider = &site.areas[0].uplinks[0].router;
-    let refused = outsider.exec(
-        "dig",
-        &[
-            "+tries=1",
-            "+time=2",
-            &format!("@{}", site.areas[0].gateway),
-            "TXT",
-            "whereami.lab.fieldnet.example",
-        ],
-    )?;
-    let status = String::from_utf8_lossy(&refused.stdout)
-        .split("status: ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or("no answer")
-        .to_owned();
+    let (status, _) = ask_whereami(outsider, &site.areas[0].gateway)?;
     println!(
         "The 4G router on the uplink side asks the same and gets {status}: not an open resolver."
     );
@@ -388,6 +358,35 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     drop(monitors);
     drop(brokers);
     Ok(())
+}
+
+/// `dig TXT whereami.<lab zone>` from `ns` to `server`: (status, the answer's text).
+fn ask_whereami(ns: &Netns, server: &str) -> anyhow::Result<(String, String)> {
+    let output = ns.exec(
+        "dig",
+        &[
+            "+tries=1",
+            "+time=2",
+            &format!("@{server}"),
+            "TXT",
+            "whereami.lab.fieldnet.example",
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or("no answer")
+        .to_owned();
+    let answer = text
+        .lines()
+        .skip_while(|l| !l.starts_with(";; ANSWER SECTION:"))
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap_or("")
+        .to_owned();
+    Ok((status, answer))
 }
 
 /// Starts `program --config <its appliance file>` on every appliance of the site.

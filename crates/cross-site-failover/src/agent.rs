@@ -424,8 +424,16 @@ pub async fn run_with(
     let mut rebind = tokio::time::interval(Duration::from_secs(2));
     // Path states and round trips go to the bus at least this often (changes go at once).
     let mut report = tokio::time::interval(Duration::from_secs(1));
-    let mut tunnel_check = tokio::time::interval(TUNNEL_CHECK);
-    tunnel_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // WireGuard is read by a task of its own (`wg` runs as a process): the heartbeat loop never
+    // waits for it.
+    let mut tunnel_readings = spawn_tunnel_reader(
+        handle.clone(),
+        watched_tunnels
+            .iter()
+            .map(|(interface, _)| interface.clone())
+            .collect(),
+        shutdown.clone(),
+    );
     fieldnet::rt::ready(&health, &shutdown);
     loop {
         tokio::select! {
@@ -465,12 +473,15 @@ pub async fn run_with(
                 }
             }
             _ = report.tick() => {
+                for peer in &peers {
+                    path_metrics(&metrics, peer);
+                }
                 for peer in peers.iter().filter(|p| p.plan.role == PeerRole::Appliance) {
                     publish_peer(&bus, peer);
                 }
             }
-            _ = tunnel_check.tick() => {
-                tunnel_reports = check_tunnels(&handle, &metrics, &watched_tunnels, &peers, &tunnel_reports).await;
+            Some(readings) = tunnel_readings.recv() => {
+                tunnel_reports = judge_tunnels(&metrics, &watched_tunnels, &peers, &readings, &tunnel_reports);
             }
             _ = send.tick() => {
                 let now = Instant::now();
@@ -496,6 +507,7 @@ pub async fn run_with(
                     for index in 0..peer.sessions.len() {
                         if let Some(transition) = peer.sessions[index].tick(now) {
                             log_transition(&peer.plan, index, transition.from, transition.to, "timeout");
+                            path_metrics(&metrics, peer);
                             changed = true;
                         }
                     }
@@ -537,6 +549,7 @@ pub async fn run_with(
                 let mut changed = false;
                 if let Some(transition) = peer.sessions[path_index].receive(now, now_us, &heartbeat) {
                     log_transition(&peer.plan, path_index, transition.from, transition.to, "heartbeat");
+                    path_metrics(&metrics, peer);
                     changed = true;
                 }
                 changed |= settle(&handle, &bus, &metrics, peer, now, pair.is_none()).await;
@@ -586,21 +599,6 @@ async fn settle(
     now: Instant,
     route_by_choice: bool,
 ) -> bool {
-    let peer_label = peer_label(&peer.plan);
-    for (index, path) in peer.plan.paths.iter().enumerate() {
-        let session = &peer.sessions[index];
-        let labels = [peer_label.as_str(), path.label()];
-        metrics
-            .path_up
-            .with_label_values(&labels)
-            .set(i64::from(session.state() == SessionState::Up));
-        if let Some(rtt) = session.rtt() {
-            metrics
-                .rtt_us
-                .with_label_values(&labels)
-                .set(rtt.as_micros() as i64);
-        }
-    }
     let liveness_changed = peer.liveness.update(now, &peer.sessions);
     let mut switch = None;
     if route_by_choice && peer.plan.role == PeerRole::Appliance {
@@ -626,14 +624,36 @@ async fn settle(
         );
         metrics
             .peer_alive
-            .with_label_values(&[peer_label.as_str()])
+            .with_label_values(&[peer_label(&peer.plan).as_str()])
             .set(i64::from(verdict == Liveness::Alive));
     }
     let changed = switch.is_some() || liveness_changed.is_some();
+    if changed {
+        path_metrics(metrics, peer);
+    }
     if changed && peer.plan.role == PeerRole::Appliance {
         publish_peer(bus, peer);
     }
     changed
+}
+
+/// Path state and round trip of every path of `peer` (on changes and once a second; the
+/// heartbeat loop does not pay for them on every tick).
+fn path_metrics(metrics: &Metrics, peer: &PeerState) {
+    let peer_label = peer_label(&peer.plan);
+    for (path, session) in peer.plan.paths.iter().zip(&peer.sessions) {
+        let labels = [peer_label.as_str(), path.label()];
+        metrics
+            .path_up
+            .with_label_values(&labels)
+            .set(i64::from(session.state() == SessionState::Up));
+        if let Some(rtt) = session.rtt() {
+            metrics
+                .rtt_us
+                .with_label_values(&labels)
+                .set(rtt.as_micros() as i64);
+        }
+    }
 }
 
 fn peer_label(plan: &PeerPlan) -> String {
@@ -786,35 +806,87 @@ fn publish_view(view: &watch::Sender<HubView>, pair: &HubPair, tunnels: &[Tunnel
     });
 }
 
-/// Reads every watched tunnel's three layers, updates the metrics, logs verdict changes.
-async fn check_tunnels(
-    handle: &rtnetlink::Handle,
+/// What was read of one tunnel's interface and WireGuard state.
+#[derive(Debug, Clone)]
+struct TunnelReading {
+    interface: String,
+    interface_up: bool,
+    handshake_age: Option<Duration>,
+    /// The WireGuard state could be read.
+    collected: bool,
+}
+
+/// Reads every tunnel's interface and WireGuard state every [`TUNNEL_CHECK`], in a task of its
+/// own, and sends the readings.
+fn spawn_tunnel_reader(
+    handle: rtnetlink::Handle,
+    interfaces: Vec<String>,
+    shutdown: CancellationToken,
+) -> mpsc::Receiver<Vec<TunnelReading>> {
+    let (sender, receiver) = mpsc::channel(1);
+    if interfaces.is_empty() {
+        return receiver;
+    }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(TUNNEL_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let mut readings = Vec::new();
+            for interface in &interfaces {
+                readings.push(read_tunnel(&handle, interface).await);
+            }
+            if sender.send(readings).await.is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+async fn read_tunnel(handle: &rtnetlink::Handle, interface: &str) -> TunnelReading {
+    let interface_up = match fieldnet::net::find_link(handle, interface).await {
+        Ok(Some(link)) => link
+            .header
+            .flags
+            .contains(rtnetlink::packet_route::link::LinkFlags::Up),
+        _ => false,
+    };
+    let wireguard = if interface_up {
+        tunnel::read_wireguard(interface).await
+    } else {
+        Err(anyhow::anyhow!("interface {interface} is down or missing"))
+    };
+    if let Err(error) = &wireguard {
+        tracing::debug!(tunnel = %interface, error = format!("{error:#}"), "reading WireGuard state");
+    }
+    TunnelReading {
+        interface: interface.to_owned(),
+        interface_up,
+        collected: wireguard.is_ok(),
+        handshake_age: wireguard
+            .ok()
+            .and_then(|peers| tunnel::newest_handshake_age(&peers, SystemTime::now())),
+    }
+}
+
+/// Judges every watched tunnel from its reading and the heartbeat sessions through it, updates
+/// the metrics, logs verdict changes.
+fn judge_tunnels(
     metrics: &Metrics,
     watched: &[(String, String)],
     peers: &[PeerState],
+    readings: &[TunnelReading],
     previous: &[TunnelReport],
 ) -> Vec<TunnelReport> {
     let mut reports = Vec::new();
     for (interface, peer_name) in watched {
-        let interface_up = match fieldnet::net::find_link(handle, interface).await {
-            Ok(Some(link)) => link
-                .header
-                .flags
-                .contains(rtnetlink::packet_route::link::LinkFlags::Up),
-            _ => false,
+        let Some(reading) = readings.iter().find(|r| &r.interface == interface) else {
+            continue;
         };
-        let wireguard = if interface_up {
-            tunnel::read_wireguard(interface).await
-        } else {
-            Err(anyhow::anyhow!("interface {interface} is down or missing"))
-        };
-        let collected = wireguard.is_ok();
-        if let Err(error) = &wireguard {
-            tracing::debug!(tunnel = %interface, error = format!("{error:#}"), "reading WireGuard state");
-        }
-        let handshake_age = wireguard
-            .ok()
-            .and_then(|peers| tunnel::newest_handshake_age(&peers, SystemTime::now()));
         let through: Vec<&PathSession> = peers
             .iter()
             .flat_map(|peer| peer.plan.paths.iter().zip(&peer.sessions))
@@ -828,8 +900,8 @@ async fn check_tunnels(
             .filter_map(|s| s.rtt())
             .min();
         let observation = TunnelObservation {
-            interface_up,
-            handshake_age,
+            interface_up: reading.interface_up,
+            handshake_age: reading.handshake_age,
             data_plane_up,
         };
         let verdict = tunnel::verdict(&observation);
@@ -837,11 +909,11 @@ async fn check_tunnels(
         metrics
             .tunnel_interface_up
             .with_label_values(&labels)
-            .set(i64::from(interface_up));
+            .set(i64::from(reading.interface_up));
         metrics
             .tunnel_handshake_age
             .with_label_values(&labels)
-            .set(handshake_age.map_or(-1.0, |age| age.as_secs_f64()));
+            .set(reading.handshake_age.map_or(-1.0, |age| age.as_secs_f64()));
         metrics
             .tunnel_data_plane_up
             .with_label_values(&labels)
@@ -856,7 +928,7 @@ async fn check_tunnels(
                 tunnel = %interface,
                 peer = %peer_name,
                 verdict = %verdict.as_str(),
-                handshake_age_s = handshake_age.map(|a| a.as_secs()),
+                handshake_age_s = reading.handshake_age.map(|a| a.as_secs()),
                 "tunnel health changed"
             );
         }
@@ -865,7 +937,7 @@ async fn check_tunnels(
             peer: peer_name.clone(),
             verdict,
             rtt,
-            collected,
+            collected: reading.collected,
         });
     }
     reports

@@ -78,48 +78,6 @@ fn aws_state(ns: &Netns, table: &str, checks: [&str; 2]) -> (Vec<String>, [Strin
     })
 }
 
-/// A fault proxy on a namespace's loopback; stopped from inside that namespace (its stop wakes
-/// its listener with a connection to the listener's own loopback address).
-struct ProxyIn {
-    ns: Netns,
-    proxy: Option<FaultProxy>,
-}
-
-impl ProxyIn {
-    fn start(ns: &Netns) -> ProxyIn {
-        let proxy = ns
-            .run(|| {
-                FaultProxy::start(
-                    &format!("http://{MOTO}"),
-                    Faults {
-                        throttle_every: Some(2),
-                        ..Faults::default()
-                    },
-                )
-            })
-            .unwrap()
-            .unwrap();
-        ProxyIn {
-            ns: ns.clone(),
-            proxy: Some(proxy),
-        }
-    }
-}
-
-impl std::ops::Deref for ProxyIn {
-    type Target = FaultProxy;
-    fn deref(&self) -> &FaultProxy {
-        self.proxy.as_ref().expect("running")
-    }
-}
-
-impl Drop for ProxyIn {
-    fn drop(&mut self) {
-        let proxy = self.proxy.take();
-        let _ = self.ns.run(move || drop(proxy));
-    }
-}
-
 /// A hub's agent, with moto's test credentials in its environment.
 fn start_hub(lab: &mut Lab, ns: &Netns, config: &str) -> LabProcess {
     let binary = env!("CARGO_BIN_EXE_cross-site-failover");
@@ -280,7 +238,19 @@ fn the_standby_hub_takes_the_vpc_routes_and_switches_when_the_primary_dies_and_g
     );
 
     // The standby's AWS calls pass a proxy that throttles every other request.
-    let proxy = ProxyIn::start(&hub_b);
+    // It listens on the standby's loopback: started from inside that namespace.
+    let proxy = hub_b
+        .run(|| {
+            FaultProxy::start(
+                &format!("http://{MOTO}"),
+                Faults {
+                    throttle_every: Some(2),
+                    ..Faults::default()
+                },
+            )
+        })
+        .unwrap()
+        .unwrap();
 
     let binary = env!("CARGO_BIN_EXE_cross-site-failover");
     let dir = lab.dir().to_path_buf();

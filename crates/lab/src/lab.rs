@@ -185,6 +185,34 @@ impl Lab {
         program: &str,
         args: &[&str],
     ) -> anyhow::Result<LabProcess> {
+        let (slot, log_path) = self.start(ns, program, args)?;
+        Ok(LabProcess::new(
+            slot,
+            ns.name().to_owned(),
+            program.to_owned(),
+            log_path,
+        ))
+    }
+
+    /// Starts a daemon that lives as long as the lab (a VPN endpoint, say): like
+    /// [`spawn`](Self::spawn), but only the lab holds it, and stops it at teardown. Returns the
+    /// path of its log.
+    pub fn spawn_daemon(
+        &mut self,
+        ns: &Netns,
+        program: &str,
+        args: &[&str],
+    ) -> anyhow::Result<std::path::PathBuf> {
+        Ok(self.start(ns, program, args)?.1)
+    }
+
+    /// Starts `program` in `ns` and keeps its slot for teardown; returns the slot and log path.
+    fn start(
+        &mut self,
+        ns: &Netns,
+        program: &str,
+        args: &[&str],
+    ) -> anyhow::Result<(Arc<ProcessSlot>, std::path::PathBuf)> {
         use std::os::unix::process::CommandExt;
 
         self.spawned += 1;
@@ -217,28 +245,7 @@ impl Lab {
         })?;
         let slot = ProcessSlot::new(child);
         self.processes.push(Arc::clone(&slot));
-        Ok(LabProcess::new(
-            slot,
-            ns.name().to_owned(),
-            program.to_owned(),
-            log_path,
-        ))
-    }
-
-    /// Starts a daemon that lives as long as the lab (a VPN endpoint, say): like
-    /// [`spawn`](Self::spawn), but the lab keeps the only handle and stops it at teardown.
-    /// Returns the path of its log.
-    pub fn spawn_daemon(
-        &mut self,
-        ns: &Netns,
-        program: &str,
-        args: &[&str],
-    ) -> anyhow::Result<std::path::PathBuf> {
-        let process = self.spawn(ns, program, args)?;
-        let log = process.log_path().to_path_buf();
-        // The lab's own list holds the process too; teardown terminates it from there.
-        std::mem::forget(process);
-        Ok(log)
+        Ok((slot, log_path))
     }
 
     /// A short tag unique to this lab (8 hex digits of its prefix), for names that live outside

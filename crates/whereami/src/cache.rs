@@ -108,15 +108,6 @@ impl Cache {
     pub fn put(&self, key: Key, entry: Entry) {
         self.entries.insert(key, Arc::new(entry));
     }
-
-    pub fn len(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn with_ttl(entry: &Entry, ttl: impl Fn(u32) -> u32) -> Entry {

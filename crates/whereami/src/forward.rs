@@ -100,10 +100,6 @@ impl Forwarder {
         })
     }
 
-    pub fn cached(&self) -> u64 {
-        self.cache.len()
-    }
-
     /// The answer to `name`/`qtype`.
     pub async fn resolve(&self, name: &LowerName, qtype: RecordType) -> Forwarded {
         let key = (name.clone(), qtype);

@@ -15,34 +15,16 @@ fn wait(process: &LabProcess, needle: &str) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-/// `dig` from `ns`: (status, answer lines).
+/// `dig` from `ns`: (status, answer lines), read from one run's full output.
 fn dig(ns: &Netns, server: &str, name: &str, qtype: &str) -> (String, Vec<String>) {
     let output = ns
         .exec(
             "dig",
-            &[
-                "+tries=1",
-                "+time=3",
-                "+nocomments",
-                "+nostats",
-                "+noquestion",
-                "+cmd",
-                &format!("@{server}"),
-                name,
-                qtype,
-            ],
+            &["+tries=1", "+time=3", &format!("@{server}"), name, qtype],
         )
         .unwrap_or_else(|e| panic!("dig {name} {qtype} @{server}: {e:#}"));
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    // `+nocomments` hides the header; ask for the status on its own.
-    let header = ns
-        .exec(
-            "dig",
-            &["+tries=1", "+time=3", &format!("@{server}"), name, qtype],
-        )
-        .unwrap();
-    let header = String::from_utf8_lossy(&header.stdout).into_owned();
-    let status = header
+    let status = text
         .split("status: ")
         .nth(1)
         .and_then(|rest| rest.split(',').next())
@@ -50,7 +32,9 @@ fn dig(ns: &Netns, server: &str, name: &str, qtype: &str) -> (String, Vec<String
         .to_owned();
     let answers = text
         .lines()
-        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .skip_while(|l| !l.starts_with(";; ANSWER SECTION:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
         .map(str::to_owned)
         .collect();
     (status, answers)

@@ -17,6 +17,8 @@ use super::raw_http;
 
 /// How long a proxied connection may stay silent before the proxy gives up on it.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a waiting acceptor looks at its stop flag.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
 /// Which requests the proxy answers itself, and with what.
 ///
@@ -180,8 +182,6 @@ impl FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept so it sees the flag; failure means it is gone already.
-        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
@@ -195,13 +195,23 @@ fn accept_loop(
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
 ) {
-    for connection in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(connection) = connection else {
-            continue;
+    // The listener does not block, so the loop sees `stop` within a poll interval whichever
+    // thread (or network namespace) drops the proxy.
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    while !stop.load(Ordering::SeqCst) {
+        let connection = match listener.accept() {
+            Ok((connection, _)) => connection,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(ACCEPT_POLL);
+                continue;
+            }
+            Err(_) => continue,
         };
+        if connection.set_nonblocking(false).is_err() {
+            continue;
+        }
         let faults = Arc::clone(&faults);
         let counters = Arc::clone(&counters);
         // Each connection carries one request and ends within IO_TIMEOUT, so these threads

@@ -671,9 +671,9 @@ impl Checker {
             1..=65535,
             &path.key("heartbeat_port"),
         );
-        let interval = self.bounded(
+        let interval = self.millis(
             wire.heartbeat_interval_ms,
-            DEFAULT_HEARTBEAT_INTERVAL.as_millis() as usize,
+            DEFAULT_HEARTBEAT_INTERVAL,
             10..=10_000,
             &path.key("heartbeat_interval_ms"),
         );
@@ -683,9 +683,9 @@ impl Checker {
             2..=50,
             &path.key("detect_multiplier"),
         );
-        let hold = self.bounded(
+        let hold = self.millis(
             wire.failback_hold_ms,
-            DEFAULT_FAILBACK_HOLD.as_millis() as usize,
+            DEFAULT_FAILBACK_HOLD,
             0..=3_600_000,
             &path.key("failback_hold_ms"),
         );
@@ -717,9 +717,9 @@ impl Checker {
         Some(CrossSiteFailoverConfig {
             common: common?,
             heartbeat_port: port? as u16,
-            heartbeat_interval: Duration::from_millis(interval? as u64),
+            heartbeat_interval: interval?,
             detect_multiplier: multiplier? as u8,
-            failback_hold: Duration::from_millis(hold? as u64),
+            failback_hold: hold?,
             hub: hub?,
         })
     }
@@ -754,23 +754,17 @@ impl Checker {
                 ),
             }
         }
-        let seconds = |this: &mut Self, value, default: Duration, range, key: &str| {
-            this.bounded(value, default.as_secs() as usize, range, &path.key(key))
-                .map(|s| Duration::from_secs(s as u64))
-        };
-        let local_ttl = seconds(
-            self,
+        let local_ttl = self.seconds(
             wire.local_ttl_s,
             DEFAULT_LOCAL_TTL,
             0..=86_400,
-            "local_ttl_s",
+            &path.key("local_ttl_s"),
         );
-        let serve_stale = seconds(
-            self,
+        let serve_stale = self.seconds(
             wire.serve_stale_s,
             DEFAULT_SERVE_STALE,
             0..=604_800,
-            "serve_stale_s",
+            &path.key("serve_stale_s"),
         );
         let cache_size = self.bounded(
             wire.cache_size,
@@ -778,9 +772,9 @@ impl Checker {
             0..=10_000_000,
             &path.key("cache_size"),
         );
-        let timeout = self.bounded(
+        let upstream_timeout = self.millis(
             wire.upstream_timeout_ms,
-            DEFAULT_UPSTREAM_TIMEOUT.as_millis() as usize,
+            DEFAULT_UPSTREAM_TIMEOUT,
             50..=30_000,
             &path.key("upstream_timeout_ms"),
         );
@@ -808,7 +802,7 @@ impl Checker {
             upstreams,
             local_ttl: local_ttl?,
             cache_size: cache_size? as u64,
-            upstream_timeout: Duration::from_millis(timeout? as u64),
+            upstream_timeout: upstream_timeout?,
             serve_stale: serve_stale?,
             hosts,
         })
@@ -829,35 +823,25 @@ impl Checker {
         let interface = self.interface(&wire.interface, &path.key("interface"));
         let local = self.ipv4(&wire.local, &path.key("local"));
         let partner = self.ipv4(&wire.partner, &path.key("partner"));
-        let millis = |this: &mut Self, value, default: Duration, key: &str| {
-            this.bounded(
-                value,
-                default.as_millis() as usize,
-                0..=86_400_000,
-                &path.key(key),
-            )
-            .map(|ms| Duration::from_millis(ms as u64))
-        };
+        const DAY_MS: std::ops::RangeInclusive<usize> = 0..=86_400_000;
+        let mut millis =
+            |value, default, key: &str| self.millis(value, default, DAY_MS, &path.key(key));
         let takeover_after = millis(
-            self,
             wire.takeover_after_ms,
             DEFAULT_TAKEOVER_AFTER,
             "takeover_after_ms",
         );
         let giveback_hold = millis(
-            self,
             wire.giveback_hold_ms,
             DEFAULT_GIVEBACK_HOLD,
             "giveback_hold_ms",
         );
         let cloudwatch_interval = millis(
-            self,
             wire.cloudwatch_interval_ms,
             DEFAULT_CLOUDWATCH_INTERVAL,
             "cloudwatch_interval_ms",
         );
         let reconcile_interval = millis(
-            self,
             wire.reconcile_interval_ms,
             DEFAULT_RECONCILE_INTERVAL,
             "reconcile_interval_ms",
@@ -980,8 +964,7 @@ impl Checker {
                           value: Option<i64>,
                           default: Duration,
                           range: std::ops::RangeInclusive<usize>| {
-            self.bounded(value, default.as_millis() as usize, range, &path.key(key))
-                .map(|ms| Duration::from_millis(ms as u64))
+            self.millis(value, default, range, &path.key(key))
         };
         let probe_interval = millis(
             "probe_interval_ms",
@@ -1178,6 +1161,30 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// A duration given in milliseconds, within `range` (in milliseconds).
+    fn millis(
+        &mut self,
+        value: Option<i64>,
+        default: Duration,
+        range: std::ops::RangeInclusive<usize>,
+        path: &KeyPath,
+    ) -> Option<Duration> {
+        self.bounded(value, default.as_millis() as usize, range, path)
+            .map(|ms| Duration::from_millis(ms as u64))
+    }
+
+    /// A duration given in seconds, within `range` (in seconds).
+    fn seconds(
+        &mut self,
+        value: Option<i64>,
+        default: Duration,
+        range: std::ops::RangeInclusive<usize>,
+        path: &KeyPath,
+    ) -> Option<Duration> {
+        self.bounded(value, default.as_secs() as usize, range, path)
+            .map(|s| Duration::from_secs(s as u64))
     }
 
     fn listen(
