@@ -1,5 +1,6 @@
-//! Any datagram from any IPv4 source, as whereami's request path sees it: hickory parses it into
-//! a request, and whereami decides the answer. Neither may panic, whatever the bytes.
+//! Any datagram from any IPv4 source, as whereami's request path sees it: the answer cache's
+//! parser keys it (and, as if it were a cached response, finds its TTLs), hickory parses it
+//! into a request, and whereami decides the answer. None may panic, whatever the bytes.
 //! Input: 4 bytes of source address, then the DNS message.
 #![no_main]
 
@@ -27,6 +28,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let source = IpAddr::V4(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+    let mut key = [0; whereami::packet::MAX_KEY];
+    if let Some(query) = whereami::packet::parse(&data[4..], 1, 1232, &mut key) {
+        assert!(query.key_len <= key.len() && query.question.end <= data.len() - 4);
+    }
+    let _ = whereami::packet::ttl_fields(&data[4..]);
     let Ok(request) = Request::from_bytes(data[4..].to_vec(), SocketAddr::new(source, 5353), Protocol::Udp) else {
         return;
     };

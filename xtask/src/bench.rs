@@ -46,7 +46,22 @@ pub fn run_bench(name: &str) -> anyhow::Result<String> {
                 and in 4–6 s when the VPN was involved; BFD at its defaults (300 ms × 3) detects in 0.9 s; Route53 health checks take 1.5–2.5 min.\n";
             Ok(table + anchors)
         }
-        other => anyhow::bail!("unknown benchmark '{other}'; known: bus, failover, cross-site"),
+        "dns" => {
+            ensure_root("dns")?;
+            step("dns bench (about 5 minutes)");
+            let table = release_example(
+                &["whereami"],
+                "dns-bench",
+                &["3".as_ref()],
+                &[("WHEREAMI_BIN", release.join("whereami"))],
+            )?;
+            let anchors = "\nOn this 2-core machine dnsperf saturates its own core first, so the comparison that matters is \
+                queries per server-core-second (how much CPU each answer costs the appliance).\n";
+            Ok(table + anchors)
+        }
+        other => {
+            anyhow::bail!("unknown benchmark '{other}'; known: bus, failover, cross-site, dns")
+        }
     }
 }
 

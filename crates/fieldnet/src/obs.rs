@@ -16,10 +16,15 @@ use axum::routing::get;
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use tokio_util::sync::CancellationToken;
 
-/// Logs to stderr (journald adds timestamps under systemd), filtered by `RUST_LOG`, default info.
+/// The filter without `RUST_LOG`: info, but hickory's servers log every request at info.
+const DEFAULT_LOG_FILTER: &str =
+    "info,hickory_server=warn,hickory_proto=warn,hickory_resolver=warn";
+
+/// Logs to stderr (journald adds timestamps under systemd), filtered by `RUST_LOG`, default
+/// [`DEFAULT_LOG_FILTER`].
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -12,11 +12,12 @@ use std::time::Duration;
 use fieldnet::config::Config;
 use hickory_server::Server;
 use prometheus::Registry;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::answer::Views;
 use crate::forward::Forwarder;
+use crate::packet::AnswerCache;
 use crate::server::{Handler, Metrics, State};
 
 /// TCP connections idle this long are closed.
@@ -49,7 +50,9 @@ pub async fn run(
             settings.serve_stale,
         )?,
         metrics,
+        answers: AnswerCache::new(settings.cache_size as usize),
     });
+    let networks: Vec<_> = config.networks.iter().map(|n| n.subnet).collect();
     let mut pending: Vec<SocketAddr> = config
         .own_networks()
         .map(|n| SocketAddr::new(IpAddr::V4(n.gateway), settings.port))
@@ -63,7 +66,7 @@ pub async fn run(
             _ = rebind.tick() => {
                 let mut still = Vec::new();
                 for address in pending {
-                    match listen(address, &state).await {
+                    match listen(address, &state, &networks, &shutdown).await {
                         Ok(server) => {
                             tracing::info!(%address, "answering DNS");
                             servers.push(server);
@@ -88,14 +91,27 @@ pub async fn run(
     Ok(())
 }
 
-/// A server for `address`, UDP and TCP.
-async fn listen(address: SocketAddr, state: &Arc<State>) -> anyhow::Result<Server<Handler>> {
-    let udp = UdpSocket::bind(address).await?;
+/// Serves `address`: UDP in a thread of ours (`udp`), TCP with hickory's server, which is
+/// returned.
+async fn listen(
+    address: SocketAddr,
+    state: &Arc<State>,
+    networks: &[ipnet::Ipv4Net],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Server<Handler>> {
+    let udp = std::net::UdpSocket::bind(address)?;
     let tcp = TcpListener::bind(address).await?;
-    let mut server = Server::new(Handler {
+    let handler = Handler {
         state: Arc::clone(state),
-    });
-    server.register_socket(udp);
+    };
+    let mut server = Server::new(handler.clone());
     server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+    crate::udp::spawn(
+        udp,
+        handler,
+        networks.to_vec(),
+        tokio::runtime::Handle::current(),
+        shutdown.child_token(),
+    )?;
     Ok(server)
 }

@@ -11,4 +11,6 @@ pub mod agent;
 pub mod answer;
 pub mod cache;
 pub mod forward;
+pub mod packet;
 pub mod server;
+pub mod udp;

@@ -10,18 +10,25 @@ use hickory_proto::rr::Record;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::answer::{Decision, Views};
 use crate::forward::{Forwarder, Source};
+use crate::packet::{AnswerCache, Validity};
 
 /// Largest UDP answer offered to EDNS clients.
-const MAX_UDP_PAYLOAD: u16 = 1232;
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
     pub queries: IntCounterVec,
     pub upstream_seconds: Histogram,
+    /// Forwarded questions answered without asking upstream.
+    pub cache_hits: IntCounter,
+    /// Questions the upstreams did not answer (timed out, unreachable, SERVFAIL).
+    pub upstream_failures: IntCounter,
+    /// Queries answered from the answer cache (finished responses, local or forwarded).
+    pub answer_cache_hits: IntCounter,
 }
 
 impl Metrics {
@@ -42,11 +49,29 @@ impl Metrics {
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
             ]),
         )?;
+        let cache_hits = IntCounter::new(
+            "fieldnet_whereami_cache_hits_total",
+            "Forwarded questions answered from the cache, without asking upstream",
+        )?;
+        let upstream_failures = IntCounter::new(
+            "fieldnet_whereami_upstream_failures_total",
+            "Questions no upstream answered (timeout, unreachable, failure)",
+        )?;
+        let answer_cache_hits = IntCounter::new(
+            "fieldnet_whereami_answer_cache_hits_total",
+            "UDP queries answered from the answer cache of finished responses (local and forwarded)",
+        )?;
         registry.register(Box::new(queries.clone()))?;
         registry.register(Box::new(upstream_seconds.clone()))?;
+        registry.register(Box::new(cache_hits.clone()))?;
+        registry.register(Box::new(upstream_failures.clone()))?;
+        registry.register(Box::new(answer_cache_hits.clone()))?;
         Ok(Metrics {
             queries,
             upstream_seconds,
+            cache_hits,
+            upstream_failures,
+            answer_cache_hits,
         })
     }
 }
@@ -57,6 +82,18 @@ pub struct State {
     pub views: RwLock<Views>,
     pub forwarder: Forwarder,
     pub metrics: Metrics,
+    pub answers: AnswerCache,
+}
+
+/// What answering one request produced, beyond the response itself.
+pub(crate) struct Answered {
+    pub info: ResponseInfo,
+    /// Whether the response may be served again from the answer cache.
+    pub validity: Validity,
+    /// The generation of the views it was decided under.
+    pub generation: u64,
+    /// What a hit on that cached response counts.
+    pub on_hit: Vec<IntCounter>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,8 +106,25 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut response: R,
+        response: R,
     ) -> ResponseInfo {
+        self.answer(request, response).await.info
+    }
+}
+
+impl Handler {
+    /// Answers `request` through `response`.
+    pub(crate) async fn answer<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> Answered {
+        let never = |info| Answered {
+            info,
+            validity: Validity::Never,
+            generation: 0,
+            on_hit: Vec::new(),
+        };
         let edns = request.edns.as_ref().map(|requested| {
             let mut edns = Edns::new();
             edns.set_max_payload(requested.max_payload().clamp(512, MAX_UDP_PAYLOAD));
@@ -87,16 +141,18 @@ impl RequestHandler for Handler {
         let Ok(info) = request.request_info() else {
             // Not exactly one question.
             metadata.response_code = ResponseCode::FormErr;
-            return send(
+            return never(send(
                 response
                     .send_response(builder.build_no_records(metadata))
                     .await,
                 request,
-            );
+            ));
         };
         let source = request.src().ip();
         let (name, original) = (info.query.name(), info.query.original().name());
         let (qtype, qclass) = (info.query.query_type(), info.query.query_class());
+        // Read before the views: an answer is kept only under the views it was decided by.
+        let generation = self.state.answers.generation();
         let (decision, view) = {
             let views = self.state.views.read().unwrap_or_else(|p| p.into_inner());
             let view = views.view_of(source).map_or_else(
@@ -112,26 +168,31 @@ impl RequestHandler for Handler {
             );
             (views.decide(source, name, original, qtype, qclass), view)
         };
-        let count = |result: &str| {
-            self.state
-                .metrics
-                .queries
-                .with_label_values(&[view.as_str(), qtype.to_string().as_str(), result])
-                .inc();
+        let counter = |result: &str| {
+            self.state.metrics.queries.with_label_values(&[
+                view.as_str(),
+                qtype.to_string().as_str(),
+                result,
+            ])
         };
+        let validity;
+        let mut on_hit = Vec::new();
         let (answers, authorities): (Vec<Record>, Vec<Record>) = match decision {
             Decision::Refused => {
-                count("refused");
+                counter("refused").inc();
                 metadata.response_code = ResponseCode::Refused;
-                return send(
+                return never(send(
                     response
                         .send_response(builder.build_no_records(metadata))
                         .await,
                     request,
-                );
+                ));
             }
             Decision::Local { code, answers, soa } => {
-                count(code.to_str());
+                let counter = counter(code.to_str());
+                counter.inc();
+                on_hit.push(counter);
+                validity = Validity::UntilChange;
                 metadata.authoritative = true;
                 metadata.response_code = code;
                 (answers, soa.into_iter().map(|soa| *soa).collect())
@@ -145,10 +206,27 @@ impl RequestHandler for Handler {
                         .upstream_seconds
                         .observe(took.as_secs_f64());
                 }
-                count(match forwarded.source {
+                counter(match forwarded.source {
                     Source::Upstream => forwarded.code.to_str(),
                     other => other.as_str(),
-                });
+                })
+                .inc();
+                match forwarded.source {
+                    Source::Cache => self.state.metrics.cache_hits.inc(),
+                    Source::Stale | Source::Failed if forwarded.upstream_time.is_some() => {
+                        self.state.metrics.upstream_failures.inc();
+                    }
+                    _ => {}
+                }
+                validity = match (forwarded.source, forwarded.code) {
+                    (
+                        Source::Cache | Source::Upstream,
+                        ResponseCode::NoError | ResponseCode::NXDomain,
+                    ) => Validity::Ttl,
+                    _ => Validity::Never,
+                };
+                on_hit.push(counter(Source::Cache.as_str()));
+                on_hit.push(self.state.metrics.cache_hits.clone());
                 if forwarded.source == Source::Stale {
                     tracing::debug!(%name, %qtype, waited_ms = started.elapsed().as_millis() as u64, "served stale");
                 }
@@ -169,7 +247,14 @@ impl RequestHandler for Handler {
             }
         };
         let message = builder.build(metadata, answers.iter(), authorities.iter(), [], []);
-        send(response.send_response(message).await, request)
+        let info = send(response.send_response(message).await, request);
+        on_hit.push(self.state.metrics.answer_cache_hits.clone());
+        Answered {
+            info,
+            validity,
+            generation,
+            on_hit,
+        }
     }
 }
 
