@@ -238,17 +238,7 @@ fn cable_cut_then_wifi_blackholed_moves_to_the_vpn_through_the_hub_and_back_to_c
 
 /// Another workspace binary, built next to this crate's (built first if it is not there yet).
 fn sibling(package: &str, binary: &str) -> String {
-    let path =
-        std::path::Path::new(env!("CARGO_BIN_EXE_cross-site-failover")).with_file_name(binary);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", package, "--bin", binary])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building {binary}");
-    }
-    path.display().to_string()
+    lab::sibling_binary(env!("CARGO_BIN_EXE_cross-site-failover"), package, binary)
 }
 
 #[test]

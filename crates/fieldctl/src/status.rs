@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use fieldnet::bus::frame::{self, Envelope, Frame};
 use fieldnet::bus::topics::{
-    AgentsAlive, PeerState, TOPIC_AGENTS, TOPIC_UPLINK_ACTIVE, UplinkActive, UplinkState,
+    AgentsAlive, DnsState, PeerState, TOPIC_AGENTS, TOPIC_DNS_STATE, TOPIC_UPLINK_ACTIVE,
+    UplinkActive, UplinkState,
 };
 use fieldnet::config::Config;
 use futures_util::StreamExt as _;
@@ -68,7 +69,10 @@ async fn snapshot(socket: &Path, prefixes: &[&str]) -> anyhow::Result<BTreeMap<S
 pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode {
     let state = tokio::time::timeout(
         BUS_TIMEOUT,
-        snapshot(socket, &[TOPIC_AGENTS, "agent/", "uplink/", "peer/"]),
+        snapshot(
+            socket,
+            &[TOPIC_AGENTS, "agent/", "uplink/", "peer/", TOPIC_DNS_STATE],
+        ),
     )
     .await;
     let state = match state {
@@ -146,6 +150,14 @@ pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode
     for line in peer_lines(&peers, fieldnet::bus::unix_millis()) {
         println!("{line}");
     }
+    if let Some(dns) = values
+        .get(TOPIC_DNS_STATE)
+        .and_then(|e| e.body_as::<DnsState>().ok())
+    {
+        for line in dns_lines(&dns, fieldnet::bus::unix_millis()) {
+            println!("{line}");
+        }
+    }
     if let Some(config) = config {
         let missing: Vec<&str> = expected_agents(config)
             .into_iter()
@@ -205,6 +217,43 @@ pub fn peer_lines(peers: &[(String, PeerState)], now: u64) -> Vec<String> {
                 .trim_end()
                 .to_owned(),
         );
+    }
+    lines
+}
+
+/// The DNS section: the upstreams' health, then what each network's devices are told.
+pub fn dns_lines(state: &DnsState, now: u64) -> Vec<String> {
+    let upstreams = &state.upstreams;
+    let ago = |at: Option<u64>| at.map(|t| human_duration(now.saturating_sub(t)));
+    let health = match upstreams.health.as_str() {
+        "none" => "no upstream configured: only local names resolve".to_owned(),
+        "unknown" => format!(
+            "upstreams {} (not asked yet)",
+            upstreams.addresses.join(", ")
+        ),
+        "ok" => format!("upstreams {} answering", upstreams.addresses.join(", ")),
+        _ => format!(
+            "upstreams {} NOT ANSWERING (last answer {}); cached names still resolve",
+            upstreams.addresses.join(", "),
+            ago(upstreams.last_answer).map_or_else(|| "never".to_owned(), |a| format!("{a} ago")),
+        ),
+    };
+    let mut lines = vec![format!(
+        "dns        {health}; {} local names",
+        state.local_names
+    )];
+    for network in &state.networks {
+        let served = match (network.role.as_str(), network.listening) {
+            ("own", true) => "answered here",
+            ("own", false) => "NOT ANSWERED: its address is not up here",
+            ("takeover", true) => "TAKEN OVER from its appliance, answered here",
+            ("takeover", false) => "TAKEN OVER, waiting for its address",
+            _ => "answered by its own appliance",
+        };
+        lines.push(format!(
+            "  {:<16} {:<10} {served}",
+            network.name, network.area
+        ));
     }
     lines
 }
@@ -377,6 +426,48 @@ mod tests {
         assert_eq!(
             lines[2],
             "  north-4g-b       up            41.2 ms  ±2.0 ms    1.0 % loss  score 52  ACTIVE"
+        );
+    }
+
+    #[test]
+    fn dns_reads_in_plain_words() {
+        use fieldnet::bus::topics::{DnsNetwork, DnsUpstreams};
+        let network = |name: &str, role: &str, listening: bool| DnsNetwork {
+            name: name.into(),
+            area: format!("area-{name}"),
+            role: role.into(),
+            listening,
+        };
+        let mut state = DnsState {
+            networks: vec![
+                network("NETWORK1", "own", true),
+                network("NETWORK2", "peer", false),
+                network("NETWORK3", "takeover", true),
+            ],
+            upstreams: DnsUpstreams {
+                addresses: vec!["192.0.2.53:53".into()],
+                health: "ok".into(),
+                last_answer: Some(1_000),
+                last_failure: None,
+                failures: 0,
+            },
+            local_names: 4,
+        };
+        let lines = dns_lines(&state, 2_000);
+        assert_eq!(
+            lines[0],
+            "dns        upstreams 192.0.2.53:53 answering; 4 local names"
+        );
+        assert!(lines[1].contains("NETWORK1") && lines[1].ends_with("answered here"));
+        assert!(lines[2].ends_with("answered by its own appliance"));
+        assert!(lines[3].contains("TAKEN OVER from its appliance, answered here"));
+
+        state.upstreams.health = "failing".into();
+        let lines = dns_lines(&state, 181_000);
+        assert!(
+            lines[0].contains("NOT ANSWERING (last answer 3m00s ago); cached names still resolve"),
+            "{}",
+            lines[0]
         );
     }
 

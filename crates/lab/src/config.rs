@@ -111,3 +111,18 @@ pub fn appliance_config(site: &Site, id: u8, dir: &Path, extra: &str) -> String 
     text.push_str(extra);
     text
 }
+
+/// The path of another workspace binary next to `own_binary` (a test's
+/// `env!("CARGO_BIN_EXE_…")`), built with `cargo build -p package` first if it is not there.
+pub fn sibling_binary(own_binary: &str, package: &str, binary: &str) -> String {
+    let path = Path::new(own_binary).with_file_name(binary);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", package, "--bin", binary])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building {binary}");
+    }
+    path.display().to_string()
+}

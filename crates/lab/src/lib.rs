@@ -26,7 +26,7 @@ mod site;
 mod stream;
 
 pub use clean::{clean_all, clean_stale, lab_namespaces};
-pub use config::appliance_config;
+pub use config::{appliance_config, sibling_binary};
 pub use delay::{DelayLink, Direction, Impairment, LinkCounters};
 pub use error::LabError;
 pub use fault::Fault;

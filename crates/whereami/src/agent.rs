@@ -1,21 +1,27 @@
 //! The agent: one DNS listener (UDP and TCP) on every gateway address of the networks this
 //! appliance serves, all sharing one handler. An address that is not there yet (the LAN still
-//! coming up) is bound as soon as it appears.
+//! coming up, a takeover address not yet added) is bound as soon as it appears.
+//!
+//! From the bus: DHCP leases (`dhcp/lease/<address>`) become local names, and networks taken
+//! over from a dead peer (`dhcp/takeover/<network>`) are listened on until handed back. To the
+//! bus: `dns/state`, retained, on every change.
 //!
 //! Invariant: whereami listens only on LAN addresses, never on the uplink side, and answers
 //! only askers on site networks.
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use fieldnet::bus::{BusClient, BusEvent, Subscription, topics};
 use fieldnet::config::Config;
 use hickory_server::Server;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::answer::Views;
+use crate::answer::{Views, dns_label};
 use crate::forward::Forwarder;
 use crate::packet::AnswerCache;
 use crate::server::{Handler, Metrics, State};
@@ -24,8 +30,38 @@ use crate::server::{Handler, Metrics, State};
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Responses queued per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 32;
-/// How often addresses that could not be bound are tried again.
-const REBIND: Duration = Duration::from_secs(2);
+/// How often addresses that could not be bound are tried again, expired leases dropped and
+/// `dns/state` compared with what was last published.
+const TICK: Duration = Duration::from_secs(1);
+/// The bus prefix of everything dhcp-takeover publishes that whereami follows.
+const DHCP_PREFIX: &str = "dhcp/";
+
+/// One address being served.
+struct Listener {
+    tcp: Server<Handler>,
+    udp: crate::udp::UdpListener,
+}
+
+/// A DHCP client's name, as whereami answers it.
+struct LeaseName {
+    label: String,
+    expires: u64,
+}
+
+struct Agent {
+    state: Arc<State>,
+    networks: Vec<ipnet::Ipv4Net>,
+    port: u16,
+    /// Gateways of this appliance's own networks.
+    own: Vec<Ipv4Addr>,
+    /// Networks served for a dead peer: name → gateway.
+    takeovers: BTreeMap<String, Ipv4Addr>,
+    listeners: BTreeMap<SocketAddr, Listener>,
+    leases: HashMap<Ipv4Addr, LeaseName>,
+    bus: BusClient,
+    published: Option<topics::DnsState>,
+    shutdown: CancellationToken,
+}
 
 pub async fn run(
     config: Config,
@@ -35,7 +71,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let settings = config.agents.whereami.clone();
     let metrics = Metrics::register(&registry)?;
-    let _bus = fieldnet::rt::announce(
+    let bus = fieldnet::rt::announce(
         &config,
         "whereami",
         env!("CARGO_PKG_VERSION"),
@@ -50,34 +86,40 @@ pub async fn run(
             settings.serve_stale,
         )?,
         metrics,
-        answers: AnswerCache::new(settings.cache_size as usize),
+        answers: AnswerCache::new(usize::try_from(settings.cache_size).unwrap_or(usize::MAX)),
     });
-    let networks: Vec<_> = config.networks.iter().map(|n| n.subnet).collect();
-    let mut pending: Vec<SocketAddr> = config
-        .own_networks()
-        .map(|n| SocketAddr::new(IpAddr::V4(n.gateway), settings.port))
-        .collect();
-    let mut servers = Vec::new();
-    let mut rebind = tokio::time::interval(REBIND);
+    let mut agent = Agent {
+        state,
+        networks: config.networks.iter().map(|n| n.subnet).collect(),
+        port: settings.port,
+        own: config.own_networks().map(|n| n.gateway).collect(),
+        takeovers: BTreeMap::new(),
+        listeners: BTreeMap::new(),
+        leases: HashMap::new(),
+        bus: bus.clone(),
+        published: None,
+        shutdown: shutdown.clone(),
+    };
+    let mut dhcp = bus.subscribe(DHCP_PREFIX);
+    let mut tick = tokio::time::interval(TICK);
     let mut ready = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = rebind.tick() => {
-                let mut still = Vec::new();
-                for address in pending {
-                    match listen(address, &state, &networks, &shutdown).await {
-                        Ok(server) => {
-                            tracing::info!(%address, "answering DNS");
-                            servers.push(server);
-                        }
-                        Err(error) => {
-                            tracing::warn!(%address, error = format!("{error:#}"), "cannot listen yet; trying again");
-                            still.push(address);
-                        }
-                    }
+            event = dhcp.recv() => match event {
+                Some(BusEvent::Message(envelope)) => agent.on_dhcp(&envelope.topic, &envelope.body),
+                Some(BusEvent::Lagged { missed }) => {
+                    // Retained topics hold the current state: read it again. Leases whose end
+                    // was missed still go when they expire.
+                    tracing::warn!(missed, "missed DHCP events on the bus; reading them again");
+                    dhcp = resubscribe(&bus, dhcp);
                 }
-                pending = still;
+                None => dhcp = resubscribe(&bus, dhcp),
+            },
+            _ = tick.tick() => {
+                agent.listen().await;
+                agent.expire_leases(fieldnet::bus::unix_millis());
+                agent.publish();
                 if !ready {
                     fieldnet::rt::ready(&health, &shutdown);
                     ready = true;
@@ -85,20 +127,219 @@ pub async fn run(
             }
         }
     }
-    for server in &mut servers {
-        let _ = server.shutdown_gracefully().await;
+    for (_, mut listener) in std::mem::take(&mut agent.listeners) {
+        listener.udp.stop();
+        let _ = listener.tcp.shutdown_gracefully().await;
     }
     Ok(())
 }
 
-/// Serves `address`: UDP in a thread of ours (`udp`), TCP with hickory's server, which is
-/// returned.
+fn resubscribe(bus: &BusClient, old: Subscription) -> Subscription {
+    drop(old);
+    bus.subscribe(DHCP_PREFIX)
+}
+
+impl Agent {
+    /// The addresses to listen on now: own gateways and taken-over ones.
+    fn wanted(&self) -> Vec<SocketAddr> {
+        let mut addresses: Vec<SocketAddr> = self
+            .own
+            .iter()
+            .chain(self.takeovers.values())
+            .map(|gateway| SocketAddr::new(IpAddr::V4(*gateway), self.port))
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    }
+
+    /// Binds what is wanted and not bound yet; stops what is no longer wanted.
+    async fn listen(&mut self) {
+        let wanted = self.wanted();
+        let gone: Vec<SocketAddr> = self
+            .listeners
+            .keys()
+            .filter(|address| !wanted.contains(address))
+            .copied()
+            .collect();
+        for address in gone {
+            if let Some(mut listener) = self.listeners.remove(&address) {
+                listener.udp.stop();
+                let _ = listener.tcp.shutdown_gracefully().await;
+                tracing::info!(%address, "no longer answering DNS");
+            }
+        }
+        for address in wanted {
+            if self.listeners.contains_key(&address) {
+                continue;
+            }
+            match listen(address, &self.state, &self.networks, &self.shutdown).await {
+                Ok(listener) => {
+                    tracing::info!(%address, "answering DNS");
+                    self.listeners.insert(address, listener);
+                }
+                Err(error) => {
+                    tracing::warn!(%address, error = format!("{error:#}"), "cannot listen yet; trying again");
+                }
+            }
+        }
+    }
+
+    /// A message under `dhcp/`: a lease, or a takeover.
+    fn on_dhcp(&mut self, topic: &str, body: &serde_json::Value) {
+        if let Some(address) = topic.strip_prefix(topics::TOPIC_DHCP_LEASES) {
+            let Ok(address) = address.parse::<Ipv4Addr>() else {
+                tracing::debug!(topic, "lease topic without an address");
+                return;
+            };
+            if body.is_null() {
+                self.forget_lease(address);
+                return;
+            }
+            match serde_json::from_value::<topics::Lease>(body.clone()) {
+                Ok(lease) => self.on_lease(&lease),
+                Err(error) => tracing::warn!(topic, %error, "unreadable lease on the bus"),
+            }
+        } else if let Some(network) = topic.strip_prefix(topics::TOPIC_DHCP_TAKEOVERS) {
+            if body.is_null() {
+                if self.takeovers.remove(network).is_some() {
+                    tracing::info!(network, "network handed back; its address is dropped");
+                }
+                return;
+            }
+            match serde_json::from_value::<topics::Takeover>(body.clone()) {
+                Ok(takeover) => {
+                    tracing::info!(network, gateway = %takeover.gateway, owner = takeover.owner, "network taken over; answering on its address");
+                    self.takeovers.insert(network.to_owned(), takeover.gateway);
+                }
+                Err(error) => tracing::warn!(topic, %error, "unreadable takeover on the bus"),
+            }
+        }
+    }
+
+    fn on_lease(&mut self, lease: &topics::Lease) {
+        if lease.expires <= fieldnet::bus::unix_millis() {
+            self.forget_lease(lease.address);
+            return;
+        }
+        let label = lease.hostname.as_deref().and_then(dns_label);
+        let current = self.leases.get(&lease.address).map(|l| l.label.clone());
+        if current.is_some() && current == label {
+            if let Some(known) = self.leases.get_mut(&lease.address) {
+                known.expires = lease.expires;
+            }
+            return;
+        }
+        self.forget_lease(lease.address);
+        let Some(label) = label else {
+            return;
+        };
+        let added = self
+            .state
+            .views
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_lease(&label, IpAddr::V4(lease.address));
+        match added {
+            Ok(true) => {
+                self.state.answers.views_changed();
+                tracing::debug!(%label, address = %lease.address, "client name added");
+                self.leases.insert(
+                    lease.address,
+                    LeaseName {
+                        label,
+                        expires: lease.expires,
+                    },
+                );
+            }
+            Ok(false) => {
+                tracing::warn!(%label, address = %lease.address, mac = %lease.mac, "a DHCP client asked for a reserved name; not given");
+            }
+            Err(error) => tracing::warn!(%label, %error, "unusable client name"),
+        }
+    }
+
+    fn forget_lease(&mut self, address: Ipv4Addr) {
+        let Some(lease) = self.leases.remove(&address) else {
+            return;
+        };
+        let _ = self
+            .state
+            .views
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_host(&lease.label, IpAddr::V4(address));
+        self.state.answers.views_changed();
+        tracing::debug!(label = %lease.label, %address, "client name removed");
+    }
+
+    fn expire_leases(&mut self, now: u64) {
+        let expired: Vec<Ipv4Addr> = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.expires <= now)
+            .map(|(address, _)| *address)
+            .collect();
+        for address in expired {
+            self.forget_lease(address);
+        }
+    }
+
+    fn dns_state(&self) -> topics::DnsState {
+        let views = self.state.views.read().unwrap_or_else(|p| p.into_inner());
+        let listening: Vec<IpAddr> = self.listeners.keys().map(SocketAddr::ip).collect();
+        let networks = views
+            .networks()
+            .iter()
+            .map(|network| {
+                let gateway = self
+                    .own
+                    .iter()
+                    .chain(self.takeovers.values())
+                    .find(|gateway| network.subnet.contains(*gateway));
+                let role = if self.own.iter().any(|g| network.subnet.contains(g)) {
+                    "own"
+                } else if gateway.is_some() {
+                    "takeover"
+                } else {
+                    "peer"
+                };
+                topics::DnsNetwork {
+                    name: network.name.clone(),
+                    area: network.area.clone(),
+                    role: role.to_owned(),
+                    listening: gateway.is_some_and(|g| listening.contains(&IpAddr::V4(*g))),
+                }
+            })
+            .collect();
+        topics::DnsState {
+            networks,
+            upstreams: self.state.forwarder.upstreams(),
+            local_names: views.local_names(),
+        }
+    }
+
+    /// Publishes `dns/state` if it changed.
+    fn publish(&mut self) {
+        let state = self.dns_state();
+        if self.published.as_ref() == Some(&state) {
+            return;
+        }
+        if let Err(error) = self.bus.publish(topics::TOPIC_DNS_STATE, &state, true) {
+            tracing::debug!(%error, "publishing dns/state");
+            return;
+        }
+        self.published = Some(state);
+    }
+}
+
+/// Serves `address`: UDP in a thread of ours (`udp`), TCP with hickory's server.
 async fn listen(
     address: SocketAddr,
     state: &Arc<State>,
     networks: &[ipnet::Ipv4Net],
     shutdown: &CancellationToken,
-) -> anyhow::Result<Server<Handler>> {
+) -> anyhow::Result<Listener> {
     let udp = std::net::UdpSocket::bind(address)?;
     let tcp = TcpListener::bind(address).await?;
     let handler = Handler {
@@ -106,12 +347,12 @@ async fn listen(
     };
     let mut server = Server::new(handler.clone());
     server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
-    crate::udp::spawn(
+    let udp = crate::udp::spawn(
         udp,
         handler,
         networks.to_vec(),
         tokio::runtime::Handle::current(),
         shutdown.child_token(),
     )?;
-    Ok(server)
+    Ok(Listener { tcp: server, udp })
 }

@@ -6,7 +6,7 @@
 //! (authoritatively, with the zone's SOA on negative answers); everything else is forwarded;
 //! askers outside the site networks are refused, so the server is never an open resolver.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use fieldnet::config::Config;
@@ -60,6 +60,9 @@ pub struct Views {
     hosts: HashMap<LowerName, Vec<IpAddr>>,
     /// Reverse names (`…in-addr.arpa.`) → the name they point to.
     reverse: HashMap<LowerName, Name>,
+    /// Names from the configuration (appliances, hosts) and whereami's own: never given to a
+    /// DHCP client that asks for one.
+    fixed: HashSet<LowerName>,
     ttl: u32,
     soa: Record,
 }
@@ -136,13 +139,21 @@ impl Views {
             networks,
             hosts: HashMap::new(),
             reverse: HashMap::new(),
+            fixed: HashSet::new(),
             ttl,
             soa,
         })
     }
 
-    /// Adds `<label>.<zone>` → `address`, and the reverse name.
+    /// Adds a fixed name (an appliance, a configured host): `<label>.<zone>` → `address`, and
+    /// the reverse name.
     pub fn add_host(&mut self, label: &str, address: IpAddr) -> anyhow::Result<()> {
+        let name = Name::from_ascii(label)?.append_domain(&self.zone)?;
+        self.fixed.insert(LowerName::from(name));
+        self.insert_host(label, address)
+    }
+
+    fn insert_host(&mut self, label: &str, address: IpAddr) -> anyhow::Result<()> {
         let name = Name::from_ascii(label)?.append_domain(&self.zone)?;
         let entry = self.hosts.entry(LowerName::from(name.clone())).or_default();
         if !entry.contains(&address) {
@@ -151,6 +162,27 @@ impl Views {
         self.reverse
             .insert(LowerName::from(Name::from(address)), name);
         Ok(())
+    }
+
+    /// Adds a DHCP client's name, unless it is one of the fixed names (a client calling itself
+    /// `appliance-1` gets no name). False: refused.
+    pub fn add_lease(&mut self, label: &str, address: IpAddr) -> anyhow::Result<bool> {
+        let name = LowerName::from(Name::from_ascii(label)?.append_domain(&self.zone)?);
+        if self.fixed.contains(&name) || self.whereami.zone_of(&name) {
+            return Ok(false);
+        }
+        self.insert_host(label, address)?;
+        Ok(true)
+    }
+
+    /// How many names are answered locally.
+    pub fn local_names(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// The site networks, in configuration order.
+    pub fn networks(&self) -> &[NetworkView] {
+        &self.networks
     }
 
     /// Removes `<label>.<zone>` → `address` (a lease that ended).
@@ -307,6 +339,26 @@ impl Views {
         let address = Ipv4Addr::new(parts[0], parts[1], parts[2], parts[3]);
         self.networks.iter().any(|n| n.subnet.contains(&address))
     }
+}
+
+/// The DNS label a DHCP client's host name becomes: its first dot-separated part, lower case,
+/// with anything but letters, digits and hyphens turned into hyphens and no hyphen at either
+/// end (RFC 1123), at most 63 bytes. `None`: nothing usable is left.
+pub fn dns_label(hostname: &str) -> Option<String> {
+    let first = hostname.split('.').next().unwrap_or_default();
+    let legal: String = first
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let label = legal.trim_matches('-');
+    (!label.is_empty()).then(|| label.to_owned())
 }
 
 #[cfg(test)]
@@ -511,9 +563,11 @@ mod tests {
             ask(&views, "10.101.0.9", "example.org.", RecordType::A),
             Decision::Forward
         );
-        views
-            .add_host("laptop-7", "10.101.0.107".parse().unwrap())
-            .unwrap();
+        assert!(
+            views
+                .add_lease("laptop-7", "10.101.0.107".parse().unwrap())
+                .unwrap()
+        );
         assert_eq!(
             texts(&ask(
                 &views,
@@ -540,6 +594,36 @@ mod tests {
             RecordType::PTR,
         );
         assert_eq!(code(&reverse), ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn a_client_cannot_take_a_fixed_name() {
+        let mut views = views();
+        let client = "10.101.0.66".parse().unwrap();
+        assert!(!views.add_lease("north-appliance", client).unwrap());
+        assert!(!views.add_lease("cache", client).unwrap());
+        assert!(!views.add_lease("whereami", client).unwrap());
+        assert_eq!(
+            texts(&ask(
+                &views,
+                "10.101.0.9",
+                "cache.site.example.",
+                RecordType::A
+            )),
+            ["10.101.0.10"]
+        );
+        assert!(views.add_lease("printer", client).unwrap());
+    }
+
+    #[test]
+    fn host_names_become_legal_labels() {
+        assert_eq!(dns_label("Bob's iPhone").as_deref(), Some("bob-s-iphone"));
+        assert_eq!(dns_label("cam-3.local").as_deref(), Some("cam-3"));
+        assert_eq!(dns_label("-x-").as_deref(), Some("x"));
+        assert_eq!(dns_label(&"a".repeat(80)).map(|l| l.len()), Some(63));
+        assert_eq!(dns_label("...").as_deref(), None);
+        assert_eq!(dns_label("").as_deref(), None);
+        assert_eq!(dns_label("Ünïcode").as_deref(), Some("n-code"));
     }
 
     #[test]

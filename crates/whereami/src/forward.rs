@@ -3,6 +3,7 @@
 //! cache when no upstream answers in time.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
@@ -13,6 +14,8 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::{Resolver, TokioResolver};
+
+use fieldnet::bus::topics::DnsUpstreams;
 
 use crate::cache::{Cache, Entry, Hit};
 
@@ -54,6 +57,18 @@ pub struct Forwarder {
     resolver: Option<TokioResolver>,
     cache: Cache,
     timeout: Duration,
+    upstreams: Vec<SocketAddr>,
+    health: Mutex<Health>,
+}
+
+/// What the upstreams did lately.
+#[derive(Debug, Default, Clone)]
+struct Health {
+    /// Whether the last question sent upstream was answered.
+    last_ok: Option<bool>,
+    last_answer: Option<u64>,
+    last_failure: Option<u64>,
+    failures: u64,
 }
 
 impl Forwarder {
@@ -97,7 +112,43 @@ impl Forwarder {
             resolver,
             cache: Cache::new(cache_size, serve_stale),
             timeout,
+            upstreams: upstreams.to_vec(),
+            health: Mutex::new(Health::default()),
         })
+    }
+
+    /// The upstreams and how they did lately, for `dns/state`.
+    pub fn upstreams(&self) -> DnsUpstreams {
+        let health = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        DnsUpstreams {
+            addresses: self.upstreams.iter().map(ToString::to_string).collect(),
+            health: match (self.resolver.is_some(), health.last_ok) {
+                (false, _) => "none",
+                (true, None) => "unknown",
+                (true, Some(true)) => "ok",
+                (true, Some(false)) => "failing",
+            }
+            .to_owned(),
+            last_answer: health.last_answer,
+            last_failure: health.last_failure,
+            failures: health.failures,
+        }
+    }
+
+    fn record(&self, answered: bool) {
+        let now = fieldnet::bus::unix_millis();
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.last_ok = Some(answered);
+        if answered {
+            health.last_answer = Some(now);
+        } else {
+            health.last_failure = Some(now);
+            health.failures += 1;
+        }
     }
 
     /// The answer to `name`/`qtype`.
@@ -138,13 +189,16 @@ impl Forwarder {
             ),
             Ok(Err(error)) => {
                 tracing::debug!(%name, %qtype, %error, "no upstream answer");
+                self.record(false);
                 return fallback(stale, took);
             }
             Err(_) => {
                 tracing::debug!(%name, %qtype, "upstreams did not answer in time");
+                self.record(false);
                 return fallback(stale, took);
             }
         };
+        self.record(true);
         self.cache.put(key, entry.clone());
         forwarded(entry, Source::Upstream, took)
     }

@@ -58,21 +58,43 @@ fn view_index(networks: &[Ipv4Net], source: IpAddr) -> Option<u8> {
     }
 }
 
-/// Serves DNS on `socket` (blocking) in a thread of its own until `shutdown`; full answers
-/// run on `runtime`.
+/// A UDP listener's thread, stopped by [`stop`](Self::stop) or when its token is cancelled.
+#[derive(Debug)]
+pub struct UdpListener {
+    socket: Arc<std::net::UdpSocket>,
+    stop: CancellationToken,
+}
+
+impl UdpListener {
+    /// Stops the thread now: shutting the socket down for reading wakes it from its wait.
+    pub fn stop(&self) {
+        self.stop.cancel();
+        // Unconnected UDP reports ENOTCONN, but the shutdown and the wake-up happen anyway.
+        let _ = socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Read);
+    }
+}
+
+/// Serves DNS on `socket` (blocking) in a thread of its own until stopped or `shutdown`; full
+/// answers run on `runtime`.
 pub fn spawn(
     socket: std::net::UdpSocket,
     handler: Handler,
     networks: Vec<Ipv4Net>,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> std::io::Result<UdpListener> {
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(WAKE))?;
     let name = format!("dns {}", socket.local_addr()?);
+    let socket = Arc::new(socket);
+    let listener = UdpListener {
+        socket: Arc::clone(&socket),
+        stop: shutdown.clone(),
+    };
     std::thread::Builder::new().name(name).spawn(move || {
-        serve(&Arc::new(socket), &handler, &networks, &runtime, &shutdown);
-    })
+        serve(&socket, &handler, &networks, &runtime, &shutdown);
+    })?;
+    Ok(listener)
 }
 
 fn serve(
@@ -114,6 +136,11 @@ fn serve(
                     continue;
                 }
             }
+        }
+        if shutdown.is_cancelled() {
+            // Requests that arrived while stopping are not answered from an address being
+            // given up.
+            break;
         }
         let now = Instant::now();
         to.clear();

@@ -17,10 +17,12 @@ fn wait(process: &LabProcess, needle: &str) {
 
 /// `dig` from `ns`: (status, answer lines), read from one run's full output.
 fn dig(ns: &Netns, server: &str, name: &str, qtype: &str) -> (String, Vec<String>) {
+    // Unchecked: dig fails when nothing answers, which is "no answer" here.
     let output = ns
-        .exec(
+        .exec_unchecked(
             "dig",
             &["+tries=1", "+time=3", &format!("@{server}"), name, qtype],
+            Duration::from_secs(10),
         )
         .unwrap_or_else(|e| panic!("dig {name} {qtype} @{server}: {e:#}"));
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -47,20 +49,24 @@ fn values(answers: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Two areas, one uplink and one client each: all whereami needs.
+fn two_areas(lab: &mut Lab) -> lab::Site {
+    lab.site(&SiteSpec {
+        areas: 2,
+        uplinks_per_area: 1,
+        clients_per_area: 1,
+        hub: false,
+        vpn: false,
+    })
+    .unwrap()
+}
+
 #[test]
 fn each_network_learns_its_name_outsiders_are_refused_and_forwarded_answers_survive_the_uplinks() {
     let Some(mut lab) = Lab::for_test("whereami") else {
         return;
     };
-    let site = lab
-        .site(&SiteSpec {
-            areas: 2,
-            uplinks_per_area: 1,
-            clients_per_area: 1,
-            hub: false,
-            vpn: false,
-        })
-        .unwrap();
+    let site = two_areas(&mut lab);
     // The internet's resolver: dnsmasq, answering www.example.org with TTL 0, so every later
     // answer from whereami's cache is a stale one.
     lab.addr(
@@ -180,4 +186,231 @@ fn each_network_learns_its_name_outsiders_are_refused_and_forwarded_answers_surv
     // Local answers never needed the uplink.
     let (_, answers) = dig(c1, "10.101.0.1", &whereami, "TXT");
     assert_eq!(values(&answers), ["\"NETWORK1\""]);
+}
+
+/// Publishes a retained `body` (JSON; `null` clears) on `topic` through the broker at `socket`.
+fn publish(socket: &std::path::Path, topic: &str, body: &str) {
+    use std::io::Write as _;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    writeln!(
+        stream,
+        "{{\"op\":\"pub\",\"topic\":\"{topic}\",\"retain\":true,\"body\":{body}}}"
+    )
+    .unwrap();
+    // Answered after everything before it was processed.
+    writeln!(stream, "{{\"op\":\"ping\"}}").unwrap();
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut reply).unwrap();
+}
+
+/// The retained `dns/state`, read from the broker at `socket`.
+fn dns_state(socket: &std::path::Path) -> Option<fieldnet::bus::topics::DnsState> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    writeln!(
+        stream,
+        "{{\"op\":\"sub\",\"prefix\":\"dns/state\"}}\n{{\"op\":\"ping\"}}"
+    )
+    .unwrap();
+    let mut state = None;
+    for line in std::io::BufReader::new(stream).lines() {
+        let frame: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        match frame["op"].as_str() {
+            Some("msg") => state = serde_json::from_value(frame["body"].clone()).ok(),
+            Some("pong") => break,
+            _ => {}
+        }
+    }
+    state
+}
+
+/// Asks until `check` holds for dig's (status, answers), or panics after PATIENCE.
+fn dig_until(
+    ns: &Netns,
+    server: &str,
+    name: &str,
+    qtype: &str,
+    what: &str,
+    check: impl Fn(&str, &[String]) -> bool,
+) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, answers) = dig(ns, server, name, qtype);
+        if check(&status, &answers) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still {status} {answers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn dhcp_clients_get_names_takeover_addresses_are_served_and_big_answers_go_over_tcp() {
+    let Some(mut lab) = Lab::for_test("whereami-bus") else {
+        return;
+    };
+    let site = two_areas(&mut lab);
+    let area = &site.areas[0];
+    // A name with 40 addresses: its A answer (about 660 bytes) does not fit in 512.
+    let mut extra = String::from("[whereami]\nupstreams = []\n\n");
+    for host in 100..140 {
+        extra.push_str(&format!(
+            "[[whereami.hosts]]\nname = \"many\"\naddress = \"10.101.0.{host}\"\n\n"
+        ));
+    }
+    let config = lab.dir().join("appliance-1.toml");
+    std::fs::write(&config, lab::appliance_config(&site, 1, lab.dir(), &extra)).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let broker = lab::sibling_binary(
+        env!("CARGO_BIN_EXE_whereami"),
+        "fieldnet-bus",
+        "fieldnet-bus",
+    );
+    let bus = lab
+        .spawn(&area.appliance, &broker, &["--config", &config])
+        .unwrap();
+    wait(&bus, "listening");
+    let socket = lab.dir().join("bus-1.sock");
+    let server = lab
+        .spawn(
+            &area.appliance,
+            env!("CARGO_BIN_EXE_whereami"),
+            &["--config", &config],
+        )
+        .unwrap();
+    wait(&server, "answering DNS");
+    let client = &area.clients[0].ns;
+    let gateway = "10.101.0.1";
+
+    // A lease with a host name becomes a name, forward and reverse; a client may not take an
+    // appliance's name.
+    let laptop = format!("laptop-7.{ZONE}");
+    publish(
+        &socket,
+        "dhcp/lease/10.101.0.57",
+        r#"{"address":"10.101.0.57","mac":"02:00:00:00:00:57","hostname":"Laptop-7","network":"NETWORK1","expires":99999999999999}"#,
+    );
+    publish(
+        &socket,
+        "dhcp/lease/10.101.0.58",
+        r#"{"address":"10.101.0.58","mac":"02:00:00:00:00:58","hostname":"appliance-2","network":"NETWORK1","expires":99999999999999}"#,
+    );
+    dig_until(
+        client,
+        gateway,
+        &laptop,
+        "A",
+        "the lease's name",
+        |_, answers| values(answers) == ["10.101.0.57"],
+    );
+    let (_, answers) = dig(client, gateway, "57.0.101.10.in-addr.arpa", "PTR");
+    assert_eq!(values(&answers), [format!("{laptop}.")]);
+    let (_, answers) = dig(client, gateway, &format!("appliance-2.{ZONE}"), "A");
+    assert_eq!(
+        values(&answers),
+        ["10.102.0.1"],
+        "the appliance keeps its name"
+    );
+    wait(&server, "reserved name");
+    // Released: the name goes.
+    publish(&socket, "dhcp/lease/10.101.0.57", "null");
+    dig_until(
+        client,
+        gateway,
+        &laptop,
+        "A",
+        "the released name",
+        |status, _| status == "NXDOMAIN",
+    );
+    // A lease that has already expired is not a name.
+    publish(
+        &socket,
+        "dhcp/lease/10.101.0.59",
+        r#"{"address":"10.101.0.59","mac":"02:00:00:00:00:59","hostname":"old","network":"NETWORK1","expires":1}"#,
+    );
+
+    // Taking over area 2's network: its gateway address comes up here and is answered on.
+    let lan = &area.lan_if;
+    area.appliance
+        .ip(&["addr", "add", "10.102.0.1/32", "dev", lan])
+        .unwrap();
+    publish(
+        &socket,
+        "dhcp/takeover/NETWORK2",
+        r#"{"network":"NETWORK2","gateway":"10.102.0.1","owner":2,"since":1}"#,
+    );
+    wait(&server, "network taken over");
+    dig_until(
+        client,
+        "10.102.0.1",
+        &format!("whereami.{ZONE}"),
+        "TXT",
+        "the takeover address",
+        |_, answers| values(answers) == ["\"NETWORK1\""],
+    );
+    let state = dns_state(&socket).expect("dns/state published");
+    let roles: Vec<(String, String, bool)> = state
+        .networks
+        .iter()
+        .map(|n| (n.name.clone(), n.role.clone(), n.listening))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("NETWORK1".to_owned(), "own".to_owned(), true),
+            ("NETWORK2".to_owned(), "takeover".to_owned(), true)
+        ]
+    );
+    assert_eq!(state.upstreams.health, "none");
+    // Handed back: no longer answered there.
+    publish(&socket, "dhcp/takeover/NETWORK2", "null");
+    wait(&server, "no longer answering DNS");
+    let (status, _) = dig(client, "10.102.0.1", &format!("whereami.{ZONE}"), "TXT");
+    assert_eq!(status, "no answer");
+    let (_, answers) = dig(client, gateway, &format!("old.{ZONE}"), "A");
+    assert!(answers.is_empty(), "expired lease answered: {answers:?}");
+
+    // Too big for plain UDP: truncated, and complete over TCP (dig retries by itself).
+    let name = format!("many.{ZONE}");
+    let output = client
+        .exec(
+            "dig",
+            &[
+                "+tries=1",
+                "+time=3",
+                "+noedns",
+                "+ignore",
+                &format!("@{gateway}"),
+                &name,
+                "A",
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains(" tc"), "no TC flag over UDP:\n{text}");
+    let output = client
+        .exec(
+            "dig",
+            &[
+                "+tries=1",
+                "+time=3",
+                "+noedns",
+                &format!("@{gateway}"),
+                &name,
+                "A",
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let answers = text
+        .lines()
+        .skip_while(|l| !l.starts_with(";; ANSWER SECTION:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(answers, 40, "{text}");
+    assert!(text.contains("(TCP)"), "not retried over TCP:\n{text}");
 }

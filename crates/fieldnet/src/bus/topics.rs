@@ -107,3 +107,86 @@ pub struct PeerPathState {
     pub state: String,
     pub rtt_ms: Option<f64>,
 }
+
+/// Retained, one per DHCP lease: `dhcp/lease/<address>` (published by dhcp-takeover). A
+/// retained `null` clears it when the lease ends (released or expired).
+pub const TOPIC_DHCP_LEASES: &str = "dhcp/lease/";
+
+pub fn lease_topic(address: std::net::Ipv4Addr) -> String {
+    format!("{TOPIC_DHCP_LEASES}{address}")
+}
+
+/// Body of `dhcp/lease/<address>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub address: std::net::Ipv4Addr,
+    /// The client's hardware address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The host name the client asked for (option 12), if any.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The network (by name) the lease is on.
+    pub network: String,
+    /// When the lease ends, in milliseconds since the Unix epoch.
+    pub expires: u64,
+}
+
+/// Retained, one per network this appliance serves for a dead peer:
+/// `dhcp/takeover/<network>` (published by dhcp-takeover once the network's gateway address is
+/// on the interface). A retained `null` clears it when the network is handed back.
+pub const TOPIC_DHCP_TAKEOVERS: &str = "dhcp/takeover/";
+
+pub fn takeover_topic(network: &str) -> String {
+    format!("{TOPIC_DHCP_TAKEOVERS}{network}")
+}
+
+/// Body of `dhcp/takeover/<network>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Takeover {
+    pub network: String,
+    /// The network's gateway (and DNS) address, now on this appliance.
+    pub gateway: std::net::Ipv4Addr,
+    /// The appliance whose network it is.
+    pub owner: u8,
+    /// Milliseconds since the Unix epoch.
+    pub since: u64,
+}
+
+/// Retained: whereami's state, on every change (at most once a second).
+pub const TOPIC_DNS_STATE: &str = "dns/state";
+
+/// Body of `dns/state`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsState {
+    /// One entry per site network: what its askers are told and whether it is served here.
+    pub networks: Vec<DnsNetwork>,
+    pub upstreams: DnsUpstreams,
+    /// Names answered locally (appliances, configured hosts, DHCP clients).
+    pub local_names: usize,
+}
+
+/// One network in [`DnsState`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsNetwork {
+    pub name: String,
+    pub area: String,
+    /// `own` (one of this appliance's networks), `takeover` (a dead peer's, served here for
+    /// now) or `peer` (served by its own appliance; its askers still get the right answer here).
+    pub role: String,
+    /// Listening on the network's gateway address now.
+    pub listening: bool,
+}
+
+/// The upstream resolvers in [`DnsState`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsUpstreams {
+    pub addresses: Vec<String>,
+    /// `ok` (the last question sent upstream was answered), `failing`, `unknown` (nothing asked
+    /// yet) or `none` (no upstream configured).
+    pub health: String,
+    /// Milliseconds since the Unix epoch.
+    pub last_answer: Option<u64>,
+    pub last_failure: Option<u64>,
+    /// Questions no upstream answered, since start.
+    pub failures: u64,
+}
