@@ -70,8 +70,9 @@ pub fn parse(packet: &[u8], view: u8, max_payload: u16, key: &mut [u8; MAX_KEY])
         if length == 0 {
             break;
         }
-        // Compression pointers and extended labels have no place in a question.
-        if length > 63 || at + 1 + length >= packet.len() {
+        // Compression pointers and extended labels have no place in a question, and a name
+        // is at most 255 bytes with its final zero.
+        if length > 63 || at + 1 + length >= packet.len() || at + 1 + length + 1 - HEADER > 255 {
             return None;
         }
         key[key_len] = length as u8;
@@ -83,9 +84,6 @@ pub fn parse(packet: &[u8], view: u8, max_payload: u16, key: &mut [u8; MAX_KEY])
         }
         key_len += 1 + length;
         at += 1 + length;
-        if at - HEADER > 255 {
-            return None;
-        }
     }
     let end = at + 1 + 4;
     if end > packet.len() {
@@ -430,6 +428,36 @@ mod tests {
         pointer[12] = 0xc0;
         assert!(parsed(&pointer).is_none(), "a compressed question");
         assert!(parsed(&[0; 11]).is_none());
+    }
+
+    #[test]
+    fn names_longer_than_255_bytes_take_the_full_path() {
+        // 3 × 64 + 63 bytes fit; one more label would run past the key (found by the fuzzer).
+        let mut packet = request("a.", None);
+        let question_end = packet.len() - 4;
+        let mut name = Vec::new();
+        for length in [63, 63, 63, 62, 63] {
+            name.push(length);
+            name.extend_from_slice(&vec![b'x'; usize::from(length)]);
+        }
+        name.push(0);
+        packet.splice(12..question_end, name.iter().copied());
+        assert!(parsed(&packet).is_none());
+        // The longest legal name fits the key.
+        let mut packet = request("a.", None);
+        let question_end = packet.len() - 4;
+        let mut name = Vec::new();
+        for _ in 0..3 {
+            name.push(63);
+            name.extend_from_slice(&[b'x'; 63]);
+        }
+        name.push(61);
+        name.extend_from_slice(&[b'y'; 61]);
+        name.push(0);
+        assert_eq!(name.len(), 255);
+        packet.splice(12..question_end, name.iter().copied());
+        let (query, _) = parsed(&packet).unwrap();
+        assert_eq!(query.key_len, MAX_KEY);
     }
 
     #[test]
