@@ -362,31 +362,15 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
 
 /// `dig TXT whereami.<lab zone>` from `ns` to `server`: (status, the answer's text).
 fn ask_whereami(ns: &Netns, server: &str) -> anyhow::Result<(String, String)> {
-    let output = ns.exec(
-        "dig",
-        &[
-            "+tries=1",
-            "+time=2",
-            &format!("@{server}"),
-            "TXT",
-            "whereami.lab.fieldnet.example",
-        ],
-    )?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let status = text
-        .split("status: ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or("no answer")
-        .to_owned();
-    let answer = text
-        .lines()
-        .skip_while(|l| !l.starts_with(";; ANSWER SECTION:"))
-        .nth(1)
-        .and_then(|l| l.split_whitespace().nth(4))
-        .unwrap_or("")
-        .to_owned();
-    Ok((status, answer))
+    let reply = ns.dig(&[
+        "+tries=1",
+        "+time=2",
+        &format!("@{server}"),
+        "TXT",
+        "whereami.lab.fieldnet.example",
+    ])?;
+    let answer = reply.values().into_iter().next().unwrap_or_default();
+    Ok((reply.status, answer))
 }
 
 /// Starts `program --config <its appliance file>` on every appliance of the site.

@@ -70,23 +70,12 @@ fn main() -> anyhow::Result<()> {
         lab::INTERNET_BRIDGE,
         &format!("{UPSTREAM}/24"),
     )?;
-    let upstream = lab.spawn(
+    let _upstream = dnsmasq(
+        &mut lab,
         &site.internet,
-        "dnsmasq",
-        &[
-            "--keep-in-foreground",
-            "--log-facility=-",
-            "--no-resolv",
-            "--no-hosts",
-            "--pid-file",
-            "--user=root",
-            "--bind-interfaces",
-            &format!("--listen-address={UPSTREAM}"),
-            "--address=/example.org/192.0.2.80",
-            "--local-ttl=3600",
-        ],
+        UPSTREAM,
+        &["--address=/example.org/192.0.2.80", "--local-ttl=3600"],
     )?;
-    upstream.wait_for_log("started", Duration::from_secs(10))?;
 
     let mut servers = Vec::new();
     // whereami, logging at its production default.
@@ -113,18 +102,11 @@ fn main() -> anyhow::Result<()> {
     });
 
     // dnsmasq with the same local data and cache size.
-    let dnsmasq = lab.spawn(
+    let local = dnsmasq(
+        &mut lab,
         &appliance,
-        "dnsmasq",
+        SERVER,
         &[
-            "--keep-in-foreground",
-            "--log-facility=-",
-            "--no-resolv",
-            "--no-hosts",
-            "--pid-file",
-            "--user=root",
-            "--bind-interfaces",
-            &format!("--listen-address={SERVER}"),
             "--port=5301",
             "--cache-size=10000",
             &format!("--server={UPSTREAM}"),
@@ -133,11 +115,10 @@ fn main() -> anyhow::Result<()> {
             &format!("--host-record=appliance-1.{ZONE},{SERVER}"),
         ],
     )?;
-    dnsmasq.wait_for_log("started", Duration::from_secs(10))?;
     servers.push(Server {
         name: "dnsmasq",
         port: 5301,
-        process: dnsmasq,
+        process: local,
     });
 
     // unbound: one thread, no validation (neither of the others validates), same local data.
@@ -254,23 +235,38 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts a foreground dnsmasq in `ns` logging to stderr, answering only on `address`, with
+/// `extra`.
+fn dnsmasq(lab: &mut Lab, ns: &Netns, address: &str, extra: &[&str]) -> anyhow::Result<LabProcess> {
+    let listen = format!("--listen-address={address}");
+    let mut args = vec![
+        "--keep-in-foreground",
+        "--log-facility=-",
+        "--no-resolv",
+        "--no-hosts",
+        "--pid-file",
+        "--user=root",
+        "--bind-interfaces",
+        &listen,
+    ];
+    args.extend_from_slice(extra);
+    let process = lab.spawn(ns, "dnsmasq", &args)?;
+    process.wait_for_log("started", Duration::from_secs(10))?;
+    Ok(process)
+}
+
 fn wait_answering(client: &Netns, server: &Server) -> anyhow::Result<()> {
     for _ in 0..100 {
-        let output = client.exec_unchecked(
-            "dig",
-            &[
-                "+tries=1",
-                "+time=1",
-                "+short",
-                "-p",
-                &server.port.to_string(),
-                &format!("@{SERVER}"),
-                &format!("whereami.{ZONE}"),
-                "TXT",
-            ],
-            Duration::from_secs(5),
-        )?;
-        if String::from_utf8_lossy(&output.stdout).contains("NETWORK1") {
+        let reply = client.dig(&[
+            "+tries=1",
+            "+time=1",
+            "-p",
+            &server.port.to_string(),
+            &format!("@{SERVER}"),
+            &format!("whereami.{ZONE}"),
+            "TXT",
+        ])?;
+        if reply.values() == ["\"NETWORK1\""] {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -9,7 +9,7 @@
 //! Invariant: whereami listens only on LAN addresses, never on the uplink side, and answers
 //! only askers on site networks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -21,7 +21,8 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::answer::{Views, dns_label};
+use crate::answer::Views;
+use crate::dhcp::{DhcpMessage, Leases, NameChange, network_roles};
 use crate::forward::Forwarder;
 use crate::packet::AnswerCache;
 use crate::server::{Handler, Metrics, State};
@@ -42,12 +43,6 @@ struct Listener {
     udp: crate::udp::UdpListener,
 }
 
-/// A DHCP client's name, as whereami answers it.
-struct LeaseName {
-    label: String,
-    expires: u64,
-}
-
 struct Agent {
     state: Arc<State>,
     networks: Vec<ipnet::Ipv4Net>,
@@ -57,7 +52,7 @@ struct Agent {
     /// Networks served for a dead peer: name → gateway.
     takeovers: BTreeMap<String, Ipv4Addr>,
     listeners: BTreeMap<SocketAddr, Listener>,
-    leases: HashMap<Ipv4Addr, LeaseName>,
+    leases: Leases,
     bus: BusClient,
     published: Option<topics::DnsState>,
     shutdown: CancellationToken,
@@ -95,7 +90,7 @@ pub async fn run(
         own: config.own_networks().map(|n| n.gateway).collect(),
         takeovers: BTreeMap::new(),
         listeners: BTreeMap::new(),
-        leases: HashMap::new(),
+        leases: Leases::default(),
         bus: bus.clone(),
         published: None,
         shutdown: shutdown.clone(),
@@ -118,7 +113,8 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 agent.listen().await;
-                agent.expire_leases(fieldnet::bus::unix_millis());
+                let ended = agent.leases.expire(fieldnet::bus::unix_millis());
+                agent.apply(&ended, None);
                 agent.publish();
                 if !ready {
                     fieldnet::rt::ready(&health, &shutdown);
@@ -187,133 +183,62 @@ impl Agent {
 
     /// A message under `dhcp/`: a lease, or a takeover.
     fn on_dhcp(&mut self, topic: &str, body: &serde_json::Value) {
-        if let Some(address) = topic.strip_prefix(topics::TOPIC_DHCP_LEASES) {
-            let Ok(address) = address.parse::<Ipv4Addr>() else {
-                tracing::debug!(topic, "lease topic without an address");
-                return;
-            };
-            if body.is_null() {
-                self.forget_lease(address);
-                return;
+        match DhcpMessage::parse(topic, body) {
+            Ok(Some(DhcpMessage::Lease(address, lease))) => {
+                let changes =
+                    self.leases
+                        .lease(address, lease.as_ref(), fieldnet::bus::unix_millis());
+                self.apply(&changes, lease.as_ref().map(|l| l.mac.as_str()));
             }
-            match serde_json::from_value::<topics::Lease>(body.clone()) {
-                Ok(lease) => self.on_lease(&lease),
-                Err(error) => tracing::warn!(topic, %error, "unreadable lease on the bus"),
+            Ok(Some(DhcpMessage::Takeover(network, Some(takeover)))) => {
+                tracing::info!(%network, gateway = %takeover.gateway, owner = takeover.owner, "network taken over; answering on its address");
+                self.takeovers.insert(network, takeover.gateway);
             }
-        } else if let Some(network) = topic.strip_prefix(topics::TOPIC_DHCP_TAKEOVERS) {
-            if body.is_null() {
-                if self.takeovers.remove(network).is_some() {
-                    tracing::info!(network, "network handed back; its address is dropped");
+            Ok(Some(DhcpMessage::Takeover(network, None))) => {
+                if self.takeovers.remove(&network).is_some() {
+                    tracing::info!(%network, "network handed back; its address is dropped");
                 }
-                return;
             }
-            match serde_json::from_value::<topics::Takeover>(body.clone()) {
-                Ok(takeover) => {
-                    tracing::info!(network, gateway = %takeover.gateway, owner = takeover.owner, "network taken over; answering on its address");
-                    self.takeovers.insert(network.to_owned(), takeover.gateway);
-                }
-                Err(error) => tracing::warn!(topic, %error, "unreadable takeover on the bus"),
-            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "ignoring a DHCP message on the bus"),
         }
     }
 
-    fn on_lease(&mut self, lease: &topics::Lease) {
-        if lease.expires <= fieldnet::bus::unix_millis() {
-            self.forget_lease(lease.address);
+    /// Applies name changes to the views (`mac`: the client's, for the log).
+    fn apply(&mut self, changes: &[NameChange], mac: Option<&str>) {
+        if changes.is_empty() {
             return;
         }
-        let label = lease.hostname.as_deref().and_then(dns_label);
-        let current = self.leases.get(&lease.address).map(|l| l.label.clone());
-        if current.is_some() && current == label {
-            if let Some(known) = self.leases.get_mut(&lease.address) {
-                known.expires = lease.expires;
+        let mut views = self.state.views.write().unwrap_or_else(|p| p.into_inner());
+        for change in changes {
+            match change {
+                NameChange::Add { label, address } => {
+                    match views.add_lease(label, IpAddr::V4(*address)) {
+                        Ok(true) => tracing::debug!(%label, %address, "client name added"),
+                        Ok(false) => {
+                            self.leases.refused(*address);
+                            tracing::warn!(%label, %address, mac = mac.unwrap_or(""), "a DHCP client asked for a reserved name; not given");
+                        }
+                        Err(error) => {
+                            self.leases.refused(*address);
+                            tracing::warn!(%label, %error, "unusable client name");
+                        }
+                    }
+                }
+                NameChange::Remove { label, address } => {
+                    let _ = views.remove_host(label, IpAddr::V4(*address));
+                    tracing::debug!(%label, %address, "client name removed");
+                }
             }
-            return;
         }
-        self.forget_lease(lease.address);
-        let Some(label) = label else {
-            return;
-        };
-        let added = self
-            .state
-            .views
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .add_lease(&label, IpAddr::V4(lease.address));
-        match added {
-            Ok(true) => {
-                self.state.answers.views_changed();
-                tracing::debug!(%label, address = %lease.address, "client name added");
-                self.leases.insert(
-                    lease.address,
-                    LeaseName {
-                        label,
-                        expires: lease.expires,
-                    },
-                );
-            }
-            Ok(false) => {
-                tracing::warn!(%label, address = %lease.address, mac = %lease.mac, "a DHCP client asked for a reserved name; not given");
-            }
-            Err(error) => tracing::warn!(%label, %error, "unusable client name"),
-        }
-    }
-
-    fn forget_lease(&mut self, address: Ipv4Addr) {
-        let Some(lease) = self.leases.remove(&address) else {
-            return;
-        };
-        let _ = self
-            .state
-            .views
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove_host(&lease.label, IpAddr::V4(address));
         self.state.answers.views_changed();
-        tracing::debug!(label = %lease.label, %address, "client name removed");
-    }
-
-    fn expire_leases(&mut self, now: u64) {
-        let expired: Vec<Ipv4Addr> = self
-            .leases
-            .iter()
-            .filter(|(_, lease)| lease.expires <= now)
-            .map(|(address, _)| *address)
-            .collect();
-        for address in expired {
-            self.forget_lease(address);
-        }
     }
 
     fn dns_state(&self) -> topics::DnsState {
         let views = self.state.views.read().unwrap_or_else(|p| p.into_inner());
         let listening: Vec<IpAddr> = self.listeners.keys().map(SocketAddr::ip).collect();
-        let networks = views
-            .networks()
-            .iter()
-            .map(|network| {
-                let gateway = self
-                    .own
-                    .iter()
-                    .chain(self.takeovers.values())
-                    .find(|gateway| network.subnet.contains(*gateway));
-                let role = if self.own.iter().any(|g| network.subnet.contains(g)) {
-                    "own"
-                } else if gateway.is_some() {
-                    "takeover"
-                } else {
-                    "peer"
-                };
-                topics::DnsNetwork {
-                    name: network.name.clone(),
-                    area: network.area.clone(),
-                    role: role.to_owned(),
-                    listening: gateway.is_some_and(|g| listening.contains(&IpAddr::V4(*g))),
-                }
-            })
-            .collect();
         topics::DnsState {
-            networks,
+            networks: network_roles(views.networks(), &self.own, &self.takeovers, &listening),
             upstreams: self.state.forwarder.upstreams(),
             local_names: views.local_names(),
         }

@@ -3,13 +3,15 @@
 //! the site zone are answered locally; everything else is forwarded through a cache that serves
 //! stale answers while the uplinks are down.
 //!
-//! `answer` (who is asking what → the answer) and `cache` are pure; `forward` asks the
-//! upstreams; `server` is the hickory request handler; `agent` binds the LAN addresses and runs
-//! it all.
+//! `answer` (who is asking what → the answer), `cache`, `packet` (the answer cache) and `dhcp`
+//! (what the bus's leases and takeovers change) are pure; `forward` asks the upstreams;
+//! `server` is the hickory request handler; `udp` serves UDP from the answer cache; `agent`
+//! binds the LAN addresses, follows the bus and runs it all.
 
 pub mod agent;
 pub mod answer;
 pub mod cache;
+pub mod dhcp;
 pub mod forward;
 pub mod packet;
 pub mod server;

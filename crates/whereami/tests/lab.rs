@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use fieldnet::bus::frame::{self, Envelope, Frame};
+use fieldnet::bus::topics::DnsState;
 use lab::{Lab, LabProcess, Netns, SiteSpec};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -17,36 +19,14 @@ fn wait(process: &LabProcess, needle: &str) {
 
 /// `dig` from `ns`: (status, answer lines), read from one run's full output.
 fn dig(ns: &Netns, server: &str, name: &str, qtype: &str) -> (String, Vec<String>) {
-    // Unchecked: dig fails when nothing answers, which is "no answer" here.
-    let output = ns
-        .exec_unchecked(
-            "dig",
-            &["+tries=1", "+time=3", &format!("@{server}"), name, qtype],
-            Duration::from_secs(10),
-        )
+    let reply = ns
+        .dig(&["+tries=1", "+time=3", &format!("@{server}"), name, qtype])
         .unwrap_or_else(|e| panic!("dig {name} {qtype} @{server}: {e:#}"));
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let status = text
-        .split("status: ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or("no answer")
-        .to_owned();
-    let answers = text
-        .lines()
-        .skip_while(|l| !l.starts_with(";; ANSWER SECTION:"))
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect();
-    (status, answers)
+    (reply.status, reply.answers)
 }
 
 fn values(answers: &[String]) -> Vec<String> {
-    answers
-        .iter()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
-        .collect()
+    lab::dig_values(answers)
 }
 
 /// Two areas, one uplink and one client each: all whereami needs.
@@ -188,40 +168,43 @@ fn each_network_learns_its_name_outsiders_are_refused_and_forwarded_answers_surv
     assert_eq!(values(&answers), ["\"NETWORK1\""]);
 }
 
+/// Sends `frames` to the broker at `socket`, then a ping; returns every frame the broker sent
+/// before the pong (which comes after everything sent before it was processed).
+fn bus_exchange(socket: &std::path::Path, frames: &[Frame]) -> Vec<Frame> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    for frame in frames.iter().chain([&Frame::Ping]) {
+        stream.write_all(frame::encode(frame).as_bytes()).unwrap();
+    }
+    std::io::BufReader::new(stream)
+        .lines()
+        .map(|line| frame::decode(line.unwrap().as_bytes()).unwrap())
+        .take_while(|frame| *frame != Frame::Pong)
+        .collect()
+}
+
 /// Publishes a retained `body` (JSON; `null` clears) on `topic` through the broker at `socket`.
 fn publish(socket: &std::path::Path, topic: &str, body: &str) {
-    use std::io::Write as _;
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    writeln!(
-        stream,
-        "{{\"op\":\"pub\",\"topic\":\"{topic}\",\"retain\":true,\"body\":{body}}}"
-    )
-    .unwrap();
-    // Answered after everything before it was processed.
-    writeln!(stream, "{{\"op\":\"ping\"}}").unwrap();
-    let mut reply = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut reply).unwrap();
+    let envelope = Envelope {
+        v: frame::VERSION,
+        topic: topic.to_owned(),
+        ts: 0,
+        from: "test".to_owned(),
+        retain: true,
+        body: serde_json::from_str(body).unwrap(),
+    };
+    bus_exchange(socket, &[Frame::Pub(envelope)]);
 }
 
 /// The retained `dns/state`, read from the broker at `socket`.
-fn dns_state(socket: &std::path::Path) -> Option<fieldnet::bus::topics::DnsState> {
-    use std::io::{BufRead as _, Write as _};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    writeln!(
-        stream,
-        "{{\"op\":\"sub\",\"prefix\":\"dns/state\"}}\n{{\"op\":\"ping\"}}"
-    )
-    .unwrap();
-    let mut state = None;
-    for line in std::io::BufReader::new(stream).lines() {
-        let frame: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-        match frame["op"].as_str() {
-            Some("msg") => state = serde_json::from_value(frame["body"].clone()).ok(),
-            Some("pong") => break,
-            _ => {}
-        }
-    }
-    state
+fn dns_state(socket: &std::path::Path) -> Option<DnsState> {
+    let prefix = fieldnet::bus::topics::TOPIC_DNS_STATE.to_owned();
+    bus_exchange(socket, &[Frame::Sub { prefix }])
+        .into_iter()
+        .find_map(|frame| match frame {
+            Frame::Msg(envelope) => envelope.body_as().ok(),
+            _ => None,
+        })
 }
 
 /// Asks until `check` holds for dig's (status, answers), or panics after PATIENCE.
@@ -375,42 +358,36 @@ fn dhcp_clients_get_names_takeover_addresses_are_served_and_big_answers_go_over_
 
     // Too big for plain UDP: truncated, and complete over TCP (dig retries by itself).
     let name = format!("many.{ZONE}");
-    let output = client
-        .exec(
-            "dig",
-            &[
-                "+tries=1",
-                "+time=3",
-                "+noedns",
-                "+ignore",
-                &format!("@{gateway}"),
-                &name,
-                "A",
-            ],
-        )
+    let udp = client
+        .dig(&[
+            "+tries=1",
+            "+time=3",
+            "+noedns",
+            "+ignore",
+            &format!("@{gateway}"),
+            &name,
+            "A",
+        ])
         .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains(" tc"), "no TC flag over UDP:\n{text}");
-    let output = client
-        .exec(
-            "dig",
-            &[
-                "+tries=1",
-                "+time=3",
-                "+noedns",
-                &format!("@{gateway}"),
-                &name,
-                "A",
-            ],
-        )
+    assert!(
+        udp.text.contains(" tc"),
+        "no TC flag over UDP:\n{}",
+        udp.text
+    );
+    let tcp = client
+        .dig(&[
+            "+tries=1",
+            "+time=3",
+            "+noedns",
+            &format!("@{gateway}"),
+            &name,
+            "A",
+        ])
         .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    let answers = text
-        .lines()
-        .skip_while(|l| !l.starts_with(";; ANSWER SECTION:"))
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .count();
-    assert_eq!(answers, 40, "{text}");
-    assert!(text.contains("(TCP)"), "not retried over TCP:\n{text}");
+    assert_eq!(tcp.answers.len(), 40, "{}", tcp.text);
+    assert!(
+        tcp.text.contains("(TCP)"),
+        "not retried over TCP:\n{}",
+        tcp.text
+    );
 }
