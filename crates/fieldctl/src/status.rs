@@ -29,7 +29,7 @@ fn expected_agents(config: &Config) -> Vec<&'static str> {
             agents.cross_site_failover.common.enabled,
         ),
         ("whereami", agents.whereami.common.enabled),
-        ("dhcp-takeover", agents.dhcp_takeover.enabled),
+        ("dhcp-takeover", agents.dhcp_takeover.common.enabled),
         ("imds-endpoint", agents.imds_endpoint.enabled),
         ("inventory", agents.inventory.enabled),
     ]

@@ -35,6 +35,8 @@ struct Server {
     name: &'static str,
     port: u16,
     process: LabProcess,
+    /// Answers DNS (the floor only echoes).
+    dns: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -99,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         name: "whereami",
         port: 53,
         process: whereami,
+        dns: true,
     });
 
     // dnsmasq with the same local data and cache size.
@@ -119,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         name: "dnsmasq",
         port: 5301,
         process: local,
+        dns: true,
     });
 
     // unbound: one thread, no validation (neither of the others validates), same local data.
@@ -146,6 +150,22 @@ fn main() -> anyhow::Result<()> {
         name: "unbound",
         port: 5302,
         process: unbound,
+        dns: true,
+    });
+
+    // The floor: the kernel's path for one datagram in and one out, with no DNS work.
+    let floor_bin = std::env::current_exe()?.with_file_name("udp-floor");
+    let floor = lab.spawn(
+        &appliance,
+        floor_bin.to_str().expect("utf-8 path"),
+        &[&format!("{SERVER}:5303")],
+    )?;
+    floor.wait_for_log("echoing", Duration::from_secs(10))?;
+    servers.push(Server {
+        name: "floor: echo, no DNS",
+        port: 5303,
+        process: floor,
+        dns: false,
     });
 
     let local = lab.dir().join("local.queries");
@@ -257,6 +277,9 @@ fn dnsmasq(lab: &mut Lab, ns: &Netns, address: &str, extra: &[&str]) -> anyhow::
 
 fn wait_answering(client: &Netns, server: &Server) -> anyhow::Result<()> {
     for _ in 0..100 {
+        if !server.dns {
+            return Ok(());
+        }
         let reply = client.dig(&[
             "+tries=1",
             "+time=1",

@@ -61,6 +61,13 @@ pub const DEFAULT_CLOUDWATCH_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 /// Shortest site key accepted, in bytes.
 pub const MIN_SITE_KEY_BYTES: usize = 32;
+pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(3600);
+pub const DEFAULT_DHCP_STORE: &str = "/var/lib/fieldnet/dhcp";
+pub const DEFAULT_CONFLICT_PROBE: Duration = Duration::from_millis(250);
+pub const DEFAULT_OFFER_HOLD: Duration = Duration::from_secs(30);
+/// Host addresses at the start of a subnet left out of the default pool, for appliances,
+/// routers and printers configured by hand.
+pub const DEFAULT_POOL_SKIP: u32 = 9;
 
 /// The validated configuration of one appliance.
 #[derive(Debug, Clone, PartialEq)]
@@ -225,7 +232,7 @@ pub struct Agents {
     pub uplink_monitor: UplinkMonitorConfig,
     pub cross_site_failover: CrossSiteFailoverConfig,
     pub whereami: WhereamiConfig,
-    pub dhcp_takeover: AgentCommon,
+    pub dhcp_takeover: DhcpTakeoverConfig,
     pub imds_endpoint: AgentCommon,
     pub inventory: AgentCommon,
 }
@@ -310,6 +317,66 @@ pub struct WhereamiConfig {
 }
 
 /// A local name: `<name>.<site domain>` → address.
+/// `[dhcp_takeover]`, validated: every address here lies inside a configured network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpTakeoverConfig {
+    pub common: AgentCommon,
+    /// Directory of the lease log.
+    pub store: PathBuf,
+    /// How long to wait for an answer when checking that a free address is unused; `None` when
+    /// the check is off.
+    pub conflict_probe: Option<Duration>,
+    /// How long an offered address is kept for the client it was offered to.
+    pub offer_hold: Duration,
+    /// Options every client gets, unless its class says otherwise.
+    pub options: DhcpOptionSet,
+    pub pools: Vec<DhcpPool>,
+    pub reservations: Vec<DhcpReservation>,
+    pub classes: Vec<DeviceClass>,
+}
+
+/// Client options; in a class, `None` means "as site-wide".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DhcpOptionSet {
+    pub lease_time: Option<Duration>,
+    pub ntp_servers: Option<Vec<Ipv4Addr>>,
+    pub mtu: Option<u16>,
+    pub routes: Option<Vec<StaticRoute>>,
+}
+
+/// A classless static route (option 121); `via: None` is the network's own gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticRoute {
+    pub destination: Ipv4Net,
+    pub via: Option<Ipv4Addr>,
+}
+
+/// An inclusive address range on one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpPool {
+    pub network: String,
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpReservation {
+    pub mac: [u8; 6],
+    pub address: Ipv4Addr,
+    pub network: String,
+    pub hostname: Option<String>,
+}
+
+/// Devices whose MAC starts with one of `mac_prefixes`: they get addresses from `ranges` (on
+/// the networks those lie in) and `options` over the site-wide ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceClass {
+    pub name: String,
+    pub mac_prefixes: Vec<Vec<u8>>,
+    pub ranges: Vec<DhcpPool>,
+    pub options: DhcpOptionSet,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     pub name: String,

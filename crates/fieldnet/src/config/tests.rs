@@ -454,3 +454,80 @@ fn hub_mode_mistakes_are_named() {
         "{message}"
     );
 }
+
+#[test]
+fn dhcp_section_is_checked_against_the_networks() {
+    let config = Config::from_str(MINIMAL, "test.toml").unwrap();
+    let dhcp = &config.agents.dhcp_takeover;
+    assert_eq!(dhcp.options.lease_time, Some(DEFAULT_LEASE_TIME));
+    assert_eq!(dhcp.conflict_probe, Some(DEFAULT_CONFLICT_PROBE));
+    assert_eq!(dhcp.store, Path::new(DEFAULT_DHCP_STORE));
+
+    let good = format!(
+        "{MINIMAL}
+[dhcp_takeover]
+conflict_probe_ms = 0
+routes = [\"10.200.0.0/16\", \"10.201.0.0/16 via 10.101.0.5\"]
+
+[[dhcp_takeover.pools]]
+network = \"NETWORK1\"
+start = \"10.101.0.100\"
+end = \"10.101.0.199\"
+
+[[dhcp_takeover.reservations]]
+mac = \"02-00-5E-10-00-01\"
+address = \"10.101.0.10\"
+hostname = \"Till-1\"
+
+[[dhcp_takeover.classes]]
+name = \"cameras\"
+mac_prefixes = [\"00:80:f0\"]
+ranges = [\"10.101.0.20-10.101.0.49\"]
+lease_time_s = 86400
+"
+    );
+    let config = Config::from_str(&good, "test.toml").unwrap();
+    let dhcp = &config.agents.dhcp_takeover;
+    assert_eq!(dhcp.conflict_probe, None);
+    assert_eq!(dhcp.reservations[0].mac, [2, 0, 0x5e, 0x10, 0, 1]);
+    assert_eq!(dhcp.reservations[0].network, "NETWORK1");
+    assert_eq!(dhcp.reservations[0].hostname.as_deref(), Some("till-1"));
+    assert_eq!(dhcp.classes[0].mac_prefixes, vec![vec![0, 0x80, 0xf0]]);
+    assert_eq!(
+        dhcp.classes[0].options.lease_time,
+        Some(Duration::from_secs(86_400))
+    );
+    let routes = dhcp.options.routes.as_ref().unwrap();
+    assert_eq!(routes[0].via, None);
+    assert_eq!(routes[1].via, Some(Ipv4Addr::new(10, 101, 0, 5)));
+
+    let bad = good
+        .replace("network = \"NETWORK1\"", "network = \"NETWORK9\"")
+        .replace("02-00-5E-10-00-01", "02:00:5e")
+        .replace("\"10.101.0.20-10.101.0.49\"", "\"10.101.0.49-10.101.0.20\"")
+        .replace("\"10.200.0.0/16\"", "\"10.200.0.1/16\"");
+    let message = error_of(&bad).to_string();
+    for expected in [
+        "dhcp_takeover.pools[0].network: network 'NETWORK9' is not defined; defined networks: NETWORK1",
+        "dhcp_takeover.reservations[0].mac: '02:00:5e' is not a MAC address",
+        "dhcp_takeover.classes[0].ranges[0]: the range starts at 10.101.0.49, after its end 10.101.0.20",
+        "dhcp_takeover.routes[0]: '10.200.0.1/16' is not a route",
+    ] {
+        assert!(message.contains(expected), "{expected} not in:\n{message}");
+    }
+
+    let overlapping = good.replace("10.101.0.20-10.101.0.49", "10.101.0.150-10.101.0.160");
+    let message = error_of(&overlapping).to_string();
+    assert!(
+        message
+            .contains("dhcp_takeover.classes[0].ranges: 10.101.0.150-10.101.0.160 overlaps a pool"),
+        "{message}"
+    );
+    let gateway = good.replace("address = \"10.101.0.10\"", "address = \"10.101.0.1\"");
+    let message = error_of(&gateway).to_string();
+    assert!(
+        message
+            .contains("dhcp_takeover.reservations[0].address: 10.101.0.1 is not a client address"),
+        "{message}"
+    );
+}

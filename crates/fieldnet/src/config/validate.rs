@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use toml::de::DeTable;
 
+mod dhcp;
+
 use super::spans::{KeyPath, key_at, line_of, span_of};
 use super::wire::*;
 use super::*;
@@ -133,7 +135,12 @@ impl Checker {
         let uplinks = self.uplinks(&wire.uplinks, &appliance_ids, appliance.as_ref());
         let hub = wire.hub.as_ref().and_then(|hub| self.hub(hub));
         let bus = self.bus(&wire.bus);
-        let agents = self.agents(&wire, bus.as_ref().map(|b| b.metrics_listen), uplinks.len());
+        let agents = self.agents(
+            &wire,
+            bus.as_ref().map(|b| b.metrics_listen),
+            uplinks.len(),
+            &networks,
+        );
         Some(Config {
             site: site?,
             appliance: appliance?,
@@ -587,6 +594,7 @@ impl Checker {
         wire: &WireConfig,
         bus_metrics: Option<SocketAddr>,
         uplink_count: usize,
+        networks: &[Network],
     ) -> Option<Agents> {
         let uplink_common = self.common(
             "uplink_monitor",
@@ -597,6 +605,7 @@ impl Checker {
         let uplink_monitor = self.uplink_monitor(&wire.uplink_monitor, uplink_common, uplink_count);
         let cross_site = self.cross_site_failover(&wire.cross_site_failover);
         let whereami = self.whereami(&wire.whereami);
+        let dhcp_takeover = self.dhcp_takeover(&wire.dhcp_takeover, networks);
         let mut agent = |section: &str, wire: &WireAgent, port: u16| {
             self.common(section, wire.enabled, wire.metrics_listen.as_deref(), port)
         };
@@ -604,11 +613,7 @@ impl Checker {
             uplink_monitor: uplink_monitor?,
             cross_site_failover: cross_site?,
             whereami: whereami?,
-            dhcp_takeover: agent(
-                "dhcp_takeover",
-                &wire.dhcp_takeover,
-                METRICS_PORT_DHCP_TAKEOVER,
-            )?,
+            dhcp_takeover: dhcp_takeover?,
             imds_endpoint: agent(
                 "imds_endpoint",
                 &wire.imds_endpoint,
@@ -625,7 +630,7 @@ impl Checker {
             ("uplink_monitor", &agents.uplink_monitor.common),
             ("cross_site_failover", &agents.cross_site_failover.common),
             ("whereami", &agents.whereami.common),
-            ("dhcp_takeover", &agents.dhcp_takeover),
+            ("dhcp_takeover", &agents.dhcp_takeover.common),
             ("imds_endpoint", &agents.imds_endpoint),
             ("inventory", &agents.inventory),
         ] {

@@ -29,7 +29,7 @@ pub struct WireConfig {
     #[serde(default)]
     pub whereami: WireWhereami,
     #[serde(default)]
-    pub dhcp_takeover: WireAgent,
+    pub dhcp_takeover: WireDhcpTakeover,
     #[serde(default)]
     pub imds_endpoint: WireAgent,
     #[serde(default)]
@@ -176,6 +176,66 @@ pub struct WireWhereami {
 pub struct WireHost {
     pub name: String,
     pub address: String,
+}
+
+/// `[dhcp_takeover]`: the common agent keys plus DHCP: lease time, options, pools, reservations,
+/// device classes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireDhcpTakeover {
+    pub enabled: Option<bool>,
+    pub metrics_listen: Option<String>,
+    pub store: Option<String>,
+    pub conflict_probe_ms: Option<i64>,
+    pub offer_hold_s: Option<i64>,
+    #[serde(flatten)]
+    pub options: WireDhcpOptions,
+    #[serde(default)]
+    pub pools: Vec<WirePool>,
+    #[serde(default)]
+    pub reservations: Vec<WireReservation>,
+    #[serde(default)]
+    pub classes: Vec<WireClass>,
+}
+
+/// The options a client is given, site-wide or per class.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireDhcpOptions {
+    pub lease_time_s: Option<i64>,
+    pub ntp_servers: Option<Vec<String>>,
+    pub mtu: Option<i64>,
+    pub routes: Option<Vec<String>>,
+}
+
+/// `[[dhcp_takeover.pools]]`: a dynamic range on one network.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WirePool {
+    pub network: String,
+    pub start: String,
+    pub end: String,
+}
+
+/// `[[dhcp_takeover.reservations]]`: a fixed address for one MAC.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireReservation {
+    pub mac: String,
+    pub address: String,
+    pub hostname: Option<String>,
+}
+
+/// `[[dhcp_takeover.classes]]`: devices known by MAC prefix, with their own ranges and options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireClass {
+    pub name: String,
+    pub mac_prefixes: Vec<String>,
+    #[serde(default)]
+    pub ranges: Vec<String>,
+    #[serde(flatten)]
+    pub options: WireDhcpOptions,
 }
 
 /// `[cross_site_failover]`: the common agent keys plus heartbeats and path failback.

@@ -1,0 +1,762 @@
+//! The DHCPv4 server's decisions (RFC 2131): a request in, what to do out. Pure: the time is an
+//! argument, nothing here touches a socket, a disk or a clock.
+//!
+//! Outputs are commands for the edge: send a reply now, check an address is unused before
+//! offering it (`Probe`), or store a lease durably and only then send the reply (`Commit`: an
+//! ACK never leaves before its lease is on disk).
+//!
+//! Invariants: an address is offered or acknowledged to at most one client at a time; a client
+//! gets its previous address back when it is still free; nobody is given a declined address,
+//! a reserved address (other than its owner) or the gateway.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use dhcproto::v4::{self, DhcpOption, Message, MessageType, Opcode, OptionCode};
+
+use crate::lease::{ClientId, Lease, LeaseState, Leases, Mac};
+use crate::plan::{ClientOptions, NetworkPlan, Plan};
+
+/// An inclusive address range.
+type Range = (Ipv4Addr, Ipv4Addr);
+
+/// How long a declined or conflicting address is kept out of use.
+pub const QUARANTINE_MS: u64 = 10 * 60 * 1000;
+/// How many addresses one DISCOVER may probe before the server gives up (the client retries).
+pub const MAX_PROBES: u8 = 4;
+
+/// Where a reply goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// To 255.255.255.255:68 on the network's interface (the client has no address yet).
+    Broadcast,
+    /// To a client that has an address: ciaddr:68.
+    Client(Ipv4Addr),
+    /// To a relay agent: giaddr:67.
+    Relay(Ipv4Addr),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub network: String,
+    pub message: Message,
+    pub to: Destination,
+}
+
+/// What the edge does with a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Send(Reply),
+    /// Check nothing answers on `address`, then call [`Server::probed`] with the request.
+    Probe {
+        network: String,
+        address: Ipv4Addr,
+        attempt: u8,
+    },
+    /// Store `lease` durably, then send `reply` (if any).
+    Commit {
+        lease: Lease,
+        reply: Option<Reply>,
+    },
+    /// Nothing to send; the reason is for logs and metrics.
+    Ignore(&'static str),
+}
+
+/// An address held for a client between OFFER (or the probe before it) and REQUEST.
+#[derive(Debug, Clone)]
+struct Hold {
+    client: ClientId,
+    until: u64,
+}
+
+/// The server's state: the plan, the leases, the networks served now, the offers in flight.
+#[derive(Debug)]
+pub struct Server {
+    /// Shared so a request's network can be borrowed while the state changes.
+    plan: Arc<Plan>,
+    appliance: u8,
+    offer_hold_ms: u64,
+    probe: bool,
+    leases: Leases,
+    serving: BTreeSet<String>,
+    holds: HashMap<Ipv4Addr, Hold>,
+    /// Per network and range set: addresses never given to anyone, lowest first.
+    fresh: HashMap<(String, Option<String>), BTreeSet<u32>>,
+}
+
+/// The parts of a request every decision needs.
+struct Asker<'a> {
+    network: &'a NetworkPlan,
+    client: ClientId,
+    mac: Mac,
+    class: Option<String>,
+    hostname: Option<String>,
+}
+
+impl Server {
+    pub fn new(plan: Plan, appliance: u8, offer_hold_ms: u64, probe: bool, leases: Leases) -> Self {
+        let mut server = Self {
+            plan: Arc::new(plan),
+            appliance,
+            offer_hold_ms,
+            probe,
+            leases,
+            serving: BTreeSet::new(),
+            holds: HashMap::new(),
+            fresh: HashMap::new(),
+        };
+        server.rebuild_fresh();
+        server
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    pub fn serving(&self) -> &BTreeSet<String> {
+        &self.serving
+    }
+
+    /// Starts or stops answering on `network`.
+    pub fn serve(&mut self, network: &str, on: bool) {
+        if on {
+            self.serving.insert(network.to_owned());
+        } else {
+            self.serving.remove(network);
+            self.holds.retain(|address, _| {
+                self.plan
+                    .network(network)
+                    .is_none_or(|n| !n.subnet.contains(address))
+            });
+        }
+    }
+
+    /// Takes in a record made elsewhere (a peer, or the log at start); says whether it was new.
+    pub fn learn(&mut self, lease: Lease) -> bool {
+        let address = lease.address;
+        let network = lease.network.clone();
+        let stored = self.leases.apply(lease);
+        if stored {
+            for ((net, _), fresh) in &mut self.fresh {
+                if *net == network {
+                    fresh.remove(&u32::from(address));
+                }
+            }
+        }
+        stored
+    }
+
+    /// Forgets offers whose time has passed, so their addresses can go to others.
+    pub fn expire_holds(&mut self, now: u64) {
+        let ended: Vec<Ipv4Addr> = self
+            .holds
+            .iter()
+            .filter(|(_, hold)| hold.until <= now)
+            .map(|(address, _)| *address)
+            .collect();
+        self.drop_holds(&ended);
+    }
+
+    /// Lets held addresses go; one that was never leased goes back among the fresh ones.
+    fn drop_holds(&mut self, addresses: &[Ipv4Addr]) {
+        for &address in addresses {
+            self.holds.remove(&address);
+            if self.leases.get(address).is_some() {
+                continue;
+            }
+            let Some(network) = self.plan.network_of(address) else {
+                continue;
+            };
+            let class = network
+                .class_ranges
+                .iter()
+                .find(|(_, ranges)| ranges.iter().any(|&(s, e)| s <= address && address <= e))
+                .map(|(class, _)| class.clone());
+            if let Some(fresh) = self.fresh.get_mut(&(network.name.clone(), class)) {
+                fresh.insert(u32::from(address));
+            }
+        }
+    }
+
+    fn rebuild_fresh(&mut self) {
+        self.fresh.clear();
+        for network in &self.plan.networks {
+            let mut sets: Vec<(Option<String>, &[Range])> = vec![(None, network.pool.as_slice())];
+            for (class, ranges) in &network.class_ranges {
+                sets.push((Some(class.clone()), ranges.as_slice()));
+            }
+            for (class, ranges) in sets {
+                let mut fresh = BTreeSet::new();
+                for &(start, end) in ranges {
+                    for address in u32::from(start)..=u32::from(end) {
+                        let ip = Ipv4Addr::from(address);
+                        if ip != network.gateway
+                            && !self.plan.is_reserved(ip)
+                            && self.leases.get(ip).is_none()
+                        {
+                            fresh.insert(address);
+                        }
+                    }
+                }
+                self.fresh.insert((network.name.clone(), class), fresh);
+            }
+        }
+    }
+
+    /// Decides what to do with `request`, which arrived on the interface of `ingress` (or
+    /// through a relay, whose giaddr names the network).
+    pub fn handle(&mut self, now: u64, ingress: Option<&str>, request: &Message) -> Decision {
+        if request.opcode() != Opcode::BootRequest {
+            return Decision::Ignore("not a request");
+        }
+        let Some(DhcpOption::MessageType(kind)) = request.opts().get(OptionCode::MessageType)
+        else {
+            return Decision::Ignore("no message type");
+        };
+        let plan = Arc::clone(&self.plan);
+        let network = if request.giaddr().is_unspecified() {
+            ingress.and_then(|name| plan.network(name))
+        } else {
+            plan.network_of(request.giaddr())
+        };
+        let Some(network) = network else {
+            return Decision::Ignore("no network for this request");
+        };
+        if !self.serving.contains(&network.name) {
+            return Decision::Ignore("network not served here");
+        }
+        let Some(asker) = self.asker(network, request) else {
+            return Decision::Ignore("no usable hardware address");
+        };
+        match kind {
+            MessageType::Discover => self.discover(now, &asker, request, 0),
+            MessageType::Request => self.request(now, &asker, request),
+            MessageType::Release => self.release(now, &asker, request),
+            MessageType::Decline => self.decline(now, &asker, request),
+            MessageType::Inform => self.inform(&asker, request),
+            _ => Decision::Ignore("not a client message"),
+        }
+    }
+
+    /// The probe of `address` for `request` came back; `in_use` if something answered. Can be
+    /// two decisions: storing the address's quarantine, then the next probe or the offer.
+    pub fn probed(
+        &mut self,
+        now: u64,
+        network: &str,
+        request: &Message,
+        address: Ipv4Addr,
+        attempt: u8,
+        in_use: bool,
+    ) -> Vec<Decision> {
+        let whole = Arc::clone(&self.plan);
+        let Some(plan) = whole.network(network) else {
+            return vec![Decision::Ignore("no network for this request")];
+        };
+        if !self.serving.contains(network) {
+            return vec![Decision::Ignore("network not served here")];
+        }
+        let Some(asker) = self.asker(plan, request) else {
+            return vec![Decision::Ignore("no usable hardware address")];
+        };
+        let held_by_asker = self
+            .holds
+            .get(&address)
+            .is_some_and(|hold| hold.client == asker.client);
+        if !held_by_asker {
+            return vec![self.discover(now, &asker, request, attempt + 1)];
+        }
+        if in_use {
+            // Something answers there without a lease from us: keep it out of use, durably, so
+            // a restart does not hand it out either.
+            self.holds.remove(&address);
+            let lease = Lease {
+                address,
+                network: network.to_owned(),
+                client: ClientId(Vec::new()),
+                mac: Mac::default(),
+                hostname: None,
+                class: None,
+                state: LeaseState::Declined,
+                expires: now + QUARANTINE_MS,
+                updated: now,
+                issued_by: self.appliance,
+            };
+            self.learn(lease.clone());
+            let next = self.discover(now, &asker, request, attempt + 1);
+            return vec![Decision::Commit { lease, reply: None }, next];
+        }
+        vec![self.offer(now, &asker, request, address)]
+    }
+
+    fn asker<'a>(&self, network: &'a NetworkPlan, request: &Message) -> Option<Asker<'a>> {
+        let chaddr = request.chaddr();
+        let mac = Mac(chaddr.get(..6)?.try_into().ok()?);
+        let client = match request.opts().get(OptionCode::ClientIdentifier) {
+            Some(DhcpOption::ClientIdentifier(id)) if !id.is_empty() => ClientId(id.clone()),
+            _ => {
+                let mut id = vec![u8::from(request.htype())];
+                id.extend_from_slice(&mac.0);
+                ClientId(id)
+            }
+        };
+        let hostname = match request.opts().get(OptionCode::Hostname) {
+            Some(DhcpOption::Hostname(name)) => clean_hostname(name),
+            _ => None,
+        };
+        let reservation = self.plan.reservation(mac);
+        Some(Asker {
+            network,
+            client,
+            mac,
+            class: self.plan.class_of(mac).map(str::to_owned),
+            hostname: reservation.and_then(|r| r.hostname.clone()).or(hostname),
+        })
+    }
+
+    /// Whether `address` may be given to the asker at `now`.
+    fn available(&self, now: u64, asker: &Asker<'_>, address: Ipv4Addr) -> bool {
+        if !asker.network.subnet.contains(&address) || address == asker.network.gateway {
+            return false;
+        }
+        let reserved_for_asker = self
+            .plan
+            .reservation(asker.mac)
+            .is_some_and(|r| r.address == address && r.network == asker.network.name);
+        if !reserved_for_asker
+            && !self
+                .plan
+                .allows(asker.network, asker.class.as_deref(), address)
+        {
+            return false;
+        }
+        if let Some(hold) = self.holds.get(&address)
+            && hold.client != asker.client
+            && hold.until > now
+        {
+            return false;
+        }
+        match self.leases.get(address) {
+            Some(lease) if lease.client == asker.client => {
+                lease.state != LeaseState::Declined || lease.expires <= now
+            }
+            Some(lease) => !lease.blocks(now),
+            None => true,
+        }
+    }
+
+    /// The address to offer: the reservation, the client's current or previous address, the
+    /// one it asks for, a never-used one, or the longest-free one.
+    fn choose(
+        &mut self,
+        now: u64,
+        asker: &Asker<'_>,
+        request: &Message,
+    ) -> Option<(Ipv4Addr, bool)> {
+        if let Some(reservation) = self.plan.reservation(asker.mac)
+            && reservation.network == asker.network.name
+        {
+            let address = reservation.address;
+            return self
+                .available(now, asker, address)
+                .then_some((address, false));
+        }
+        if let Some(lease) = self.leases.of_client(&asker.network.name, &asker.client)
+            && self.available(now, asker, lease.address)
+        {
+            // Its own address: probing it would find the client itself.
+            return Some((lease.address, false));
+        }
+        if let Some((&address, _)) = self
+            .holds
+            .iter()
+            .find(|(_, hold)| hold.client == asker.client && hold.until > now)
+            && asker.network.subnet.contains(&address)
+        {
+            return Some((address, false));
+        }
+        if let Some(DhcpOption::RequestedIpAddress(wanted)) =
+            request.opts().get(OptionCode::RequestedIpAddress)
+            && self.available(now, asker, *wanted)
+        {
+            return Some((*wanted, true));
+        }
+        let key = (asker.network.name.clone(), asker.class.clone());
+        let key = if self.fresh.contains_key(&key) {
+            key
+        } else {
+            (asker.network.name.clone(), None)
+        };
+        while let Some(address) = self.fresh.get_mut(&key).and_then(|set| set.pop_first()) {
+            let ip = Ipv4Addr::from(address);
+            if self.available(now, asker, ip) {
+                return Some((ip, true));
+            }
+        }
+        // No never-used address left: the free one whose lease ended longest ago.
+        let ranges = self.plan.ranges_for(asker.network, asker.class.as_deref());
+        self.leases
+            .iter()
+            .filter(|lease| {
+                ranges
+                    .iter()
+                    .any(|&(s, e)| s <= lease.address && lease.address <= e)
+            })
+            .filter(|lease| self.available(now, asker, lease.address))
+            .min_by_key(|lease| lease.expires)
+            .map(|lease| (lease.address, true))
+    }
+
+    fn discover(
+        &mut self,
+        now: u64,
+        asker: &Asker<'_>,
+        request: &Message,
+        attempt: u8,
+    ) -> Decision {
+        if attempt >= MAX_PROBES {
+            return Decision::Ignore("every probed address is in use");
+        }
+        let Some((address, probe)) = self.choose(now, asker, request) else {
+            return Decision::Ignore("no free address");
+        };
+        self.holds.insert(
+            address,
+            Hold {
+                client: asker.client.clone(),
+                until: now + self.offer_hold_ms,
+            },
+        );
+        if probe && self.probe {
+            return Decision::Probe {
+                network: asker.network.name.clone(),
+                address,
+                attempt,
+            };
+        }
+        self.offer(now, asker, request, address)
+    }
+
+    fn offer(
+        &mut self,
+        now: u64,
+        asker: &Asker<'_>,
+        request: &Message,
+        address: Ipv4Addr,
+    ) -> Decision {
+        self.holds.insert(
+            address,
+            Hold {
+                client: asker.client.clone(),
+                until: now + self.offer_hold_ms,
+            },
+        );
+        let options = self.plan.options(asker.network, asker.class.as_deref());
+        let message = reply(
+            request,
+            MessageType::Offer,
+            address,
+            Some(&options),
+            asker.network.gateway,
+        );
+        Decision::Send(Reply {
+            network: asker.network.name.clone(),
+            message,
+            to: destination(request, false),
+        })
+    }
+
+    fn request(&mut self, now: u64, asker: &Asker<'_>, request: &Message) -> Decision {
+        let server_id = match request.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(id)) => Some(*id),
+            _ => None,
+        };
+        let requested = match request.opts().get(OptionCode::RequestedIpAddress) {
+            Some(DhcpOption::RequestedIpAddress(address)) => Some(*address),
+            _ => None,
+        };
+        if let Some(id) = server_id
+            && id != asker.network.gateway
+        {
+            // SELECTING, and the client chose another server: let our offer go.
+            let offered: Vec<Ipv4Addr> = self
+                .holds
+                .iter()
+                .filter(|(_, hold)| hold.client == asker.client)
+                .map(|(address, _)| *address)
+                .collect();
+            self.drop_holds(&offered);
+            return Decision::Ignore("client chose another server");
+        }
+        let ciaddr = request.ciaddr();
+        let address = match (server_id, requested) {
+            // SELECTING or INIT-REBOOT: the address is in option 50.
+            (_, Some(address)) if ciaddr.is_unspecified() => address,
+            // RENEWING or REBINDING: the address is the client's own.
+            _ if !ciaddr.is_unspecified() => ciaddr,
+            _ => return self.nak(asker, request, "request without an address"),
+        };
+        if !asker.network.subnet.contains(&address) {
+            return self.nak(asker, request, "address is not on this network");
+        }
+        if server_id.is_some() {
+            // SELECTING: only what we offered (or what the client already holds).
+            let offered = self
+                .holds
+                .get(&address)
+                .is_some_and(|hold| hold.client == asker.client);
+            let holds_it = self
+                .leases
+                .get(address)
+                .is_some_and(|lease| lease.client == asker.client && lease.is_bound(now));
+            if !offered && !holds_it {
+                return self.nak(asker, request, "address was not offered to this client");
+            }
+        }
+        // Authoritative for the networks it serves: an address that is free and allowed is
+        // confirmed even without a record (a client keeping its address across a server's
+        // lost disk or a takeover), anything else is refused.
+        if !self.available(now, asker, address) {
+            return self.nak(asker, request, "address is not available to this client");
+        }
+        let options = self.plan.options(asker.network, asker.class.as_deref());
+        let lease = Lease {
+            address,
+            network: asker.network.name.clone(),
+            client: asker.client.clone(),
+            mac: asker.mac,
+            hostname: asker.hostname.clone(),
+            class: asker.class.clone(),
+            state: LeaseState::Bound,
+            expires: now + options.lease_time.as_millis() as u64,
+            updated: now,
+            issued_by: self.appliance,
+        };
+        self.holds.remove(&address);
+        self.learn(lease.clone());
+        let message = reply(
+            request,
+            MessageType::Ack,
+            address,
+            Some(&options),
+            asker.network.gateway,
+        );
+        Decision::Commit {
+            lease,
+            reply: Some(Reply {
+                network: asker.network.name.clone(),
+                message,
+                to: destination(request, false),
+            }),
+        }
+    }
+
+    fn nak(&mut self, asker: &Asker<'_>, request: &Message, why: &'static str) -> Decision {
+        let mut message = reply(
+            request,
+            MessageType::Nak,
+            Ipv4Addr::UNSPECIFIED,
+            None,
+            asker.network.gateway,
+        );
+        message
+            .opts_mut()
+            .insert(DhcpOption::Message(why.to_owned()));
+        Decision::Send(Reply {
+            network: asker.network.name.clone(),
+            message,
+            to: destination(request, true),
+        })
+    }
+
+    fn release(&mut self, now: u64, asker: &Asker<'_>, request: &Message) -> Decision {
+        let address = request.ciaddr();
+        match self.leases.get(address) {
+            Some(lease) if lease.client == asker.client && lease.state == LeaseState::Bound => {
+                let mut lease = lease.clone();
+                lease.state = LeaseState::Released;
+                lease.expires = now;
+                lease.updated = now.max(lease.updated + 1);
+                lease.issued_by = self.appliance;
+                self.learn(lease.clone());
+                Decision::Commit { lease, reply: None }
+            }
+            _ => Decision::Ignore("release of an address the client does not hold"),
+        }
+    }
+
+    fn decline(&mut self, now: u64, asker: &Asker<'_>, request: &Message) -> Decision {
+        let Some(DhcpOption::RequestedIpAddress(address)) =
+            request.opts().get(OptionCode::RequestedIpAddress)
+        else {
+            return Decision::Ignore("decline without an address");
+        };
+        let ours = self
+            .leases
+            .get(*address)
+            .is_some_and(|lease| lease.client == asker.client)
+            || self
+                .holds
+                .get(address)
+                .is_some_and(|hold| hold.client == asker.client);
+        if !ours {
+            return Decision::Ignore("decline of an address the client was not given");
+        }
+        self.holds.remove(address);
+        let lease = Lease {
+            address: *address,
+            network: asker.network.name.clone(),
+            client: ClientId(Vec::new()),
+            mac: Mac::default(),
+            hostname: None,
+            class: None,
+            state: LeaseState::Declined,
+            expires: now + QUARANTINE_MS,
+            updated: now.max(self.leases.get(*address).map_or(0, |l| l.updated + 1)),
+            issued_by: self.appliance,
+        };
+        self.learn(lease.clone());
+        Decision::Commit { lease, reply: None }
+    }
+
+    fn inform(&mut self, asker: &Asker<'_>, request: &Message) -> Decision {
+        let options = self.plan.options(asker.network, asker.class.as_deref());
+        let mut message = reply(
+            request,
+            MessageType::Ack,
+            Ipv4Addr::UNSPECIFIED,
+            Some(&options),
+            asker.network.gateway,
+        );
+        // RFC 2131 3.4: no lease time in an answer to DHCPINFORM.
+        for code in [
+            OptionCode::AddressLeaseTime,
+            OptionCode::Renewal,
+            OptionCode::Rebinding,
+        ] {
+            message.opts_mut().remove(code);
+        }
+        let to = if request.ciaddr().is_unspecified() {
+            destination(request, false)
+        } else {
+            Destination::Client(request.ciaddr())
+        };
+        Decision::Send(Reply {
+            network: asker.network.name.clone(),
+            message,
+            to,
+        })
+    }
+}
+
+/// Where the reply to `request` goes (RFC 2131 4.1): the relay, else the client's address, else
+/// broadcast. A server without a raw socket cannot unicast to a client without an address, so
+/// those replies are broadcast, which every client accepts.
+fn destination(request: &Message, nak: bool) -> Destination {
+    if !request.giaddr().is_unspecified() {
+        Destination::Relay(request.giaddr())
+    } else if !nak && !request.ciaddr().is_unspecified() {
+        Destination::Client(request.ciaddr())
+    } else {
+        Destination::Broadcast
+    }
+}
+
+/// A reply to `request` of `kind`, carrying `address` and (unless a NAK) `options`.
+fn reply(
+    request: &Message,
+    kind: MessageType,
+    address: Ipv4Addr,
+    options: Option<&ClientOptions>,
+    server_id: Ipv4Addr,
+) -> Message {
+    let mut message = Message::default();
+    message
+        .set_opcode(Opcode::BootReply)
+        .set_htype(request.htype())
+        .set_xid(request.xid())
+        .set_flags(request.flags())
+        .set_giaddr(request.giaddr())
+        .set_chaddr(request.chaddr())
+        .set_yiaddr(address);
+    if kind == MessageType::Ack && !request.ciaddr().is_unspecified() {
+        message.set_ciaddr(request.ciaddr());
+    }
+    let opts = message.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::ServerIdentifier(server_id));
+    if let Some(DhcpOption::ClientIdentifier(id)) = request.opts().get(OptionCode::ClientIdentifier)
+    {
+        // RFC 6842: echo the client identifier.
+        opts.insert(DhcpOption::ClientIdentifier(id.clone()));
+    }
+    let Some(options) = options else {
+        return message;
+    };
+    let seconds = options.lease_time.as_secs().min(u64::from(u32::MAX - 1)) as u32;
+    opts.insert(DhcpOption::AddressLeaseTime(seconds));
+    opts.insert(DhcpOption::Renewal(seconds / 2));
+    opts.insert(DhcpOption::Rebinding(seconds / 8 * 7));
+    opts.insert(DhcpOption::SubnetMask(options.subnet.netmask()));
+    opts.insert(DhcpOption::BroadcastAddr(options.subnet.broadcast()));
+    opts.insert(DhcpOption::Router(vec![options.gateway]));
+    opts.insert(DhcpOption::DomainNameServer(options.dns.clone()));
+    opts.insert(DhcpOption::DomainName(options.domain.clone()));
+    if !options.ntp_servers.is_empty() {
+        opts.insert(DhcpOption::NtpServers(options.ntp_servers.clone()));
+    }
+    if let Some(mtu) = options.mtu {
+        opts.insert(DhcpOption::InterfaceMtu(mtu));
+    }
+    if !options.routes.is_empty() {
+        opts.insert(DhcpOption::ClasslessStaticRoute(options.routes.clone()));
+    }
+    message
+}
+
+/// A client's host name as a DNS label: lower case, letters, digits and '-', or nothing.
+fn clean_hostname(name: &str) -> Option<String> {
+    let label = name.split('.').next()?.trim().to_ascii_lowercase();
+    let valid = !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    valid.then_some(label)
+}
+
+/// A message's type, for logs and metrics.
+pub fn message_type(message: &Message) -> Option<MessageType> {
+    match message.opts().get(OptionCode::MessageType) {
+        Some(DhcpOption::MessageType(kind)) => Some(*kind),
+        _ => None,
+    }
+}
+
+/// Decodes a datagram; `None` for anything that is not a DHCP message.
+pub fn decode(datagram: &[u8]) -> Option<Message> {
+    use dhcproto::Decodable as _;
+    v4::Message::decode(&mut v4::Decoder::new(datagram)).ok()
+}
+
+/// Encodes a reply.
+pub fn encode(message: &Message) -> Vec<u8> {
+    use dhcproto::Encodable as _;
+    let mut buffer = Vec::with_capacity(548);
+    let mut encoder = v4::Encoder::new(&mut buffer);
+    message
+        .encode(&mut encoder)
+        .expect("a message built here always encodes");
+    buffer
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

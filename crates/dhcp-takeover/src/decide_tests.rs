@@ -1,0 +1,567 @@
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
+use fieldnet::config::Config;
+
+use super::*;
+
+const CONFIG: &str = r#"
+[site]
+name = "lab"
+domain = "lab.example"
+key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+[appliance]
+id = 1
+name = "one"
+area = "north"
+
+[[areas]]
+name = "north"
+appliance = 1
+
+[[areas]]
+name = "south"
+appliance = 2
+
+[[peers]]
+id = 2
+name = "two"
+
+[[networks]]
+name = "NETWORK1"
+area = "north"
+subnet = "10.101.0.0/24"
+gateway = "10.101.0.1"
+
+[[networks]]
+name = "NETWORK2"
+area = "south"
+subnet = "10.102.0.0/24"
+gateway = "10.102.0.1"
+
+[dhcp_takeover]
+lease_time_s = 600
+ntp_servers = ["10.101.0.1"]
+mtu = 1400
+routes = ["10.200.0.0/16"]
+
+[[dhcp_takeover.pools]]
+network = "NETWORK1"
+start = "10.101.0.100"
+end = "10.101.0.102"
+
+[[dhcp_takeover.reservations]]
+mac = "02:00:00:00:00:aa"
+address = "10.101.0.50"
+hostname = "till-1"
+
+[[dhcp_takeover.classes]]
+name = "cameras"
+mac_prefixes = ["00:80:f0"]
+ranges = ["10.101.0.20-10.101.0.21"]
+lease_time_s = 86400
+"#;
+
+const NOW: u64 = 1_800_000_000_000;
+const N1: Ipv4Addr = Ipv4Addr::new(10, 101, 0, 1);
+
+fn server(probe: bool) -> Server {
+    let config = Config::from_str(CONFIG, "test.toml").unwrap();
+    let mut server = Server::new(Plan::new(&config), 1, 30_000, probe, Leases::default());
+    server.serve("NETWORK1", true);
+    server
+}
+
+fn mac(last: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 0, last]
+}
+
+fn message(kind: MessageType, mac: [u8; 6]) -> Message {
+    let mut message = Message::default();
+    message
+        .set_opcode(Opcode::BootRequest)
+        .set_htype(HType::Eth)
+        .set_xid(0x1234)
+        .set_flags(Flags::default())
+        .set_chaddr(&mac);
+    message.opts_mut().insert(DhcpOption::MessageType(kind));
+    message
+}
+
+fn with(mut message: Message, option: DhcpOption) -> Message {
+    message.opts_mut().insert(option);
+    message
+}
+
+fn sent(decision: Decision) -> Reply {
+    match decision {
+        Decision::Send(reply) => reply,
+        Decision::Commit {
+            reply: Some(reply), ..
+        } => reply,
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+fn kind(reply: &Reply) -> MessageType {
+    message_type(&reply.message).unwrap()
+}
+
+/// DISCOVER (answering any probe with "free") → the offered address.
+fn offer(server: &mut Server, now: u64, request: &Message) -> Reply {
+    let mut decision = server.handle(now, Some("NETWORK1"), request);
+    while let Decision::Probe {
+        network,
+        address,
+        attempt,
+    } = decision
+    {
+        decision = server
+            .probed(now, &network, request, address, attempt, false)
+            .pop()
+            .unwrap();
+    }
+    let reply = sent(decision);
+    assert_eq!(kind(&reply), MessageType::Offer);
+    reply
+}
+
+/// The full DISCOVER/OFFER/REQUEST/ACK exchange → the ACKed lease.
+fn bind(server: &mut Server, now: u64, client: [u8; 6]) -> Lease {
+    let offered = offer(server, now, &message(MessageType::Discover, client));
+    let request = with(
+        with(
+            message(MessageType::Request, client),
+            DhcpOption::ServerIdentifier(N1),
+        ),
+        DhcpOption::RequestedIpAddress(offered.message.yiaddr()),
+    );
+    match server.handle(now, Some("NETWORK1"), &request) {
+        Decision::Commit {
+            lease,
+            reply: Some(reply),
+        } => {
+            assert_eq!(kind(&reply), MessageType::Ack);
+            assert_eq!(reply.message.yiaddr(), lease.address);
+            lease
+        }
+        other => panic!("expected an ACK to commit, got {other:?}"),
+    }
+}
+
+#[test]
+fn discover_probes_a_fresh_address_then_offers_it_with_every_option() {
+    let mut server = server(true);
+    let discover = message(MessageType::Discover, mac(1));
+    let Decision::Probe {
+        network, address, ..
+    } = server.handle(NOW, Some("NETWORK1"), &discover)
+    else {
+        panic!("a never-used address is probed first");
+    };
+    assert_eq!(address, Ipv4Addr::new(10, 101, 0, 100));
+    let reply = sent(
+        server
+            .probed(NOW, &network, &discover, address, 0, false)
+            .remove(0),
+    );
+    assert_eq!(reply.to, Destination::Broadcast);
+    let m = &reply.message;
+    assert_eq!(m.opcode(), Opcode::BootReply);
+    assert_eq!(m.xid(), 0x1234);
+    assert_eq!(m.yiaddr(), address);
+    let opts = m.opts();
+    assert_eq!(
+        opts.get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(N1))
+    );
+    assert_eq!(
+        opts.get(OptionCode::AddressLeaseTime),
+        Some(&DhcpOption::AddressLeaseTime(600))
+    );
+    assert_eq!(
+        opts.get(OptionCode::Renewal),
+        Some(&DhcpOption::Renewal(300))
+    );
+    assert_eq!(
+        opts.get(OptionCode::Rebinding),
+        Some(&DhcpOption::Rebinding(525))
+    );
+    assert_eq!(
+        opts.get(OptionCode::SubnetMask),
+        Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
+    );
+    assert_eq!(
+        opts.get(OptionCode::Router),
+        Some(&DhcpOption::Router(vec![N1]))
+    );
+    assert_eq!(
+        opts.get(OptionCode::DomainNameServer),
+        Some(&DhcpOption::DomainNameServer(vec![N1]))
+    );
+    assert_eq!(
+        opts.get(OptionCode::DomainName),
+        Some(&DhcpOption::DomainName("lab.example".to_owned()))
+    );
+    assert_eq!(
+        opts.get(OptionCode::NtpServers),
+        Some(&DhcpOption::NtpServers(vec![N1]))
+    );
+    assert_eq!(
+        opts.get(OptionCode::InterfaceMtu),
+        Some(&DhcpOption::InterfaceMtu(1400))
+    );
+    // RFC 3442: with option 121 the client ignores the router option, so the default route
+    // is in the list too.
+    assert_eq!(
+        opts.get(OptionCode::ClasslessStaticRoute),
+        Some(&DhcpOption::ClasslessStaticRoute(vec![
+            ("10.200.0.0/16".parse().unwrap(), N1),
+            ("0.0.0.0/0".parse().unwrap(), N1),
+        ]))
+    );
+    // The encoded reply decodes to the same message.
+    assert_eq!(decode(&encode(m)).as_ref(), Some(m));
+}
+
+#[test]
+fn offered_address_is_held_for_its_client_only() {
+    let mut server = server(false);
+    let first = offer(&mut server, NOW, &message(MessageType::Discover, mac(1)));
+    let second = offer(&mut server, NOW, &message(MessageType::Discover, mac(2)));
+    assert_ne!(first.message.yiaddr(), second.message.yiaddr());
+    // The same client asking again gets the same offer.
+    let again = offer(&mut server, NOW, &message(MessageType::Discover, mac(1)));
+    assert_eq!(again.message.yiaddr(), first.message.yiaddr());
+    // Once the holds have passed, the addresses can go to someone else, lowest first.
+    server.expire_holds(NOW + 31_000);
+    let third = offer(
+        &mut server,
+        NOW + 31_000,
+        &message(MessageType::Discover, mac(3)),
+    );
+    assert_eq!(third.message.yiaddr(), Ipv4Addr::new(10, 101, 0, 100));
+}
+
+#[test]
+fn request_after_offer_commits_then_acks_and_the_client_keeps_its_address() {
+    let mut server = server(true);
+    let lease = bind(&mut server, NOW, mac(1));
+    assert_eq!(lease.state, LeaseState::Bound);
+    assert_eq!(lease.expires, NOW + 600_000);
+    assert_eq!(lease.mac, Mac(mac(1)));
+    // Its own address comes back without a probe (the probe would find the client itself).
+    let later = NOW + 700_000;
+    assert!(matches!(
+        server.handle(later, Some("NETWORK1"), &message(MessageType::Discover, mac(1))),
+        Decision::Send(reply) if reply.message.yiaddr() == lease.address
+    ));
+}
+
+#[test]
+fn selecting_another_server_drops_our_offer() {
+    let mut server = server(false);
+    let offered = offer(&mut server, NOW, &message(MessageType::Discover, mac(1)));
+    let request = with(
+        with(
+            message(MessageType::Request, mac(1)),
+            DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 101, 0, 2)),
+        ),
+        DhcpOption::RequestedIpAddress(offered.message.yiaddr()),
+    );
+    assert_eq!(
+        server.handle(NOW, Some("NETWORK1"), &request),
+        Decision::Ignore("client chose another server")
+    );
+    let other = offer(&mut server, NOW, &message(MessageType::Discover, mac(2)));
+    assert_eq!(other.message.yiaddr(), offered.message.yiaddr());
+}
+
+#[test]
+fn requests_for_addresses_not_theirs_are_naked_by_broadcast() {
+    let mut server = server(false);
+    let held = bind(&mut server, NOW, mac(1));
+    // SELECTING an address we never offered.
+    let selecting = with(
+        with(
+            message(MessageType::Request, mac(2)),
+            DhcpOption::ServerIdentifier(N1),
+        ),
+        DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 101, 0, 101)),
+    );
+    let reply = sent(server.handle(NOW, Some("NETWORK1"), &selecting));
+    assert_eq!(kind(&reply), MessageType::Nak);
+    assert_eq!(reply.to, Destination::Broadcast);
+    // INIT-REBOOT with someone else's address.
+    let reboot = with(
+        message(MessageType::Request, mac(2)),
+        DhcpOption::RequestedIpAddress(held.address),
+    );
+    assert_eq!(
+        kind(&sent(server.handle(NOW, Some("NETWORK1"), &reboot))),
+        MessageType::Nak
+    );
+    // INIT-REBOOT with an address of another network (the client moved).
+    let moved = with(
+        message(MessageType::Request, mac(3)),
+        DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 102, 0, 100)),
+    );
+    assert_eq!(
+        kind(&sent(server.handle(NOW, Some("NETWORK1"), &moved))),
+        MessageType::Nak
+    );
+}
+
+#[test]
+fn init_reboot_of_a_free_address_is_confirmed_authoritatively() {
+    let mut server = server(false);
+    let reboot = with(
+        message(MessageType::Request, mac(4)),
+        DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 101, 0, 101)),
+    );
+    let Decision::Commit { lease, reply } = server.handle(NOW, Some("NETWORK1"), &reboot) else {
+        panic!("a free, allowed address is confirmed");
+    };
+    assert_eq!(lease.address, Ipv4Addr::new(10, 101, 0, 101));
+    assert_eq!(kind(&reply.unwrap()), MessageType::Ack);
+    // Outside the pool (even on the right network) it is refused.
+    let outside = with(
+        message(MessageType::Request, mac(5)),
+        DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 101, 0, 200)),
+    );
+    assert_eq!(
+        kind(&sent(server.handle(NOW, Some("NETWORK1"), &outside))),
+        MessageType::Nak
+    );
+}
+
+#[test]
+fn renew_and_rebind_extend_the_lease_and_answer_the_client_directly() {
+    let mut server = server(false);
+    let lease = bind(&mut server, NOW, mac(1));
+    let mut renew = message(MessageType::Request, mac(1));
+    renew.set_ciaddr(lease.address);
+    let later = NOW + 300_000;
+    let Decision::Commit {
+        lease: renewed,
+        reply: Some(reply),
+    } = server.handle(later, Some("NETWORK1"), &renew)
+    else {
+        panic!("renewal commits");
+    };
+    assert_eq!(renewed.expires, later + 600_000);
+    assert_eq!(reply.to, Destination::Client(lease.address));
+    assert_eq!(reply.message.ciaddr(), lease.address);
+    // A renewal from someone claiming another client's address is refused.
+    let mut thief = message(MessageType::Request, mac(9));
+    thief.set_ciaddr(lease.address);
+    assert_eq!(
+        kind(&sent(server.handle(later, Some("NETWORK1"), &thief))),
+        MessageType::Nak
+    );
+}
+
+#[test]
+fn release_frees_the_address_but_the_client_gets_it_back_first() {
+    let mut server = server(false);
+    let lease = bind(&mut server, NOW, mac(1));
+    let mut release = message(MessageType::Release, mac(1));
+    release.set_ciaddr(lease.address);
+    let Decision::Commit {
+        lease: released,
+        reply: None,
+    } = server.handle(NOW + 1, Some("NETWORK1"), &release)
+    else {
+        panic!("a release is stored, not answered");
+    };
+    assert_eq!(released.state, LeaseState::Released);
+    // The client returns: same address.
+    let back = offer(
+        &mut server,
+        NOW + 2,
+        &message(MessageType::Discover, mac(1)),
+    );
+    assert_eq!(back.message.yiaddr(), lease.address);
+    // A release of someone else's address changes nothing.
+    let mut forged = message(MessageType::Release, mac(2));
+    forged.set_ciaddr(lease.address);
+    assert!(matches!(
+        server.handle(NOW + 3, Some("NETWORK1"), &forged),
+        Decision::Ignore(_)
+    ));
+}
+
+#[test]
+fn declined_and_conflicting_addresses_are_quarantined() {
+    let mut server = server(true);
+    let lease = bind(&mut server, NOW, mac(1));
+    let decline = with(
+        message(MessageType::Decline, mac(1)),
+        DhcpOption::RequestedIpAddress(lease.address),
+    );
+    let Decision::Commit {
+        lease: declined, ..
+    } = server.handle(NOW, Some("NETWORK1"), &decline)
+    else {
+        panic!("a decline is stored");
+    };
+    assert_eq!(declined.state, LeaseState::Declined);
+    assert_eq!(declined.expires, NOW + QUARANTINE_MS);
+    // Nobody, not even the decliner, gets it during the quarantine.
+    for client in [1, 2] {
+        let reply = offer(
+            &mut server,
+            NOW + 1,
+            &message(MessageType::Discover, mac(client)),
+        );
+        assert_ne!(reply.message.yiaddr(), lease.address);
+    }
+
+    // The conflict probe finds .102 answering: quarantined durably, the next one probed.
+    let mut server = self::server(true);
+    let discover = message(MessageType::Discover, mac(3));
+    let Decision::Probe { address, .. } = server.handle(NOW, Some("NETWORK1"), &discover) else {
+        panic!("probe first");
+    };
+    let decisions = server.probed(NOW, "NETWORK1", &discover, address, 0, true);
+    assert!(matches!(
+        &decisions[0],
+        Decision::Commit { lease, reply: None } if lease.address == address && lease.state == LeaseState::Declined
+    ));
+    assert!(matches!(
+        decisions[1],
+        Decision::Probe { address: next, attempt: 1, .. } if next != address
+    ));
+}
+
+#[test]
+fn a_full_pool_reuses_the_address_free_longest() {
+    let mut server = server(false);
+    let leases: Vec<Lease> = (1..=3)
+        .map(|c| bind(&mut server, NOW + u64::from(c), mac(c)))
+        .collect();
+    assert_eq!(
+        server.handle(
+            NOW + 10,
+            Some("NETWORK1"),
+            &message(MessageType::Discover, mac(4))
+        ),
+        Decision::Ignore("no free address")
+    );
+    // After the leases end, the one that ended first goes to the newcomer.
+    let later = NOW + 700_000;
+    let reply = offer(&mut server, later, &message(MessageType::Discover, mac(4)));
+    assert_eq!(reply.message.yiaddr(), leases[0].address);
+}
+
+#[test]
+fn classes_get_their_own_range_and_options_and_reservations_their_address() {
+    let mut server = server(false);
+    let camera = bind(&mut server, NOW, [0x00, 0x80, 0xf0, 1, 2, 3]);
+    assert_eq!(camera.address, Ipv4Addr::new(10, 101, 0, 20));
+    assert_eq!(camera.class.as_deref(), Some("cameras"));
+    assert_eq!(camera.expires, NOW + 86_400_000);
+
+    let till = bind(&mut server, NOW, mac(0xaa));
+    assert_eq!(till.address, Ipv4Addr::new(10, 101, 0, 50));
+    assert_eq!(till.hostname.as_deref(), Some("till-1"));
+    // Nobody else can ask for the reserved address.
+    let grab = with(
+        message(MessageType::Request, mac(7)),
+        DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 101, 0, 50)),
+    );
+    assert_eq!(
+        kind(&sent(server.handle(NOW, Some("NETWORK1"), &grab))),
+        MessageType::Nak
+    );
+}
+
+#[test]
+fn relayed_requests_are_placed_by_giaddr_and_answered_to_the_relay() {
+    let mut server = server(false);
+    server.serve("NETWORK2", true);
+    let mut discover = message(MessageType::Discover, mac(1));
+    discover.set_giaddr(Ipv4Addr::new(10, 102, 0, 254));
+    let reply = offer(&mut server, NOW, &discover);
+    assert_eq!(reply.network, "NETWORK2");
+    assert_eq!(reply.to, Destination::Relay(Ipv4Addr::new(10, 102, 0, 254)));
+    // NETWORK2 has the default pool: .10 onwards.
+    assert_eq!(reply.message.yiaddr(), Ipv4Addr::new(10, 102, 0, 10));
+    assert_eq!(
+        reply.message.opts().get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 102, 0, 1)))
+    );
+}
+
+#[test]
+fn networks_not_served_are_left_alone() {
+    let mut server = server(false);
+    assert_eq!(
+        server.handle(
+            NOW,
+            Some("NETWORK2"),
+            &message(MessageType::Discover, mac(1))
+        ),
+        Decision::Ignore("network not served here")
+    );
+    assert_eq!(
+        server.handle(NOW, None, &message(MessageType::Discover, mac(1))),
+        Decision::Ignore("no network for this request")
+    );
+    let mut reply = message(MessageType::Offer, mac(1));
+    reply.set_opcode(Opcode::BootReply);
+    assert_eq!(
+        server.handle(NOW, Some("NETWORK1"), &reply),
+        Decision::Ignore("not a request")
+    );
+}
+
+#[test]
+fn inform_gets_options_without_a_lease() {
+    let mut server = server(false);
+    let mut inform = message(MessageType::Inform, mac(1));
+    inform.set_ciaddr(Ipv4Addr::new(10, 101, 0, 7));
+    let reply = sent(server.handle(NOW, Some("NETWORK1"), &inform));
+    assert_eq!(kind(&reply), MessageType::Ack);
+    assert_eq!(reply.to, Destination::Client(Ipv4Addr::new(10, 101, 0, 7)));
+    assert_eq!(reply.message.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert!(
+        reply
+            .message
+            .opts()
+            .get(OptionCode::AddressLeaseTime)
+            .is_none()
+    );
+    assert!(reply.message.opts().get(OptionCode::Router).is_some());
+}
+
+#[test]
+fn client_identifier_is_the_identity_and_is_echoed() {
+    let mut server = server(false);
+    let id = DhcpOption::ClientIdentifier(vec![0xff, 1, 2, 3, 4]);
+    let first = offer(
+        &mut server,
+        NOW,
+        &with(message(MessageType::Discover, mac(1)), id.clone()),
+    );
+    assert_eq!(
+        first.message.opts().get(OptionCode::ClientIdentifier),
+        Some(&id)
+    );
+    // Same identifier on another MAC (a re-imaged device keeps its DUID): same client.
+    let second = offer(
+        &mut server,
+        NOW,
+        &with(message(MessageType::Discover, mac(2)), id),
+    );
+    assert_eq!(first.message.yiaddr(), second.message.yiaddr());
+}
+
+#[test]
+fn hostnames_become_dns_labels() {
+    assert_eq!(clean_hostname("Till-1.local"), Some("till-1".to_owned()));
+    assert_eq!(clean_hostname("bad_name"), None);
+    assert_eq!(clean_hostname(""), None);
+    assert_eq!(clean_hostname("-x"), None);
+}

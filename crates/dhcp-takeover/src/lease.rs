@@ -1,0 +1,289 @@
+//! Leases: the record of which client holds which address until when, as stored in the lease
+//! log and sent to the peers, and the table that indexes them by address and by client.
+//!
+//! Invariant: the table holds at most one record per address, and a client's index entry points
+//! at the newest record that names it. A record is replaced only by a newer one (`updated`,
+//! then the issuing appliance), so applying the same records in any order gives the same table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// What a client is known by: its client identifier (option 61) when it sends one, else its
+/// hardware type and address, as RFC 2132 suggests.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub Vec<u8>);
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, byte) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_hex(&text).map(ClientId).ok_or_else(|| {
+            serde::de::Error::custom(format!("'{text}' is not hex bytes like 01:02:0a"))
+        })
+    }
+}
+
+/// A hardware (MAC) address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_hex(&text)
+            .and_then(|bytes| <[u8; 6]>::try_from(bytes).ok())
+            .map(Mac)
+            .ok_or_else(|| serde::de::Error::custom(format!("'{text}' is not a MAC address")))
+    }
+}
+
+fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(':')
+        .map(|part| {
+            (part.len() == 2)
+                .then(|| u8::from_str_radix(part, 16).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Where a lease stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseState {
+    /// The client holds the address until `expires`.
+    Bound,
+    /// The client gave the address back; it stays associated with the client so it gets it
+    /// again, but anyone may now be given it.
+    Released,
+    /// A client reported the address in use by someone else (DHCPDECLINE), or the conflict
+    /// check found it answering: nobody gets it until `expires`.
+    Declined,
+}
+
+/// One address's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub address: Ipv4Addr,
+    pub network: String,
+    pub client: ClientId,
+    pub mac: Mac,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    pub state: LeaseState,
+    /// Milliseconds since the Unix epoch: the end of the lease (bound), of the quarantine
+    /// (declined), or the moment of release.
+    pub expires: u64,
+    /// Milliseconds since the Unix epoch when this record was made; the newer record wins.
+    pub updated: u64,
+    /// The appliance that made this record.
+    pub issued_by: u8,
+}
+
+impl Lease {
+    /// Whether the client holds the address at `now`.
+    pub fn is_bound(&self, now: u64) -> bool {
+        self.state == LeaseState::Bound && self.expires > now
+    }
+
+    /// Whether nobody may be given the address at `now` (other than its own client, for a
+    /// bound lease).
+    pub fn blocks(&self, now: u64) -> bool {
+        match self.state {
+            LeaseState::Bound | LeaseState::Declined => self.expires > now,
+            LeaseState::Released => false,
+        }
+    }
+
+    /// Whether this record should replace `other` (for the same address).
+    pub fn supersedes(&self, other: &Lease) -> bool {
+        (self.updated, std::cmp::Reverse(self.issued_by))
+            > (other.updated, std::cmp::Reverse(other.issued_by))
+    }
+}
+
+/// Every known record, by address, with an index by (network, client).
+#[derive(Debug, Default, Clone)]
+pub struct Leases {
+    by_address: BTreeMap<Ipv4Addr, Lease>,
+    by_client: HashMap<(String, ClientId), Ipv4Addr>,
+}
+
+impl Leases {
+    pub fn get(&self, address: Ipv4Addr) -> Option<&Lease> {
+        self.by_address.get(&address)
+    }
+
+    /// The newest record naming `client` on `network`.
+    pub fn of_client(&self, network: &str, client: &ClientId) -> Option<&Lease> {
+        let address = self.by_client.get(&(network.to_owned(), client.clone()))?;
+        self.by_address
+            .get(address)
+            .filter(|lease| &lease.client == client)
+    }
+
+    /// Stores `lease` unless a newer record for its address is already here; says whether it
+    /// was stored.
+    pub fn apply(&mut self, lease: Lease) -> bool {
+        if let Some(existing) = self.by_address.get(&lease.address)
+            && !lease.supersedes(existing)
+        {
+            return false;
+        }
+        let key = (lease.network.clone(), lease.client.clone());
+        let newer_elsewhere = self
+            .by_client
+            .get(&key)
+            .and_then(|address| self.by_address.get(address))
+            .is_some_and(|other| {
+                other.address != lease.address
+                    && other.client == lease.client
+                    && other.updated > lease.updated
+            });
+        if !newer_elsewhere {
+            self.by_client.insert(key, lease.address);
+        }
+        self.by_address.insert(lease.address, lease);
+        true
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Lease> {
+        self.by_address.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_address.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_address.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(address: u8, client: u8, updated: u64, issued_by: u8) -> Lease {
+        Lease {
+            address: Ipv4Addr::new(10, 101, 0, address),
+            network: "NETWORK1".to_owned(),
+            client: ClientId(vec![1, 2, client]),
+            mac: Mac([2, 0, 0, 0, 0, client]),
+            hostname: None,
+            class: None,
+            state: LeaseState::Bound,
+            expires: updated + 3_600_000,
+            updated,
+            issued_by,
+        }
+    }
+
+    #[test]
+    fn newer_records_win_in_any_order() {
+        let records = [
+            lease(10, 1, 100, 1),
+            lease(10, 2, 200, 2),
+            lease(10, 3, 200, 1),
+        ];
+        let mut forward = Leases::default();
+        let mut backward = Leases::default();
+        for record in &records {
+            forward.apply(record.clone());
+        }
+        for record in records.iter().rev() {
+            backward.apply(record.clone());
+        }
+        // Same time: the lower-numbered appliance's record wins.
+        let winner = forward.get(Ipv4Addr::new(10, 101, 0, 10)).unwrap();
+        assert_eq!(winner.client, ClientId(vec![1, 2, 3]));
+        assert_eq!(backward.get(winner.address), Some(winner));
+        assert!(
+            !forward.apply(lease(10, 1, 50, 1)),
+            "an older record is refused"
+        );
+    }
+
+    #[test]
+    fn client_index_follows_the_newest_record() {
+        let mut leases = Leases::default();
+        leases.apply(lease(10, 1, 100, 1));
+        leases.apply(lease(11, 1, 200, 1));
+        let client = ClientId(vec![1, 2, 1]);
+        assert_eq!(
+            leases.of_client("NETWORK1", &client).map(|l| l.address),
+            Some(Ipv4Addr::new(10, 101, 0, 11))
+        );
+        // An old record arriving late (replication) does not move the index back.
+        let mut late = Leases::default();
+        late.apply(lease(11, 1, 200, 1));
+        late.apply(lease(10, 1, 100, 1));
+        assert_eq!(
+            late.of_client("NETWORK1", &client).map(|l| l.address),
+            Some(Ipv4Addr::new(10, 101, 0, 11))
+        );
+        // Someone else taking address 11 leaves the client with no current record there.
+        leases.apply(lease(11, 9, 300, 1));
+        assert_eq!(leases.of_client("NETWORK1", &client), None);
+    }
+
+    #[test]
+    fn records_round_trip_as_json() {
+        let mut record = lease(10, 1, 100, 1);
+        record.hostname = Some("till-1".to_owned());
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(text.contains("\"mac\":\"02:00:00:00:00:01\""), "{text}");
+        assert_eq!(serde_json::from_str::<Lease>(&text).unwrap(), record);
+        assert!(serde_json::from_str::<Lease>(&text.replace("02:00:00:00:00:01", "zz")).is_err());
+    }
+}

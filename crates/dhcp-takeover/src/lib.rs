@@ -1,0 +1,12 @@
+//! dhcp-takeover: the area's DHCPv4 server. Leases are stored durably before they are
+//! acknowledged and (with the takeover work) replicated to the peers, so the lowest-numbered
+//! live appliance can serve a dead peer's network from them.
+//!
+//! `lease` (records and their table), `plan` (pools, classes, reservations, options) and
+//! `decide` (RFC 2131 decisions) are pure; `store` is the durable lease log; `probe` checks an
+//! address is unused (ARP); `agent` binds the sockets and runs it all.
+
+pub mod decide;
+pub mod lease;
+pub mod plan;
+pub mod store;

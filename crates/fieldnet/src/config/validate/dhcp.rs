@@ -1,0 +1,404 @@
+//! `[dhcp_takeover]`: pools, reservations and device classes checked against the networks, so
+//! the server never meets an address outside the network it serves.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+
+use super::super::wire::{WireDhcpOptions, WireDhcpTakeover};
+use super::super::*;
+use super::{Checker, METRICS_PORT_DHCP_TAKEOVER, list};
+
+impl Checker {
+    pub(super) fn dhcp_takeover(
+        &mut self,
+        wire: &WireDhcpTakeover,
+        networks: &[Network],
+    ) -> Option<DhcpTakeoverConfig> {
+        let path = KeyPath::root().key("dhcp_takeover");
+        let common = self.common(
+            "dhcp_takeover",
+            wire.enabled,
+            wire.metrics_listen.as_deref(),
+            METRICS_PORT_DHCP_TAKEOVER,
+        );
+        let store = match wire.store.as_deref() {
+            None => Some(PathBuf::from(DEFAULT_DHCP_STORE)),
+            Some(text) if text.starts_with('/') => Some(PathBuf::from(text)),
+            Some(text) => {
+                self.problem(
+                    path.key("store"),
+                    format!(
+                        "'{text}' is not an absolute directory path such as {DEFAULT_DHCP_STORE}"
+                    ),
+                );
+                None
+            }
+        };
+        let conflict_probe = self
+            .millis(
+                wire.conflict_probe_ms,
+                DEFAULT_CONFLICT_PROBE,
+                0..=5_000,
+                &path.key("conflict_probe_ms"),
+            )
+            .map(|probe| (!probe.is_zero()).then_some(probe));
+        let offer_hold = self.seconds(
+            wire.offer_hold_s,
+            DEFAULT_OFFER_HOLD,
+            1..=3600,
+            &path.key("offer_hold_s"),
+        );
+        let mut options = self.dhcp_options(&wire.options, &path);
+        if let Some(options) = &mut options {
+            options.lease_time.get_or_insert(DEFAULT_LEASE_TIME);
+        }
+
+        let mut pools = Vec::new();
+        for (index, pool) in wire.pools.iter().enumerate() {
+            let key = path.key("pools").index(index);
+            let Some(network) = networks.iter().find(|n| n.name == pool.network) else {
+                self.problem(
+                    key.key("network"),
+                    format!(
+                        "network '{}' is not defined; defined networks: {}",
+                        pool.network,
+                        list(networks.iter().map(|n| n.name.as_str()))
+                    ),
+                );
+                continue;
+            };
+            let start = self.ipv4(&pool.start, &key.key("start"));
+            let end = self.ipv4(&pool.end, &key.key("end"));
+            if let (Some(start), Some(end)) = (start, end)
+                && self.range_in(network, start, end, &key)
+            {
+                pools.push(DhcpPool {
+                    network: network.name.clone(),
+                    start,
+                    end,
+                });
+            }
+        }
+
+        let mut reservations: Vec<DhcpReservation> = Vec::new();
+        for (index, reservation) in wire.reservations.iter().enumerate() {
+            let key = path.key("reservations").index(index);
+            let mac = match parse_mac(&reservation.mac) {
+                Some(bytes) if bytes.len() == 6 => Some(<[u8; 6]>::try_from(bytes).expect("6")),
+                _ => {
+                    self.problem(
+                        key.key("mac"),
+                        format!(
+                            "'{}' is not a MAC address such as 02:00:5e:10:00:01",
+                            reservation.mac
+                        ),
+                    );
+                    None
+                }
+            };
+            let address = self.ipv4(&reservation.address, &key.key("address"));
+            let network = address.and_then(|address| {
+                let found = networks.iter().find(|n| usable(n, address));
+                if found.is_none() {
+                    self.problem(
+                        key.key("address"),
+                        format!(
+                            "{address} is not a client address of any network (not inside a subnet, or its network, broadcast or gateway address)"
+                        ),
+                    );
+                }
+                found
+            });
+            let hostname = match &reservation.hostname {
+                Some(name) => self.hostname(name, &key.key("hostname")).map(Some),
+                None => Some(None),
+            };
+            let (Some(mac), Some(address), Some(network), Some(hostname)) =
+                (mac, address, network, hostname)
+            else {
+                continue;
+            };
+            if let Some(other) = reservations.iter().position(|r| r.mac == mac) {
+                self.problem(
+                    key.key("mac"),
+                    format!(
+                        "{} is already reserved by reservations[{other}]",
+                        reservation.mac
+                    ),
+                );
+                continue;
+            }
+            if let Some(other) = reservations.iter().position(|r| r.address == address) {
+                self.problem(
+                    key.key("address"),
+                    format!("{address} is already reserved by reservations[{other}]"),
+                );
+                continue;
+            }
+            reservations.push(DhcpReservation {
+                mac,
+                address,
+                network: network.name.clone(),
+                hostname,
+            });
+        }
+
+        let mut classes: Vec<DeviceClass> = Vec::new();
+        let mut prefix_owner: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+        for (index, class) in wire.classes.iter().enumerate() {
+            let key = path.key("classes").index(index);
+            let name = self.name(&class.name, &key.key("name"));
+            if let Some(name) = &name
+                && classes.iter().any(|c| &c.name == name)
+            {
+                self.problem(key.key("name"), format!("class '{name}' is defined twice"));
+            }
+            let mut prefixes = Vec::new();
+            if class.mac_prefixes.is_empty() {
+                self.problem(
+                    key.key("mac_prefixes"),
+                    "a class needs at least one MAC prefix such as \"00:80:f0\"",
+                );
+            }
+            for (i, prefix) in class.mac_prefixes.iter().enumerate() {
+                match parse_mac(prefix) {
+                    Some(bytes) if (1..=5).contains(&bytes.len()) => {
+                        if let Some(owner) = prefix_owner.get(&bytes) {
+                            self.problem(
+                                key.key("mac_prefixes").index(i),
+                                format!("prefix {prefix} already belongs to class '{owner}'"),
+                            );
+                        } else {
+                            prefix_owner.insert(bytes.clone(), class.name.clone());
+                            prefixes.push(bytes);
+                        }
+                    }
+                    _ => self.problem(
+                        key.key("mac_prefixes").index(i),
+                        format!("'{prefix}' is not a MAC prefix of 1 to 5 bytes such as 00:80:f0"),
+                    ),
+                }
+            }
+            let mut ranges = Vec::new();
+            for (i, range) in class.ranges.iter().enumerate() {
+                let range_key = key.key("ranges").index(i);
+                let parsed = range.split_once('-').and_then(|(start, end)| {
+                    Some((
+                        start.trim().parse::<Ipv4Addr>().ok()?,
+                        end.trim().parse::<Ipv4Addr>().ok()?,
+                    ))
+                });
+                let Some((start, end)) = parsed else {
+                    self.problem(
+                        range_key,
+                        format!("'{range}' is not a range such as 10.101.0.20-10.101.0.49"),
+                    );
+                    continue;
+                };
+                let Some(network) = networks.iter().find(|n| n.subnet.contains(&start)) else {
+                    self.problem(
+                        range_key,
+                        format!("{start} is not inside any network's subnet"),
+                    );
+                    continue;
+                };
+                if self.range_in(network, start, end, &range_key) {
+                    ranges.push(DhcpPool {
+                        network: network.name.clone(),
+                        start,
+                        end,
+                    });
+                }
+            }
+            let options = self.dhcp_options(&class.options, &key);
+            if let (Some(name), Some(options)) = (name, options) {
+                classes.push(DeviceClass {
+                    name,
+                    mac_prefixes: prefixes,
+                    ranges,
+                    options,
+                });
+            }
+        }
+        // A class range is the class's alone: no other pool may share an address with it.
+        for (index, class) in classes.iter().enumerate() {
+            for range in &class.ranges {
+                let overlaps = pools
+                    .iter()
+                    .any(|pool| pool.start <= range.end && range.start <= pool.end);
+                let other_class = classes.iter().enumerate().any(|(other, c)| {
+                    other != index
+                        && c.ranges
+                            .iter()
+                            .any(|r| r.start <= range.end && range.start <= r.end)
+                });
+                if overlaps || other_class {
+                    self.problem(
+                        path.key("classes").index(index).key("ranges"),
+                        format!(
+                            "{}-{} overlaps {}; a class range must not share addresses with a pool or another class",
+                            range.start,
+                            range.end,
+                            if overlaps { "a pool" } else { "another class's range" }
+                        ),
+                    );
+                }
+            }
+        }
+        Some(DhcpTakeoverConfig {
+            common: common?,
+            store: store?,
+            conflict_probe: conflict_probe?,
+            offer_hold: offer_hold?,
+            options: options?,
+            pools,
+            reservations,
+            classes,
+        })
+    }
+
+    fn dhcp_options(&mut self, wire: &WireDhcpOptions, path: &KeyPath) -> Option<DhcpOptionSet> {
+        let lease_time = match wire.lease_time_s {
+            None => Some(None),
+            Some(_) => self
+                .seconds(
+                    wire.lease_time_s,
+                    DEFAULT_LEASE_TIME,
+                    10..=31_536_000,
+                    &path.key("lease_time_s"),
+                )
+                .map(Some),
+        };
+        let mut ok = true;
+        let ntp_servers = wire.ntp_servers.as_ref().map(|servers| {
+            servers
+                .iter()
+                .enumerate()
+                .filter_map(|(index, server)| {
+                    let parsed = self.ipv4(server, &path.key("ntp_servers").index(index));
+                    ok &= parsed.is_some();
+                    parsed
+                })
+                .collect::<Vec<_>>()
+        });
+        let mtu = match wire.mtu {
+            None => Some(None),
+            Some(_) => self
+                .bounded(wire.mtu, 1500, 576..=9216, &path.key("mtu"))
+                .map(|mtu| Some(mtu as u16)),
+        };
+        let routes = wire.routes.as_ref().map(|routes| {
+            routes
+                .iter()
+                .enumerate()
+                .filter_map(|(index, route)| {
+                    let parsed = parse_route(route);
+                    if parsed.is_none() {
+                        ok = false;
+                        self.problem(
+                            path.key("routes").index(index),
+                            format!(
+                                "'{route}' is not a route such as \"10.200.0.0/16\" (through the network's gateway) or \"10.200.0.0/16 via 10.101.0.5\""
+                            ),
+                        );
+                    }
+                    parsed
+                })
+                .collect::<Vec<_>>()
+        });
+        if !ok {
+            return None;
+        }
+        Some(DhcpOptionSet {
+            lease_time: lease_time?,
+            ntp_servers,
+            mtu: mtu?,
+            routes,
+        })
+    }
+
+    /// Whether `start..=end` is an ordered range of client addresses of `network`; says why not.
+    fn range_in(
+        &mut self,
+        network: &Network,
+        start: Ipv4Addr,
+        end: Ipv4Addr,
+        key: &KeyPath,
+    ) -> bool {
+        if start > end {
+            self.problem(
+                key.clone(),
+                format!("the range starts at {start}, after its end {end}"),
+            );
+            return false;
+        }
+        for address in [start, end] {
+            if !network.subnet.contains(&address)
+                || address == network.subnet.network()
+                || address == network.subnet.broadcast()
+            {
+                self.problem(
+                    key.clone(),
+                    format!(
+                        "{address} is not a host address of {} ({})",
+                        network.name, network.subnet
+                    ),
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    fn hostname(&mut self, value: &str, path: &KeyPath) -> Option<String> {
+        let valid = !value.is_empty()
+            && value.len() <= 63
+            && !value.starts_with('-')
+            && !value.ends_with('-')
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if valid {
+            Some(value.to_ascii_lowercase())
+        } else {
+            self.problem(
+                path.clone(),
+                format!("'{value}' is not a host name; use 1 to 63 letters, digits or '-' (not at either end)"),
+            );
+            None
+        }
+    }
+}
+
+/// `02:00:5e:10:00:01` or `02-00-5e-10-00-01` (or a shorter prefix) → bytes.
+pub(in crate::config) fn parse_mac(text: &str) -> Option<Vec<u8>> {
+    text.split([':', '-'])
+        .map(|part| {
+            (part.len() == 2)
+                .then(|| u8::from_str_radix(part, 16).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+fn parse_route(text: &str) -> Option<StaticRoute> {
+    let mut words = text.split_whitespace();
+    let destination = words.next()?.parse::<Ipv4Net>().ok()?;
+    let via = match (words.next(), words.next(), words.next()) {
+        (None, _, _) => None,
+        (Some("via"), Some(gateway), None) => Some(gateway.parse().ok()?),
+        _ => return None,
+    };
+    (destination == destination.trunc()).then_some(StaticRoute { destination, via })
+}
+
+/// A client may hold `address`: inside the subnet, not its network, broadcast or gateway address.
+fn usable(network: &Network, address: Ipv4Addr) -> bool {
+    network.subnet.contains(&address)
+        && address != network.subnet.network()
+        && address != network.subnet.broadcast()
+        && address != network.gateway
+}
