@@ -13,6 +13,12 @@ const DEBIAN_PEERS: &[(&str, &str)] = &[
     ("dnsmasq", "dnsmasq-base"),
     ("unbound", "unbound"),
     ("dnsperf", "dnsperf"),
+    // DHCP: three clients, the load tool (perfdhcp) and the server dhcp-takeover is compared with.
+    ("dhclient", "isc-dhcp-client"),
+    ("udhcpc", "udhcpc"),
+    ("dhcpcd", "dhcpcd-base"),
+    ("perfdhcp", "kea-admin"),
+    ("kea-dhcp4", "kea-dhcp4-server"),
     ("ip", "iproute2"),
     ("nft", "nftables"),
     ("tc", "iproute2"),

@@ -6,7 +6,9 @@
 //! `decide` (RFC 2131 decisions) are pure; `store` is the durable lease log; `probe` checks an
 //! address is unused (ARP); `agent` binds the sockets and runs it all.
 
+pub mod agent;
 pub mod decide;
 pub mod lease;
 pub mod plan;
+pub mod probe;
 pub mod store;

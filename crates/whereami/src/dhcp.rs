@@ -144,6 +144,7 @@ mod tests {
             hostname: hostname.map(str::to_owned),
             network: "NETWORK1".into(),
             expires,
+            class: None,
         }
     }
 

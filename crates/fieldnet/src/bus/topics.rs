@@ -129,6 +129,9 @@ pub struct Lease {
     pub network: String,
     /// When the lease ends, in milliseconds since the Unix epoch.
     pub expires: u64,
+    /// The device class (by MAC prefix), if the device is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 /// Retained, one per network this appliance serves for a dead peer:

@@ -1,0 +1,433 @@
+//! dhcp-takeover on a real lab area, with Debian's real DHCP clients: ISC dhclient, busybox
+//! udhcpc and dhcpcd, each in its own client namespace, each with its own hook script (the
+//! stock scripts would rewrite the host's /etc/resolv.conf: namespaces share the filesystem).
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lab::{Lab, LabProcess, Netns, SiteSpec};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn wait_log(process: &LabProcess, needle: &str) {
+    process
+        .wait_for_log(needle, PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Polls until `path` exists (a hook script wrote it), then returns its lines as key=value.
+fn wait_file(path: &Path, waiting_for: &LabProcess) -> Vec<(String, String)> {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.contains("END=1")
+        {
+            return text
+                .lines()
+                .filter_map(|line| line.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{} never appeared; client log:\n{}",
+        path.display(),
+        waiting_for.log()
+    );
+}
+
+fn get<'a>(env: &'a [(String, String)], key: &str) -> &'a str {
+    env.iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("{key} not in {env:?}"))
+}
+
+/// A hook script that records its environment in `<dir>/<client>.<event>` (last line END=1)
+/// and, with `apply`, puts the address on the interface as dhclient and udhcpc expect.
+fn hook(dir: &Path, client: &str, event_var: &str, apply: &str) -> PathBuf {
+    let path = dir.join(format!("{client}-hook.sh"));
+    let script = format!(
+        "#!/bin/sh\nout=\"{dir}/{client}.${event_var}\"\nenv | sort > \"$out.tmp\"\necho END=1 >> \"$out.tmp\"\nmv \"$out.tmp\" \"$out\"\n{apply}\nexit 0\n",
+        dir = dir.display()
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn addresses(ns: &Netns) -> String {
+    ns.ip_output(&["-4", "-o", "addr", "show", "dev", "eth0"])
+        .unwrap()
+}
+
+/// Waits until the client's eth0 has `address` (a client applies an ACK a moment after it).
+fn wait_address(ns: &Netns, address: &str, client: &LabProcess) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if addresses(ns).contains(address) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{address} never on eth0: {}\nclient log:\n{}",
+        addresses(ns),
+        client.log()
+    );
+}
+
+fn mac_of(ns: &Netns) -> String {
+    let output = ns.exec("cat", &["/sys/class/net/eth0/address"]).unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// One metric's value from the agent's /metrics, read inside the appliance namespace.
+fn metric(appliance: &Netns, name_and_labels: &str) -> f64 {
+    let needle = format!("{name_and_labels} ");
+    let text = appliance
+        .run(|| {
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:9704").unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        })
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&needle))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Waits until `metric` reaches `at_least`.
+fn wait_metric(appliance: &Netns, name_and_labels: &str, at_least: f64, server: &LabProcess) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if metric(appliance, name_and_labels) >= at_least {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{name_and_labels} never reached {at_least}; server log:\n{}",
+        server.log()
+    );
+}
+
+#[test]
+fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_release_decline_follow_rfc_2131()
+ {
+    let Some(mut lab) = Lab::for_test("dhcp") else {
+        return;
+    };
+    let site = lab
+        .site(&SiteSpec {
+            areas: 1,
+            uplinks_per_area: 1,
+            clients_per_area: 4,
+            hub: false,
+            vpn: false,
+        })
+        .unwrap();
+    let area = &site.areas[0];
+    let appliance = &area.appliance;
+    let [c1, c2, c3, c4] = [0, 1, 2, 3].map(|k| area.clients[k].ns.clone());
+    // Three DHCP clients start with no address; the fourth keeps its static 10.101.0.104.
+    for client in [&c1, &c2, &c3] {
+        client.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
+    }
+    let dir = lab.dir().to_owned();
+    let extra = format!(
+        "[dhcp_takeover]\nstore = \"{store}\"\nlease_time_s = 600\nntp_servers = [\"10.101.0.1\"]\nmtu = 1400\nroutes = [\"10.200.0.0/16\"]\n\n\
+         [[dhcp_takeover.pools]]\nnetwork = \"NETWORK1\"\nstart = \"10.101.0.104\"\nend = \"10.101.0.120\"\n\n\
+         [[dhcp_takeover.reservations]]\nmac = \"{mac}\"\naddress = \"10.101.0.50\"\nhostname = \"till-1\"\n",
+        store = dir.join("leases").display(),
+        mac = mac_of(&c2),
+    );
+    let config = dir.join("appliance-1.toml");
+    std::fs::write(&config, lab::appliance_config(&site, 1, &dir, &extra)).unwrap();
+    let server = lab
+        .spawn(
+            appliance,
+            env!("CARGO_BIN_EXE_dhcp-takeover"),
+            &["--config", config.to_str().unwrap()],
+        )
+        .unwrap();
+    wait_log(&server, "serving DHCP");
+
+    // dhclient: .104 answers ARP (the static client), so the server's probe skips it.
+    let dhclient_conf = dir.join("dhclient.conf");
+    std::fs::write(
+        &dhclient_conf,
+        "option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;\n\
+         send host-name \"Camera-7\";\n\
+         request subnet-mask, broadcast-address, routers, domain-name, domain-name-servers, \
+         interface-mtu, ntp-servers, rfc3442-classless-static-routes;\n",
+    )
+    .unwrap();
+    let dhclient_hook = hook(
+        &dir,
+        "dhclient",
+        "reason",
+        "case \"$reason\" in BOUND|RENEW|REBIND|REBOOT) ip addr replace \"$new_ip_address/$new_subnet_mask\" dev \"$interface\";; RELEASE|EXPIRE|STOP) ip addr flush dev \"$interface\";; esac",
+    );
+    let dhclient_args = |extra: &[&'static str]| -> Vec<String> {
+        let mut args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        args.extend(
+            [
+                "-v",
+                "-cf",
+                dhclient_conf.to_str().unwrap(),
+                "-sf",
+                dhclient_hook.to_str().unwrap(),
+                "-lf",
+                dir.join("dhclient.leases").to_str().unwrap(),
+                "-pf",
+                dir.join("dhclient.pid").to_str().unwrap(),
+                "eth0",
+            ]
+            .map(str::to_owned),
+        );
+        args
+    };
+    let args = dhclient_args(&["-d", "-1"]);
+    let dhclient = lab
+        .spawn(
+            &c1,
+            "dhclient",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let bound = wait_file(&dir.join("dhclient.BOUND"), &dhclient);
+    assert_eq!(
+        get(&bound, "new_ip_address"),
+        "10.101.0.105",
+        "{}",
+        server.log()
+    );
+    assert_eq!(get(&bound, "new_subnet_mask"), "255.255.255.0");
+    assert_eq!(get(&bound, "new_routers"), "10.101.0.1");
+    assert_eq!(get(&bound, "new_domain_name_servers"), "10.101.0.1");
+    assert_eq!(get(&bound, "new_domain_name"), "lab.fieldnet.example");
+    assert_eq!(get(&bound, "new_interface_mtu"), "1400");
+    assert_eq!(get(&bound, "new_ntp_servers"), "10.101.0.1");
+    assert_eq!(get(&bound, "new_dhcp_lease_time"), "600");
+    assert_eq!(get(&bound, "new_dhcp_server_identifier"), "10.101.0.1");
+    assert_eq!(
+        get(&bound, "new_rfc3442_classless_static_routes"),
+        "16 10 200 10 101 0 1 0 10 101 0 1"
+    );
+    assert!(addresses(&c1).contains("10.101.0.105/24"));
+    assert_eq!(
+        metric(
+            appliance,
+            "fieldnet_dhcp_takeover_probes_total{result=\"in_use\"}"
+        ),
+        1.0
+    );
+    // INIT-REBOOT: dhclient started again with its lease file asks for its address back.
+    dhclient.kill().unwrap();
+    let args = dhclient_args(&["-d", "-1"]);
+    let dhclient = lab
+        .spawn(
+            &c1,
+            "dhclient",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let reboot = wait_file(&dir.join("dhclient.REBOOT"), &dhclient);
+    assert_eq!(get(&reboot, "new_ip_address"), "10.101.0.105");
+    dhclient.kill().unwrap();
+
+    // udhcpc: its MAC is reserved, so it gets .50 and the reservation's host name.
+    let udhcpc_hook = hook(
+        &dir,
+        "udhcpc",
+        "1",
+        "case \"$1\" in bound|renew) ip addr replace \"$ip/$mask\" dev \"$interface\";; deconfig) ip addr flush dev \"$interface\";; esac",
+    );
+    let udhcpc = lab
+        .spawn(
+            &c2,
+            "udhcpc",
+            &[
+                "-f",
+                "-i",
+                "eth0",
+                "-s",
+                udhcpc_hook.to_str().unwrap(),
+                "-x",
+                "hostname:udhcpc-host",
+                "-O",
+                "ntpsrv",
+                "-O",
+                "mtu",
+                "-O",
+                "staticroutes",
+            ],
+        )
+        .unwrap();
+    let bound = wait_file(&dir.join("udhcpc.bound"), &udhcpc);
+    assert_eq!(get(&bound, "ip"), "10.101.0.50");
+    assert_eq!(get(&bound, "mask"), "24");
+    assert_eq!(get(&bound, "router"), "10.101.0.1");
+    assert_eq!(get(&bound, "dns"), "10.101.0.1");
+    assert_eq!(get(&bound, "lease"), "600");
+    assert_eq!(get(&bound, "mtu"), "1400");
+    assert_eq!(get(&bound, "ntpsrv"), "10.101.0.1");
+    assert_eq!(
+        get(&bound, "staticroutes"),
+        "10.200.0.0/16 10.101.0.1 0.0.0.0/0 10.101.0.1"
+    );
+    // RENEWING: SIGUSR1 makes udhcpc renew, unicast to the server.
+    let acks = metric(
+        appliance,
+        "fieldnet_dhcp_takeover_replies_total{type=\"ack\"}",
+    );
+    c2.exec("kill", &["-USR1", &udhcpc.pid().to_string()])
+        .unwrap();
+    let renew = wait_file(&dir.join("udhcpc.renew"), &udhcpc);
+    assert_eq!(get(&renew, "ip"), "10.101.0.50");
+    assert!(
+        metric(
+            appliance,
+            "fieldnet_dhcp_takeover_replies_total{type=\"ack\"}"
+        ) > acks
+    );
+    // RELEASE: SIGUSR2 makes udhcpc release its lease.
+    c2.exec("kill", &["-USR2", &udhcpc.pid().to_string()])
+        .unwrap();
+    wait_metric(
+        appliance,
+        "fieldnet_dhcp_takeover_messages_total{type=\"release\"}",
+        1.0,
+        &server,
+    );
+
+    // dhcpcd checks the offered address with ARP itself. The static client also holds .106 but
+    // ignores the server's ARP (from the gateway address), so only dhcpcd sees the conflict:
+    // it declines, the server quarantines .106, and dhcpcd ends up with .107.
+    c4.ip(&["addr", "add", "10.101.0.106/24", "dev", "eth0"])
+        .unwrap();
+    c4.exec(
+        "nft",
+        &[
+            "add table arp fieldnet_test; add chain arp fieldnet_test input { type filter hook input priority 0; }; add rule arp fieldnet_test input arp saddr ip 10.101.0.1 drop",
+        ],
+    )
+    .unwrap();
+    let dhcpcd_hook = hook(&dir, "dhcpcd", "reason", "");
+    // The client identifier from the hardware address, so a reload keeps the same identity.
+    let dhcpcd_conf = dir.join("dhcpcd.conf");
+    std::fs::write(&dhcpcd_conf, "clientid\n").unwrap();
+    // dhcpcd keeps its DUID, leases and control socket in fixed host paths: give this one its
+    // own (tmpfs in the mount namespace `ip netns exec` made for it).
+    let dhcpcd = lab
+        .spawn(
+            &c3,
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "mkdir -p /var/lib/dhcpcd /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd && \
+                     mount -t tmpfs tmpfs /run/dhcpcd && exec dhcpcd -B -4 -f {} -c {} --noipv4ll eth0",
+                    dhcpcd_conf.display(),
+                    dhcpcd_hook.display()
+                ),
+            ],
+        )
+        .unwrap();
+    let bound = wait_file(&dir.join("dhcpcd.BOUND"), &dhcpcd);
+    assert_eq!(
+        get(&bound, "new_ip_address"),
+        "10.101.0.107",
+        "{}",
+        dhcpcd.log()
+    );
+    assert_eq!(
+        metric(
+            appliance,
+            "fieldnet_dhcp_takeover_messages_total{type=\"decline\"}"
+        ),
+        1.0
+    );
+    assert!(addresses(&c3).contains("10.101.0.107/24"));
+    // REBINDING: dhcpcd -n asks again by broadcast, without a server identifier.
+    let requests = metric(
+        appliance,
+        "fieldnet_dhcp_takeover_messages_total{type=\"request\"}",
+    );
+    c3.exec(
+        "nsenter",
+        &[
+            "-t",
+            &dhcpcd.pid().to_string(),
+            "-m",
+            "dhcpcd",
+            "-f",
+            dhcpcd_conf.to_str().unwrap(),
+            "-n",
+            "eth0",
+        ],
+    )
+    .unwrap();
+    wait_metric(
+        appliance,
+        "fieldnet_dhcp_takeover_messages_total{type=\"request\"}",
+        requests + 1.0,
+        &server,
+    );
+    wait_address(&c3, "10.101.0.107/24", &dhcpcd);
+    dhcpcd.kill().unwrap();
+
+    // Leases survive a restart of the server: dhclient's address is still its.
+    server.kill().unwrap();
+    let server = lab
+        .spawn(
+            appliance,
+            env!("CARGO_BIN_EXE_dhcp-takeover"),
+            &["--config", config.to_str().unwrap()],
+        )
+        .unwrap();
+    wait_log(&server, "serving DHCP");
+    // Bound now: dhclient's .105 and dhcpcd's .107 (udhcpc released .50).
+    assert_eq!(
+        metric(
+            appliance,
+            "fieldnet_dhcp_takeover_leases{class=\"\",network=\"NETWORK1\"}"
+        ),
+        2.0,
+        "{}",
+        server.log()
+    );
+    // A newcomer is not given either of them.
+    std::fs::remove_file(dir.join("udhcpc.bound")).unwrap();
+    let newcomer = lab
+        .spawn(
+            &c2,
+            "udhcpc",
+            &[
+                "-f",
+                "-q",
+                "-i",
+                "eth0",
+                "-s",
+                udhcpc_hook.to_str().unwrap(),
+                "-x",
+                "hostname:other",
+            ],
+        )
+        .unwrap();
+    let bound = wait_file(&dir.join("udhcpc.bound"), &newcomer);
+    assert_eq!(
+        get(&bound, "ip"),
+        "10.101.0.50",
+        "the reservation holds across restarts too"
+    );
+    assert!(server.is_running(), "{}", server.log());
+}
