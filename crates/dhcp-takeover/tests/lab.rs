@@ -431,3 +431,181 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
     );
     assert!(server.is_running(), "{}", server.log());
 }
+
+/// Every DHCPACK seen on `ns`'s eth0 (as the client side receives it): (client MAC, address).
+/// A packet socket, so it sees replies addressed to perfdhcp's own relay port too.
+struct AckCapture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<([u8; 6], std::net::Ipv4Addr)>>,
+}
+
+impl AckCapture {
+    fn start(ns: &Netns) -> Self {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        let fd = ns
+            .run(|| {
+                // SAFETY: plain socket(2) call; checked below.
+                let fd = unsafe {
+                    libc::socket(
+                        libc::AF_PACKET,
+                        libc::SOCK_DGRAM,
+                        i32::from(0x0800_u16.to_be()),
+                    )
+                };
+                assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+                // SAFETY: a fresh descriptor nobody else owns.
+                unsafe { OwnedFd::from_raw_fd(fd) }
+            })
+            .unwrap();
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: a valid timeval and its size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut acks = Vec::new();
+            let mut buffer = [0_u8; 2048];
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: the buffer is valid for its length.
+                let n = unsafe {
+                    libc::recv(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0)
+                };
+                if n <= 0 {
+                    continue;
+                }
+                let packet = &buffer[..n as usize];
+                let header = usize::from(packet[0] & 0x0f) * 4;
+                if packet.len() < header + 8 || packet[9] != 17 {
+                    continue;
+                }
+                let udp = &packet[header..];
+                if u16::from_be_bytes([udp[0], udp[1]]) != 67 {
+                    continue;
+                }
+                if let Some(message) = dhcp_takeover::decide::decode(&udp[8..])
+                    && dhcp_takeover::decide::message_type(&message)
+                        == Some(dhcproto::v4::MessageType::Ack)
+                    && !message.yiaddr().is_unspecified()
+                {
+                    let mac: [u8; 6] = message.chaddr()[..6].try_into().unwrap();
+                    acks.push((mac, message.yiaddr()));
+                }
+            }
+            acks
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Vec<([u8; 6], std::net::Ipv4Addr)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
+    let Some(mut lab) = Lab::for_test("dhcp-kill") else {
+        return;
+    };
+    let site = lab
+        .site(&SiteSpec {
+            areas: 1,
+            uplinks_per_area: 1,
+            clients_per_area: 1,
+            hub: false,
+            vpn: false,
+        })
+        .unwrap();
+    let area = &site.areas[0];
+    let appliance = &area.appliance;
+    let client = &area.clients[0].ns;
+    let dir = lab.dir().to_owned();
+    let store = dir.join("leases");
+    let extra = format!("[dhcp_takeover]\nstore = \"{}\"\n", store.display());
+    let config = dir.join("appliance-1.toml");
+    std::fs::write(&config, lab::appliance_config(&site, 1, &dir, &extra)).unwrap();
+    let start = |lab: &mut Lab| {
+        let server = lab
+            .spawn(
+                appliance,
+                env!("CARGO_BIN_EXE_dhcp-takeover"),
+                &["--config", config.to_str().unwrap()],
+            )
+            .unwrap();
+        wait_log(&server, "serving DHCP");
+        server
+    };
+    let mut server = start(&mut lab);
+    let capture = AckCapture::start(client);
+    // 200 simulated clients behind perfdhcp (a relay on the client's address), 400 exchanges
+    // a second for 12 s; the server is killed with SIGKILL three times along the way.
+    let perfdhcp = lab
+        .spawn(
+            client,
+            "perfdhcp",
+            &[
+                "-4",
+                "-l",
+                "eth0",
+                "-r",
+                "400",
+                "-R",
+                "200",
+                "-p",
+                "12",
+                "10.101.0.1",
+            ],
+        )
+        .unwrap();
+    let mut kills = 0;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(2500));
+        server.kill().unwrap();
+        kills += 1;
+        server = start(&mut lab);
+    }
+    perfdhcp.wait(Duration::from_secs(60)).unwrap();
+    let acks = capture.finish();
+    server.kill().unwrap();
+    let log = perfdhcp.log();
+    assert!(log.contains("sent packets"), "{log}");
+    assert!(acks.len() > 100, "only {} ACKs seen:\n{log}", acks.len());
+
+    let (_log, records, recovery) = dhcp_takeover::store::LeaseLog::open(&store).unwrap();
+    let mut leases = dhcp_takeover::lease::Leases::default();
+    for record in records {
+        leases.apply(record);
+    }
+    let mut missing = Vec::new();
+    for (mac, address) in &acks {
+        let kept = leases.get(*address).is_some_and(|lease| {
+            lease.mac.0 == *mac && lease.state == dhcp_takeover::lease::LeaseState::Bound
+        });
+        if !kept {
+            missing.push((*mac, *address));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged leases lost after {kills} SIGKILLs: {missing:?}",
+        missing.len(),
+        acks.len()
+    );
+    eprintln!(
+        "{} ACKs seen across {kills} SIGKILLs, all stored ({} records, {} torn bytes cut)",
+        acks.len(),
+        recovery.records,
+        recovery.torn_bytes
+    );
+}
