@@ -70,7 +70,7 @@ pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
         )?;
     }
 
-    step("fuzz: bus frame decoder, DNS request path");
+    step("fuzz: bus frame decoder, DNS and DHCP request paths");
     fuzz(fuzz_seconds)?;
 
     step("lab leftovers");
@@ -164,8 +164,9 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
     if !have("cargo-fuzz") {
         cmd("cargo", &["install", "--locked", "cargo-fuzz"])?;
     }
-    // The bus frame decoder, and whereami's request path (parse, decide).
-    for target in ["bus_frame", "dns_request"] {
+    // The bus frame decoder, whereami's request path (parse, decide) and dhcp-takeover's
+    // (decode, decide, encode).
+    for target in ["bus_frame", "dns_request", "dhcp_request"] {
         let corpus = root().join("fuzz/corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         let max_time = format!("-max_total_time={seconds}");

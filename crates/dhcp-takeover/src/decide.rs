@@ -743,7 +743,48 @@ pub fn message_type(message: &Message) -> Option<MessageType> {
 /// Decodes a datagram; `None` for anything that is not a DHCP message.
 pub fn decode(datagram: &[u8]) -> Option<Message> {
     use dhcproto::Decodable as _;
-    v4::Message::decode(&mut v4::Decoder::new(datagram)).ok()
+    if !lengths_dhcproto_accepts(datagram) {
+        return None;
+    }
+    let message = v4::Message::decode(&mut v4::Decoder::new(datagram)).ok()?;
+    // dhcproto 0.15 accepts any hlen but `chaddr()` slices the 16-byte field with it, so a
+    // packet claiming more than 16 bytes would panic there (found by the fuzz target).
+    (usize::from(message.hlen()) <= 16).then_some(message)
+}
+
+/// Whether every option whose length dhcproto 0.15 takes for granted has that length. Its
+/// decoder asserts them (`debug_assert!`, or `len - 3` that underflows), so in a debug build
+/// one crafted packet would panic the server; a DHCP server has no use for such a packet.
+fn lengths_dhcproto_accepts(datagram: &[u8]) -> bool {
+    const OPTIONS_START: usize = 240;
+    let mut at = OPTIONS_START;
+    while at < datagram.len() {
+        let code = datagram[at];
+        match code {
+            0 => {
+                at += 1;
+                continue;
+            }
+            255 => return true,
+            _ => {}
+        }
+        let Some(&length) = datagram.get(at + 1) else {
+            return true;
+        };
+        let fits = match code {
+            80 => length == 0,
+            81 => length >= 3,
+            94 => length == 3,
+            151 => length >= 1,
+            152..=155 => length == 4,
+            _ => true,
+        };
+        if !fits {
+            return false;
+        }
+        at += 2 + usize::from(length);
+    }
+    true
 }
 
 /// Encodes a reply.

@@ -565,3 +565,31 @@ fn hostnames_become_dns_labels() {
     assert_eq!(clean_hostname(""), None);
     assert_eq!(clean_hostname("-x"), None);
 }
+
+#[test]
+fn a_hardware_length_past_the_chaddr_field_is_not_a_message() {
+    // Found by the fuzz target: dhcproto decodes hlen = 224, then `chaddr()` would panic.
+    let mut bytes = encode(&message(MessageType::Discover, mac(1)));
+    bytes[2] = 224;
+    assert!(decode(&bytes).is_none());
+    bytes[2] = 6;
+    assert!(decode(&bytes).is_some());
+}
+
+#[test]
+fn options_whose_length_dhcproto_assumes_are_checked_first() {
+    // Found by the fuzz target: option 152 (a u32) with length 5 trips dhcproto's assertion.
+    let mut bytes = encode(&message(MessageType::Discover, mac(1)));
+    let end = bytes.len() - 1;
+    bytes.splice(end..end, [152, 5, 0, 0, 0, 0, 0]);
+    assert!(decode(&bytes).is_none());
+    // Client FQDN (81) shorter than its 3 fixed bytes.
+    let mut bytes = encode(&message(MessageType::Discover, mac(1)));
+    let end = bytes.len() - 1;
+    bytes.splice(end..end, [81, 1, 0]);
+    assert!(decode(&bytes).is_none());
+    let mut bytes = encode(&message(MessageType::Discover, mac(1)));
+    let end = bytes.len() - 1;
+    bytes.splice(end..end, [81, 3, 0, 0, 0]);
+    assert!(decode(&bytes).is_some());
+}
