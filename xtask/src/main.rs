@@ -41,7 +41,7 @@ enum Command {
     },
     /// Run a benchmark and record its figures in docs/benchmarks.md.
     Bench {
-        /// Which benchmark: bus, failover, cross-site, dns.
+        /// Which benchmark: bus, failover, cross-site, dns, dhcp.
         name: String,
     },
 }
