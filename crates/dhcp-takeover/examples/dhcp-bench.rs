@@ -23,6 +23,9 @@ const RUN_SECONDS: u32 = 6;
 /// Simulated clients.
 const CLIENTS: u32 = 200;
 
+/// Starts one server on the lab and returns once it serves.
+type Starter<'a> = Box<dyn Fn(&mut Lab) -> anyhow::Result<LabProcess> + 'a>;
+
 #[derive(Clone, Copy, Default, Debug)]
 struct Point {
     offered: u32,
@@ -80,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
 
-    let servers: [(&str, Box<dyn Fn(&mut Lab) -> anyhow::Result<LabProcess>>); 2] = [
+    let servers: [(&str, Starter<'_>); 2] = [
         (
             "dhcp-takeover",
             Box::new(|lab: &mut Lab| {
