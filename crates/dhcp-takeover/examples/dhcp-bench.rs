@@ -41,13 +41,7 @@ fn main() -> anyhow::Result<()> {
     let binary = std::env::var("DHCP_TAKEOVER_BIN")?;
 
     let mut lab = Lab::new("bench-dhcp")?;
-    let site = lab.site(&SiteSpec {
-        areas: 1,
-        uplinks_per_area: 1,
-        clients_per_area: 1,
-        hub: false,
-        vpn: false,
-    })?;
+    let site = lab.site(&SiteSpec::lan(1, 1))?;
     let area = &site.areas[0];
     let appliance = area.appliance.clone();
     let client = area.clients[0].ns.clone();
@@ -134,9 +128,9 @@ fn main() -> anyhow::Result<()> {
             perfdhcp(&client, 500, 2)?;
             let mut points = Vec::new();
             for &rate in RATES {
-                let before = cpu_seconds(process.pid())?;
+                let before = process.cpu_seconds()?;
                 let mut point = perfdhcp(&client, rate, RUN_SECONDS)?;
-                point.cpu = (cpu_seconds(process.pid())? - before) / f64::from(RUN_SECONDS);
+                point.cpu = (process.cpu_seconds()? - before) / f64::from(RUN_SECONDS);
                 eprintln!(
                     "round {}: {name} offered {rate}/s: {:.0} 4-way/s, {:.2} % unfinished, {:.2} cores",
                     round + 1,
@@ -265,13 +259,4 @@ fn perfdhcp(client: &Netns, rate: u32, seconds: u32) -> anyhow::Result<Point> {
         },
         cpu: 0.0,
     })
-}
-
-/// utime + stime of `pid` (all threads), in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
 }

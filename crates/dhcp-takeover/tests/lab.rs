@@ -6,36 +6,65 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lab::{Lab, LabProcess, Netns, SiteSpec};
+use lab::{Lab, LabProcess, Netns, Site, SiteSpec};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn wait_log(process: &LabProcess, needle: &str) {
-    process
-        .wait_for_log(needle, PATIENCE)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-/// Polls until `path` exists (a hook script wrote it), then returns its lines as key=value.
-fn wait_file(path: &Path, waiting_for: &LabProcess) -> Vec<(String, String)> {
+/// Polls `check` until it gives a value; panics after PATIENCE with `what` and `log`'s output.
+fn wait_for<T>(what: &str, log: &LabProcess, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && text.contains("END=1")
-        {
-            return text
-                .lines()
-                .filter_map(|line| line.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-                .collect();
+        if let Some(value) = check() {
+            return value;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!(
-        "{} never appeared; client log:\n{}",
-        path.display(),
-        waiting_for.log()
+        "{what} never happened; log of {}:\n{}",
+        log.log_path().display(),
+        log.log()
     );
+}
+
+/// Writes appliance 1's config, with a lease store in the lab directory and `dhcp` after it in
+/// the `[dhcp_takeover]` section; returns its path.
+fn write_config(lab: &Lab, site: &Site, dhcp: &str) -> PathBuf {
+    let dir = lab.dir();
+    let extra = format!(
+        "[dhcp_takeover]\nstore = \"{}\"\n{dhcp}",
+        dir.join("leases").display()
+    );
+    let config = dir.join("appliance-1.toml");
+    std::fs::write(&config, lab::appliance_config(site, 1, dir, &extra)).unwrap();
+    config
+}
+
+/// Starts dhcp-takeover on `appliance` with `config`; returns once it serves.
+fn start_server(lab: &mut Lab, appliance: &Netns, config: &Path) -> LabProcess {
+    let server = lab
+        .spawn(
+            appliance,
+            env!("CARGO_BIN_EXE_dhcp-takeover"),
+            &["--config", config.to_str().unwrap()],
+        )
+        .unwrap();
+    server
+        .wait_for_log("serving DHCP", PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    server
+}
+
+/// Waits until a hook script has written `path`, then returns its lines as key=value.
+fn wait_file(path: &Path, client: &LabProcess) -> Vec<(String, String)> {
+    let text = wait_for(&format!("{} written", path.display()), client, || {
+        std::fs::read_to_string(path)
+            .ok()
+            .filter(|text| text.contains("END=1"))
+    });
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
 }
 
 fn get<'a>(env: &'a [(String, String)], key: &str) -> &'a str {
@@ -66,18 +95,9 @@ fn addresses(ns: &Netns) -> String {
 
 /// Waits until the client's eth0 has `address` (a client applies an ACK a moment after it).
 fn wait_address(ns: &Netns, address: &str, client: &LabProcess) {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if addresses(ns).contains(address) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{address} never on eth0: {}\nclient log:\n{}",
-        addresses(ns),
-        client.log()
-    );
+    wait_for(&format!("{address} on eth0"), client, || {
+        addresses(ns).contains(address).then_some(())
+    });
 }
 
 fn mac_of(ns: &Netns) -> String {
@@ -106,17 +126,9 @@ fn metric(appliance: &Netns, name_and_labels: &str) -> f64 {
 
 /// Waits until `metric` reaches `at_least`.
 fn wait_metric(appliance: &Netns, name_and_labels: &str, at_least: f64, server: &LabProcess) {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if metric(appliance, name_and_labels) >= at_least {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{name_and_labels} never reached {at_least}; server log:\n{}",
-        server.log()
-    );
+    wait_for(&format!("{name_and_labels} ≥ {at_least}"), server, || {
+        (metric(appliance, name_and_labels) >= at_least).then_some(())
+    });
 }
 
 #[test]
@@ -125,15 +137,7 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
     let Some(mut lab) = Lab::for_test("dhcp") else {
         return;
     };
-    let site = lab
-        .site(&SiteSpec {
-            areas: 1,
-            uplinks_per_area: 1,
-            clients_per_area: 4,
-            hub: false,
-            vpn: false,
-        })
-        .unwrap();
+    let site = lab.site(&SiteSpec::lan(1, 4)).unwrap();
     let area = &site.areas[0];
     let appliance = &area.appliance;
     let [c1, c2, c3, c4] = [0, 1, 2, 3].map(|k| area.clients[k].ns.clone());
@@ -142,23 +146,17 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
         client.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
     }
     let dir = lab.dir().to_owned();
-    let extra = format!(
-        "[dhcp_takeover]\nstore = \"{store}\"\nlease_time_s = 600\nntp_servers = [\"10.101.0.1\"]\nmtu = 1400\nroutes = [\"10.200.0.0/16\"]\n\n\
-         [[dhcp_takeover.pools]]\nnetwork = \"NETWORK1\"\nstart = \"10.101.0.104\"\nend = \"10.101.0.120\"\n\n\
-         [[dhcp_takeover.reservations]]\nmac = \"{mac}\"\naddress = \"10.101.0.50\"\nhostname = \"till-1\"\n",
-        store = dir.join("leases").display(),
-        mac = mac_of(&c2),
+    let config = write_config(
+        &lab,
+        &site,
+        &format!(
+            "lease_time_s = 600\nntp_servers = [\"10.101.0.1\"]\nmtu = 1400\nroutes = [\"10.200.0.0/16\"]\n\n\
+             [[dhcp_takeover.pools]]\nnetwork = \"NETWORK1\"\nstart = \"10.101.0.104\"\nend = \"10.101.0.120\"\n\n\
+             [[dhcp_takeover.reservations]]\nmac = \"{}\"\naddress = \"10.101.0.50\"\nhostname = \"till-1\"\n",
+            mac_of(&c2)
+        ),
     );
-    let config = dir.join("appliance-1.toml");
-    std::fs::write(&config, lab::appliance_config(&site, 1, &dir, &extra)).unwrap();
-    let server = lab
-        .spawn(
-            appliance,
-            env!("CARGO_BIN_EXE_dhcp-takeover"),
-            &["--config", config.to_str().unwrap()],
-        )
-        .unwrap();
-    wait_log(&server, "serving DHCP");
+    let server = start_server(&mut lab, appliance, &config);
 
     // dhclient: .104 answers ARP (the static client), so the server's probe skips it.
     let dhclient_conf = dir.join("dhclient.conf");
@@ -385,16 +383,9 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
     wait_address(&c3, "10.101.0.107/24", &dhcpcd);
     dhcpcd.kill().unwrap();
 
-    // Leases survive a restart of the server: dhclient's address is still its.
+    // Leases survive a restart of the server.
     server.kill().unwrap();
-    let server = lab
-        .spawn(
-            appliance,
-            env!("CARGO_BIN_EXE_dhcp-takeover"),
-            &["--config", config.to_str().unwrap()],
-        )
-        .unwrap();
-    wait_log(&server, "serving DHCP");
+    let server = start_server(&mut lab, appliance, &config);
     // Bound now: dhclient's .105 and dhcpcd's .107 (udhcpc released .50).
     assert_eq!(
         metric(
@@ -518,35 +509,13 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
     let Some(mut lab) = Lab::for_test("dhcp-kill") else {
         return;
     };
-    let site = lab
-        .site(&SiteSpec {
-            areas: 1,
-            uplinks_per_area: 1,
-            clients_per_area: 1,
-            hub: false,
-            vpn: false,
-        })
-        .unwrap();
+    let site = lab.site(&SiteSpec::lan(1, 1)).unwrap();
     let area = &site.areas[0];
     let appliance = &area.appliance;
     let client = &area.clients[0].ns;
-    let dir = lab.dir().to_owned();
-    let store = dir.join("leases");
-    let extra = format!("[dhcp_takeover]\nstore = \"{}\"\n", store.display());
-    let config = dir.join("appliance-1.toml");
-    std::fs::write(&config, lab::appliance_config(&site, 1, &dir, &extra)).unwrap();
-    let start = |lab: &mut Lab| {
-        let server = lab
-            .spawn(
-                appliance,
-                env!("CARGO_BIN_EXE_dhcp-takeover"),
-                &["--config", config.to_str().unwrap()],
-            )
-            .unwrap();
-        wait_log(&server, "serving DHCP");
-        server
-    };
-    let mut server = start(&mut lab);
+    let store = lab.dir().join("leases");
+    let config = write_config(&lab, &site, "");
+    let mut server = start_server(&mut lab, appliance, &config);
     let capture = AckCapture::start(client);
     // 200 simulated clients behind perfdhcp (a relay on the client's address), 400 exchanges
     // a second for 12 s; the server is killed with SIGKILL three times along the way.
@@ -573,7 +542,7 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
         std::thread::sleep(Duration::from_millis(2500));
         server.kill().unwrap();
         kills += 1;
-        server = start(&mut lab);
+        server = start_server(&mut lab, appliance, &config);
     }
     perfdhcp.wait(Duration::from_secs(60)).unwrap();
     let acks = capture.finish();

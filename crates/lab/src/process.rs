@@ -161,6 +161,28 @@ impl LabProcess {
         self.slot.pid
     }
 
+    /// CPU time it has used so far, user plus system, all threads (from `/proc/<pid>/stat`).
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat of {}", self.program))?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let tick = |index: usize| -> anyhow::Result<u64> {
+            fields
+                .get(index)
+                .and_then(|field| field.parse().ok())
+                .with_context(|| format!("/proc/{pid}/stat has no field {index}: {stat}"))
+        };
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok((tick(11)? + tick(12)?) as f64 / hz)
+    }
+
     /// The file its stdout and stderr go to, inside [`Lab::dir`](crate::Lab::dir).
     pub fn log_path(&self) -> &Path {
         &self.log_path

@@ -40,6 +40,20 @@ pub struct SiteSpec {
     pub vpn: bool,
 }
 
+impl SiteSpec {
+    /// `areas` areas with one uplink and `clients` clients each, no hub: what an agent that
+    /// serves its own LAN (DNS, DHCP) needs.
+    pub fn lan(areas: u8, clients: u8) -> SiteSpec {
+        SiteSpec {
+            areas,
+            uplinks_per_area: 1,
+            clients_per_area: clients,
+            hub: false,
+            vpn: false,
+        }
+    }
+}
+
 impl Default for SiteSpec {
     fn default() -> SiteSpec {
         SiteSpec {

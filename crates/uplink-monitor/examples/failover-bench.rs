@@ -259,21 +259,10 @@ fn restart(runs: usize) -> (String, String, String, String) {
 fn resources() -> anyhow::Result<String> {
     let running = start_with("bench-cpu", 1, 3, "").expect("lab");
     let pid = running.agent().pid();
-    let ticks = |pid: u32| -> anyhow::Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let before = ticks(pid)?;
+    let before = running.agent().cpu_seconds()?;
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(60));
-    let used = (ticks(pid)? - before) as f64 / hz;
+    let used = running.agent().cpu_seconds()? - before;
     let cpu = used / started.elapsed().as_secs_f64() * 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kb: u64 = status

@@ -55,13 +55,7 @@ fn main() -> anyhow::Result<()> {
     let whereami_bin = std::env::var("WHEREAMI_BIN")?;
 
     let mut lab = Lab::new("bench-dns")?;
-    let site = lab.site(&SiteSpec {
-        areas: 1,
-        uplinks_per_area: 1,
-        clients_per_area: 1,
-        hub: false,
-        vpn: false,
-    })?;
+    let site = lab.site(&SiteSpec::lan(1, 1))?;
     let area = &site.areas[0];
     let appliance = area.appliance.clone();
     let client = area.clients[0].ns.clone();
@@ -298,9 +292,9 @@ fn wait_answering(client: &Netns, server: &Server) -> anyhow::Result<()> {
 }
 
 fn measure(client: &Netns, server: &Server, file: &std::path::Path) -> anyhow::Result<Figures> {
-    let before = cpu_seconds(server.process.pid())?;
+    let before = server.process.cpu_seconds()?;
     let run = dnsperf(client, server, file, &["-l", &RUN_SECONDS.to_string()])?;
-    let cpu = (cpu_seconds(server.process.pid())? - before) / run.seconds;
+    let cpu = (server.process.cpu_seconds()? - before) / run.seconds;
     let paced = dnsperf(
         client,
         server,
@@ -393,16 +387,4 @@ fn percentile(values: &[f64], q: f64) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-/// CPU time (user + system, every thread) `pid` has used so far.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks as f64 / per_second)
 }

@@ -31,14 +31,7 @@ fn values(answers: &[String]) -> Vec<String> {
 
 /// Two areas, one uplink and one client each: all whereami needs.
 fn two_areas(lab: &mut Lab) -> lab::Site {
-    lab.site(&SiteSpec {
-        areas: 2,
-        uplinks_per_area: 1,
-        clients_per_area: 1,
-        hub: false,
-        vpn: false,
-    })
-    .unwrap()
+    lab.site(&SiteSpec::lan(2, 1)).unwrap()
 }
 
 #[test]
