@@ -194,15 +194,16 @@ pub async fn run(
         env!("CARGO_PKG_VERSION"),
         settings.common.metrics_listen,
     )?;
-    let (log, records, recovery) = LeaseLog::open(&settings.store)?;
+    let (log, records, torn_bytes) = LeaseLog::open(&settings.store)?;
+    let record_count = records.len();
     let mut leases = Leases::default();
     for record in records {
         leases.apply(record);
     }
     tracing::info!(
         store = %settings.store.display(),
-        records = recovery.records,
-        torn_bytes = recovery.torn_bytes,
+        records = record_count,
+        torn_bytes,
         leases = leases.len(),
         "lease log read"
     );

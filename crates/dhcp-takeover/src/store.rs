@@ -11,7 +11,10 @@
 //! only leave a torn record at the end, since records are only appended and each batch is
 //! synced before the next is acknowledged; opening cuts the file back to the last whole record.
 //! Compaction writes the live records to a new file, syncs it, renames it over the log and
-//! syncs the directory: at every instant one complete log is on disk.
+//! syncs the directory: at every instant one complete log is on disk. If that last step fails,
+//! nothing more is appended (and so nothing more acknowledged) until the log is opened again.
+//! The lock that keeps a second process out is on the directory, so it does not move when the
+//! file is replaced.
 //!
 //! Invariant: every record `append` returned Ok for is read back by `open` after any crash.
 
@@ -37,25 +40,22 @@ pub enum StoreError {
     Locked { path: PathBuf },
 }
 
-/// What opening found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Recovery {
-    pub records: usize,
-    /// Bytes of a torn last record, cut off.
-    pub torn_bytes: u64,
-}
-
 #[derive(Debug)]
 pub struct LeaseLog {
     dir: PathBuf,
     file: File,
     /// Records in the file (since the last compaction, plus what that wrote).
     records: usize,
+    /// Set when a compaction replaced the file but could not make that durable.
+    poisoned: bool,
+    /// The directory, `flock`ed for as long as this log is open.
+    _lock: File,
 }
 
 impl LeaseLog {
-    /// Opens (or creates) the store in `dir`, returning every stored record in order.
-    pub fn open(dir: &Path) -> Result<(Self, Vec<Lease>, Recovery), StoreError> {
+    /// Opens (or creates) the store in `dir`, returning every stored record in order and how
+    /// many bytes of a torn last record were cut off.
+    pub fn open(dir: &Path) -> Result<(Self, Vec<Lease>, u64), StoreError> {
         let fail = |path: &Path| {
             let path = path.to_owned();
             move |source| StoreError::Io { path, source }
@@ -65,6 +65,13 @@ impl LeaseLog {
             .mode(0o700)
             .create(dir)
             .map_err(fail(dir))?;
+        let lock = File::open(dir).map_err(fail(dir))?;
+        // SAFETY: flock on a descriptor we own; the result is checked.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StoreError::Locked {
+                path: dir.to_owned(),
+            });
+        }
         let path = dir.join(LOG);
         let mut file = OpenOptions::new()
             .read(true)
@@ -73,17 +80,10 @@ impl LeaseLog {
             .mode(0o600)
             .open(&path)
             .map_err(fail(&path))?;
-        // SAFETY: flock on a descriptor we own; the result is checked.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(StoreError::Locked { path });
-        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(fail(&path))?;
         let (leases, good) = parse(&bytes);
-        let recovery = Recovery {
-            records: leases.len(),
-            torn_bytes: (bytes.len() - good) as u64,
-        };
+        let torn_bytes = (bytes.len() - good) as u64;
         if good < bytes.len() {
             file.set_len(good as u64).map_err(fail(&path))?;
             file.sync_all().map_err(fail(&path))?;
@@ -95,14 +95,21 @@ impl LeaseLog {
                 dir: dir.to_owned(),
                 file,
                 records: leases.len(),
+                poisoned: false,
+                _lock: lock,
             },
             leases,
-            recovery,
+            torn_bytes,
         ))
     }
 
     /// Appends `leases` and makes them durable; when this returns Ok they survive any crash.
     pub fn append(&mut self, leases: &[Lease]) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::other(
+                "the lease log was replaced but the directory could not be synced; restart to reopen it",
+            ));
+        }
         let mut buffer = Vec::with_capacity(leases.len() * 256);
         for lease in leases {
             encode(lease, &mut buffer);
@@ -127,31 +134,28 @@ impl LeaseLog {
             count += 1;
         }
         let new_path = self.dir.join(COMPACTING);
+        let _ = std::fs::remove_file(&new_path);
         let mut new = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
+            .read(true)
+            .append(true)
+            .create_new(true)
             .mode(0o600)
             .open(&new_path)?;
         new.write_all(&buffer)?;
         new.sync_all()?;
-        drop(new);
+        // Until the rename the old log is whole and still the one appended to.
         std::fs::rename(&new_path, self.dir.join(LOG))?;
-        File::open(&self.dir)?.sync_all()?;
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(self.dir.join(LOG))?;
-        // SAFETY: flock on a descriptor we own; the result is checked.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        self.file = file;
+        self.file = new;
         self.records = count;
+        if let Err(error) = File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+            self.poisoned = true;
+            return Err(error);
+        }
         Ok(())
     }
 
-    pub fn records(&self) -> usize {
+    #[cfg(test)]
+    fn records(&self) -> usize {
         self.records
     }
 }
@@ -216,15 +220,9 @@ mod tests {
         log.append(&[lease(10, 1), lease(11, 2)]).unwrap();
         log.append(&[lease(10, 3)]).unwrap();
         drop(log);
-        let (_, found, recovery) = LeaseLog::open(dir.path()).unwrap();
+        let (_, found, torn_bytes) = LeaseLog::open(dir.path()).unwrap();
         assert_eq!(found, vec![lease(10, 1), lease(11, 2), lease(10, 3)]);
-        assert_eq!(
-            recovery,
-            Recovery {
-                records: 3,
-                torn_bytes: 0
-            }
-        );
+        assert_eq!(torn_bytes, 0);
     }
 
     #[test]
@@ -239,9 +237,9 @@ mod tests {
         let first_len = HEADER + serde_json::to_vec(&lease(10, 1)).unwrap().len();
         for cut in first_len..whole.len() {
             std::fs::write(&path, &whole[..cut]).unwrap();
-            let (mut log, found, recovery) = LeaseLog::open(dir.path()).unwrap();
+            let (mut log, found, torn_bytes) = LeaseLog::open(dir.path()).unwrap();
             assert_eq!(found, vec![lease(10, 1)], "cut at {cut}");
-            assert_eq!(recovery.torn_bytes, (cut - first_len) as u64);
+            assert_eq!(torn_bytes, (cut - first_len) as u64);
             // Appending after recovery gives a clean log.
             log.append(&[lease(12, 3)]).unwrap();
             drop(log);
