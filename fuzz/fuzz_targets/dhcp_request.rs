@@ -68,7 +68,9 @@ fuzz_target!(|data: &[u8]| {
         let decision = server.handle(now + round, ingress, &request);
         encode_replies(&decision);
         if let Decision::Probe { network, address, attempt } = decision {
-            for in_use in [true, false] {
+            // Free first (the offer), then in use (the quarantine and the next probe): the
+            // other order would find the hold gone and never reach the offer.
+            for in_use in [false, true] {
                 for next in server.probed(now, &network, &request, address, attempt, in_use) {
                     encode_replies(&next);
                 }

@@ -220,7 +220,7 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
         get(&bound, "new_rfc3442_classless_static_routes"),
         "16 10 200 10 101 0 1 0 10 101 0 1"
     );
-    assert!(addresses(&c1).contains("10.101.0.105/24"));
+    wait_address(&c1, "10.101.0.105/24", &dhclient);
     assert_eq!(
         metric(
             appliance,
@@ -287,8 +287,7 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
         appliance,
         "fieldnet_dhcp_takeover_replies_total{type=\"ack\"}",
     );
-    c2.exec("kill", &["-USR1", &udhcpc.pid().to_string()])
-        .unwrap();
+    udhcpc.signal(libc::SIGUSR1).unwrap();
     let renew = wait_file(&dir.join("udhcpc.renew"), &udhcpc);
     assert_eq!(get(&renew, "ip"), "10.101.0.50");
     assert!(
@@ -298,8 +297,7 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
         ) > acks
     );
     // RELEASE: SIGUSR2 makes udhcpc release its lease.
-    c2.exec("kill", &["-USR2", &udhcpc.pid().to_string()])
-        .unwrap();
+    udhcpc.signal(libc::SIGUSR2).unwrap();
     wait_metric(
         appliance,
         "fieldnet_dhcp_takeover_messages_total{type=\"release\"}",
@@ -383,8 +381,8 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
     wait_address(&c3, "10.101.0.107/24", &dhcpcd);
     dhcpcd.kill().unwrap();
 
-    // Leases survive a restart of the server.
-    server.kill().unwrap();
+    // Leases survive a SIGKILL and restart of the server.
+    server.kill_now().unwrap();
     let server = start_server(&mut lab, appliance, &config);
     // Bound now: dhclient's .105 and dhcpcd's .107 (udhcpc released .50).
     assert_eq!(
@@ -396,7 +394,11 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
         "{}",
         server.log()
     );
-    // A newcomer is not given either of them.
+    // A newcomer (a MAC nobody has used) gets the next fresh address: not .105 or .107 (bound),
+    // not .104 or .106 (quarantined), not .50 (reserved).
+    udhcpc.kill().unwrap();
+    c2.ip(&["link", "set", "dev", "eth0", "address", "02:00:00:00:0e:01"])
+        .unwrap();
     std::fs::remove_file(dir.join("udhcpc.bound")).unwrap();
     let newcomer = lab
         .spawn(
@@ -415,68 +417,51 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
         )
         .unwrap();
     let bound = wait_file(&dir.join("udhcpc.bound"), &newcomer);
-    assert_eq!(
-        get(&bound, "ip"),
-        "10.101.0.50",
-        "the reservation holds across restarts too"
-    );
+    assert_eq!(get(&bound, "ip"), "10.101.0.108", "{}", server.log());
     assert!(server.is_running(), "{}", server.log());
 }
 
 /// Every DHCPACK seen on `ns`'s eth0 (as the client side receives it): (client MAC, address).
-/// A packet socket, so it sees replies addressed to perfdhcp's own relay port too.
+/// A packet socket, so it sees replies addressed to perfdhcp's own relay port too. Dropping it
+/// stops the capture thread (and so closes the socket), even when a test panics.
+/// (client MAC, acknowledged address), in the order seen.
+type Acks = Vec<([u8; 6], std::net::Ipv4Addr)>;
+
 struct AckCapture {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<([u8; 6], std::net::Ipv4Addr)>>,
+    thread: Option<std::thread::JoinHandle<Acks>>,
 }
 
 impl AckCapture {
     fn start(ns: &Netns) -> Self {
-        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-        let fd = ns
+        use socket2::{Domain, Protocol, Socket, Type};
+        const ETH_P_IP: u16 = 0x0800;
+        let socket = ns
             .run(|| {
-                // SAFETY: plain socket(2) call; checked below.
-                let fd = unsafe {
-                    libc::socket(
-                        libc::AF_PACKET,
-                        libc::SOCK_DGRAM,
-                        i32::from(0x0800_u16.to_be()),
-                    )
-                };
-                assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-                // SAFETY: a fresh descriptor nobody else owns.
-                unsafe { OwnedFd::from_raw_fd(fd) }
+                Socket::new(
+                    Domain::PACKET,
+                    Type::DGRAM,
+                    Some(Protocol::from(i32::from(ETH_P_IP.to_be()))),
+                )
             })
+            .unwrap()
             .unwrap();
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 200_000,
-        };
-        // SAFETY: a valid timeval and its size.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             let mut acks = Vec::new();
             let mut buffer = [0_u8; 2048];
             while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                // SAFETY: the buffer is valid for its length.
-                let n = unsafe {
-                    libc::recv(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0)
-                };
-                if n <= 0 {
+                let Ok(length) = (&socket).read(&mut buffer) else {
                     continue;
-                }
-                let packet = &buffer[..n as usize];
-                let header = usize::from(packet[0] & 0x0f) * 4;
+                };
+                let packet = &buffer[..length];
+                let Some(header) = packet.first().map(|b| usize::from(b & 0x0f) * 4) else {
+                    continue;
+                };
                 if packet.len() < header + 8 || packet[9] != 17 {
                     continue;
                 }
@@ -495,12 +480,24 @@ impl AckCapture {
             }
             acks
         });
-        Self { stop, thread }
+        Self {
+            stop,
+            thread: Some(thread),
+        }
     }
 
-    fn finish(self) -> Vec<([u8; 6], std::net::Ipv4Addr)> {
+    fn finish(mut self) -> Acks {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
+        self.thread.take().expect("running").join().unwrap()
+    }
+}
+
+impl Drop for AckCapture {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -537,16 +534,16 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
             ],
         )
         .unwrap();
-    let mut kills = 0;
-    for _ in 0..3 {
+    const KILLS: usize = 3;
+    for _ in 0..KILLS {
         std::thread::sleep(Duration::from_millis(2500));
-        server.kill().unwrap();
-        kills += 1;
+        // SIGKILL at once: no shutdown path runs, as in a power cut of the process.
+        server.kill_now().unwrap();
         server = start_server(&mut lab, appliance, &config);
     }
     perfdhcp.wait(Duration::from_secs(60)).unwrap();
     let acks = capture.finish();
-    server.kill().unwrap();
+    server.kill_now().unwrap();
     let log = perfdhcp.log();
     assert!(log.contains("sent packets"), "{log}");
     assert!(acks.len() > 100, "only {} ACKs seen:\n{log}", acks.len());
@@ -568,12 +565,12 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
     }
     assert!(
         missing.is_empty(),
-        "{} of {} acknowledged leases lost after {kills} SIGKILLs: {missing:?}",
+        "{} of {} acknowledged leases lost after {KILLS} SIGKILLs: {missing:?}",
         missing.len(),
         acks.len()
     );
     eprintln!(
-        "{} ACKs seen across {kills} SIGKILLs, all stored ({} records, {} torn bytes cut)",
+        "{} ACKs seen across {KILLS} SIGKILLs, all stored ({} records, {} torn bytes cut)",
         acks.len(),
         record_count,
         torn_bytes

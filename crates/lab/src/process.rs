@@ -94,6 +94,23 @@ impl ProcessSlot {
         self.begin_terminate();
         self.finish_terminate(Instant::now() + TERM_GRACE)
     }
+
+    /// SIGKILL to the process group at once (no chance to clean up), then reaps it.
+    fn kill_now(&self) -> Option<ExitStatus> {
+        let mut state = self.lock();
+        self.reap(&mut state);
+        state.status
+    }
+
+    /// Sends `signal` to the process alone, while it runs.
+    fn signal_process(&self, signal: libc::c_int) -> bool {
+        let state = self.lock();
+        if state.child.is_none() || self.exited(&state) {
+            return false;
+        }
+        // SAFETY: kill(2) on our own unreaped child, whose PID cannot have been reused.
+        unsafe { libc::kill(self.pid as libc::pid_t, signal) == 0 }
+    }
 }
 
 /// Whether our unreaped child `pid` has exited, leaving it waitable (`WNOWAIT`), so its PID and
@@ -269,6 +286,31 @@ impl LabProcess {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills it with SIGKILL at once, as a power cut would (no shutdown path runs), and returns
+    /// its exit status.
+    pub fn kill_now(&self) -> anyhow::Result<ExitStatus> {
+        self.slot.kill_now().with_context(|| {
+            format!(
+                "in namespace {}: no exit status for `{}` (pid {})",
+                self.ns,
+                self.program,
+                self.pid()
+            )
+        })
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGUSR1`) to it alone; an error if it is no longer running.
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.slot.signal_process(signal),
+            "in namespace {}: `{}` (pid {}) is not running to receive signal {signal}",
+            self.ns,
+            self.program,
+            self.pid()
+        );
+        Ok(())
     }
 
     /// Terminates it now (SIGTERM, SIGKILL after 2 s) and returns its exit status.
