@@ -1,6 +1,6 @@
 //! Any datagram arriving on a DHCP socket, as dhcp-takeover's request path sees it: decoded,
-//! decided on (twice, so the second sees the state the first left), the probe answered both
-//! ways, and every reply encoded. None may panic, whatever the bytes.
+//! decided on (twice, so the second sees the state the first left), the conflict check
+//! answered both ways, and every reply encoded. None may panic, whatever the bytes.
 //! Input: 1 byte choosing the ingress network (even: NETWORK1, odd: none), then the datagram.
 #![no_main]
 
@@ -41,11 +41,15 @@ mac_prefixes = ["00:80"]
 ranges = ["10.101.0.2-10.101.0.4"]
 "#;
 
-static PLAN: LazyLock<Plan> = LazyLock::new(|| Plan::new(&Config::from_str(CONFIG, "fuzz.toml").unwrap()));
+static PLAN: LazyLock<Plan> =
+    LazyLock::new(|| Plan::new(&Config::from_str(CONFIG, "fuzz.toml").unwrap()));
 
 fn encode_replies(decision: &Decision) {
     match decision {
-        Decision::Send(reply) | Decision::Commit { reply: Some(reply), .. } => {
+        Decision::Send(reply)
+        | Decision::Commit {
+            reply: Some(reply), ..
+        } => {
             let bytes = decide::encode(&reply.message);
             assert!(decide::decode(&bytes).is_some(), "a reply decodes");
         }
@@ -61,21 +65,26 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let ingress = (selector % 2 == 0).then_some("NETWORK1");
-    let mut server = Server::new(PLAN.clone(), 1, 30_000, true, Leases::default());
-    server.serve("NETWORK1", true);
     let now = 1_800_000_000_000;
-    for round in 0..2 {
-        let decision = server.handle(now + round, ingress, &request);
-        encode_replies(&decision);
-        if let Decision::Probe { network, address, attempt } = decision {
-            // Free first (the offer), then in use (the quarantine and the next probe): the
-            // other order would find the hold gone and never reach the offer.
-            for in_use in [false, true] {
-                for next in server.probed(now, &network, &request, address, attempt, in_use) {
-                    encode_replies(&next);
-                }
+    // Each probe outcome on its own server: free (the offer), and in use (the quarantine and
+    // the next check).
+    for in_use in [false, true] {
+        let mut server = Server::new(PLAN.clone(), 1, 30_000, Some(250), Leases::default());
+        server.serve("NETWORK1", true);
+        for round in 0..2 {
+            let decision = server.handle(now + round, ingress, &request);
+            encode_replies(&decision);
+            if let Decision::Probe { network, address } = decision {
+                let outcome = if in_use {
+                    server.claimed(now + round, &network, address)
+                } else {
+                    server.tick(now + 250)
+                };
+                outcome.iter().for_each(encode_replies);
             }
         }
+        for decision in server.tick(now + 60_000) {
+            encode_replies(&decision);
+        }
     }
-    server.expire_holds(now + 60_000);
 });

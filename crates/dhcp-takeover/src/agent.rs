@@ -10,32 +10,32 @@
 //! Invariant: no ACK leaves before its lease is durable; a lease the log could not store is
 //! never acknowledged (the client asks again).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dhcproto::v4::{Message, MessageType};
+use dhcproto::v4::MessageType;
 use fieldnet::bus::{BusClient, topics};
 use fieldnet::config::Config;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::decide::{self, Decision, Destination, Reply, Server};
-use crate::lease::{Lease, LeaseState, Leases};
+use crate::lease::{Lease, Leases};
 use crate::plan::Plan;
 use crate::probe::{ArpProber, Claimed};
-use crate::store::LeaseLog;
+use crate::store::{self, LeaseLog};
 
 const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
 /// Largest DHCP datagram read (a full Ethernet frame's worth).
 const MAX_DATAGRAM: usize = 1500;
-/// How often probe deadlines are checked.
-const PROBE_TICK: Duration = Duration::from_millis(20);
 /// How often offers and leases are expired and the gauges updated.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Most records in one group commit.
@@ -51,7 +51,7 @@ pub struct Metrics {
     pool: IntGaugeVec,
     serving: IntGaugeVec,
     commit_seconds: Histogram,
-    commit_failures: IntGauge,
+    commit_failures: IntCounter,
 }
 
 impl Metrics {
@@ -115,8 +115,8 @@ impl Metrics {
                     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
                 ]),
             )?,
-            commit_failures: IntGauge::new(
-                "fieldnet_dhcp_takeover_commit_failures",
+            commit_failures: IntCounter::new(
+                "fieldnet_dhcp_takeover_commit_failures_total",
                 "Batches the lease log could not store (their requests were not acknowledged)",
             )?,
         };
@@ -139,32 +139,32 @@ struct Packet {
     bytes: Vec<u8>,
 }
 
-/// A lease on its way to the disk, with the reply that waits for it.
-struct Job {
-    lease: Lease,
-    reply: Option<Reply>,
+/// Work for the committer thread.
+// Store is the one sent per lease; boxing it to shrink the rare Compact would cost an
+// allocation per lease for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    /// A lease on its way to the disk, with the reply that waits for it.
+    Store { lease: Lease, reply: Option<Reply> },
+    /// Rewrite the log from these live records (everything queued before is in them).
+    Compact(Vec<Lease>),
 }
 
 /// A batch back from the committer.
 struct Committed {
-    jobs: Vec<Job>,
+    stored: Vec<(Lease, Option<Reply>)>,
     result: std::io::Result<()>,
     seconds: f64,
-}
-
-/// A conflict check in flight.
-struct PendingProbe {
-    network: String,
-    request: Message,
-    attempt: u8,
-    deadline: Instant,
+    /// Records in the log file now.
+    log_records: usize,
+    /// Whether this batch ended with a compaction (done or failed).
+    compacted: bool,
 }
 
 /// One served network's edge.
 struct Edge {
     socket: Arc<UdpSocket>,
     interface: String,
-    gateway: Ipv4Addr,
     prober: Option<ArpProber>,
 }
 
@@ -172,8 +172,8 @@ struct Agent {
     server: Server,
     edges: BTreeMap<String, Edge>,
     commits: std::sync::mpsc::Sender<Job>,
-    probes: HashMap<Ipv4Addr, PendingProbe>,
-    probe_timeout: Option<Duration>,
+    /// A compaction is on its way to the committer.
+    compaction_queued: bool,
     bus: BusClient,
     /// Addresses whose lease is published (retained) on the bus now.
     published: HashSet<Ipv4Addr>,
@@ -207,12 +207,13 @@ pub async fn run(
         leases = leases.len(),
         "lease log read"
     );
-    let committer_leases = leases.clone();
     let mut server = Server::new(
         Plan::new(&config),
         config.appliance.id,
         settings.offer_hold.as_millis() as u64,
-        settings.conflict_probe.is_some(),
+        settings
+            .conflict_probe
+            .map(|probe| probe.as_millis() as u64),
         leases,
     );
 
@@ -245,13 +246,18 @@ pub async fn run(
             .serving
             .with_label_values(&[network.name.as_str(), "own"])
             .set(1);
+        if let Some(plan) = server.plan().network(&network.name) {
+            metrics
+                .pool
+                .with_label_values(&[network.name.as_str(), "total"])
+                .set(i64::from(plan.pool_size()));
+        }
         tracing::info!(network = %network.name, %interface, "serving DHCP");
         edges.insert(
             network.name.clone(),
             Edge {
                 socket,
                 interface,
-                gateway: network.gateway,
                 prober,
             },
         );
@@ -261,15 +267,14 @@ pub async fn run(
     let (committed_tx, mut committed) = mpsc::unbounded_channel::<Committed>();
     let committer = std::thread::Builder::new()
         .name("lease-log".to_owned())
-        .spawn(move || commit_loop(log, committer_leases, commits_rx, committed_tx))
+        .spawn(move || commit_loop(log, commits_rx, committed_tx))
         .context("starting the lease-log thread")?;
 
     let mut agent = Agent {
         server,
         edges,
         commits: commits_tx,
-        probes: HashMap::new(),
-        probe_timeout: settings.conflict_probe,
+        compaction_queued: false,
         bus,
         published: HashSet::new(),
         metrics,
@@ -277,9 +282,9 @@ pub async fn run(
     agent.housekeeping();
     fieldnet::rt::ready(&health, &shutdown);
 
-    let mut probe_tick = tokio::time::interval(PROBE_TICK);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     loop {
+        let next_deadline = agent.server.next_deadline();
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(packet) = packets.recv() => {
@@ -291,8 +296,11 @@ pub async fn run(
             }
             Some(claim) = claims.recv() => agent.on_claim(&claim),
             Some(batch) = committed.recv() => agent.on_committed(batch),
-            _ = probe_tick.tick() => agent.probe_deadlines(Instant::now()),
-            _ = housekeeping.tick() => agent.housekeeping(),
+            () = until(next_deadline) => agent.on_tick(),
+            _ = housekeeping.tick() => {
+                agent.on_tick();
+                agent.housekeeping();
+            }
         }
     }
     // Leases already decided are stored before the process ends.
@@ -300,8 +308,8 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || committer.join()).await;
     while let Ok(batch) = committed.try_recv() {
         if batch.result.is_ok() {
-            for job in &batch.jobs {
-                if let Some(reply) = &job.reply {
+            for (_, reply) in &batch.stored {
+                if let Some(reply) = reply {
                     let _ = send_now(&agent.edges, reply);
                 }
             }
@@ -356,46 +364,66 @@ async fn receive(
     }
 }
 
-/// The committer thread: takes every queued job, stores their leases with one sync, hands the
-/// batch back; rewrites the log when it has grown well past the live records.
+/// The committer thread: takes every queued lease, stores them with one sync and hands the
+/// batch back; a compaction job (sent by the agent, which holds the live records) rewrites the
+/// log after the leases queued before it.
 fn commit_loop(
     mut log: LeaseLog,
-    mut live: Leases,
     jobs: std::sync::mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<Committed>,
 ) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    let mut next = jobs.recv().ok();
+    while let Some(first) = next.take() {
+        let mut stored = Vec::new();
+        let mut compaction = None;
+        let mut job = Some(first);
+        while let Some(current) = job.take() {
+            match current {
+                Job::Store { lease, reply } => stored.push((lease, reply)),
+                Job::Compact(live) => {
+                    compaction = Some(live);
+                    break;
+                }
+            }
+            if stored.len() < MAX_BATCH {
+                job = jobs.try_recv().ok();
             }
         }
-        let records: Vec<Lease> = batch.iter().map(|job| job.lease.clone()).collect();
+        let records: Vec<Lease> = stored.iter().map(|(lease, _)| lease.clone()).collect();
         let started = Instant::now();
-        let result = log.append(&records);
+        let result = if records.is_empty() {
+            Ok(())
+        } else {
+            log.append(&records)
+        };
         let seconds = started.elapsed().as_secs_f64();
-        if result.is_ok() {
-            for record in records {
-                live.apply(record);
-            }
-            if log.wants_compaction(live.len())
-                && let Err(error) = log.compact(live.iter())
-            {
-                tracing::warn!(%error, "compacting the lease log (it keeps growing; nothing is lost)");
-            }
-        }
-        if done
-            .send(Committed {
-                jobs: batch,
-                result,
-                seconds,
-            })
-            .is_err()
+        let compacted = compaction.is_some();
+        if let Some(live) = compaction
+            && let Err(error) = log.compact(live.iter())
         {
+            tracing::warn!(%error, "compacting the lease log (it keeps growing; nothing is lost)");
+        }
+        let batch = Committed {
+            stored,
+            result,
+            seconds,
+            log_records: log.records(),
+            compacted,
+        };
+        if done.send(batch).is_err() {
             return;
         }
+        next = jobs.recv().ok();
+    }
+}
+
+/// Sleeps until `deadline` (milliseconds since the epoch), or for ever without one.
+async fn until(deadline: Option<u64>) {
+    match deadline {
+        Some(deadline) => {
+            tokio::time::sleep(Duration::from_millis(deadline.saturating_sub(now_ms()))).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -420,7 +448,10 @@ fn type_label(kind: Option<MessageType>) -> &'static str {
 /// Sends `reply` on its network's socket.
 fn send_now(edges: &BTreeMap<String, Edge>, reply: &Reply) -> std::io::Result<()> {
     let Some(edge) = edges.get(&reply.network) else {
-        return Ok(());
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no DHCP socket for {}", reply.network),
+        ));
     };
     let to = match reply.to {
         Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
@@ -450,24 +481,20 @@ impl Agent {
         let decision = self
             .server
             .handle(now_ms(), Some(&packet.network), &request);
-        self.execute(decision, &request);
+        self.execute(decision);
     }
 
-    fn execute(&mut self, decision: Decision, request: &Message) {
+    fn execute(&mut self, decision: Decision) {
         match decision {
             Decision::Send(reply) => self.send(&reply),
             Decision::Commit { lease, reply } => {
                 // The committer only stops when the agent does.
-                let _ = self.commits.send(Job { lease, reply });
+                let _ = self.commits.send(Job::Store { lease, reply });
             }
-            Decision::Probe {
-                network,
-                address,
-                attempt,
-            } => self.probe(network, address, attempt, request),
+            Decision::Probe { network, address } => self.probe(&network, address),
             Decision::Ignore(reason) => {
                 self.metrics.ignored.with_label_values(&[reason]).inc();
-                tracing::debug!(reason, xid = request.xid(), "request not answered");
+                tracing::debug!(reason, "request not answered");
             }
         }
     }
@@ -482,84 +509,71 @@ impl Agent {
         }
     }
 
-    fn probe(&mut self, network: String, address: Ipv4Addr, attempt: u8, request: &Message) {
-        let (Some(edge), Some(timeout)) = (self.edges.get(&network), self.probe_timeout) else {
-            return;
-        };
-        if let Some(prober) = &edge.prober
-            && let Err(error) = prober.ask(address, edge.gateway)
+    /// Sends the ARP request of a conflict check; the server has its deadline. A request that
+    /// cannot be sent leaves the check to its deadline (the address counts as free).
+    fn probe(&mut self, network: &str, address: Ipv4Addr) {
+        let gateway = self.server.plan().network(network).map(|n| n.gateway);
+        if let (Some(edge), Some(gateway)) = (self.edges.get(network), gateway)
+            && let Some(prober) = &edge.prober
+            && let Err(error) = prober.ask(address, gateway)
         {
-            // Cannot ask: treat the address as free rather than leave the client unanswered.
             tracing::warn!(interface = %edge.interface, %error, "sending an ARP probe");
         }
-        self.probes.insert(
-            address,
-            PendingProbe {
-                network,
-                request: request.clone(),
-                attempt,
-                deadline: Instant::now() + timeout,
-            },
-        );
     }
 
+    /// A host claimed an address on an interface: tell the server, for the network there.
     fn on_claim(&mut self, claim: &Claimed) {
-        let Some(pending) = self.probes.get(&claim.address) else {
+        let Some(network) = self
+            .edges
+            .iter()
+            .find(|(_, edge)| edge.interface == claim.interface)
+            .map(|(network, _)| network.clone())
+        else {
             return;
         };
-        let on_that_interface = self
-            .edges
-            .get(&pending.network)
-            .is_some_and(|edge| edge.interface == claim.interface);
-        if !on_that_interface {
-            return;
+        let decisions = self.server.claimed(now_ms(), &network, claim.address);
+        if !decisions.is_empty() {
+            tracing::info!(address = %claim.address, %network, "address in use without a lease; kept out of use");
+            self.metrics.probes.with_label_values(&["in_use"]).inc();
         }
-        let pending = self.probes.remove(&claim.address).expect("present");
-        tracing::info!(address = %claim.address, network = %pending.network, "address in use without a lease; kept out of use");
-        self.metrics.probes.with_label_values(&["in_use"]).inc();
-        self.finish_probe(pending, claim.address, true);
-    }
-
-    fn probe_deadlines(&mut self, now: Instant) {
-        let due: Vec<Ipv4Addr> = self
-            .probes
-            .iter()
-            .filter(|(_, pending)| pending.deadline <= now)
-            .map(|(address, _)| *address)
-            .collect();
-        for address in due {
-            let pending = self.probes.remove(&address).expect("present");
-            self.metrics.probes.with_label_values(&["free"]).inc();
-            self.finish_probe(pending, address, false);
-        }
-    }
-
-    fn finish_probe(&mut self, pending: PendingProbe, address: Ipv4Addr, in_use: bool) {
-        let decisions = self.server.probed(
-            now_ms(),
-            &pending.network,
-            &pending.request,
-            address,
-            pending.attempt,
-            in_use,
-        );
         for decision in decisions {
-            self.execute(decision, &pending.request);
+            self.execute(decision);
+        }
+    }
+
+    /// Time passed: conflict checks that ended in silence, offers whose hold ended.
+    fn on_tick(&mut self) {
+        let decisions = self.server.tick(now_ms());
+        for decision in decisions {
+            if matches!(decision, Decision::Send(_)) {
+                self.metrics.probes.with_label_values(&["free"]).inc();
+            }
+            self.execute(decision);
         }
     }
 
     fn on_committed(&mut self, batch: Committed) {
         self.metrics.commit_seconds.observe(batch.seconds);
+        if batch.compacted {
+            self.compaction_queued = false;
+        }
         if let Err(error) = &batch.result {
             self.metrics.commit_failures.inc();
-            tracing::error!(%error, records = batch.jobs.len(), "cannot store leases; not acknowledging them");
+            tracing::error!(%error, records = batch.stored.len(), "cannot store leases; not acknowledging them");
             return;
         }
-        for job in batch.jobs {
-            if let Some(reply) = &job.reply {
+        for (lease, reply) in batch.stored {
+            if let Some(reply) = &reply {
                 self.send(reply);
             }
-            self.publish(&job.lease);
+            self.publish(&lease);
+        }
+        if !self.compaction_queued
+            && store::worth_compacting(batch.log_records, self.server.leases().len())
+        {
+            // Queued behind everything appended so far, so the snapshot holds all of it.
+            let live = self.server.leases().iter().cloned().collect();
+            self.compaction_queued = self.commits.send(Job::Compact(live)).is_ok();
         }
     }
 
@@ -583,13 +597,13 @@ impl Agent {
         }
     }
 
-    /// Every second: offers past their hold let go, ended leases cleared from the bus, gauges.
+    /// Every second: the bus made to match the bound leases (published, or cleared once they
+    /// ended), and the gauges.
     fn housekeeping(&mut self) {
         let now = now_ms();
-        self.server.expire_holds(now);
         let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
         let mut used: BTreeMap<String, i64> = BTreeMap::new();
-        let mut to_publish = Vec::new();
+        let mut changed = Vec::new();
         for lease in self.server.leases().iter() {
             let bound = lease.is_bound(now);
             if bound {
@@ -603,13 +617,11 @@ impl Agent {
             if lease.blocks(now) {
                 *used.entry(lease.network.clone()).or_default() += 1;
             }
-            if bound != self.published.contains(&lease.address)
-                && (lease.state == LeaseState::Bound || self.published.contains(&lease.address))
-            {
-                to_publish.push(lease.clone());
+            if bound != self.published.contains(&lease.address) {
+                changed.push(lease.clone());
             }
         }
-        for lease in to_publish {
+        for lease in changed {
             self.publish(&lease);
         }
         self.metrics.leases.reset();
@@ -619,24 +631,11 @@ impl Agent {
                 .with_label_values(&[network.as_str(), class.as_str()])
                 .set(count);
         }
-        for network in self.server.serving().clone() {
-            let Some(plan) = self.server.plan().network(&network) else {
-                continue;
-            };
-            let total: u32 = plan
-                .pool
-                .iter()
-                .chain(plan.class_ranges.values().flatten())
-                .map(|&(s, e)| u32::from(e) - u32::from(s) + 1)
-                .sum();
-            self.metrics
-                .pool
-                .with_label_values(&[network.as_str(), "total"])
-                .set(i64::from(total));
+        for network in self.server.serving() {
             self.metrics
                 .pool
                 .with_label_values(&[network.as_str(), "used"])
-                .set(used.get(&network).copied().unwrap_or(0));
+                .set(used.get(network).copied().unwrap_or(0));
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The DHCPv4 server's decisions (RFC 2131): a request in, what to do out. Pure: the time is an
 //! argument, nothing here touches a socket, a disk or a clock.
 //!
-//! Outputs are commands for the edge: send a reply now, check an address is unused before
-//! offering it (`Probe`), or store a lease durably and only then send the reply (`Commit`: an
-//! ACK never leaves before its lease is on disk).
+//! Outputs are commands for the edge: send a reply now, ask whether an address is in use
+//! before offering it (`Probe`: the edge sends the ARP request and reports a claim with
+//! [`Server::claimed`]; silence until the deadline, seen by [`Server::tick`], means free), or
+//! store a lease durably and only then send the reply (`Commit`: an ACK never leaves before its
+//! lease is on disk).
 //!
 //! Invariants: an address is offered or acknowledged to at most one client at a time; a client
 //! gets its previous address back when it is still free; nobody is given a declined address,
@@ -48,11 +50,11 @@ pub struct Reply {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Send(Reply),
-    /// Check nothing answers on `address`, then call [`Server::probed`] with the request.
+    /// Ask on `network` whether anything uses `address`; report a claim with
+    /// [`Server::claimed`].
     Probe {
         network: String,
         address: Ipv4Addr,
-        attempt: u8,
     },
     /// Store `lease` durably, then send `reply` (if any).
     Commit {
@@ -70,6 +72,15 @@ struct Hold {
     until: u64,
 }
 
+/// A conflict check in flight: the DISCOVER it is for, and when silence means "free".
+#[derive(Debug, Clone)]
+struct PendingProbe {
+    network: String,
+    request: Message,
+    attempt: u8,
+    deadline: u64,
+}
+
 /// The server's state: the plan, the leases, the networks served now, the offers in flight.
 #[derive(Debug)]
 pub struct Server {
@@ -77,10 +88,14 @@ pub struct Server {
     plan: Arc<Plan>,
     appliance: u8,
     offer_hold_ms: u64,
-    probe: bool,
+    /// How long a conflict check waits for a claim; `None`: no checks.
+    probe_ms: Option<u64>,
     leases: Leases,
     serving: BTreeSet<String>,
     holds: HashMap<Ipv4Addr, Hold>,
+    /// The address each client holds (at most one): the index of `holds`.
+    held_by: HashMap<ClientId, Ipv4Addr>,
+    probes: HashMap<Ipv4Addr, PendingProbe>,
     /// Per network and range set: addresses never given to anyone, lowest first.
     fresh: HashMap<(String, Option<String>), BTreeSet<u32>>,
 }
@@ -95,15 +110,23 @@ struct Asker<'a> {
 }
 
 impl Server {
-    pub fn new(plan: Plan, appliance: u8, offer_hold_ms: u64, probe: bool, leases: Leases) -> Self {
+    pub fn new(
+        plan: Plan,
+        appliance: u8,
+        offer_hold_ms: u64,
+        probe_ms: Option<u64>,
+        leases: Leases,
+    ) -> Self {
         let mut server = Self {
             plan: Arc::new(plan),
             appliance,
             offer_hold_ms,
-            probe,
+            probe_ms,
             leases,
             serving: BTreeSet::new(),
             holds: HashMap::new(),
+            held_by: HashMap::new(),
+            probes: HashMap::new(),
             fresh: HashMap::new(),
         };
         server.rebuild_fresh();
@@ -128,11 +151,16 @@ impl Server {
             self.serving.insert(network.to_owned());
         } else {
             self.serving.remove(network);
-            self.holds.retain(|address, _| {
-                self.plan
-                    .network(network)
-                    .is_none_or(|n| !n.subnet.contains(address))
-            });
+            let Some(subnet) = self.plan.network(network).map(|n| n.subnet) else {
+                return;
+            };
+            let held: Vec<Ipv4Addr> = self
+                .holds
+                .keys()
+                .filter(|address| subnet.contains(*address))
+                .copied()
+                .collect();
+            self.drop_holds(&held);
         }
     }
 
@@ -151,8 +179,19 @@ impl Server {
         stored
     }
 
-    /// Forgets offers whose time has passed, so their addresses can go to others.
-    pub fn expire_holds(&mut self, now: u64) {
+    /// The passing of time: conflict checks whose deadline passed without a claim find their
+    /// address free (and offer it), then offers whose hold ended let their addresses go.
+    pub fn tick(&mut self, now: u64) -> Vec<Decision> {
+        let due: Vec<Ipv4Addr> = self
+            .probes
+            .iter()
+            .filter(|(_, probe)| probe.deadline <= now)
+            .map(|(address, _)| *address)
+            .collect();
+        let mut decisions = Vec::new();
+        for address in due {
+            decisions.extend(self.finish_probe(now, address, false));
+        }
         let ended: Vec<Ipv4Addr> = self
             .holds
             .iter()
@@ -160,12 +199,63 @@ impl Server {
             .map(|(address, _)| *address)
             .collect();
         self.drop_holds(&ended);
+        decisions
     }
 
-    /// Lets held addresses go; one that was never leased goes back among the fresh ones.
+    /// When the next conflict check ends, if one is in flight: the edge calls [`tick`]
+    /// then.
+    ///
+    /// [`tick`]: Server::tick
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.probes.values().map(|probe| probe.deadline).min()
+    }
+
+    /// A host on `network` claims `address` (it answered ARP, or sent ARP from it). If a
+    /// conflict check of that address is in flight, the address is in use without a lease:
+    /// it is quarantined (durably) and the client's DISCOVER goes on to the next address.
+    pub fn claimed(&mut self, now: u64, network: &str, address: Ipv4Addr) -> Vec<Decision> {
+        if self
+            .probes
+            .get(&address)
+            .is_none_or(|probe| probe.network != network)
+        {
+            return Vec::new();
+        }
+        self.finish_probe(now, address, true)
+    }
+
+    /// Holds `address` for `client` until `until`; a client holds one address at a time.
+    fn hold(&mut self, address: Ipv4Addr, client: &ClientId, until: u64) {
+        if let Some(&previous) = self.held_by.get(client)
+            && previous != address
+        {
+            self.drop_holds(&[previous]);
+        }
+        self.holds.insert(
+            address,
+            Hold {
+                client: client.clone(),
+                until,
+            },
+        );
+        self.held_by.insert(client.clone(), address);
+    }
+
+    /// The address `client` holds, if any.
+    fn held(&self, client: &ClientId) -> Option<Ipv4Addr> {
+        self.held_by.get(client).copied()
+    }
+
+    /// Lets held addresses go (with any conflict check of them); one that was never leased goes
+    /// back among the fresh ones.
     fn drop_holds(&mut self, addresses: &[Ipv4Addr]) {
         for &address in addresses {
-            self.holds.remove(&address);
+            self.probes.remove(&address);
+            if let Some(hold) = self.holds.remove(&address)
+                && self.held_by.get(&hold.client) == Some(&address)
+            {
+                self.held_by.remove(&hold.client);
+            }
             if self.leases.get(address).is_some() {
                 continue;
             }
@@ -243,55 +333,63 @@ impl Server {
         }
     }
 
-    /// The probe of `address` for `request` came back; `in_use` if something answered. Can be
-    /// two decisions: storing the address's quarantine, then the next probe or the offer.
-    pub fn probed(
-        &mut self,
-        now: u64,
-        network: &str,
-        request: &Message,
-        address: Ipv4Addr,
-        attempt: u8,
-        in_use: bool,
-    ) -> Vec<Decision> {
+    /// The conflict check of `address` ended: `in_use` if something claimed it. Can be two
+    /// decisions: storing the address's quarantine, then the next check or the offer.
+    fn finish_probe(&mut self, now: u64, address: Ipv4Addr, in_use: bool) -> Vec<Decision> {
+        let Some(probe) = self.probes.remove(&address) else {
+            return Vec::new();
+        };
         let whole = Arc::clone(&self.plan);
-        let Some(plan) = whole.network(network) else {
+        let Some(plan) = whole.network(&probe.network) else {
             return vec![Decision::Ignore("no network for this request")];
         };
-        if !self.serving.contains(network) {
+        if !self.serving.contains(&probe.network) {
             return vec![Decision::Ignore("network not served here")];
         }
-        let Some(asker) = self.asker(plan, request) else {
+        let Some(asker) = self.asker(plan, &probe.request) else {
             return vec![Decision::Ignore("no usable hardware address")];
         };
-        let held_by_asker = self
-            .holds
-            .get(&address)
-            .is_some_and(|hold| hold.client == asker.client);
-        if !held_by_asker {
-            return vec![self.discover(now, &asker, request, attempt + 1)];
+        if self.held(&asker.client) != Some(address) {
+            // The client chose another server, or its hold was let go meanwhile.
+            return vec![Decision::Ignore("offer withdrawn")];
         }
         if in_use {
             // Something answers there without a lease from us: keep it out of use, durably, so
             // a restart does not hand it out either.
-            self.holds.remove(&address);
-            let lease = Lease {
-                address,
-                network: network.to_owned(),
-                client: ClientId(Vec::new()),
-                mac: Mac::default(),
-                hostname: None,
-                class: None,
-                state: LeaseState::Declined,
-                expires: now + QUARANTINE_MS,
-                updated: now,
-                issued_by: self.appliance,
-            };
-            self.learn(lease.clone());
-            let next = self.discover(now, &asker, request, attempt + 1);
+            self.drop_holds(&[address]);
+            let lease = self.quarantine(now, &probe.network, address);
+            let next = self.discover(now, &asker, &probe.request, probe.attempt + 1);
             return vec![Decision::Commit { lease, reply: None }, next];
         }
-        vec![self.offer(now, &asker, request, address)]
+        vec![self.offer(now, &asker, &probe.request, address)]
+    }
+
+    /// Keeps `address` out of use for QUARANTINE_MS (declined, or found in use).
+    fn quarantine(&mut self, now: u64, network: &str, address: Ipv4Addr) -> Lease {
+        let lease = Lease {
+            address,
+            network: network.to_owned(),
+            client: ClientId(Vec::new()),
+            mac: Mac::default(),
+            hostname: None,
+            class: None,
+            state: LeaseState::Declined,
+            expires: now + QUARANTINE_MS,
+            updated: self.leases.stamp(address, now),
+            issued_by: self.appliance,
+        };
+        self.record(lease.clone());
+        lease
+    }
+
+    /// Takes in a record this server made; it always supersedes what was there, since its
+    /// stamp comes from [`Leases::stamp`].
+    fn record(&mut self, lease: Lease) {
+        let stored = self.learn(lease);
+        debug_assert!(
+            stored,
+            "a record made here is newer than the one it replaces"
+        );
     }
 
     fn asker<'a>(&self, network: &'a NetworkPlan, request: &Message) -> Option<Asker<'a>> {
@@ -306,7 +404,7 @@ impl Server {
             }
         };
         let hostname = match request.opts().get(OptionCode::Hostname) {
-            Some(DhcpOption::Hostname(name)) => clean_hostname(name),
+            Some(DhcpOption::Hostname(name)) => fieldnet::names::dns_label(name),
             _ => None,
         };
         let reservation = self.plan.reservation(mac);
@@ -372,10 +470,7 @@ impl Server {
             // Its own address: probing it would find the client itself.
             return Some((lease.address, false));
         }
-        if let Some((&address, _)) = self
-            .holds
-            .iter()
-            .find(|(_, hold)| hold.client == asker.client && hold.until > now)
+        if let Some(address) = self.held(&asker.client)
             && asker.network.subnet.contains(&address)
         {
             return Some((address, false));
@@ -400,13 +495,9 @@ impl Server {
         }
         // No never-used address left: the free one whose lease ended longest ago.
         let ranges = self.plan.ranges_for(asker.network, asker.class.as_deref());
-        self.leases
+        ranges
             .iter()
-            .filter(|lease| {
-                ranges
-                    .iter()
-                    .any(|&(s, e)| s <= lease.address && lease.address <= e)
-            })
+            .flat_map(|&(start, end)| self.leases.in_range(start, end))
             .filter(|lease| self.available(now, asker, lease.address))
             .min_by_key(|lease| lease.expires)
             .map(|lease| (lease.address, true))
@@ -425,18 +516,25 @@ impl Server {
         let Some((address, probe)) = self.choose(now, asker, request) else {
             return Decision::Ignore("no free address");
         };
-        self.holds.insert(
-            address,
-            Hold {
-                client: asker.client.clone(),
-                until: now + self.offer_hold_ms,
-            },
-        );
-        if probe && self.probe {
+        if self.probes.contains_key(&address) {
+            // A retransmitted DISCOVER: the check of its address is still running.
+            return Decision::Ignore("conflict check in progress");
+        }
+        if let (true, Some(probe_ms)) = (probe, self.probe_ms) {
+            // Held through the check and the offer after it.
+            self.hold(address, &asker.client, now + probe_ms + self.offer_hold_ms);
+            self.probes.insert(
+                address,
+                PendingProbe {
+                    network: asker.network.name.clone(),
+                    request: request.clone(),
+                    attempt,
+                    deadline: now + probe_ms,
+                },
+            );
             return Decision::Probe {
                 network: asker.network.name.clone(),
                 address,
-                attempt,
             };
         }
         self.offer(now, asker, request, address)
@@ -449,13 +547,7 @@ impl Server {
         request: &Message,
         address: Ipv4Addr,
     ) -> Decision {
-        self.holds.insert(
-            address,
-            Hold {
-                client: asker.client.clone(),
-                until: now + self.offer_hold_ms,
-            },
-        );
+        self.hold(address, &asker.client, now + self.offer_hold_ms);
         let options = self.plan.options(asker.network, asker.class.as_deref());
         let message = reply(
             request,
@@ -484,13 +576,9 @@ impl Server {
             && id != asker.network.gateway
         {
             // SELECTING, and the client chose another server: let our offer go.
-            let offered: Vec<Ipv4Addr> = self
-                .holds
-                .iter()
-                .filter(|(_, hold)| hold.client == asker.client)
-                .map(|(address, _)| *address)
-                .collect();
-            self.drop_holds(&offered);
+            if let Some(offered) = self.held(&asker.client) {
+                self.drop_holds(&[offered]);
+            }
             return Decision::Ignore("client chose another server");
         }
         let ciaddr = request.ciaddr();
@@ -506,10 +594,7 @@ impl Server {
         }
         if server_id.is_some() {
             // SELECTING: only what we offered (or what the client already holds).
-            let offered = self
-                .holds
-                .get(&address)
-                .is_some_and(|hold| hold.client == asker.client);
+            let offered = self.held(&asker.client) == Some(address);
             let holds_it = self
                 .leases
                 .get(address)
@@ -534,11 +619,11 @@ impl Server {
             class: asker.class.clone(),
             state: LeaseState::Bound,
             expires: now + options.lease_time.as_millis() as u64,
-            updated: now,
+            updated: self.leases.stamp(address, now),
             issued_by: self.appliance,
         };
-        self.holds.remove(&address);
-        self.learn(lease.clone());
+        self.record(lease.clone());
+        self.drop_holds(&[address]);
         let message = reply(
             request,
             MessageType::Ack,
@@ -581,9 +666,9 @@ impl Server {
                 let mut lease = lease.clone();
                 lease.state = LeaseState::Released;
                 lease.expires = now;
-                lease.updated = now.max(lease.updated + 1);
+                lease.updated = self.leases.stamp(address, now);
                 lease.issued_by = self.appliance;
-                self.learn(lease.clone());
+                self.record(lease.clone());
                 Decision::Commit { lease, reply: None }
             }
             _ => Decision::Ignore("release of an address the client does not hold"),
@@ -600,27 +685,12 @@ impl Server {
             .leases
             .get(*address)
             .is_some_and(|lease| lease.client == asker.client)
-            || self
-                .holds
-                .get(address)
-                .is_some_and(|hold| hold.client == asker.client);
+            || self.held(&asker.client) == Some(*address);
         if !ours {
             return Decision::Ignore("decline of an address the client was not given");
         }
-        self.holds.remove(address);
-        let lease = Lease {
-            address: *address,
-            network: asker.network.name.clone(),
-            client: ClientId(Vec::new()),
-            mac: Mac::default(),
-            hostname: None,
-            class: None,
-            state: LeaseState::Declined,
-            expires: now + QUARANTINE_MS,
-            updated: now.max(self.leases.get(*address).map_or(0, |l| l.updated + 1)),
-            issued_by: self.appliance,
-        };
-        self.learn(lease.clone());
+        let lease = self.quarantine(now, &asker.network.name, *address);
+        self.drop_holds(&[*address]);
         Decision::Commit { lease, reply: None }
     }
 
@@ -717,19 +787,6 @@ fn reply(
         opts.insert(DhcpOption::ClasslessStaticRoute(options.routes.clone()));
     }
     message
-}
-
-/// A client's host name as a DNS label: lower case, letters, digits and '-', or nothing.
-fn clean_hostname(name: &str) -> Option<String> {
-    let label = name.split('.').next()?.trim().to_ascii_lowercase();
-    let valid = !label.is_empty()
-        && label.len() <= 63
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    valid.then_some(label)
 }
 
 /// A message's type, for logs and metrics.

@@ -82,17 +82,13 @@ impl<'de> Deserialize<'de> for Mac {
     }
 }
 
+/// Hex bytes as written by `Display`; the empty string is no bytes (quarantine records name
+/// no client).
 fn parse_hex(text: &str) -> Option<Vec<u8>> {
     if text.is_empty() {
         return Some(Vec::new());
     }
-    text.split(':')
-        .map(|part| {
-            (part.len() == 2)
-                .then(|| u8::from_str_radix(part, 16).ok())
-                .flatten()
-        })
-        .collect()
+    fieldnet::names::parse_hex_bytes(text)
 }
 
 /// Where a lease stands.
@@ -152,11 +148,11 @@ impl Lease {
     }
 }
 
-/// Every known record, by address, with an index by (network, client).
+/// Every known record, by address, with an index by network and client.
 #[derive(Debug, Default, Clone)]
 pub struct Leases {
     by_address: BTreeMap<Ipv4Addr, Lease>,
-    by_client: HashMap<(String, ClientId), Ipv4Addr>,
+    by_client: HashMap<String, HashMap<ClientId, Ipv4Addr>>,
 }
 
 impl Leases {
@@ -166,10 +162,24 @@ impl Leases {
 
     /// The newest record naming `client` on `network`.
     pub fn of_client(&self, network: &str, client: &ClientId) -> Option<&Lease> {
-        let address = self.by_client.get(&(network.to_owned(), client.clone()))?;
+        let address = self.by_client.get(network)?.get(client)?;
         self.by_address
             .get(address)
             .filter(|lease| &lease.client == client)
+    }
+
+    /// The records of the addresses `start..=end`, in address order.
+    pub fn in_range(&self, start: Ipv4Addr, end: Ipv4Addr) -> impl Iterator<Item = &Lease> {
+        self.by_address.range(start..=end).map(|(_, lease)| lease)
+    }
+
+    /// The `updated` stamp for a new record of `address` made at `now`: `now`, or just after
+    /// the record it replaces when the clock says otherwise (stepped back, or the same
+    /// millisecond), so a new record always supersedes the old one.
+    pub fn stamp(&self, address: Ipv4Addr, now: u64) -> u64 {
+        self.by_address
+            .get(&address)
+            .map_or(now, |existing| now.max(existing.updated + 1))
     }
 
     /// Stores `lease` unless a newer record for its address is already here; says whether it
@@ -180,10 +190,9 @@ impl Leases {
         {
             return false;
         }
-        let key = (lease.network.clone(), lease.client.clone());
-        let newer_elsewhere = self
-            .by_client
-            .get(&key)
+        let index = self.by_client.entry(lease.network.clone()).or_default();
+        let newer_elsewhere = index
+            .get(&lease.client)
             .and_then(|address| self.by_address.get(address))
             .is_some_and(|other| {
                 other.address != lease.address
@@ -191,7 +200,7 @@ impl Leases {
                     && other.updated > lease.updated
             });
         if !newer_elsewhere {
-            self.by_client.insert(key, lease.address);
+            index.insert(lease.client.clone(), lease.address);
         }
         self.by_address.insert(lease.address, lease);
         true

@@ -55,6 +55,17 @@ pub struct Reservation {
     pub hostname: Option<String>,
 }
 
+impl NetworkPlan {
+    /// Addresses handed out dynamically: the pool and every class range.
+    pub fn pool_size(&self) -> u32 {
+        self.pool
+            .iter()
+            .chain(self.class_ranges.values().flatten())
+            .map(|&(start, end)| u32::from(end) - u32::from(start) + 1)
+            .sum()
+    }
+}
+
 /// The whole site's plan (every appliance holds all of it, so any can take over any network).
 #[derive(Debug, Clone)]
 pub struct Plan {

@@ -116,12 +116,7 @@ fn link_address(ifindex: i32, destination: [u8; 6]) -> libc::sockaddr_ll {
 
 fn interface_mac(interface: &str) -> io::Result<[u8; 6]> {
     let text = std::fs::read_to_string(format!("/sys/class/net/{interface}/address"))?;
-    let bytes: Option<Vec<u8>> = text
-        .trim()
-        .split(':')
-        .map(|part| u8::from_str_radix(part, 16).ok())
-        .collect();
-    bytes
+    fieldnet::names::parse_hex_bytes(text.trim())
         .and_then(|b| <[u8; 6]>::try_from(b).ok())
         .ok_or_else(|| {
             io::Error::new(

@@ -120,11 +120,6 @@ impl LeaseLog {
         Ok(())
     }
 
-    /// Whether the file holds so many superseded records that rewriting it is worth it.
-    pub fn wants_compaction(&self, live: usize) -> bool {
-        self.records > 10_000 && self.records > 4 * live
-    }
-
     /// Replaces the log with `live`, atomically.
     pub fn compact<'a>(&mut self, live: impl Iterator<Item = &'a Lease>) -> io::Result<()> {
         let mut buffer = Vec::new();
@@ -154,10 +149,16 @@ impl LeaseLog {
         Ok(())
     }
 
-    #[cfg(test)]
-    fn records(&self) -> usize {
+    /// Records in the file.
+    pub fn records(&self) -> usize {
         self.records
     }
+}
+
+/// Whether a log of `records` holds so many superseded ones, against `live` current records,
+/// that rewriting it is worth it.
+pub fn worth_compacting(records: usize, live: usize) -> bool {
+    records > 10_000 && records > 4 * live
 }
 
 fn encode(lease: &Lease, buffer: &mut Vec<u8>) {

@@ -341,26 +341,6 @@ impl Views {
     }
 }
 
-/// The DNS label a DHCP client's host name becomes: its first dot-separated part, lower case,
-/// with anything but letters, digits and hyphens turned into hyphens and no hyphen at either
-/// end (RFC 1123), at most 63 bytes. `None`: nothing usable is left.
-pub fn dns_label(hostname: &str) -> Option<String> {
-    let first = hostname.split('.').next().unwrap_or_default();
-    let legal: String = first
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    let label = legal.trim_matches('-');
-    (!label.is_empty()).then(|| label.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,17 +593,6 @@ mod tests {
             ["10.101.0.10"]
         );
         assert!(views.add_lease("printer", client).unwrap());
-    }
-
-    #[test]
-    fn host_names_become_legal_labels() {
-        assert_eq!(dns_label("Bob's iPhone").as_deref(), Some("bob-s-iphone"));
-        assert_eq!(dns_label("cam-3.local").as_deref(), Some("cam-3"));
-        assert_eq!(dns_label("-x-").as_deref(), Some("x"));
-        assert_eq!(dns_label(&"a".repeat(80)).map(|l| l.len()), Some(63));
-        assert_eq!(dns_label("...").as_deref(), None);
-        assert_eq!(dns_label("").as_deref(), None);
-        assert_eq!(dns_label("Ünïcode").as_deref(), Some("n-code"));
     }
 
     #[test]

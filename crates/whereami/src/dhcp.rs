@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use fieldnet::bus::topics::{self, DnsNetwork, Lease, Takeover};
 
-use crate::answer::{NetworkView, dns_label};
+use fieldnet::names::dns_label;
+
+use crate::answer::NetworkView;
 
 /// One message under `dhcp/`, read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1250,15 +1250,7 @@ impl Checker {
         let value = value.trim_end_matches('.');
         let valid = !value.is_empty()
             && value.len() <= 253
-            && value.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
+            && value.split('.').all(crate::names::is_dns_label);
         if valid {
             Some(value.to_ascii_lowercase())
         } else {

@@ -86,7 +86,7 @@ impl Checker {
         let mut reservations: Vec<DhcpReservation> = Vec::new();
         for (index, reservation) in wire.reservations.iter().enumerate() {
             let key = path.key("reservations").index(index);
-            let mac = match parse_mac(&reservation.mac) {
+            let mac = match crate::names::parse_hex_bytes(&reservation.mac) {
                 Some(bytes) if bytes.len() == 6 => Some(<[u8; 6]>::try_from(bytes).expect("6")),
                 _ => {
                     self.problem(
@@ -164,7 +164,7 @@ impl Checker {
                 );
             }
             for (i, prefix) in class.mac_prefixes.iter().enumerate() {
-                match parse_mac(prefix) {
+                match crate::names::parse_hex_bytes(prefix) {
                     Some(bytes) if (1..=5).contains(&bytes.len()) => {
                         if let Some(owner) = prefix_owner.get(&bytes) {
                             self.problem(
@@ -354,14 +354,7 @@ impl Checker {
     }
 
     fn hostname(&mut self, value: &str, path: &KeyPath) -> Option<String> {
-        let valid = !value.is_empty()
-            && value.len() <= 63
-            && !value.starts_with('-')
-            && !value.ends_with('-')
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if valid {
+        if crate::names::is_dns_label(value) {
             Some(value.to_ascii_lowercase())
         } else {
             self.problem(
@@ -371,17 +364,6 @@ impl Checker {
             None
         }
     }
-}
-
-/// `02:00:5e:10:00:01` or `02-00-5e-10-00-01` (or a shorter prefix) → bytes.
-pub(in crate::config) fn parse_mac(text: &str) -> Option<Vec<u8>> {
-    text.split([':', '-'])
-        .map(|part| {
-            (part.len() == 2)
-                .then(|| u8::from_str_radix(part, 16).ok())
-                .flatten()
-        })
-        .collect()
 }
 
 fn parse_route(text: &str) -> Option<StaticRoute> {
