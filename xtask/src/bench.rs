@@ -80,12 +80,14 @@ pub fn run_bench(name: &str) -> anyhow::Result<String> {
     }
 }
 
+/// Lab benches need root, and the peers they compare with (dnsperf, dnsmasq, unbound,
+/// perfdhcp, Kea, …), installed the way CI installs them when missing.
 fn ensure_root(bench: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         crate::util::is_root(),
         "the {bench} bench builds lab sites: run it as root"
     );
-    Ok(())
+    crate::ci::install_missing_peers()
 }
 
 /// Builds `packages` (binaries and examples) in release mode, runs `example` with `args` and

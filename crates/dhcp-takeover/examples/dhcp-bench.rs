@@ -35,8 +35,6 @@ struct Point {
 }
 
 fn main() -> anyhow::Result<()> {
-    // SAFETY: set before any other thread exists.
-    unsafe { std::env::set_var(lab::LAB_REQUIRED_ENV, "1") };
     let rounds: usize = std::env::args().nth(1).map_or(Ok(3), |a| a.parse())?;
     let binary = std::env::var("DHCP_TAKEOVER_BIN")?;
 
@@ -96,6 +94,10 @@ fn main() -> anyhow::Result<()> {
                 // Its PID and lock files go to the lab's directory, not /run/kea.
                 let pid_dir = format!("KEA_PIDFILE_DIR={}", dir.display());
                 let lock_dir = format!("KEA_LOCKFILE_DIR={}", dir.display());
+                // Kea opens its control socket once its configuration (sockets included) is
+                // in place; one left by the previous round says nothing.
+                let socket = dir.join("kea.sock");
+                let _ = std::fs::remove_file(&socket);
                 let process = lab.spawn(
                     &appliance,
                     "env",
@@ -107,13 +109,21 @@ fn main() -> anyhow::Result<()> {
                         kea.to_str().expect("utf-8 path"),
                     ],
                 )?;
-                // Kea logs nothing at WARN when it starts well: give it a moment to open its
-                // sockets, then check it still runs.
-                std::thread::sleep(Duration::from_secs(2));
+                for _ in 0..100 {
+                    anyhow::ensure!(
+                        process.is_running(),
+                        "kea-dhcp4 stopped:\n{}",
+                        process.log()
+                    );
+                    if socket.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 anyhow::ensure!(
-                    process.is_running(),
-                    "kea-dhcp4 stopped:\n{}",
-                    process.log()
+                    socket.exists(),
+                    "kea-dhcp4 never opened {}",
+                    socket.display()
                 );
                 Ok(process)
             }),

@@ -110,7 +110,9 @@ fn metric(appliance: &Netns, name_and_labels: &str) -> f64 {
     let needle = format!("{name_and_labels} ");
     let text = appliance
         .run(|| {
+            // dhcp-takeover's default metrics listener (the lab config does not set one).
             let mut stream = std::net::TcpStream::connect("127.0.0.1:9704").unwrap();
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
             stream
                 .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
                 .unwrap();

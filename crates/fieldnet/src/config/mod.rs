@@ -359,6 +359,13 @@ pub struct DhcpPool {
     pub end: Ipv4Addr,
 }
 
+impl DhcpPool {
+    /// Whether the two ranges share an address.
+    pub fn overlaps(&self, other: &DhcpPool) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhcpReservation {
     pub mac: [u8; 6],

@@ -343,10 +343,7 @@ impl Checker {
             };
             let gateway = self.ipv4(&network.gateway, &path.key("gateway"));
             if let (Some(subnet), Some(gateway)) = (subnet, gateway) {
-                if !subnet.contains(&gateway)
-                    || gateway == subnet.network()
-                    || gateway == subnet.broadcast()
-                {
+                if !is_host(subnet, gateway) {
                     self.problem(
                         path.key("gateway"),
                         format!(
@@ -553,17 +550,11 @@ impl Checker {
 
     fn bus(&mut self, wire: &WireBus) -> Option<Bus> {
         let path = KeyPath::root().key("bus");
-        let socket = match &wire.socket {
-            None => Some(PathBuf::from(DEFAULT_BUS_SOCKET)),
-            Some(socket) if socket.starts_with('/') => Some(PathBuf::from(socket)),
-            Some(_) => {
-                self.problem(
-                    path.key("socket"),
-                    format!("must be an absolute path such as {DEFAULT_BUS_SOCKET}"),
-                );
-                None
-            }
-        };
+        let socket = self.absolute_path(
+            wire.socket.as_deref(),
+            DEFAULT_BUS_SOCKET,
+            &path.key("socket"),
+        );
         let max_line_bytes = self.bounded(
             wire.max_line_bytes,
             DEFAULT_BUS_MAX_LINE_BYTES,
@@ -1168,6 +1159,52 @@ impl Checker {
         }
     }
 
+    /// A number that may be left out (then `None`: no default applies), within `range`.
+    fn optional(
+        &mut self,
+        value: Option<i64>,
+        range: std::ops::RangeInclusive<usize>,
+        path: &KeyPath,
+    ) -> Option<Option<usize>> {
+        match value {
+            None => Some(None),
+            Some(value) if value >= 0 && range.contains(&(value as usize)) => {
+                Some(Some(value as usize))
+            }
+            Some(value) => {
+                self.problem(
+                    path.clone(),
+                    format!(
+                        "{value} is out of range; valid: {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// An absolute path, `default` when left out.
+    fn absolute_path(
+        &mut self,
+        value: Option<&str>,
+        default: &str,
+        path: &KeyPath,
+    ) -> Option<PathBuf> {
+        match value {
+            None => Some(PathBuf::from(default)),
+            Some(text) if text.starts_with('/') => Some(PathBuf::from(text)),
+            Some(text) => {
+                self.problem(
+                    path.clone(),
+                    format!("'{text}' is not an absolute path such as {default}"),
+                );
+                None
+            }
+        }
+    }
+
     /// A duration given in milliseconds, within `range` (in milliseconds).
     fn millis(
         &mut self,
@@ -1294,6 +1331,12 @@ impl Checker {
             }
         }
     }
+}
+
+/// Whether `address` is a host address of `subnet` (inside it, not its network or broadcast
+/// address).
+fn is_host(subnet: Ipv4Net, address: Ipv4Addr) -> bool {
+    subnet.contains(&address) && address != subnet.network() && address != subnet.broadcast()
 }
 
 fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {

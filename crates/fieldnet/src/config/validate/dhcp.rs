@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
 use super::super::wire::{WireDhcpOptions, WireDhcpTakeover};
 use super::super::*;
-use super::{Checker, METRICS_PORT_DHCP_TAKEOVER, list};
+use super::{Checker, METRICS_PORT_DHCP_TAKEOVER, is_host, list};
 
 impl Checker {
     pub(super) fn dhcp_takeover(
@@ -24,19 +23,11 @@ impl Checker {
             wire.metrics_listen.as_deref(),
             METRICS_PORT_DHCP_TAKEOVER,
         );
-        let store = match wire.store.as_deref() {
-            None => Some(PathBuf::from(DEFAULT_DHCP_STORE)),
-            Some(text) if text.starts_with('/') => Some(PathBuf::from(text)),
-            Some(text) => {
-                self.problem(
-                    path.key("store"),
-                    format!(
-                        "'{text}' is not an absolute directory path such as {DEFAULT_DHCP_STORE}"
-                    ),
-                );
-                None
-            }
-        };
+        let store = self.absolute_path(
+            wire.store.as_deref(),
+            DEFAULT_DHCP_STORE,
+            &path.key("store"),
+        );
         let conflict_probe = self
             .millis(
                 wire.conflict_probe_ms,
@@ -226,15 +217,11 @@ impl Checker {
         // A class range is the class's alone: no other pool may share an address with it.
         for (index, class) in classes.iter().enumerate() {
             for range in &class.ranges {
-                let overlaps = pools
+                let overlaps = pools.iter().any(|pool| pool.overlaps(range));
+                let other_class = classes
                     .iter()
-                    .any(|pool| pool.start <= range.end && range.start <= pool.end);
-                let other_class = classes.iter().enumerate().any(|(other, c)| {
-                    other != index
-                        && c.ranges
-                            .iter()
-                            .any(|r| r.start <= range.end && range.start <= r.end)
-                });
+                    .enumerate()
+                    .any(|(other, c)| other != index && c.ranges.iter().any(|r| r.overlaps(range)));
                 if overlaps || other_class {
                     self.problem(
                         path.key("classes").index(index).key("ranges"),
@@ -261,17 +248,13 @@ impl Checker {
     }
 
     fn dhcp_options(&mut self, wire: &WireDhcpOptions, path: &KeyPath) -> Option<DhcpOptionSet> {
-        let lease_time = match wire.lease_time_s {
-            None => Some(None),
-            Some(_) => self
-                .seconds(
-                    wire.lease_time_s,
-                    DEFAULT_LEASE_TIME,
-                    10..=31_536_000,
-                    &path.key("lease_time_s"),
-                )
-                .map(Some),
-        };
+        let lease_time = self
+            .optional(
+                wire.lease_time_s,
+                10..=31_536_000,
+                &path.key("lease_time_s"),
+            )
+            .map(|seconds| seconds.map(|s| Duration::from_secs(s as u64)));
         let mut ok = true;
         let ntp_servers = wire.ntp_servers.as_ref().map(|servers| {
             servers
@@ -284,12 +267,9 @@ impl Checker {
                 })
                 .collect::<Vec<_>>()
         });
-        let mtu = match wire.mtu {
-            None => Some(None),
-            Some(_) => self
-                .bounded(wire.mtu, 1500, 576..=9216, &path.key("mtu"))
-                .map(|mtu| Some(mtu as u16)),
-        };
+        let mtu = self
+            .optional(wire.mtu, 576..=9216, &path.key("mtu"))
+            .map(|mtu| mtu.map(|m| m as u16));
         let routes = wire.routes.as_ref().map(|routes| {
             routes
                 .iter()
@@ -336,10 +316,7 @@ impl Checker {
             return false;
         }
         for address in [start, end] {
-            if !network.subnet.contains(&address)
-                || address == network.subnet.network()
-                || address == network.subnet.broadcast()
-            {
+            if !is_host(network.subnet, address) {
                 self.problem(
                     key.clone(),
                     format!(
@@ -377,10 +354,7 @@ fn parse_route(text: &str) -> Option<StaticRoute> {
     (destination == destination.trunc()).then_some(StaticRoute { destination, via })
 }
 
-/// A client may hold `address`: inside the subnet, not its network, broadcast or gateway address.
+/// A client may hold `address`: a host address of the subnet other than the gateway.
 fn usable(network: &Network, address: Ipv4Addr) -> bool {
-    network.subnet.contains(&address)
-        && address != network.subnet.network()
-        && address != network.subnet.broadcast()
-        && address != network.gateway
+    is_host(network.subnet, address) && address != network.gateway
 }
