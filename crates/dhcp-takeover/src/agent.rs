@@ -7,6 +7,11 @@
 //! the batch back; only then are the replies sent and the leases published on the bus. While
 //! one batch syncs the next one queues, so the disk sets the batch size, not a timer.
 //!
+//! Replication and takeover: the agent answers peers' sync requests from its lease table,
+//! stores what it pulls from them (and only then reports it stored, which handback waits for),
+//! and carries out what `takeover::Coordinator` decides: serving, pausing, and adding or
+//! removing a taken network's gateway address and routes.
+//!
 //! Invariant: no ACK leaves before its lease is durable; a lease the log could not store is
 //! never acknowledged (the client asks again).
 
@@ -17,20 +22,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use dhcproto::v4::MessageType;
-use fieldnet::bus::{BusClient, topics};
+use fieldnet::bus::{BusClient, BusEvent, topics};
 use fieldnet::config::Config;
+use ipnet::Ipv4Net;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::decide::{self, Decision, Destination, Reply, Server};
 use crate::lease::{Lease, Leases};
+use crate::peer::{self, PeerKey, SyncReply, Synced};
 use crate::plan::Plan;
 use crate::probe::{ArpProber, Claimed};
+use crate::replicate::{self, PeerEvent, PeerLink, SyncAsk};
 use crate::store::{self, LeaseLog};
+use crate::takeover::{Action, Coordinator, Role};
 
 const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
@@ -40,6 +49,10 @@ const MAX_DATAGRAM: usize = 1500;
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Most records in one group commit.
 const MAX_BATCH: usize = 1024;
+/// How often who-serves-what is re-decided (besides after every peer reply).
+const COORDINATE: Duration = Duration::from_millis(50);
+/// Route protocol of dhcp-takeover's routes to a taken network (`ip route` shows `proto 203`).
+pub const ROUTE_PROTOCOL: u8 = 203;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -52,6 +65,8 @@ pub struct Metrics {
     serving: IntGaugeVec,
     commit_seconds: Histogram,
     commit_failures: IntCounter,
+    syncs: IntCounterVec,
+    takeovers: IntCounterVec,
 }
 
 impl Metrics {
@@ -102,9 +117,9 @@ impl Metrics {
             serving: IntGaugeVec::new(
                 Opts::new(
                     "fieldnet_dhcp_takeover_serving",
-                    "1 for each network served now, by role (own, takeover)",
+                    "1 for each network this appliance can serve, by state (own, waiting, taken, handing_back, standby)",
                 ),
-                &["network", "role"],
+                &["network", "state"],
             )?,
             commit_seconds: Histogram::with_opts(
                 HistogramOpts::new(
@@ -119,7 +134,23 @@ impl Metrics {
                 "fieldnet_dhcp_takeover_commit_failures_total",
                 "Batches the lease log could not store (their requests were not acknowledged)",
             )?,
+            syncs: IntCounterVec::new(
+                Opts::new(
+                    "fieldnet_dhcp_takeover_peer_syncs_total",
+                    "Pulls of a peer's lease changes, by peer and result (ok, failed)",
+                ),
+                &["peer", "result"],
+            )?,
+            takeovers: IntCounterVec::new(
+                Opts::new(
+                    "fieldnet_dhcp_takeover_transitions_total",
+                    "Takeover transitions, by network and action (serve, pause, withdraw)",
+                ),
+                &["network", "action"],
+            )?,
         };
+        registry.register(Box::new(metrics.syncs.clone()))?;
+        registry.register(Box::new(metrics.takeovers.clone()))?;
         registry.register(Box::new(metrics.messages.clone()))?;
         registry.register(Box::new(metrics.replies.clone()))?;
         registry.register(Box::new(metrics.ignored.clone()))?;
@@ -148,11 +179,15 @@ enum Job {
     Store { lease: Lease, reply: Option<Reply> },
     /// Rewrite the log from these live records (everything queued before is in them).
     Compact(Vec<Lease>),
+    /// Everything pulled from a peer up to this change is queued before this mark: once the
+    /// batch holding it is durable, so is all of that.
+    Mark(Synced),
 }
 
 /// A batch back from the committer.
 struct Committed {
     stored: Vec<(Lease, Option<Reply>)>,
+    marks: Vec<Synced>,
     result: std::io::Result<()>,
     seconds: f64,
     /// Records in the log file now.
@@ -161,11 +196,25 @@ struct Committed {
     compacted: bool,
 }
 
-/// One served network's edge.
+/// One network's edge: own, or a leg into another appliance's network.
 struct Edge {
     socket: Arc<UdpSocket>,
     interface: String,
-    prober: Option<ArpProber>,
+    prober: ArpProber,
+    gateway: Ipv4Addr,
+    subnet: Ipv4Net,
+    /// The appliance whose network it is.
+    owner: u8,
+}
+
+/// The peers as the agent reaches them.
+struct Peers {
+    /// Per peer: wake its task to nudge it (we have news).
+    news: BTreeMap<u8, Arc<Notify>>,
+    /// Per peer: the path the bus says is active.
+    active: BTreeMap<u8, watch::Sender<Option<String>>>,
+    /// What has been stored durably from each peer.
+    synced: BTreeMap<u8, Synced>,
 }
 
 struct Agent {
@@ -178,6 +227,10 @@ struct Agent {
     /// Addresses whose lease is published (retained) on the bus now.
     published: HashSet<Ipv4Addr>,
     metrics: Metrics,
+    coordinator: Coordinator,
+    peers: Peers,
+    netlink: rtnetlink::Handle,
+    me: u8,
 }
 
 pub async fn run(
@@ -207,7 +260,7 @@ pub async fn run(
         leases = leases.len(),
         "lease log read"
     );
-    let mut server = Server::new(
+    let server = Server::new(
         Plan::new(&config),
         config.appliance.id,
         settings.offer_hold.as_millis() as u64,
@@ -219,48 +272,69 @@ pub async fn run(
 
     let (packets_tx, mut packets) = mpsc::channel::<Packet>(4096);
     let (claims_tx, mut claims) = mpsc::unbounded_channel::<Claimed>();
+    let netlink = fieldnet::net::connect()?;
     let mut edges = BTreeMap::new();
-    for network in config.own_networks() {
-        let interface = network.interface.clone().with_context(|| {
-            format!(
+    let own_area = config.appliance.area.clone();
+    for network in &config.networks {
+        let own = network.area == own_area;
+        let Some(interface) = network.interface.clone() else {
+            anyhow::ensure!(
+                !own,
                 "network {} has no interface in the config; dhcp-takeover answers on it",
                 network.name
-            )
-        })?;
-        let socket = Arc::new(bind(&interface)?);
-        let prober = match settings.conflict_probe {
-            Some(_) => Some(
-                ArpProber::open(&interface, claims_tx.clone())
-                    .with_context(|| format!("opening an ARP socket on {interface}"))?,
-            ),
-            None => None,
+            );
+            continue;
         };
+        let owner = config
+            .areas
+            .iter()
+            .find(|area| area.name == network.area)
+            .map_or(config.appliance.id, |area| area.appliance);
+        let opened = bind(&interface).and_then(|socket| {
+            let prober = ArpProber::open(&interface, claims_tx.clone())
+                .with_context(|| format!("opening an ARP socket on {interface}"))?;
+            Ok((socket, prober))
+        });
+        let (socket, prober) = match opened {
+            Ok(opened) => opened,
+            Err(error) if own => return Err(error),
+            Err(error) => {
+                tracing::error!(network = %network.name, %interface, error = format!("{error:#}"), "cannot open the leg into a peer's network; it cannot be taken over from here");
+                continue;
+            }
+        };
+        let socket = Arc::new(socket);
         tokio::spawn(receive(
             Arc::clone(&socket),
             network.name.clone(),
             packets_tx.clone(),
             shutdown.clone(),
         ));
-        server.serve(&network.name, true);
-        metrics
-            .serving
-            .with_label_values(&[network.name.as_str(), "own"])
-            .set(1);
         if let Some(plan) = server.plan().network(&network.name) {
             metrics
                 .pool
                 .with_label_values(&[network.name.as_str(), "total"])
                 .set(i64::from(plan.pool_size()));
         }
-        tracing::info!(network = %network.name, %interface, "serving DHCP");
-        edges.insert(
-            network.name.clone(),
-            Edge {
-                socket,
-                interface,
-                prober,
-            },
-        );
+        let edge = Edge {
+            socket,
+            interface,
+            prober,
+            gateway: network.gateway,
+            subnet: network.subnet,
+            owner,
+        };
+        if !own {
+            // Left over from a run that ended while holding it: not held now.
+            withdraw_address(&netlink, &edge).await;
+            let _ = bus.publish(
+                &topics::takeover_topic(&network.name),
+                &serde_json::Value::Null,
+                true,
+            );
+        }
+        tracing::info!(network = %network.name, interface = %edge.interface, own, "DHCP socket open");
+        edges.insert(network.name.clone(), edge);
     }
 
     let (commits_tx, commits_rx) = std::sync::mpsc::channel::<Job>();
@@ -270,19 +344,95 @@ pub async fn run(
         .spawn(move || commit_loop(log, commits_rx, committed_tx))
         .context("starting the lease-log thread")?;
 
+    // The peers: the API they ask, and a task per peer that asks them.
+    let me = config.appliance.id;
+    let key = PeerKey::new(&config.site.key.bytes()?);
+    let (asks_tx, mut asks) = mpsc::channel::<SyncAsk>(64);
+    let (events_tx, mut events) = mpsc::channel::<PeerEvent>(64);
+    let client = reqwest::Client::builder()
+        .timeout(peer::REQUEST_TIMEOUT)
+        .connect_timeout(peer::REQUEST_TIMEOUT)
+        .no_proxy()
+        .build()
+        .context("building the peer HTTP client")?;
+    let mut peers = Peers {
+        news: BTreeMap::new(),
+        active: BTreeMap::new(),
+        synced: BTreeMap::new(),
+    };
+    let mut nudged = BTreeMap::new();
+    for configured in &config.peers {
+        let (active_tx, active_rx) = watch::channel(None);
+        let news = Arc::new(Notify::new());
+        let nudge = Arc::new(Notify::new());
+        let link = PeerLink {
+            me,
+            peer: configured.id,
+            paths: configured
+                .paths
+                .iter()
+                .map(|path| (path.kind.as_str().to_owned(), path.remote))
+                .collect(),
+            port: settings.peer_port,
+            active: active_rx,
+            nudged: Arc::clone(&nudge),
+            news: Arc::clone(&news),
+        };
+        tokio::spawn(replicate::run_peer(
+            link,
+            key.clone(),
+            client.clone(),
+            events_tx.clone(),
+            shutdown.clone(),
+        ));
+        nudged.insert(configured.id, nudge);
+        peers.news.insert(configured.id, news);
+        peers.active.insert(configured.id, active_tx);
+    }
+    replicate::serve(
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, settings.peer_port)),
+        key,
+        asks_tx,
+        nudged,
+        shutdown.clone(),
+    )
+    .await?;
+
+    let own: Vec<String> = config.own_networks().map(|n| n.name.clone()).collect();
+    let legs: Vec<(String, u8)> = edges
+        .iter()
+        .filter(|(name, _)| !own.contains(name))
+        .map(|(name, edge)| (name.clone(), edge.owner))
+        .collect();
+    let coordinator = Coordinator::new(
+        me,
+        now_ms(),
+        now_ms(),
+        own,
+        legs,
+        config.peers.iter().map(|p| p.id),
+    );
+    let mut liveness = bus.subscribe("peer/");
+
     let mut agent = Agent {
         server,
         edges,
         commits: commits_tx,
         compaction_queued: false,
-        bus,
+        bus: bus.clone(),
         published: HashSet::new(),
         metrics,
+        coordinator,
+        peers,
+        netlink,
+        me,
     };
+    agent.coordinate().await;
     agent.housekeeping();
     fieldnet::rt::ready(&health, &shutdown);
 
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    let mut coordinate = tokio::time::interval(COORDINATE);
     loop {
         let next_deadline = agent.server.next_deadline();
         tokio::select! {
@@ -296,7 +446,24 @@ pub async fn run(
             }
             Some(claim) = claims.recv() => agent.on_claim(&claim),
             Some(batch) = committed.recv() => agent.on_committed(batch),
+            Some(ask) = asks.recv() => agent.on_ask(ask),
+            Some(event) = events.recv() => {
+                agent.on_peer(event);
+                agent.coordinate().await;
+            }
+            event = liveness.recv() => match event {
+                Some(BusEvent::Message(envelope)) => {
+                    agent.on_liveness(&envelope.topic, &envelope.body);
+                    agent.coordinate().await;
+                }
+                Some(BusEvent::Lagged { .. }) | None => {
+                    // Retained: subscribing again reads every peer's current state.
+                    drop(liveness);
+                    liveness = bus.subscribe("peer/");
+                }
+            },
             () = until(next_deadline) => agent.on_tick(),
+            _ = coordinate.tick() => agent.coordinate().await,
             _ = housekeeping.tick() => {
                 agent.on_tick();
                 agent.housekeeping();
@@ -315,7 +482,77 @@ pub async fn run(
             }
         }
     }
+    // A taken network is left to its owner (or the next in line) when this agent stops.
+    let taken: Vec<String> = agent
+        .coordinator
+        .states()
+        .into_iter()
+        .filter(|(_, state)| matches!(*state, "taken" | "handing_back"))
+        .map(|(network, _)| network)
+        .collect();
+    for network in taken {
+        if let Some(edge) = agent.edges.get(&network) {
+            withdraw_address(&agent.netlink, edge).await;
+        }
+        let _ = agent.bus.publish(
+            &topics::takeover_topic(&network),
+            &serde_json::Value::Null,
+            true,
+        );
+    }
     Ok(())
+}
+
+/// The two halves of `subnet`: routes to them out of a leg are more specific than any route
+/// to the whole subnet (cross-site-failover's, towards the dead owner), so they win without
+/// touching it.
+fn halves(subnet: Ipv4Net) -> Vec<Ipv4Net> {
+    match subnet.prefix_len() {
+        32 => vec![subnet],
+        len => subnet
+            .subnets(len + 1)
+            .map(Iterator::collect)
+            .unwrap_or_default(),
+    }
+}
+
+/// Puts a taken network's gateway address on its leg, and routes its subnet out of the leg.
+async fn take_address(netlink: &rtnetlink::Handle, edge: &Edge) -> anyhow::Result<()> {
+    fieldnet::net::add_address(
+        netlink,
+        &edge.interface,
+        edge.gateway,
+        edge.subnet.prefix_len(),
+    )
+    .await?;
+    let index = fieldnet::net::link_index(netlink, &edge.interface).await?;
+    for half in halves(edge.subnet) {
+        fieldnet::net::replace_link_route(
+            netlink,
+            fieldnet::net::TABLE_MAIN,
+            half,
+            index,
+            ROUTE_PROTOCOL,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Removes a taken network's routes and gateway address from its leg (nothing if absent).
+async fn withdraw_address(netlink: &rtnetlink::Handle, edge: &Edge) {
+    for half in halves(edge.subnet) {
+        if let Err(error) =
+            fieldnet::net::delete_route(netlink, fieldnet::net::TABLE_MAIN, half, ROUTE_PROTOCOL)
+                .await
+        {
+            tracing::warn!(%half, error = format!("{error:#}"), "removing a takeover route");
+        }
+    }
+    if let Err(error) = fieldnet::net::remove_address(netlink, &edge.interface, edge.gateway).await
+    {
+        tracing::warn!(interface = %edge.interface, error = format!("{error:#}"), "removing a takeover address");
+    }
 }
 
 /// A UDP socket on 0.0.0.0:67 bound to `interface`, allowed to broadcast.
@@ -375,11 +612,13 @@ fn commit_loop(
     let mut next = jobs.recv().ok();
     while let Some(first) = next.take() {
         let mut stored = Vec::new();
+        let mut marks = Vec::new();
         let mut compaction = None;
         let mut job = Some(first);
         while let Some(current) = job.take() {
             match current {
                 Job::Store { lease, reply } => stored.push((lease, reply)),
+                Job::Mark(mark) => marks.push(mark),
                 Job::Compact(live) => {
                     compaction = Some(live);
                     break;
@@ -405,6 +644,7 @@ fn commit_loop(
         }
         let batch = Committed {
             stored,
+            marks,
             result,
             seconds,
             log_records: log.records(),
@@ -512,10 +752,8 @@ impl Agent {
     /// Sends the ARP request of a conflict check; the server has its deadline. A request that
     /// cannot be sent leaves the check to its deadline (the address counts as free).
     fn probe(&mut self, network: &str, address: Ipv4Addr) {
-        let gateway = self.server.plan().network(network).map(|n| n.gateway);
-        if let (Some(edge), Some(gateway)) = (self.edges.get(network), gateway)
-            && let Some(prober) = &edge.prober
-            && let Err(error) = prober.ask(address, gateway)
+        if let Some(edge) = self.edges.get(network)
+            && let Err(error) = edge.prober.ask(address, edge.gateway)
         {
             tracing::warn!(interface = %edge.interface, %error, "sending an ARP probe");
         }
@@ -561,6 +799,16 @@ impl Agent {
             self.metrics.commit_failures.inc();
             tracing::error!(%error, records = batch.stored.len(), "cannot store leases; not acknowledging them");
             return;
+        }
+        for mark in batch.marks {
+            self.peers.synced.insert(mark.peer, mark);
+        }
+        if batch
+            .stored
+            .iter()
+            .any(|(lease, _)| lease.issued_by == self.me)
+        {
+            self.tell_peers();
         }
         for (lease, reply) in batch.stored {
             if let Some(reply) = &reply {
@@ -636,6 +884,190 @@ impl Agent {
                 .pool
                 .with_label_values(&[network.as_str(), "used"])
                 .set(used.get(network).copied().unwrap_or(0));
+        }
+    }
+}
+
+impl Agent {
+    /// Wakes every peer's task to nudge its peer: something here changed.
+    fn tell_peers(&self) {
+        for news in self.peers.news.values() {
+            news.notify_one();
+        }
+    }
+
+    /// A peer asks for our changes since its cursor: answered from the lease table.
+    fn on_ask(&mut self, ask: SyncAsk) {
+        let leases = self.server.leases();
+        let since = if ask.params.epoch == self.coordinator.epoch() {
+            ask.params.since.min(leases.cursor())
+        } else {
+            0
+        };
+        let mut records = Vec::new();
+        let mut cursor = leases.cursor();
+        let mut more = false;
+        for (change, lease) in leases.changed_since(since) {
+            if records.len() == peer::MAX_RECORDS {
+                more = true;
+                break;
+            }
+            records.push(lease.clone());
+            cursor = change;
+        }
+        let synced = self.peers.synced.values().copied().collect();
+        let reply = SyncReply {
+            from: self.me,
+            epoch: self.coordinator.epoch(),
+            cursor,
+            records,
+            more,
+            status: self.coordinator.status(now_ms(), true, synced),
+        };
+        let _ = ask.answer.send(reply);
+    }
+
+    /// A peer answered (or did not): its records go to the log, then a mark saying up to where.
+    fn on_peer(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::Reply { peer, reply } => {
+                self.metrics
+                    .syncs
+                    .with_label_values(&[peer.to_string().as_str(), "ok"])
+                    .inc();
+                self.coordinator.reply(peer, now_ms(), reply.status);
+                for lease in reply.records {
+                    if self.server.learn(lease.clone()) {
+                        let _ = self.commits.send(Job::Store { lease, reply: None });
+                    }
+                }
+                let mark = Synced {
+                    peer,
+                    epoch: reply.epoch,
+                    cursor: reply.cursor,
+                };
+                if self.peers.synced.get(&peer) != Some(&mark) {
+                    let _ = self.commits.send(Job::Mark(mark));
+                }
+            }
+            PeerEvent::Failed { peer, error } => {
+                self.metrics
+                    .syncs
+                    .with_label_values(&[peer.to_string().as_str(), "failed"])
+                    .inc();
+                tracing::debug!(peer, %error, "no sync reply from a peer");
+            }
+        }
+    }
+
+    /// `peer/<id>` from cross-site-failover: the bus's verdict and the active path.
+    fn on_liveness(&mut self, topic: &str, body: &serde_json::Value) {
+        let Some(id) = topic
+            .strip_prefix("peer/")
+            .and_then(|id| id.parse::<u8>().ok())
+        else {
+            return;
+        };
+        let state: Option<topics::PeerState> = serde_json::from_value(body.clone()).ok();
+        let verdict = state.as_ref().and_then(|s| match s.verdict.as_str() {
+            "alive" => Some(true),
+            "dead" => Some(false),
+            _ => None,
+        });
+        self.coordinator.bus(id, verdict);
+        if let Some(active) = self.peers.active.get(&id) {
+            let path = state.and_then(|s| s.active_path);
+            active.send_if_modified(|current| {
+                let changed = *current != path;
+                *current = path;
+                changed
+            });
+        }
+    }
+
+    /// Re-decides who serves what, and carries it out.
+    async fn coordinate(&mut self) {
+        let actions = self
+            .coordinator
+            .tick(now_ms(), self.server.leases().cursor());
+        if actions.is_empty() {
+            return;
+        }
+        for action in actions {
+            self.carry_out(action).await;
+        }
+        self.metrics.serving.reset();
+        for (network, state) in self.coordinator.states() {
+            self.metrics
+                .serving
+                .with_label_values(&[network.as_str(), state])
+                .set(1);
+        }
+        // Our status changed: the peers should hear it now, not at their next pull.
+        self.tell_peers();
+    }
+
+    async fn carry_out(&mut self, action: Action) {
+        let (network, word) = match &action {
+            Action::Serve { network, .. } => (network.clone(), "serve"),
+            Action::Pause { network } => (network.clone(), "pause"),
+            Action::Withdraw { network } => (network.clone(), "withdraw"),
+        };
+        self.metrics
+            .takeovers
+            .with_label_values(&[network.as_str(), word])
+            .inc();
+        let Some(edge) = self.edges.get(&network) else {
+            return;
+        };
+        match action {
+            Action::Serve {
+                role: Role::Own, ..
+            } => {
+                self.server.serve(&network, true);
+                tracing::info!(%network, "serving DHCP on own network");
+            }
+            Action::Serve {
+                role: Role::Taken, ..
+            } => {
+                if let Err(error) = take_address(&self.netlink, edge).await {
+                    // Serving without the gateway address would hand out leases whose router
+                    // is unreachable: keep trying on the next decision instead.
+                    tracing::error!(%network, error = format!("{error:#}"), "cannot add the taken network's gateway address");
+                    return;
+                }
+                self.server.serve_for_peer(&network);
+                let body = topics::Takeover {
+                    network: network.clone(),
+                    gateway: edge.gateway,
+                    owner: edge.owner,
+                    since: now_ms(),
+                };
+                let _ = self
+                    .bus
+                    .publish(&topics::takeover_topic(&network), &body, true);
+                tracing::warn!(%network, owner = edge.owner, gateway = %edge.gateway, "owner dead: network taken over");
+            }
+            Action::Pause { .. } => {
+                self.server.serve(&network, false);
+                tracing::info!(%network, "owner is back: stopped answering, waiting for it to store our leases");
+            }
+            Action::Withdraw { .. } => {
+                self.server.serve(&network, false);
+                withdraw_address(&self.netlink, edge).await;
+                let _ = self.bus.publish(
+                    &topics::takeover_topic(&network),
+                    &serde_json::Value::Null,
+                    true,
+                );
+                tracing::info!(%network, owner = edge.owner, "network handed back");
+            }
+        }
+        // Whoever answers now tells the clients where the gateway is.
+        if self.server.serving().contains(&network)
+            && let Err(error) = edge.prober.ask(edge.gateway, edge.gateway)
+        {
+            tracing::warn!(%network, %error, "sending gratuitous ARP");
         }
     }
 }

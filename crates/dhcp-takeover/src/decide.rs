@@ -98,6 +98,10 @@ pub struct Server {
     probes: HashMap<Ipv4Addr, PendingProbe>,
     /// Per network and range set: addresses never given to anyone, lowest first.
     fresh: HashMap<(String, Option<String>), BTreeSet<u32>>,
+    /// Networks answered for a dead peer: never-used addresses are taken from the top of the
+    /// pool down, the owner's from the bottom up, so a split brain must fill the whole pool
+    /// before the two sides could meet.
+    from_top: BTreeSet<String>,
 }
 
 /// The parts of a request every decision needs.
@@ -128,6 +132,7 @@ impl Server {
             held_by: HashMap::new(),
             probes: HashMap::new(),
             fresh: HashMap::new(),
+            from_top: BTreeSet::new(),
         };
         server.rebuild_fresh();
         server
@@ -151,6 +156,7 @@ impl Server {
             self.serving.insert(network.to_owned());
         } else {
             self.serving.remove(network);
+            self.from_top.remove(network);
             let Some(subnet) = self.plan.network(network).map(|n| n.subnet) else {
                 return;
             };
@@ -162,6 +168,13 @@ impl Server {
                 .collect();
             self.drop_holds(&held);
         }
+    }
+
+    /// Starts answering on `network` for its dead owner: never-used addresses come from the top
+    /// of the pool.
+    pub fn serve_for_peer(&mut self, network: &str) {
+        self.serving.insert(network.to_owned());
+        self.from_top.insert(network.to_owned());
     }
 
     /// Takes in a record made elsewhere (a peer, or the log at start); says whether it was new.
@@ -487,7 +500,14 @@ impl Server {
         } else {
             (asker.network.name.clone(), None)
         };
-        while let Some(address) = self.fresh.get_mut(&key).and_then(|set| set.pop_first()) {
+        let from_top = self.from_top.contains(&asker.network.name);
+        while let Some(address) = self.fresh.get_mut(&key).and_then(|set| {
+            if from_top {
+                set.pop_last()
+            } else {
+                set.pop_first()
+            }
+        }) {
             let ip = Ipv4Addr::from(address);
             if self.available(now, asker, ip) {
                 return Some((ip, true));

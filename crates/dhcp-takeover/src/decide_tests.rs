@@ -697,3 +697,27 @@ fn options_whose_length_dhcproto_assumes_are_checked_first() {
     bytes.splice(end..end, [81, 3, 0, 0, 0]);
     assert!(decode(&bytes).is_some());
 }
+
+#[test]
+fn a_taker_hands_out_never_used_addresses_from_the_top_of_the_pool() {
+    let config = Config::from_str(CONFIG, "test.toml").unwrap();
+    let mut owner = Server::new(Plan::new(&config), 1, 30_000, None, Leases::default());
+    owner.serve("NETWORK1", true);
+    let mut taker = Server::new(Plan::new(&config), 2, 30_000, None, Leases::default());
+    taker.serve_for_peer("NETWORK1");
+    let low = bind(&mut owner, NOW, mac(1)).address;
+    let high = bind(&mut taker, NOW, mac(2)).address;
+    assert!(high > low, "{high} is above {low}");
+    assert_eq!(
+        high,
+        Ipv4Addr::new(10, 101, 0, 102),
+        "the taker starts at the top"
+    );
+    // Serving as owner again: bottom up.
+    taker.serve("NETWORK1", false);
+    taker.serve("NETWORK1", true);
+    assert_eq!(
+        bind(&mut taker, NOW, mac(3)).address,
+        Ipv4Addr::new(10, 101, 0, 100)
+    );
+}

@@ -148,11 +148,19 @@ impl Lease {
     }
 }
 
-/// Every known record, by address, with an index by network and client.
+/// Every known record, by address, with an index by network and client, and a change journal
+/// (a sequence number per stored record) so peers can ask for what changed since they last
+/// asked.
 #[derive(Debug, Default, Clone)]
 pub struct Leases {
     by_address: BTreeMap<Ipv4Addr, Lease>,
     by_client: HashMap<String, HashMap<ClientId, Ipv4Addr>>,
+    /// The last change number given out (0: none yet).
+    cursor: u64,
+    /// The address of each change number still current; a newer change of the same address
+    /// removes its older number.
+    changes: BTreeMap<u64, Ipv4Addr>,
+    change_of: HashMap<Ipv4Addr, u64>,
 }
 
 impl Leases {
@@ -202,8 +210,26 @@ impl Leases {
         if !newer_elsewhere {
             index.insert(lease.client.clone(), lease.address);
         }
+        self.cursor += 1;
+        if let Some(previous) = self.change_of.insert(lease.address, self.cursor) {
+            self.changes.remove(&previous);
+        }
+        self.changes.insert(self.cursor, lease.address);
         self.by_address.insert(lease.address, lease);
         true
+    }
+
+    /// The number of the last change stored here.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The current record of every address changed after change `since`, with its change
+    /// number, oldest change first (0: everything).
+    pub fn changed_since(&self, since: u64) -> impl Iterator<Item = (u64, &Lease)> {
+        self.changes
+            .range(since.saturating_add(1)..)
+            .filter_map(|(change, address)| Some((*change, self.by_address.get(address)?)))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Lease> {
@@ -284,6 +310,33 @@ mod tests {
         // Someone else taking address 11 leaves the client with no current record there.
         leases.apply(lease(11, 9, 300, 1));
         assert_eq!(leases.of_client("NETWORK1", &client), None);
+    }
+
+    #[test]
+    fn the_journal_gives_each_changed_address_once_at_its_newest() {
+        let mut leases = Leases::default();
+        leases.apply(lease(10, 1, 100, 1));
+        leases.apply(lease(11, 2, 100, 1));
+        let after_two = leases.cursor();
+        assert_eq!(after_two, 2);
+        leases.apply(lease(10, 3, 200, 2));
+        // Refused records are no change.
+        assert!(!leases.apply(lease(11, 2, 50, 1)));
+        assert_eq!(leases.cursor(), 3);
+        let since = |n| -> Vec<(u8, u8)> {
+            leases
+                .changed_since(n)
+                .map(|(_, l)| (l.address.octets()[3], l.client.0[2]))
+                .collect()
+        };
+        assert_eq!(
+            since(0),
+            [(11, 2), (10, 3)],
+            "everything, oldest change first"
+        );
+        assert_eq!(since(after_two), [(10, 3)]);
+        assert!(since(3).is_empty());
+        assert!(since(u64::MAX).is_empty());
     }
 
     #[test]

@@ -9,6 +9,9 @@
 pub mod agent;
 pub mod decide;
 pub mod lease;
+pub mod peer;
 pub mod plan;
 pub mod probe;
+pub mod replicate;
 pub mod store;
+pub mod takeover;

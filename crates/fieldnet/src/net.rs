@@ -1,9 +1,9 @@
-//! Netlink operations more than one agent needs: finding an interface, and replacing a route
-//! in place. Each agent owns different routes (told apart by route protocol numbers); this
+//! Netlink operations more than one agent needs: finding an interface, replacing a route in
+//! place, adding and removing an address (a taken-over gateway, the metadata address). Each agent owns different routes (told apart by route protocol numbers); this
 //! module owns none, it only carries out what an agent asks.
 //!
 //! Invariant: routes are replaced (`NLM_F_REPLACE`), never deleted and re-added, so there is no
-//! moment without a route.
+//! moment without a route; a route is deleted only by its owner when what it served is gone.
 
 use std::net::Ipv4Addr;
 
@@ -72,4 +72,121 @@ pub async fn replace_route(
                 hop.gateway, hop.interface
             )
         })
+}
+
+/// The index of interface `name`, or an error naming it when it does not exist.
+pub async fn link_index(handle: &Handle, name: &str) -> anyhow::Result<u32> {
+    find_link(handle, name)
+        .await?
+        .map(|link| link.header.index)
+        .with_context(|| format!("interface {name} does not exist"))
+}
+
+/// Puts `address/prefix_len` on interface `name` (replacing it if it is already there), as
+/// `ip addr replace` does.
+pub async fn add_address(
+    handle: &Handle,
+    name: &str,
+    address: Ipv4Addr,
+    prefix_len: u8,
+) -> anyhow::Result<()> {
+    let index = link_index(handle, name).await?;
+    handle
+        .address()
+        .add(index, address.into(), prefix_len)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding {address}/{prefix_len} to {name}"))
+}
+
+/// Removes `address` from interface `name`; says whether it was there. A missing interface
+/// holds no address.
+pub async fn remove_address(
+    handle: &Handle,
+    name: &str,
+    address: Ipv4Addr,
+) -> anyhow::Result<bool> {
+    let Some(link) = find_link(handle, name).await? else {
+        return Ok(false);
+    };
+    let mut found = handle
+        .address()
+        .get()
+        .set_link_index_filter(link.header.index)
+        .set_address_filter(address.into())
+        .execute();
+    let mut removed = false;
+    while let Some(message) = found
+        .try_next()
+        .await
+        .with_context(|| format!("reading the addresses of {name}"))?
+    {
+        handle
+            .address()
+            .del(message)
+            .execute()
+            .await
+            .with_context(|| format!("removing {address} from {name}"))?;
+        removed = true;
+    }
+    Ok(removed)
+}
+
+/// A route to `destination` straight out of interface `interface` (no gateway: the hosts
+/// are on that link), tagged with the owning agent's route `protocol`.
+fn link_route(
+    table: u32,
+    destination: Ipv4Net,
+    interface: u32,
+    protocol: u8,
+) -> RouteMessageBuilder<Ipv4Addr> {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(destination.network(), destination.prefix_len())
+        .output_interface(interface)
+        .scope(rtnetlink::packet_route::route::RouteScope::Link)
+        .protocol(RouteProtocol::Other(protocol))
+        .table_id(table)
+}
+
+/// Replaces (or adds) the on-link route to `destination` out of `interface`.
+pub async fn replace_link_route(
+    handle: &Handle,
+    table: u32,
+    destination: Ipv4Net,
+    interface: u32,
+    protocol: u8,
+) -> anyhow::Result<()> {
+    handle
+        .route()
+        .add(link_route(table, destination, interface, protocol).build())
+        .replace()
+        .execute()
+        .await
+        .with_context(|| {
+            format!("replacing the route to {destination} in table {table} with dev #{interface}")
+        })
+}
+
+/// Deletes the route to `destination` in `table` that carries route `protocol` (an agent
+/// removing its own route); says whether there was one.
+pub async fn delete_route(
+    handle: &Handle,
+    table: u32,
+    destination: Ipv4Net,
+    protocol: u8,
+) -> anyhow::Result<bool> {
+    let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(destination.network(), destination.prefix_len())
+        .protocol(RouteProtocol::Other(protocol))
+        .table_id(table)
+        .build();
+    // Any scope matches.
+    route.header.scope = rtnetlink::packet_route::route::RouteScope::NoWhere;
+    match handle.route().del(route).execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ESRCH => Ok(false),
+        Err(error) => Err(error)
+            .with_context(|| format!("deleting the route to {destination} in table {table}")),
+    }
 }

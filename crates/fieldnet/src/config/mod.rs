@@ -65,6 +65,8 @@ pub const DEFAULT_LEASE_TIME: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DHCP_STORE: &str = "/var/lib/fieldnet/dhcp";
 pub const DEFAULT_CONFLICT_PROBE: Duration = Duration::from_millis(250);
 pub const DEFAULT_OFFER_HOLD: Duration = Duration::from_secs(30);
+/// TCP port of dhcp-takeover's peer API (lease replication, takeover and handback).
+pub const DEFAULT_DHCP_PEER_PORT: u16 = 47842;
 /// Host addresses at the start of a subnet left out of the default pool, for appliances,
 /// routers and printers configured by hand.
 pub const DEFAULT_POOL_SKIP: u32 = 9;
@@ -328,6 +330,8 @@ pub struct DhcpTakeoverConfig {
     pub conflict_probe: Option<Duration>,
     /// How long an offered address is kept for the client it was offered to.
     pub offer_hold: Duration,
+    /// TCP port of the peer API, on every peer path address.
+    pub peer_port: u16,
     /// Options every client gets, unless its class says otherwise.
     pub options: DhcpOptionSet,
     pub pools: Vec<DhcpPool>,

@@ -188,6 +188,7 @@ pub struct WireDhcpTakeover {
     pub store: Option<String>,
     pub conflict_probe_ms: Option<i64>,
     pub offer_hold_s: Option<i64>,
+    pub peer_port: Option<i64>,
     #[serde(flatten)]
     pub options: WireDhcpOptions,
     #[serde(default)]

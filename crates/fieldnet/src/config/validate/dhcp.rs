@@ -42,6 +42,12 @@ impl Checker {
             1..=3600,
             &path.key("offer_hold_s"),
         );
+        let peer_port = self.bounded(
+            wire.peer_port,
+            usize::from(DEFAULT_DHCP_PEER_PORT),
+            1..=65535,
+            &path.key("peer_port"),
+        );
         let mut options = self.dhcp_options(&wire.options, &path);
         if let Some(options) = &mut options {
             options.lease_time.get_or_insert(DEFAULT_LEASE_TIME);
@@ -240,6 +246,7 @@ impl Checker {
             store: store?,
             conflict_probe: conflict_probe?,
             offer_hold: offer_hold?,
+            peer_port: peer_port? as u16,
             options: options?,
             pools,
             reservations,

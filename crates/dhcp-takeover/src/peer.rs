@@ -1,0 +1,315 @@
+//! The peer API between appliances: what one appliance asks another (`GET /dhcp/v1/sync`: the
+//! lease records changed since a change number, and the answering appliance's status) and how
+//! both directions are authenticated with the site key.
+//!
+//! Replication is pulled: each appliance asks every peer for what changed, every
+//! [`SYNC_INTERVAL`] and at once when the peer nudges it (`POST /dhcp/v1/nudge`, sent after
+//! every group commit). A pull after a partition is the same pull with an older change number,
+//! so resync needs no second mechanism; a peer that restarted (another `epoch`) sends
+//! everything.
+//!
+//! Invariants:
+//! - A request carries an HMAC-SHA-256 tag of its path and query under the site key; a reply
+//!   carries a tag of the request's fresh random nonce and the body. A reply is therefore
+//!   believed only if it was made by a holder of the site key for this very request: an old
+//!   reply replayed, or a reply altered, is refused.
+//! - Requests only read (sync) or ask for a read (nudge), so a replayed request changes
+//!   nothing; nothing is trusted by source address.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::lease::Lease;
+
+/// How often every peer is asked for changes when nothing nudges.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+/// How long one request may take before the peer counts as not answering.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(400);
+/// Most records in one reply; the asker asks again at once when `more` is set.
+pub const MAX_RECORDS: usize = 2000;
+/// Header carrying the tag, on requests and replies.
+pub const TAG_HEADER: &str = "x-fieldnet-tag";
+pub const SYNC_PATH: &str = "/dhcp/v1/sync";
+pub const NUDGE_PATH: &str = "/dhcp/v1/nudge";
+
+/// The site key as the peer API uses it.
+#[derive(Clone)]
+pub struct PeerKey(Vec<u8>);
+
+impl std::fmt::Debug for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerKey({} bytes)", self.0.len())
+    }
+}
+
+impl PeerKey {
+    pub fn new(site_key: &[u8]) -> Self {
+        Self(site_key.to_vec())
+    }
+
+    /// Domain separation: the same site key signs heartbeats and other protocols.
+    fn mac(&self, part: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"fieldnet dhcp v1\0");
+        mac.update(part);
+        mac.update(b"\0");
+        mac
+    }
+
+    /// The tag of a request for `path_and_query`.
+    pub fn sign_request(&self, path_and_query: &str) -> String {
+        let mut mac = self.mac(b"request");
+        mac.update(path_and_query.as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+
+    pub fn verify_request(&self, path_and_query: &str, tag: &str) -> bool {
+        let mut mac = self.mac(b"request");
+        mac.update(path_and_query.as_bytes());
+        unhex(tag).is_some_and(|tag| mac.verify_slice(&tag).is_ok())
+    }
+
+    /// The tag of a reply with `body` to the request that carried `nonce`.
+    pub fn sign_reply(&self, nonce: &str, body: &[u8]) -> String {
+        let mut mac = self.mac(b"reply");
+        mac.update(nonce.as_bytes());
+        mac.update(b"\0");
+        mac.update(body);
+        hex(&mac.finalize().into_bytes())
+    }
+
+    pub fn verify_reply(&self, nonce: &str, body: &[u8], tag: &str) -> bool {
+        let mut mac = self.mac(b"reply");
+        mac.update(nonce.as_bytes());
+        mac.update(b"\0");
+        mac.update(body);
+        unhex(tag).is_some_and(|tag| mac.verify_slice(&tag).is_ok())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&text[at..at + 2], 16).ok())
+        .collect()
+}
+
+/// A fresh random nonce for one request.
+pub fn nonce() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// The path and query of a sync request from appliance `from`, which has everything of the
+/// asked appliance's generation `epoch` up to change `since`.
+pub fn sync_query(from: u8, epoch: u64, since: u64, nonce: &str) -> String {
+    format!("{SYNC_PATH}?from={from}&epoch={epoch}&since={since}&nonce={nonce}")
+}
+
+pub fn nudge_query(from: u8, nonce: &str) -> String {
+    format!("{NUDGE_PATH}?from={from}&nonce={nonce}")
+}
+
+/// The parameters of a sync or nudge request, parsed from its query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncParams {
+    pub from: u8,
+    pub epoch: u64,
+    pub since: u64,
+    pub nonce: String,
+}
+
+impl SyncParams {
+    /// `from` and `nonce` are required; `epoch` and `since` default to 0. `None` when a
+    /// required one is missing or a number does not parse.
+    pub fn parse(query: &str) -> Option<Self> {
+        let (mut from, mut epoch, mut since, mut nonce) = (None, 0, 0, None);
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*name {
+                "from" => from = Some(value.parse().ok()?),
+                "epoch" => epoch = value.parse().ok()?,
+                "since" => since = value.parse().ok()?,
+                "nonce" => nonce = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        Some(Self {
+            from: from?,
+            epoch,
+            since,
+            nonce: nonce?,
+        })
+    }
+}
+
+/// The answer to a sync request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReply {
+    /// The answering appliance.
+    pub from: u8,
+    /// Its generation of change numbers (it restarts numbering when it restarts).
+    pub epoch: u64,
+    /// The number of the last change included.
+    pub cursor: u64,
+    /// The records changed after the asked number (all, when the asker's epoch is not this
+    /// one), oldest change first.
+    pub records: Vec<Lease>,
+    /// More changes wait: ask again at once.
+    pub more: bool,
+    pub status: PeerStatus,
+}
+
+/// What an appliance tells its peers about itself with every sync reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Networks it answers DHCP on now, with the appliance each belongs to.
+    pub serving: Vec<Served>,
+    /// Networks of other appliances it has an interface on (could take over).
+    pub legs: Vec<String>,
+    /// Its own networks it is waiting to get back from a peer serving them.
+    pub wants_back: Vec<String>,
+    /// What it has stored durably from each peer: that peer's epoch and change number.
+    pub synced: Vec<Synced>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    pub network: String,
+    pub owner: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synced {
+    pub peer: u8,
+    pub epoch: u64,
+    pub cursor: u64,
+}
+
+impl PeerStatus {
+    pub fn serves(&self, network: &str) -> bool {
+        self.serving.iter().any(|s| s.network == network)
+    }
+
+    pub fn synced_from(&self, peer: u8) -> Option<Synced> {
+        self.synced.iter().find(|s| s.peer == peer).copied()
+    }
+}
+
+/// The addresses a peer is tried on, most likely first: the path the bus says is active,
+/// then the others in configured order.
+pub fn addresses(paths: &[(String, Ipv4Addr)], active: Option<&str>) -> Vec<Ipv4Addr> {
+    let mut ordered: Vec<Ipv4Addr> = paths
+        .iter()
+        .filter(|(kind, _)| Some(kind.as_str()) == active)
+        .map(|(_, address)| *address)
+        .collect();
+    for (_, address) in paths {
+        if !ordered.contains(address) {
+            ordered.push(*address);
+        }
+    }
+    ordered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_verify_only_unaltered_under_the_site_key() {
+        let key = PeerKey::new(&[7; 32]);
+        let query = sync_query(1, 42, 17, "00ff");
+        let tag = key.sign_request(&query);
+        assert!(key.verify_request(&query, &tag));
+        assert!(!key.verify_request(&query.replace("since=17", "since=0"), &tag));
+        assert!(!PeerKey::new(&[8; 32]).verify_request(&query, &tag));
+        assert!(!key.verify_request(&query, "zz"));
+        assert!(!key.verify_request(&query, ""));
+        assert!(!key.verify_request(&query, &tag[..30]));
+    }
+
+    #[test]
+    fn replies_are_bound_to_their_request_nonce() {
+        let key = PeerKey::new(&[7; 32]);
+        let body = br#"{"from":2}"#;
+        let tag = key.sign_reply("aaaa", body);
+        assert!(key.verify_reply("aaaa", body, &tag));
+        assert!(
+            !key.verify_reply("bbbb", body, &tag),
+            "replayed to another request"
+        );
+        assert!(!key.verify_reply("aaaa", br#"{"from":3}"#, &tag), "altered");
+        // The request and reply tags are not interchangeable.
+        assert!(!key.verify_request("aaaa", &tag));
+        assert_ne!(nonce(), nonce());
+    }
+
+    #[test]
+    fn queries_parse_back() {
+        let query = sync_query(3, 42, 17, "00ff");
+        let params = SyncParams::parse(query.split_once('?').unwrap().1).unwrap();
+        assert_eq!(
+            params,
+            SyncParams {
+                from: 3,
+                epoch: 42,
+                since: 17,
+                nonce: "00ff".into()
+            }
+        );
+        let nudge = nudge_query(2, "ab");
+        assert_eq!(
+            SyncParams::parse(nudge.split_once('?').unwrap().1)
+                .unwrap()
+                .since,
+            0
+        );
+        assert_eq!(SyncParams::parse("from=300&nonce=a"), None);
+        assert_eq!(SyncParams::parse("from=1"), None);
+        assert_eq!(SyncParams::parse("from=1&nonce=a&since=x"), None);
+    }
+
+    #[test]
+    fn the_active_path_is_tried_first() {
+        let paths = [
+            ("cable".to_owned(), Ipv4Addr::new(10, 255, 12, 2)),
+            ("wifi".to_owned(), Ipv4Addr::new(10, 254, 12, 2)),
+        ];
+        assert_eq!(addresses(&paths, None), [paths[0].1, paths[1].1]);
+        assert_eq!(addresses(&paths, Some("wifi")), [paths[1].1, paths[0].1]);
+    }
+
+    #[test]
+    fn status_round_trips_and_answers() {
+        let status = PeerStatus {
+            serving: vec![Served {
+                network: "NETWORK2".into(),
+                owner: 2,
+            }],
+            legs: vec!["NETWORK2".into()],
+            wants_back: vec![],
+            synced: vec![Synced {
+                peer: 2,
+                epoch: 5,
+                cursor: 9,
+            }],
+        };
+        let text = serde_json::to_string(&status).unwrap();
+        let back: PeerStatus = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, status);
+        assert!(back.serves("NETWORK2"));
+        assert!(!back.serves("NETWORK1"));
+        assert_eq!(back.synced_from(2).map(|s| s.cursor), Some(9));
+        assert_eq!(back.synced_from(3), None);
+    }
+}
