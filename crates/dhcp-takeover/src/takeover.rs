@@ -223,7 +223,7 @@ impl Coordinator {
             let wants_back = owner_alive
                 && owner_status
                     .as_ref()
-                    .is_some_and(|s| s.wants_back.iter().any(|n| *n == network));
+                    .is_some_and(|s| s.wants_back.contains(&network));
             let next = match state {
                 TakenState::Idle => {
                     if self.is_dead(owner, now)

@@ -578,3 +578,317 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
         torn_bytes
     );
 }
+
+/// Another workspace binary, built next to this crate's (built first if it is not there yet).
+fn sibling(package: &str, binary: &str) -> String {
+    lab::sibling_binary(env!("CARGO_BIN_EXE_dhcp-takeover"), package, binary)
+}
+
+/// The agents of one appliance: the bus, cross-site-failover (peer liveness), dhcp-takeover.
+struct Appliance {
+    bus: LabProcess,
+    crosser: LabProcess,
+    dhcp: LabProcess,
+}
+
+impl Appliance {
+    fn start(lab: &mut Lab, site: &Site, id: u8, dhcp: &str) -> Self {
+        let dir = lab.dir().to_owned();
+        let extra = format!(
+            "[dhcp_takeover]\nstore = \"{}\"\n{dhcp}",
+            dir.join(format!("leases-{id}")).display()
+        );
+        let config = dir.join(format!("appliance-{id}.toml"));
+        std::fs::write(&config, lab::appliance_config(site, id, &dir, &extra)).unwrap();
+        let config = config.to_str().unwrap().to_owned();
+        let ns = &site.area(id).unwrap().appliance;
+        let bus = lab
+            .spawn(
+                ns,
+                &sibling("fieldnet-bus", "fieldnet-bus"),
+                &["--config", &config],
+            )
+            .unwrap();
+        bus.wait_for_log("listening", PATIENCE)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let crosser = lab
+            .spawn(
+                ns,
+                &sibling("cross-site-failover", "cross-site-failover"),
+                &["--config", &config],
+            )
+            .unwrap();
+        let dhcp = lab
+            .spawn(
+                ns,
+                env!("CARGO_BIN_EXE_dhcp-takeover"),
+                &["--config", &config],
+            )
+            .unwrap();
+        Self { bus, crosser, dhcp }
+    }
+
+    /// SIGKILL, all of them: the appliance lost power.
+    fn kill(self) {
+        for process in [self.dhcp, self.crosser, self.bus] {
+            process.kill_now().unwrap();
+        }
+    }
+}
+
+/// Every lease record `appliance`'s dhcp-takeover holds, read through its peer API the way a
+/// peer (or `fieldctl leases`) does: a request signed with the lab's site key, a reply checked
+/// against it.
+fn lease_table(appliance: &Netns) -> Vec<dhcp_takeover::lease::Lease> {
+    use dhcp_takeover::peer;
+    let key = peer::PeerKey::new(&[0x5a; 32]);
+    let nonce = peer::nonce();
+    // Appliance 0 is nobody: the answer is everything (another epoch than the server's).
+    let query = peer::sync_query(0, 0, 0, &nonce);
+    let request = format!(
+        "GET {query} HTTP/1.0\r\nHost: x\r\n{}: {}\r\n\r\n",
+        peer::TAG_HEADER,
+        key.sign_request(&query)
+    );
+    let text = appliance
+        .run(move || {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", 47842)).unwrap();
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        })
+        .unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP reply");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    let tag = head
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{}: ", peer::TAG_HEADER)))
+        .expect("a tag");
+    assert!(key.verify_reply(&nonce, body.as_bytes(), tag), "reply tag");
+    let reply: peer::SyncReply = serde_json::from_str(body).unwrap();
+    reply.records
+}
+
+#[test]
+fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_address() {
+    let Some(mut lab) = Lab::for_test("dhcp-takeover") else {
+        return;
+    };
+    const REAL: usize = 10;
+    let mut site = lab.site(&SiteSpec::lan(2, REAL as u8 + 1)).unwrap();
+    lab.legs(&mut site).unwrap();
+    let area2 = site.area(2).unwrap().clone();
+    let (a1, a2) = (
+        site.area(1).unwrap().appliance.clone(),
+        area2.appliance.clone(),
+    );
+    let dir = lab.dir().to_owned();
+    // Short leases: clients renew (unicast, to the gateway) while their network is taken over.
+    let dhcp = "lease_time_s = 20\n";
+    let one = Appliance::start(&mut lab, &site, 1, dhcp);
+    let two = Appliance::start(&mut lab, &site, 2, dhcp);
+    two.dhcp
+        .wait_for_log("serving DHCP on own network", PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    // Real clients (udhcpc) in area 2, each with its own hook script.
+    let hook_path = hook(
+        &dir,
+        "udhcpc",
+        "1",
+        "case \"$1\" in bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/$mask\" dev \"$interface\"; ip route replace default via \"$router\" dev \"$interface\";; deconfig) ip addr flush dev \"$interface\";; esac",
+    );
+    let mut clients = Vec::new();
+    let mut start_client = |lab: &mut Lab, k: usize| {
+        let ns = &area2.clients[k].ns;
+        ns.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
+        let process = lab
+            .spawn(
+                ns,
+                "udhcpc",
+                &[
+                    "-f",
+                    "-i",
+                    "eth0",
+                    "-s",
+                    hook_path.to_str().unwrap(),
+                    "-t",
+                    "20",
+                    "-T",
+                    "1",
+                    "-A",
+                    "1",
+                ],
+            )
+            .unwrap();
+        clients.push((k, process));
+    };
+    let address_of = |k: usize| -> Option<std::net::Ipv4Addr> {
+        let text = addresses(&area2.clients[k].ns);
+        let at = text.find("inet ")? + 5;
+        text[at..].split('/').next()?.parse().ok()
+    };
+    for k in 0..6 {
+        start_client(&mut lab, k);
+    }
+    for k in 0..6 {
+        wait_for(&format!("client {k} bound"), &two.dhcp, || address_of(k));
+    }
+    // 200 simulated clients (perfdhcp relaying from the last client's static address) ask all
+    // along, through the takeover and the handback; every ACK on the wire is kept for the audit.
+    let perf_ns = &area2.clients[REAL].ns;
+    let capture = AckCapture::start(perf_ns);
+    let perfdhcp = lab
+        .spawn(
+            perf_ns,
+            "perfdhcp",
+            &[
+                "-4",
+                "-l",
+                "eth0",
+                "-r",
+                "40",
+                "-R",
+                "200",
+                "-p",
+                "40",
+                "10.102.0.1",
+            ],
+        )
+        .unwrap();
+    // Appliance 1 holds every lease of NETWORK2 before appliance 2 dies.
+    let replicated = |n: usize| {
+        move || {
+            let records = lease_table(&a1);
+            (records.iter().filter(|l| l.network == "NETWORK2").count() >= n).then_some(())
+        }
+    };
+    wait_for(
+        "area 2's leases replicated to appliance 1",
+        &one.dhcp,
+        replicated(6),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+
+    // Power cut on appliance 2: its processes die, its host stack goes silent, its LAN switch
+    // keeps switching.
+    let died = Instant::now();
+    two.kill();
+    let power = lab.power_off(&a2).unwrap();
+    one.dhcp
+        .wait_for_log("network taken over", PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let taken_after = died.elapsed();
+    // The gateway answers again, from appliance 1's leg, for a client that kept its lease.
+    let old = &area2.clients[0].ns;
+    wait_for("the gateway answers ping", &one.dhcp, || {
+        old.exec("ping", &["-c", "1", "-W", "1", "10.102.0.1"])
+            .is_ok()
+            .then_some(())
+    });
+    let gateway_after = died.elapsed();
+    // And the way out still works: through appliance 1's uplink to an internet host.
+    wait_for("an internet host answers", &one.dhcp, || {
+        old.exec("ping", &["-c", "1", "-W", "1", lab::INTERNET_HOSTS[0]])
+            .is_ok()
+            .then_some(())
+    });
+    eprintln!("taken over after {taken_after:?}; gateway answering after {gateway_after:?}");
+    // New clients get addresses from appliance 1, from the top of the pool.
+    for k in 6..8 {
+        start_client(&mut lab, k);
+    }
+    for k in 6..8 {
+        let address = wait_for(&format!("client {k} bound by the taker"), &one.dhcp, || {
+            address_of(k)
+        });
+        assert!(
+            address.octets()[3] > 200,
+            "the taker hands out from the top: {address}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Power back: appliance 2 gets its leases (including the taker's), then its network.
+    power.undo().unwrap();
+    let two = Appliance::start(&mut lab, &site, 2, dhcp);
+    two.dhcp
+        .wait_for_log("serving DHCP on own network", PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    one.dhcp
+        .wait_for_log("network handed back", PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let taken_by_one: Vec<std::net::Ipv4Addr> = (6..8).filter_map(address_of).collect();
+    let table = lease_table(&a2);
+    for address in &taken_by_one {
+        assert!(
+            table
+                .iter()
+                .any(|l| l.address == *address && l.issued_by == 1),
+            "appliance 2 got the taker's lease of {address}"
+        );
+    }
+    for k in 8..REAL {
+        start_client(&mut lab, k);
+    }
+    for k in 8..REAL {
+        wait_for(
+            &format!("client {k} bound after the handback"),
+            &two.dhcp,
+            || address_of(k),
+        );
+    }
+    wait_for("the gateway answers after the handback", &two.dhcp, || {
+        old.exec("ping", &["-c", "1", "-W", "1", "10.102.0.1"])
+            .is_ok()
+            .then_some(())
+    });
+    perfdhcp.wait(Duration::from_secs(90)).unwrap();
+    let acks = capture.finish();
+
+    // The audit: no address ever acknowledged to two devices, and every real client's address
+    // its own.
+    let mut holder: std::collections::BTreeMap<std::net::Ipv4Addr, String> = Default::default();
+    let mut duplicates = Vec::new();
+    let mut note = |address: std::net::Ipv4Addr, mac: String| match holder.get(&address) {
+        Some(other) if *other != mac => duplicates.push((address, other.clone(), mac)),
+        Some(_) => {}
+        None => {
+            holder.insert(address, mac);
+        }
+    };
+    for (mac, address) in &acks {
+        note(*address, lab_mac(mac));
+    }
+    for k in 0..REAL {
+        let address = address_of(k).unwrap_or_else(|| panic!("client {k} lost its address"));
+        note(address, mac_of(&area2.clients[k].ns));
+    }
+    let devices = holder
+        .values()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert!(duplicates.is_empty(), "duplicate addresses: {duplicates:?}");
+    assert!(
+        devices >= 150,
+        "only {devices} devices seen:\n{}",
+        perfdhcp.log()
+    );
+    eprintln!(
+        "{} ACKs to {devices} devices across takeover and handback: 0 duplicates",
+        acks.len()
+    );
+    drop(clients);
+}
+
+fn lab_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

@@ -28,11 +28,24 @@ pub fn appliance_config(site: &Site, id: u8, dir: &Path, extra: &str) -> String 
         );
     }
     for other in &site.areas {
+        // The own LAN, or the leg into another area's LAN if the lab built one.
+        let interface = if other.id == id {
+            Some(other.lan_if.clone())
+        } else {
+            area.legs
+                .iter()
+                .find(|leg| leg.peer == other.id)
+                .map(|leg| leg.ifname.clone())
+        };
         let _ = writeln!(
             text,
-            "[[networks]]\nname = \"NETWORK{0}\"\narea = \"area{0}\"\nsubnet = \"{1}\"\ngateway = \"{2}\"\ninterface = \"{3}\"\n",
-            other.id, other.network, other.gateway, other.lan_if
+            "[[networks]]\nname = \"NETWORK{0}\"\narea = \"area{0}\"\nsubnet = \"{1}\"\ngateway = \"{2}\"",
+            other.id, other.network, other.gateway
         );
+        if let Some(interface) = interface {
+            let _ = writeln!(text, "interface = \"{interface}\"");
+        }
+        text.push('\n');
     }
     for (index, uplink) in area.uplinks.iter().enumerate() {
         let _ = writeln!(

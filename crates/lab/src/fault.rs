@@ -1,5 +1,6 @@
 //! Faults injected into lab links by the kernel: administrative link down, a silent blackhole
-//! and random loss (nftables `netdev` tables bound to one interface), and a rate limit (tbf).
+//! and random loss (nftables `netdev` tables bound to one interface), a rate limit (tbf), and
+//! an appliance losing power while its switch keeps going.
 //! Invariant: each fault is undone by its `Fault` guard, explicitly or on drop (also during a
 //! panic); an undo that finds the namespace, interface or table already gone succeeds.
 
@@ -138,6 +139,38 @@ fn fault_table(kind: &str) -> String {
 }
 
 impl Lab {
+    /// The appliance in `ns` loses power, but the switch in it does not: its own IP stack
+    /// stops receiving, sending and answering ARP (nftables `inet` and `arp` tables dropping
+    /// input and output) and stops routing (`ip_forward` 0), while its bridges keep switching
+    /// frames between their ports, as the area's switch would. Its processes are the caller's
+    /// to kill. The guard powers it back on.
+    pub fn power_off(&self, ns: &Netns) -> anyhow::Result<Fault> {
+        let table = fault_table("power");
+        let script = format!(
+            "table inet {table} {{\n\
+             chain input {{ type filter hook input priority -400; policy drop; }}\n\
+             chain output {{ type filter hook output priority -400; policy drop; }}\n\
+             }}\n\
+             table arp {table} {{\n\
+             chain input {{ type filter hook input priority -400; policy drop; }}\n\
+             chain output {{ type filter hook output priority -400; policy drop; }}\n\
+             }}\n"
+        );
+        let description = format!("power off {}", ns.name());
+        ns.exec_with_stdin("nft", &["-f", "-"], script.as_bytes())
+            .with_context(|| format!("installing {description}"))?;
+        ns.sysctl("net.ipv4.ip_forward", "0")?;
+        let ns = ns.clone();
+        Ok(Fault::new(description, move || {
+            in_live_ns(&ns, || {
+                ns.sysctl("net.ipv4.ip_forward", "1")?;
+                ns.exec("nft", &["delete", "table", "inet", &table])?;
+                ns.exec("nft", &["delete", "table", "arp", &table])
+                    .map(drop)
+            })
+        }))
+    }
+
     /// `ip link set dev <ifname> down` in `ns`: the veth peer loses carrier (`NO-CARRIER`).
     ///
     /// Setting a link down makes the kernel flush the IPv4 routes through it in `ns` (the

@@ -37,7 +37,7 @@ pub use netns::{LinkState, Netns};
 pub use ping::PingStats;
 pub use process::LabProcess;
 pub use site::{
-    AreaLab, ClientLab, HUB_ADDR, HUB_TUNNEL_ADDR, INTERNET_BRIDGE, INTERNET_HOSTS, PathKind,
-    PathLab, Site, SiteSpec, UplinkLab, VpnLab,
+    AreaLab, ClientLab, HUB_ADDR, HUB_TUNNEL_ADDR, INTERNET_BRIDGE, INTERNET_HOSTS, LegLab,
+    PathKind, PathLab, Site, SiteSpec, UplinkLab, VpnLab,
 };
 pub use stream::{EchoServer, HttpResponder, Stream, StreamReport};

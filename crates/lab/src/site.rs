@@ -111,6 +111,20 @@ pub struct AreaLab {
     pub paths: Vec<PathLab>,
     /// The WireGuard tunnel to the hub, when the site has a VPN.
     pub vpn: Option<VpnLab>,
+    /// Legs into the other areas' LANs, after [`Lab::legs`].
+    pub legs: Vec<LegLab>,
+}
+
+/// A leg from one appliance into another area's LAN (in production a VLAN carried over the
+/// cable), so it can take over that area's network.
+#[derive(Clone, Debug)]
+pub struct LegLab {
+    /// The area whose LAN it reaches.
+    pub peer: u8,
+    /// Its interface in this appliance, `leg<peer>` (no address until a takeover adds one).
+    pub ifname: String,
+    /// Its port on the other appliance's LAN bridge, `x<this id>`.
+    pub peer_port: String,
 }
 
 /// One appliance's WireGuard tunnel to the hub. The hub has one interface per appliance
@@ -577,6 +591,30 @@ impl Lab {
         Ok((path.display().to_string(), public))
     }
 
+    /// Gives every appliance a leg into every other area's LAN: a veth `leg<j>` in appliance
+    /// `i` whose other end, `x<i>`, is a port of appliance `j`'s LAN bridge.
+    pub fn legs(&mut self, site: &mut Site) -> anyhow::Result<()> {
+        let bridges: Vec<(u8, Netns, String)> = site
+            .areas
+            .iter()
+            .map(|area| (area.id, area.appliance.clone(), area.lan_if.clone()))
+            .collect();
+        for area in &mut site.areas {
+            for (peer, peer_ns, peer_bridge) in bridges.iter().filter(|(id, ..)| *id != area.id) {
+                let ifname = format!("leg{peer}");
+                let peer_port = format!("x{}", area.id);
+                self.veth(&area.appliance, &ifname, peer_ns, &peer_port)?;
+                self.enslave(peer_ns, &peer_port, peer_bridge)?;
+                area.legs.push(LegLab {
+                    peer: *peer,
+                    ifname,
+                    peer_port,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn site_area(&mut self, spec: &SiteSpec, id: u8, internet: &Netns) -> anyhow::Result<AreaLab> {
         let appliance = self.netns(&format!("a{id}"))?;
         for (key, value) in [
@@ -684,6 +722,7 @@ impl Lab {
             clients,
             paths: Vec::new(),
             vpn: None,
+            legs: Vec::new(),
         })
     }
 }
