@@ -423,86 +423,6 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
     assert!(server.is_running(), "{}", server.log());
 }
 
-/// Every DHCPACK seen on `ns`'s eth0 (as the client side receives it): (client MAC, address).
-/// A packet socket, so it sees replies addressed to perfdhcp's own relay port too. Dropping it
-/// stops the capture thread (and so closes the socket), even when a test panics.
-/// (client MAC, acknowledged address), in the order seen.
-type Acks = Vec<([u8; 6], std::net::Ipv4Addr)>;
-
-struct AckCapture {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Acks>>,
-}
-
-impl AckCapture {
-    fn start(ns: &Netns) -> Self {
-        use socket2::{Domain, Protocol, Socket, Type};
-        const ETH_P_IP: u16 = 0x0800;
-        let socket = ns
-            .run(|| {
-                Socket::new(
-                    Domain::PACKET,
-                    Type::DGRAM,
-                    Some(Protocol::from(i32::from(ETH_P_IP.to_be()))),
-                )
-            })
-            .unwrap()
-            .unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut acks = Vec::new();
-            let mut buffer = [0_u8; 2048];
-            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(length) = (&socket).read(&mut buffer) else {
-                    continue;
-                };
-                let packet = &buffer[..length];
-                let Some(header) = packet.first().map(|b| usize::from(b & 0x0f) * 4) else {
-                    continue;
-                };
-                if packet.len() < header + 8 || packet[9] != 17 {
-                    continue;
-                }
-                let udp = &packet[header..];
-                if u16::from_be_bytes([udp[0], udp[1]]) != 67 {
-                    continue;
-                }
-                if let Some(message) = dhcp_takeover::decide::decode(&udp[8..])
-                    && dhcp_takeover::decide::message_type(&message)
-                        == Some(dhcproto::v4::MessageType::Ack)
-                    && !message.yiaddr().is_unspecified()
-                {
-                    let mac: [u8; 6] = message.chaddr()[..6].try_into().unwrap();
-                    acks.push((mac, message.yiaddr()));
-                }
-            }
-            acks
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> Acks {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.take().expect("running").join().unwrap()
-    }
-}
-
-impl Drop for AckCapture {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 #[test]
 fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
     let Some(mut lab) = Lab::for_test("dhcp-kill") else {
@@ -515,7 +435,7 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
     let store = lab.dir().join("leases");
     let config = write_config(&lab, &site, "");
     let mut server = start_server(&mut lab, appliance, &config);
-    let capture = AckCapture::start(client);
+    let capture = lab::AckCapture::start(client).unwrap();
     // 200 simulated clients behind perfdhcp (a relay on the client's address), 400 exchanges
     // a second for 12 s; the server is killed with SIGKILL three times along the way.
     let perfdhcp = lab
@@ -557,7 +477,7 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
         leases.apply(record);
     }
     let mut missing = Vec::new();
-    for (mac, address) in &acks {
+    for lab::Ack { mac, address, .. } in &acks {
         let kept = leases.get(*address).is_some_and(|lease| {
             lease.mac.0 == *mac && lease.state == dhcp_takeover::lease::LeaseState::Bound
         });
@@ -742,7 +662,7 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
     // 200 simulated clients (perfdhcp relaying from the last client's static address) ask all
     // along, through the takeover and the handback; every ACK on the wire is kept for the audit.
     let perf_ns = &area2.clients[REAL].ns;
-    let capture = AckCapture::start(perf_ns);
+    let capture = lab::AckCapture::start(perf_ns).unwrap();
     let perfdhcp = lab
         .spawn(
             perf_ns,
@@ -862,8 +782,8 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
             holder.insert(address, mac);
         }
     };
-    for (mac, address) in &acks {
-        note(*address, lab_mac(mac));
+    for ack in &acks {
+        note(ack.address, lab_mac(&ack.mac));
     }
     for k in 0..REAL {
         let address = address_of(k).unwrap_or_else(|| panic!("client {k} lost its address"));

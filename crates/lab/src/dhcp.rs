@@ -1,0 +1,184 @@
+//! A witness of DHCP on the wire: a packet socket in a client namespace that records every
+//! DHCPACK arriving there (when, to which hardware address, which address), so a test can audit
+//! leases against what clients were really told, whoever the server was.
+//!
+//! Invariant: the capture thread stops when the guard is finished or dropped; parsing is pure
+//! and reads only the fixed BOOTP header and option 53.
+
+use std::io::Read as _;
+use std::net::Ipv4Addr;
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use crate::netns::Netns;
+
+/// One DHCPACK seen on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub at: Instant,
+    /// The client hardware address (`chaddr`).
+    pub mac: [u8; 6],
+    /// The address acknowledged (`yiaddr`).
+    pub address: Ipv4Addr,
+}
+
+/// Records DHCPACKs arriving in a namespace until finished.
+#[derive(Debug)]
+pub struct AckCapture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Ack>>>,
+}
+
+const ETH_P_IP: u16 = 0x0800;
+
+impl AckCapture {
+    pub fn start(ns: &Netns) -> anyhow::Result<Self> {
+        let fd = ns
+            .run(|| {
+                // SAFETY: plain socket(2); the descriptor is owned right away.
+                let fd = unsafe {
+                    libc::socket(
+                        libc::AF_PACKET,
+                        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                        i32::from(ETH_P_IP.to_be()),
+                    )
+                };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: fd is a fresh descriptor nobody else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })?
+            .with_context(|| format!("opening a packet socket in {}", ns.name()))?;
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: setsockopt with a valid timeval of the size given.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(set == 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+        let mut socket = std::fs::File::from(fd);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut acks = Vec::new();
+            let mut buffer = [0_u8; 2048];
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok(length) = socket.read(&mut buffer) else {
+                    continue;
+                };
+                if let Some((mac, address)) = parse_ack(&buffer[..length]) {
+                    acks.push(Ack {
+                        at: Instant::now(),
+                        mac,
+                        address,
+                    });
+                }
+            }
+            acks
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns every ACK seen, in arrival order.
+    pub fn finish(mut self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for AckCapture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An IPv4 packet → the `chaddr` and `yiaddr` of the DHCPACK it carries from port 67.
+pub(crate) fn parse_ack(packet: &[u8]) -> Option<([u8; 6], Ipv4Addr)> {
+    let header = usize::from(packet.first()? & 0x0f) * 4;
+    if *packet.get(9)? != 17 {
+        return None;
+    }
+    let udp = packet.get(header..)?;
+    if u16::from_be_bytes([*udp.first()?, *udp.get(1)?]) != 67 {
+        return None;
+    }
+    let bootp = udp.get(8..)?;
+    // op 2 (reply), then the magic cookie after the 236-byte fixed header.
+    if *bootp.first()? != 2 || bootp.get(236..240)? != [99, 130, 83, 99] {
+        return None;
+    }
+    let yiaddr = Ipv4Addr::new(bootp[16], bootp[17], bootp[18], bootp[19]);
+    let mac: [u8; 6] = bootp.get(28..34)?.try_into().ok()?;
+    let mut options = bootp.get(240..)?;
+    while let Some((&code, rest)) = options.split_first() {
+        match code {
+            0 => options = rest,
+            255 => return None,
+            _ => {
+                let length = usize::from(*rest.first()?);
+                let value = rest.get(1..1 + length)?;
+                if code == 53 {
+                    return (value == [5] && !yiaddr.is_unspecified()).then_some((mac, yiaddr));
+                }
+                options = &rest[1 + length..];
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(kind: u8) -> Vec<u8> {
+        let mut bootp = vec![0_u8; 240];
+        bootp[0] = 2;
+        bootp[16..20].copy_from_slice(&[10, 102, 0, 57]);
+        bootp[28..34].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        bootp[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        bootp.extend([0, 53, 1, kind, 255]);
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17];
+        ip.resize(20, 0);
+        ip.extend([0, 67, 0, 68, 0, 0, 0, 0]);
+        ip.extend(bootp);
+        ip
+    }
+
+    #[test]
+    fn acks_are_read_and_everything_else_is_not() {
+        assert_eq!(
+            parse_ack(&packet(5)),
+            Some(([2, 0, 0, 0, 0, 9], Ipv4Addr::new(10, 102, 0, 57)))
+        );
+        assert_eq!(parse_ack(&packet(2)), None, "an OFFER");
+        let mut tcp = packet(5);
+        tcp[9] = 6;
+        assert_eq!(parse_ack(&tcp), None);
+        assert_eq!(parse_ack(&packet(5)[..100]), None, "truncated");
+        assert_eq!(parse_ack(&[]), None);
+    }
+}
