@@ -85,9 +85,12 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
 
 fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     step("building a three-area site in network namespaces");
-    let site = lab
+    let mut site = lab
         .site(&SiteSpec::default())
         .context("building the site")?;
+    // Every appliance gets a leg (in production a VLAN over the cable) into the other areas'
+    // LANs, so it can take over a dead neighbour's network.
+    lab.legs(&mut site).context("adding the legs")?;
     println!("{}", site.describe());
     demo.pause(2)?;
 
@@ -115,7 +118,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
 
     step("starting the bus on every appliance");
     let configs: Vec<PathBuf> = sockets.iter().map(|(config, _)| config.clone()).collect();
-    let brokers = spawn_everywhere(lab, &site, &configs, &bin.join("fieldnet-bus"))?;
+    let mut brokers = spawn_everywhere(lab, &site, &configs, &bin.join("fieldnet-bus"))?;
     for (area, (_, socket)) in site.areas.iter().zip(&sockets) {
         wait_for_socket(socket)?;
         println!(
@@ -125,7 +128,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         );
     }
     step("starting uplink-monitor on every appliance");
-    let monitors = spawn_everywhere(lab, &site, &configs, &bin.join("uplink-monitor"))?;
+    let mut monitors = spawn_everywhere(lab, &site, &configs, &bin.join("uplink-monitor"))?;
     for (area, monitor) in site.areas.iter().zip(&monitors) {
         for uplink in &area.uplinks {
             monitor.wait_for_log(
@@ -141,7 +144,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         );
     }
     step("starting cross-site-failover on every appliance");
-    let crossers = spawn_everywhere(lab, &site, &configs, &bin.join("cross-site-failover"))?;
+    let mut crossers = spawn_everywhere(lab, &site, &configs, &bin.join("cross-site-failover"))?;
     for (area, agent) in site.areas.iter().zip(&crossers) {
         for other in site.areas.iter().filter(|other| other.id != area.id) {
             agent.wait_for_log(
@@ -156,12 +159,21 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         );
     }
     step("starting whereami (the area's DNS) on every appliance");
-    let resolvers = spawn_everywhere(lab, &site, &configs, &bin.join("whereami"))?;
+    let mut resolvers = spawn_everywhere(lab, &site, &configs, &bin.join("whereami"))?;
     for (area, resolver) in site.areas.iter().zip(&resolvers) {
         resolver.wait_for_log("answering DNS", Duration::from_secs(20))?;
         println!(
             "appliance {}: whereami answers DNS on {}",
             area.id, area.gateway
+        );
+    }
+    step("starting dhcp-takeover (the area's DHCP) on every appliance");
+    let mut dhcp = spawn_everywhere(lab, &site, &configs, &bin.join("dhcp-takeover"))?;
+    for (area, server) in site.areas.iter().zip(&dhcp) {
+        server.wait_for_log("serving DHCP on own network", Duration::from_secs(20))?;
+        println!(
+            "appliance {}: dhcp-takeover answers DHCP on {}; its leases are replicated to the others",
+            area.id, area.network
         );
     }
     demo.pause(1)?;
@@ -353,6 +365,124 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     drop(cable);
     demo.pause(1)?;
 
+    step(
+        "scene 7: appliance 2 loses power; appliance 1 takes its network over, then hands it back",
+    );
+    let laptop = &stage.clients[1];
+    let hook = lab.dir().join("udhcpc-demo.sh");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/$mask\" dev \"$interface\"; ip route replace default via \"$router\" dev \"$interface\";; esac\nexit 0\n",
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let hook = hook.to_str().context("hook path is UTF-8")?.to_owned();
+    let dhcp_once = |ns: &Netns| -> anyhow::Result<String> {
+        ns.ip(&["addr", "flush", "dev", "eth0"])?;
+        ns.exec(
+            "udhcpc",
+            &[
+                "-q", "-n", "-f", "-i", "eth0", "-s", &hook, "-t", "10", "-T", "1",
+            ],
+        )?;
+        let text = ns.ip_output(&["-4", "-o", "addr", "show", "dev", "eth0"])?;
+        Ok(text
+            .split_whitespace()
+            .skip_while(|word| *word != "inet")
+            .nth(1)
+            .unwrap_or("none")
+            .to_owned())
+    };
+    println!(
+        "A laptop in area 2 asks for an address: {}",
+        dhcp_once(&laptop.ns)?
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    println!("Appliance 2's power is cut: every agent on it dies, its switch keeps switching.");
+    let cut = std::time::Instant::now();
+    for agents in [
+        &mut dhcp,
+        &mut resolvers,
+        &mut crossers,
+        &mut monitors,
+        &mut brokers,
+    ] {
+        agents[1].kill_now()?;
+    }
+    let power = lab.power_off(&stage.appliance)?;
+    dhcp[0].wait_for_log("network taken over", Duration::from_secs(20))?;
+    println!(
+        "  appliance 1 took NETWORK2 over {:.1} s after the cut: {}",
+        cut.elapsed().as_secs_f64(),
+        last_line(&dhcp[0].log(), "network taken over")
+    );
+    println!(
+        "  the laptop still reaches the internet through its gateway (now on appliance 1): {}",
+        ping_line(&laptop.ns, "192.0.2.1")?
+    );
+    let newcomer = &stage.clients[0];
+    println!(
+        "  a device arriving now gets an address from appliance 1: {}",
+        dhcp_once(&newcomer.ns)?
+    );
+    let (_, answer) = ask_whereami(&newcomer.ns, &stage.gateway)?;
+    println!(
+        "  and its DNS (appliance 1 now answers on {}) still says: {answer}",
+        stage.gateway
+    );
+    println!("  `fieldctl status` on appliance 1:");
+    let status = std::process::Command::new(bin.join("fieldctl"))
+        .arg("--config")
+        .arg(&configs[0])
+        .arg("status")
+        .output()?;
+    for line in String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .skip_while(|line| !line.starts_with("dhcp"))
+    {
+        println!("    {line}");
+    }
+    demo.pause(2)?;
+
+    println!(
+        "Power is back on appliance 2: its agents start, it fetches the leases issued in its absence, then gets its network back."
+    );
+    power.undo()?;
+    let back = std::time::Instant::now();
+    let config = configs[1].to_str().context("config path is UTF-8")?;
+    let mut restarted = Vec::new();
+    for program in ["fieldnet-bus", "cross-site-failover", "dhcp-takeover"] {
+        restarted.push(lab.spawn(
+            &stage.appliance,
+            bin.join(program).to_str().context("binary path is UTF-8")?,
+            &["--config", config],
+        )?);
+        if program == "fieldnet-bus" {
+            wait_for_socket(&sockets[1].1)?;
+        }
+    }
+    dhcp[0].wait_for_log("network handed back", Duration::from_secs(30))?;
+    restarted[2].wait_for_log("serving DHCP on own network", Duration::from_secs(30))?;
+    println!(
+        "  handed back {:.1} s after power-on (agents' start included): {}",
+        back.elapsed().as_secs_f64(),
+        last_line(&dhcp[0].log(), "network handed back")
+    );
+    let leases = std::process::Command::new(bin.join("fieldctl"))
+        .arg("--config")
+        .arg(&configs[1])
+        .args(["leases", "--network", "NETWORK2"])
+        .output()?;
+    println!("  `fieldctl leases --network NETWORK2` on appliance 2 (the taker's lease included):");
+    for line in String::from_utf8_lossy(&leases.stdout).lines() {
+        println!("    {line}");
+    }
+    drop(restarted);
+    demo.pause(1)?;
+
+    drop(dhcp);
     drop(resolvers);
     drop(crossers);
     drop(monitors);
@@ -480,7 +610,11 @@ fn leftover_namespaces(prefix: &str) -> anyhow::Result<Vec<String>> {
 /// The appliance file for one lab area, as the lab writes it.
 fn write_config(dir: &Path, site: &Site, area: &AreaLab) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("appliance-{}.toml", area.id));
-    let text = lab::appliance_config(site, area.id, dir, "");
+    let extra = format!(
+        "[dhcp_takeover]\nstore = \"{}\"\nlease_time_s = 300\n",
+        dir.join(format!("leases-{}", area.id)).display()
+    );
+    let text = lab::appliance_config(site, area.id, dir, &extra);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }

@@ -73,9 +73,9 @@ fn mac_of(ns: &Netns) -> anyhow::Result<[u8; 6]> {
         .split(':')
         .map(|part| u8::from_str_radix(part, 16))
         .collect::<Result<_, _>>()?;
-    Ok(bytes
+    bytes
         .try_into()
-        .map_err(|_| anyhow::anyhow!("not a MAC: {text}"))?)
+        .map_err(|_| anyhow::anyhow!("not a MAC: {text}"))
 }
 
 fn median(values: &mut [Duration]) -> Duration {

@@ -231,6 +231,8 @@ struct Agent {
     peers: Peers,
     netlink: rtnetlink::Handle,
     me: u8,
+    /// The last `dhcp/state` published.
+    state: Option<topics::DhcpState>,
 }
 
 pub async fn run(
@@ -426,6 +428,7 @@ pub async fn run(
         peers,
         netlink,
         me,
+        state: None,
     };
     agent.coordinate().await;
     agent.housekeeping();
@@ -873,17 +876,50 @@ impl Agent {
             self.publish(&lease);
         }
         self.metrics.leases.reset();
-        for ((network, class), count) in counts {
+        for ((network, class), count) in &counts {
             self.metrics
                 .leases
                 .with_label_values(&[network.as_str(), class.as_str()])
-                .set(count);
+                .set(*count);
         }
         for network in self.server.serving() {
             self.metrics
                 .pool
                 .with_label_values(&[network.as_str(), "used"])
                 .set(used.get(network).copied().unwrap_or(0));
+        }
+        let networks = self
+            .coordinator
+            .states()
+            .into_iter()
+            .map(|(name, state)| {
+                let bound: i64 = counts
+                    .iter()
+                    .filter(|((network, _), _)| *network == name)
+                    .map(|(_, count)| *count)
+                    .sum();
+                topics::DhcpNetwork {
+                    owner: self.edges.get(&name).map_or(self.me, |edge| edge.owner),
+                    state: state.to_owned(),
+                    leases: bound as u64,
+                    pool_used: used.get(&name).copied().unwrap_or(0) as u64,
+                    pool_total: self
+                        .server
+                        .plan()
+                        .network(&name)
+                        .map_or(0, |plan| u64::from(plan.pool_size())),
+                    name,
+                }
+            })
+            .collect();
+        let state = topics::DhcpState { networks };
+        if self.state.as_ref() != Some(&state)
+            && self
+                .bus
+                .publish(topics::TOPIC_DHCP_STATE, &state, true)
+                .is_ok()
+        {
+            self.state = Some(state);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `fieldctl`: the operator's command. Wiring only; each subcommand lives in its own module.
 
 mod events;
+mod leases;
 mod status;
 
 use std::path::PathBuf;
@@ -30,6 +31,15 @@ enum Command {
     /// Is the bus up, which agents are alive, and what they report.
     Status {
         /// Print the raw state as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The bound DHCP leases this appliance knows (its own and its peers'), from the bus.
+    Leases {
+        /// Only this network (by name, e.g. NETWORK1).
+        #[arg(long)]
+        network: Option<String>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -89,6 +99,9 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match args.command {
             Command::Status { json } => status::run(&socket, config.as_ref(), json).await,
+            Command::Leases { network, json } => {
+                exit_code(leases::run(&socket, network.as_deref(), json).await)
+            }
             Command::Events {
                 prefix,
                 json,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use fieldnet::bus::frame::{self, Envelope, Frame};
 use fieldnet::bus::topics::{
-    AgentsAlive, DnsState, PeerState, TOPIC_AGENTS, TOPIC_DNS_STATE, TOPIC_UPLINK_ACTIVE,
-    UplinkActive, UplinkState,
+    AgentsAlive, DhcpState, DnsState, PeerState, TOPIC_AGENTS, TOPIC_DHCP_STATE, TOPIC_DNS_STATE,
+    TOPIC_UPLINK_ACTIVE, UplinkActive, UplinkState,
 };
 use fieldnet::config::Config;
 use futures_util::StreamExt as _;
@@ -40,7 +40,10 @@ fn expected_agents(config: &Config) -> Vec<&'static str> {
 }
 
 /// Every retained value under the given prefixes, read in one round trip.
-async fn snapshot(socket: &Path, prefixes: &[&str]) -> anyhow::Result<BTreeMap<String, Envelope>> {
+pub async fn snapshot(
+    socket: &Path,
+    prefixes: &[&str],
+) -> anyhow::Result<BTreeMap<String, Envelope>> {
     let stream = UnixStream::connect(socket).await?;
     let (read_half, mut write_half) = stream.into_split();
     let mut request = String::new();
@@ -71,7 +74,14 @@ pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode
         BUS_TIMEOUT,
         snapshot(
             socket,
-            &[TOPIC_AGENTS, "agent/", "uplink/", "peer/", TOPIC_DNS_STATE],
+            &[
+                TOPIC_AGENTS,
+                "agent/",
+                "uplink/",
+                "peer/",
+                TOPIC_DNS_STATE,
+                TOPIC_DHCP_STATE,
+            ],
         ),
     )
     .await;
@@ -155,6 +165,14 @@ pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode
         .and_then(|e| e.body_as::<DnsState>().ok())
     {
         for line in dns_lines(&dns, fieldnet::bus::unix_millis()) {
+            println!("{line}");
+        }
+    }
+    if let Some(dhcp) = values
+        .get(TOPIC_DHCP_STATE)
+        .and_then(|e| e.body_as::<DhcpState>().ok())
+    {
+        for line in dhcp_lines(&dhcp) {
             println!("{line}");
         }
     }
@@ -253,6 +271,33 @@ pub fn dns_lines(state: &DnsState, now: u64) -> Vec<String> {
         lines.push(format!(
             "  {:<16} {:<10} {served}",
             network.name, network.area
+        ));
+    }
+    lines
+}
+
+/// The DHCP section of the status: one line per network this appliance can serve.
+pub fn dhcp_lines(state: &DhcpState) -> Vec<String> {
+    let mut lines = vec!["dhcp       (`fieldctl leases` lists the leases)".to_owned()];
+    for network in &state.networks {
+        let served = match network.state.as_str() {
+            "own" => "answered here".to_owned(),
+            "waiting" => {
+                "WAITING: the appliance holding it hands it back once it has our leases".to_owned()
+            }
+            "taken" => format!(
+                "TAKEN OVER: appliance {} is dead, answered here",
+                network.owner
+            ),
+            "handing_back" => format!(
+                "HANDING BACK to appliance {}: not answering, gateway kept until it has our leases",
+                network.owner
+            ),
+            _ => format!("standby (appliance {} answers it)", network.owner),
+        };
+        lines.push(format!(
+            "  {:<16} {served}; {} leases, pool {}/{} used",
+            network.name, network.leases, network.pool_used, network.pool_total
         ));
     }
     lines
@@ -468,6 +513,40 @@ mod tests {
             lines[0].contains("NOT ANSWERING (last answer 3m00s ago); cached names still resolve"),
             "{}",
             lines[0]
+        );
+    }
+
+    #[test]
+    fn dhcp_reads_in_plain_words() {
+        use fieldnet::bus::topics::DhcpNetwork;
+        let network = |name: &str, state: &str, owner: u8| DhcpNetwork {
+            name: name.into(),
+            state: state.into(),
+            owner,
+            leases: 12,
+            pool_used: 13,
+            pool_total: 245,
+        };
+        let lines = dhcp_lines(&DhcpState {
+            networks: vec![
+                network("NETWORK1", "own", 1),
+                network("NETWORK2", "taken", 2),
+                network("NETWORK3", "standby", 3),
+            ],
+        });
+        assert_eq!(
+            lines[1],
+            "  NETWORK1         answered here; 12 leases, pool 13/245 used"
+        );
+        assert!(
+            lines[2].contains("TAKEN OVER: appliance 2 is dead"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].contains("standby (appliance 3 answers it)"),
+            "{}",
+            lines[3]
         );
     }
 

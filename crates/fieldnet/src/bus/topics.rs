@@ -155,6 +155,31 @@ pub struct Takeover {
     pub since: u64,
 }
 
+/// Retained: dhcp-takeover's networks, on every change (at most once a second).
+pub const TOPIC_DHCP_STATE: &str = "dhcp/state";
+
+/// Body of `dhcp/state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhcpState {
+    pub networks: Vec<DhcpNetwork>,
+}
+
+/// One network dhcp-takeover can serve, in [`DhcpState`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhcpNetwork {
+    pub name: String,
+    /// `own` (answering its own network), `waiting` (own, held by a peer until handed back),
+    /// `taken` (answering for a dead peer), `handing_back` or `standby` (a leg, not answering).
+    pub state: String,
+    /// The appliance whose network it is.
+    pub owner: u8,
+    /// Bound leases on it, as this appliance knows them.
+    pub leases: u64,
+    /// Dynamic addresses in use (bound, offered or quarantined) and in the pools.
+    pub pool_used: u64,
+    pub pool_total: u64,
+}
+
 /// Retained: whereami's state, on every change (at most once a second).
 pub const TOPIC_DNS_STATE: &str = "dns/state";
 
