@@ -419,8 +419,13 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         last_line(&dhcp[0].log(), "network taken over")
     );
     println!(
-        "  the laptop still reaches the internet through its gateway (now on appliance 1): {}",
-        ping_line(&laptop.ns, "192.0.2.1")?
+        "  the laptop keeps its address and its gateway {} (now on appliance 1): {}",
+        stage.gateway,
+        ping_line(&laptop.ns, &stage.gateway)?
+    );
+    println!(
+        "  and reaches a device in area 1 through it: {}",
+        ping_line(&laptop.ns, &north.clients[0].addr)?
     );
     let newcomer = &stage.clients[0];
     println!(
