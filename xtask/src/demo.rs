@@ -369,15 +369,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         "scene 7: appliance 2 loses power; appliance 1 takes its network over, then hands it back",
     );
     let laptop = &stage.clients[1];
-    let hook = lab.dir().join("udhcpc-demo.sh");
-    std::fs::write(
-        &hook,
-        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/$mask\" dev \"$interface\"; ip route replace default via \"$router\" dev \"$interface\";; esac\nexit 0\n",
-    )?;
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
-    }
+    let hook = lab::udhcpc_hook(lab.dir())?;
     let hook = hook.to_str().context("hook path is UTF-8")?.to_owned();
     let dhcp_once = |ns: &Netns| -> anyhow::Result<String> {
         ns.ip(&["addr", "flush", "dev", "eth0"])?;
@@ -387,13 +379,9 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
                 "-q", "-n", "-f", "-i", "eth0", "-s", &hook, "-t", "10", "-T", "1",
             ],
         )?;
-        let text = ns.ip_output(&["-4", "-o", "addr", "show", "dev", "eth0"])?;
-        Ok(text
-            .split_whitespace()
-            .skip_while(|word| *word != "inet")
-            .nth(1)
-            .unwrap_or("none")
-            .to_owned())
+        Ok(ns
+            .ipv4("eth0")
+            .map_or_else(|| "none".to_owned(), |address| address.to_string()))
     };
     println!(
         "A laptop in area 2 asks for an address: {}",

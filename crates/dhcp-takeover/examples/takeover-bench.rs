@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use lab::{AckCapture, EchoServer, Lab, LabProcess, Netns, Site, SiteSpec, Stream};
+use lab::{AckCapture, EchoServer, Lab, LabProcess, Site, SiteSpec, Stream};
 
 const CLIENTS: usize = 50;
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -57,27 +57,6 @@ fn wait_count(process: &LabProcess, needle: &str, count: usize) -> anyhow::Resul
     anyhow::bail!("'{needle}' ×{count} never logged:\n{}", process.log())
 }
 
-fn address_of(ns: &Netns) -> Option<Ipv4Addr> {
-    let text = ns
-        .ip_output(&["-4", "-o", "addr", "show", "dev", "eth0"])
-        .ok()?;
-    let at = text.find("inet ")? + 5;
-    text[at..].split('/').next()?.parse().ok()
-}
-
-fn mac_of(ns: &Netns) -> anyhow::Result<[u8; 6]> {
-    let output = ns.exec("cat", &["/sys/class/net/eth0/address"])?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|part| u8::from_str_radix(part, 16))
-        .collect::<Result<_, _>>()?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("not a MAC: {text}"))
-}
-
 fn median(values: &mut [Duration]) -> Duration {
     values.sort();
     values.get(values.len() / 2).copied().unwrap_or_default()
@@ -105,13 +84,7 @@ fn main() -> anyhow::Result<()> {
     let mut two = start(&mut lab, &site, 2, &bins)?;
     wait_count(&two[0], "serving DHCP on own network", 1)?;
 
-    let hook = dir.join("udhcpc-hook.sh");
-    std::fs::write(
-        &hook,
-        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/$mask\" dev \"$interface\"; ip route replace default via \"$router\" dev \"$interface\";; deconfig) ip addr flush dev \"$interface\";; esac\nexit 0\n",
-    )?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    let hook = lab::udhcpc_hook(&dir)?;
     let mut clients = Vec::new();
     for client in &area2.clients {
         client.ns.ip(&["addr", "flush", "dev", "eth0"])?;
@@ -134,7 +107,7 @@ fn main() -> anyhow::Result<()> {
         )?);
     }
     let deadline = Instant::now() + PATIENCE;
-    while area2.clients.iter().any(|c| address_of(&c.ns).is_none()) {
+    while area2.clients.iter().any(|c| c.ns.ipv4("eth0").is_none()) {
         anyhow::ensure!(Instant::now() < deadline, "not every client got an address");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -242,9 +215,9 @@ fn main() -> anyhow::Result<()> {
         .collect();
 
     // The audit.
-    let mut holder: BTreeMap<Ipv4Addr, [u8; 6]> = BTreeMap::new();
+    let mut holder: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
     let mut duplicates = 0;
-    let mut note = |address: Ipv4Addr, mac: [u8; 6]| match holder.get(&address) {
+    let mut note = |address: Ipv4Addr, mac: String| match holder.get(&address) {
         Some(other) if *other != mac => duplicates += 1,
         Some(_) => {}
         None => {
@@ -252,12 +225,14 @@ fn main() -> anyhow::Result<()> {
         }
     };
     for ack in &acks {
-        note(ack.address, ack.mac);
+        note(ack.address, ack.mac_text());
     }
     for client in &area2.clients {
-        let address =
-            address_of(&client.ns).ok_or_else(|| anyhow::anyhow!("a client lost its address"))?;
-        note(address, mac_of(&client.ns)?);
+        let address = client
+            .ns
+            .ipv4("eth0")
+            .ok_or_else(|| anyhow::anyhow!("a client lost its address"))?;
+        note(address, client.ns.mac("eth0")?);
     }
     let devices = holder.len();
     drop(clients);

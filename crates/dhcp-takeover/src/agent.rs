@@ -940,25 +940,15 @@ impl Agent {
         } else {
             0
         };
-        let mut records = Vec::new();
-        let mut cursor = leases.cursor();
-        let mut more = false;
-        for (change, lease) in leases.changed_since(since) {
-            if records.len() == peer::MAX_RECORDS {
-                more = true;
-                break;
-            }
-            records.push(lease.clone());
-            cursor = change;
-        }
+        let changes = leases.changed_since(since, peer::MAX_RECORDS);
         let synced = self.peers.synced.values().copied().collect();
         let reply = SyncReply {
             from: self.me,
             epoch: self.coordinator.epoch(),
-            cursor,
-            records,
-            more,
-            status: self.coordinator.status(now_ms(), true, synced),
+            cursor: changes.cursor,
+            records: changes.records,
+            more: changes.more,
+            status: self.coordinator.status(now_ms(), synced),
         };
         let _ = ask.answer.send(reply);
     }

@@ -148,6 +148,15 @@ impl Lease {
     }
 }
 
+/// The answer to "what changed since": the records, the change number they reach, and whether
+/// more remain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub records: Vec<Lease>,
+    pub cursor: u64,
+    pub more: bool,
+}
+
 /// Every known record, by address, with an index by network and client, and a change journal
 /// (a sequence number per stored record) so peers can ask for what changed since they last
 /// asked.
@@ -224,12 +233,32 @@ impl Leases {
         self.cursor
     }
 
-    /// The current record of every address changed after change `since`, with its change
-    /// number, oldest change first (0: everything).
-    pub fn changed_since(&self, since: u64) -> impl Iterator<Item = (u64, &Lease)> {
-        self.changes
+    /// The current record of every address changed after change `since` (0: everything),
+    /// oldest change first, at most `limit` of them: what a peer that has everything up to
+    /// `since` asks for.
+    pub fn changed_since(&self, since: u64, limit: usize) -> Changes {
+        let mut changes = Changes {
+            records: Vec::new(),
+            cursor: self.cursor,
+            more: false,
+        };
+        let newer = self
+            .changes
             .range(since.saturating_add(1)..)
-            .filter_map(|(change, address)| Some((*change, self.by_address.get(address)?)))
+            .filter_map(|(change, address)| Some((*change, self.by_address.get(address)?)));
+        for (change, lease) in newer {
+            if changes.records.len() == limit {
+                changes.more = true;
+                break;
+            }
+            changes.records.push(lease.clone());
+            changes.cursor = change;
+        }
+        if !changes.more {
+            // Nothing left to send: the asker has everything up to the last change here.
+            changes.cursor = self.cursor;
+        }
+        changes
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Lease> {
@@ -323,20 +352,25 @@ mod tests {
         // Refused records are no change.
         assert!(!leases.apply(lease(11, 2, 50, 1)));
         assert_eq!(leases.cursor(), 3);
-        let since = |n| -> Vec<(u8, u8)> {
-            leases
-                .changed_since(n)
-                .map(|(_, l)| (l.address.octets()[3], l.client.0[2]))
-                .collect()
+        let since = |n, limit| -> (Vec<(u8, u8)>, u64, bool) {
+            let changes = leases.changed_since(n, limit);
+            let records = changes
+                .records
+                .iter()
+                .map(|l| (l.address.octets()[3], l.client.0[2]))
+                .collect();
+            (records, changes.cursor, changes.more)
         };
         assert_eq!(
-            since(0),
-            [(11, 2), (10, 3)],
+            since(0, 10),
+            (vec![(11, 2), (10, 3)], 3, false),
             "everything, oldest change first"
         );
-        assert_eq!(since(after_two), [(10, 3)]);
-        assert!(since(3).is_empty());
-        assert!(since(u64::MAX).is_empty());
+        assert_eq!(since(after_two, 10), (vec![(10, 3)], 3, false));
+        assert_eq!(since(3, 10), (vec![], 3, false));
+        assert_eq!(since(u64::MAX, 10), (vec![], 3, false));
+        // Cut at the limit: the cursor is the last change sent, and more remain.
+        assert_eq!(since(0, 1), (vec![(11, 2)], 2, true));
     }
 
     #[test]

@@ -282,7 +282,7 @@ impl Coordinator {
     }
 
     /// What this appliance tells its peers; `synced` is what it has stored from each.
-    pub fn status(&self, now: u64, legs: bool, synced: Vec<Synced>) -> PeerStatus {
+    pub fn status(&self, now: u64, synced: Vec<Synced>) -> PeerStatus {
         let mut serving: Vec<Served> = self
             .own
             .iter()
@@ -311,11 +311,7 @@ impl Coordinator {
             .collect();
         PeerStatus {
             serving,
-            legs: if legs {
-                self.taken.keys().cloned().collect()
-            } else {
-                Vec::new()
-            },
+            legs: self.taken.keys().cloned().collect(),
             wants_back,
             synced,
         }
@@ -369,6 +365,26 @@ mod tests {
         }
     }
 
+    fn serve(network: &str, role: Role) -> Action {
+        Action::Serve {
+            network: network.to_owned(),
+            role,
+        }
+    }
+
+    /// Whether `actions` take a network over.
+    fn takes(actions: &[Action]) -> bool {
+        actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Serve {
+                    role: Role::Taken,
+                    ..
+                }
+            )
+        })
+    }
+
     /// Appliance 1 (NETWORK1, with a leg on NETWORK2) and appliance 2 (NETWORK2).
     fn one() -> Coordinator {
         Coordinator::new(1, 77, 0, [N1.to_owned()], [(N2.to_owned(), 2)], [1, 2])
@@ -379,13 +395,7 @@ mod tests {
         let mut c = one();
         assert!(c.tick(10, 0).is_empty(), "no word from the peer yet");
         c.reply(2, 20, status(&[(N2, 2)], &[], &[]));
-        assert_eq!(
-            c.tick(30, 0),
-            [Action::Serve {
-                network: N1.into(),
-                role: Role::Own
-            }]
-        );
+        assert_eq!(c.tick(30, 0), [serve(N1, Role::Own)]);
         assert!(c.tick(40, 0).is_empty(), "no repeated action");
     }
 
@@ -407,13 +417,7 @@ mod tests {
         c.reply(2, 1_000, status(&[(N2, 2)], &[], &[]));
         assert!(c.tick(1_100, 5).is_empty());
         // Silent for CONFIRM_MS: taken.
-        assert_eq!(
-            c.tick(1_000 + CONFIRM_MS, 5),
-            [Action::Serve {
-                network: N2.into(),
-                role: Role::Taken
-            }]
-        );
+        assert_eq!(c.tick(1_000 + CONFIRM_MS, 5), [serve(N2, Role::Taken)]);
         // Our check alone (bus says alive) never takes over.
         let mut d = one();
         d.bus(2, Some(true));
@@ -427,20 +431,8 @@ mod tests {
         // No bus verdict at all: our own check, after the longer wait.
         let mut e = one();
         let early = e.tick(NO_BUS_DEAD_MS - 1, 0);
-        assert!(!early.iter().any(|a| matches!(
-            a,
-            Action::Serve {
-                role: Role::Taken,
-                ..
-            }
-        )));
-        assert!(e.tick(NO_BUS_DEAD_MS, 0).iter().any(|a| matches!(
-            a,
-            Action::Serve {
-                role: Role::Taken,
-                ..
-            }
-        )));
+        assert!(!takes(&early));
+        assert!(takes(&e.tick(NO_BUS_DEAD_MS, 0)));
     }
 
     #[test]
@@ -457,25 +449,10 @@ mod tests {
         c.bus(1, Some(true));
         c.bus(2, Some(false));
         c.reply(1, 5_000, status(&[(N1, 1)], &[N2], &[]));
-        assert!(
-            !c.tick(5_100, 0).iter().any(|a| matches!(
-                a,
-                Action::Serve {
-                    role: Role::Taken,
-                    ..
-                }
-            )),
-            "appliance 1 is first in line"
-        );
+        assert!(!takes(&c.tick(5_100, 0)), "appliance 1 is first in line");
         // Appliance 1 has no leg there: 3 takes it.
         c.reply(1, 5_200, status(&[(N1, 1)], &[], &[]));
-        assert!(c.tick(5_300, 0).iter().any(|a| matches!(
-            a,
-            Action::Serve {
-                role: Role::Taken,
-                ..
-            }
-        )));
+        assert!(takes(&c.tick(5_300, 0)));
         // Appliance 1 says it holds it after all: the higher-numbered one withdraws.
         c.reply(1, 5_400, status(&[(N1, 1), (N2, 2)], &[N2], &[]));
         assert_eq!(c.tick(5_500, 0), [Action::Withdraw { network: N2.into() }]);
@@ -485,10 +462,7 @@ mod tests {
         let mut c = one();
         c.bus(2, Some(false));
         let actions = c.tick(now, 0);
-        assert!(actions.contains(&Action::Serve {
-            network: N2.into(),
-            role: Role::Taken
-        }));
+        assert!(actions.contains(&serve(N2, Role::Taken)));
         c
     }
 
@@ -500,7 +474,7 @@ mod tests {
         c.reply(2, 6_000, status(&[], &[], &[N2]));
         assert_eq!(c.tick(6_001, 40), [Action::Pause { network: N2.into() }]);
         assert_eq!(
-            c.status(6_001, true, vec![]).serving.len(),
+            c.status(6_001, vec![]).serving.len(),
             2,
             "still held while handing back"
         );
@@ -530,7 +504,7 @@ mod tests {
         }];
         c.reply(2, 6_300, done);
         assert_eq!(c.tick(6_301, 45), [Action::Withdraw { network: N2.into() }]);
-        assert!(!c.status(6_301, true, vec![]).serves(N2));
+        assert!(!c.status(6_301, vec![]).serves(N2));
     }
 
     #[test]
@@ -539,20 +513,14 @@ mod tests {
         c.bus(1, Some(true));
         c.reply(1, 10, status(&[(N1, 1), (N2, 2)], &[N2], &[]));
         assert!(c.tick(20, 0).is_empty());
-        assert_eq!(c.status(20, true, vec![]).wants_back, [N2]);
+        assert_eq!(c.status(20, vec![]).wants_back, [N2]);
         // Long past the grace, still held: still waiting.
         c.reply(1, 10_000, status(&[(N1, 1), (N2, 2)], &[N2], &[]));
         assert!(c.tick(10_001, 0).is_empty());
         // Handed back.
         c.reply(1, 10_100, status(&[(N1, 1)], &[N2], &[]));
-        assert_eq!(
-            c.tick(10_101, 0),
-            [Action::Serve {
-                network: N2.into(),
-                role: Role::Own
-            }]
-        );
-        assert!(c.status(10_101, true, vec![]).wants_back.is_empty());
+        assert_eq!(c.tick(10_101, 0), [serve(N2, Role::Own)]);
+        assert!(c.status(10_101, vec![]).wants_back.is_empty());
     }
 
     #[test]
@@ -572,10 +540,7 @@ mod tests {
         c.bus(2, Some(false));
         assert_eq!(
             c.tick(6_000 + STATUS_FRESH_MS + 1, 40),
-            [Action::Serve {
-                network: N2.into(),
-                role: Role::Taken
-            }]
+            [serve(N2, Role::Taken)]
         );
     }
 }

@@ -100,11 +100,6 @@ fn wait_address(ns: &Netns, address: &str, client: &LabProcess) {
     });
 }
 
-fn mac_of(ns: &Netns) -> String {
-    let output = ns.exec("cat", &["/sys/class/net/eth0/address"]).unwrap();
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
 /// One metric's value from the agent's /metrics, read inside the appliance namespace.
 fn metric(appliance: &Netns, name_and_labels: &str) -> f64 {
     let needle = format!("{name_and_labels} ");
@@ -155,7 +150,7 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
             "lease_time_s = 600\nntp_servers = [\"10.101.0.1\"]\nmtu = 1400\nroutes = [\"10.200.0.0/16\"]\n\n\
              [[dhcp_takeover.pools]]\nnetwork = \"NETWORK1\"\nstart = \"10.101.0.104\"\nend = \"10.101.0.120\"\n\n\
              [[dhcp_takeover.reservations]]\nmac = \"{}\"\naddress = \"10.101.0.50\"\nhostname = \"till-1\"\n",
-            mac_of(&c2)
+            c2.mac("eth0").unwrap()
         ),
     );
     let server = start_server(&mut lab, appliance, &config);
@@ -616,13 +611,8 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
         .wait_for_log("serving DHCP on own network", PATIENCE)
         .unwrap_or_else(|e| panic!("{e:#}"));
 
-    // Real clients (udhcpc) in area 2, each with its own hook script.
-    let hook_path = hook(
-        &dir,
-        "udhcpc",
-        "1",
-        "case \"$1\" in bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/$mask\" dev \"$interface\"; ip route replace default via \"$router\" dev \"$interface\";; deconfig) ip addr flush dev \"$interface\";; esac",
-    );
+    // Real clients (udhcpc) in area 2, with a hook script that applies the lease.
+    let hook_path = lab::udhcpc_hook(&dir).unwrap();
     let mut clients = Vec::new();
     let mut start_client = |lab: &mut Lab, k: usize| {
         let ns = &area2.clients[k].ns;
@@ -648,11 +638,7 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
             .unwrap();
         clients.push((k, process));
     };
-    let address_of = |k: usize| -> Option<std::net::Ipv4Addr> {
-        let text = addresses(&area2.clients[k].ns);
-        let at = text.find("inet ")? + 5;
-        text[at..].split('/').next()?.parse().ok()
-    };
+    let address_of = |k: usize| area2.clients[k].ns.ipv4("eth0");
     for k in 0..6 {
         start_client(&mut lab, k);
     }
@@ -783,11 +769,11 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
         }
     };
     for ack in &acks {
-        note(ack.address, lab_mac(&ack.mac));
+        note(ack.address, ack.mac_text());
     }
     for k in 0..REAL {
         let address = address_of(k).unwrap_or_else(|| panic!("client {k} lost its address"));
-        note(address, mac_of(&area2.clients[k].ns));
+        note(address, area2.clients[k].ns.mac("eth0").unwrap());
     }
     let devices = holder
         .values()
@@ -804,11 +790,4 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
         acks.len()
     );
     drop(clients);
-}
-
-fn lab_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }

@@ -17,6 +17,24 @@ use anyhow::Context as _;
 
 use crate::netns::Netns;
 
+/// Writes `<dir>/udhcpc-hook.sh`, a busybox udhcpc script that applies a lease to the
+/// interface and its default route and nothing else (the stock script rewrites the host's
+/// /etc/resolv.conf, which namespaces share); returns its path.
+pub fn udhcpc_hook(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("udhcpc-hook.sh");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\ncase \"$1\" in\n\
+         bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/$mask\" dev \"$interface\"; ip route replace default via \"$router\" dev \"$interface\";;\n\
+         deconfig) ip addr flush dev \"$interface\";;\n\
+         esac\nexit 0\n",
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
 /// One DHCPACK seen on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ack {
@@ -25,6 +43,17 @@ pub struct Ack {
     pub mac: [u8; 6],
     /// The address acknowledged (`yiaddr`).
     pub address: Ipv4Addr,
+}
+
+impl Ack {
+    /// The hardware address as `aa:bb:cc:dd:ee:ff`, as `ip link` and [`Netns::mac`] print it.
+    pub fn mac_text(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
 }
 
 /// Records DHCPACKs arriving in a namespace until finished.

@@ -284,6 +284,22 @@ impl Netns {
         }
     }
 
+    /// The hardware address of `ifname`, `aa:bb:cc:dd:ee:ff`.
+    pub fn mac(&self, ifname: &str) -> anyhow::Result<String> {
+        let output = self.exec("cat", &[&format!("/sys/class/net/{ifname}/address")])?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// The first IPv4 address on `ifname`, if it has one (a DHCP client's lease, say).
+    pub fn ipv4(&self, ifname: &str) -> Option<std::net::Ipv4Addr> {
+        let text = self
+            .ip_output(&["-4", "-o", "addr", "show", "dev", ifname])
+            .ok()?;
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let at = words.iter().position(|word| *word == "inet")?;
+        words.get(at + 1)?.split('/').next()?.parse().ok()
+    }
+
     /// Link state of `ifname` in this namespace.
     pub fn link(&self, ifname: &str) -> anyhow::Result<LinkState> {
         let text = self.ip_output(&["-o", "link", "show", "dev", ifname])?;
