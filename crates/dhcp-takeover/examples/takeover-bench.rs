@@ -129,7 +129,7 @@ fn main() -> anyhow::Result<()> {
             "-r",
             "50",
             "-R",
-            "100",
+            "150",
             "-p",
             &perf_seconds,
             &area2.gateway,
@@ -240,7 +240,7 @@ fn main() -> anyhow::Result<()> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "{CLIENTS} udhcpc clients on the dead appliance's network, perfdhcp asking all along; {rounds} rounds, median (worst).\n"
+        "{CLIENTS} udhcpc clients on the dead appliance's network, perfdhcp (150 simulated clients) asking all along; {rounds} rounds, median (worst).\n"
     );
     let _ = writeln!(
         table,
