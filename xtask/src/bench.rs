@@ -61,15 +61,17 @@ pub fn run_bench(name: &str) -> anyhow::Result<String> {
         }
         "dhcp" => {
             ensure_root("dhcp")?;
-            step("dhcp bench (about 3 minutes)");
+            step("dhcp bench (about 15 minutes)");
             let table = release_example(
                 &["dhcp-takeover"],
                 "dhcp-bench",
                 &["3".as_ref()],
                 &[("DHCP_TAKEOVER_BIN", release.join("dhcp-takeover"))],
             )?;
-            let anchors = "\nKea's memfile appends each lease to its CSV without a sync; dhcp-takeover syncs before every ACK, \
-                so its figure includes the disk.\n";
+            let anchors = "\nKea's memfile appends each lease to its CSV without a sync; dhcp-takeover syncs before every ACK \
+                (under load one fdatasync covers the leases of about 1 ms) and probes every fresh address with ARP first, \
+                so its figures include the disk and the probe; the \"conflict probe off\" line is the like-for-like one. Target (issue 6): ≥ 1.5× Kea. \
+                Anchor (issue 6, same machine class): Kea 2.2 memfile ~3.9k 4-way exchanges/s with < 1 % drops, server-bound.\n";
             Ok(table + anchors)
         }
         "takeover" => {
