@@ -83,9 +83,15 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&ours, &widened)?;
     // The same without the conflict probe, as Kea 2.2 (which has none) runs.
     let unprobed = dir.join("appliance-1-no-probe.toml");
-    let without_probe =
-        widened.replacen("[dhcp_takeover]\n", "[dhcp_takeover]\nconflict_probe_ms = 0\n", 1);
-    anyhow::ensure!(without_probe != widened, "no [dhcp_takeover] in the lab's config");
+    let without_probe = widened.replacen(
+        "[dhcp_takeover]\n",
+        "[dhcp_takeover]\nconflict_probe_ms = 0\n",
+        1,
+    );
+    anyhow::ensure!(
+        without_probe != widened,
+        "no [dhcp_takeover] in the lab's config"
+    );
     std::fs::write(&unprobed, without_probe)?;
     let start_ours = |lab: &mut Lab, config: &std::path::Path| -> anyhow::Result<LabProcess> {
         let _ = std::fs::remove_dir_all(&store);
