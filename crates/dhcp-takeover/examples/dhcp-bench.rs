@@ -120,17 +120,22 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
 
-    let servers: [(&str, Starter<'_>); 3] = [
+    const OUR_STORAGE: &str = "lease log, fdatasync before every ACK (group commit)";
+    // Name, lease storage, starter.
+    let servers: [(&str, &str, Starter<'_>); 3] = [
         (
             "dhcp-takeover",
+            OUR_STORAGE,
             Box::new(|lab: &mut Lab| start_ours(lab, &ours)),
         ),
         (
             "dhcp-takeover, conflict probe off",
+            OUR_STORAGE,
             Box::new(|lab: &mut Lab| start_ours(lab, &unprobed)),
         ),
         (
             "Kea 2.2 (memfile)",
+            "memfile CSV, no sync",
             Box::new(|lab: &mut Lab| {
                 // Its PID and lock files go to the lab's directory, not /run/kea.
                 let pid_dir = format!("KEA_PIDFILE_DIR={}", dir.display());
@@ -184,7 +189,7 @@ fn main() -> anyhow::Result<()> {
     // results[server] = every round's points, in (workload, rate) order.
     let mut results: Vec<Vec<Vec<Point>>> = vec![Vec::new(); servers.len()];
     for round in 0..rounds {
-        for (index, (name, start)) in servers.iter().enumerate() {
+        for (index, (name, _, start)) in servers.iter().enumerate() {
             let mut points = Vec::new();
             for (workload, &(label, clients, warm_up)) in WORKLOADS.iter().enumerate() {
                 for &rate in &rates {
@@ -250,7 +255,7 @@ fn main() -> anyhow::Result<()> {
                     .all(|p| p.workload != workload || p.offered != rate || served(p))
             })
             .max();
-        for ((name, _), runs) in servers.iter().zip(&results) {
+        for ((name, storage, _), runs) in servers.iter().zip(&results) {
             let of_workload = |points: &Vec<Point>| -> Vec<Point> {
                 points
                     .iter()
@@ -288,11 +293,6 @@ fn main() -> anyhow::Result<()> {
                     .map(|p| at(p, rates.last().copied()).achieved)
                     .collect(),
             );
-            let storage = if name.starts_with("dhcp") {
-                "lease log, fdatasync before every ACK (group commit)"
-            } else {
-                "memfile CSV, no sync"
-            };
             let _ = writeln!(
                 table,
                 "| {label} | {name} | {storage} | {best_rate:.0} | {cpu:.2} at {} | {per_core:.0} | {top:.0} 4-way/s |",

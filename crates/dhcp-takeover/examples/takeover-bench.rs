@@ -12,12 +12,10 @@
 //! Usage: takeover-bench ROUNDS (DHCP_TAKEOVER_BIN, CROSS_SITE_FAILOVER_BIN, FIELDNET_BUS_BIN
 //! name the binaries).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use lab::{AckCapture, EchoServer, Lab, LabProcess, Site, SiteSpec, Stream};
+use lab::{AckCapture, AddressAudit, EchoServer, Lab, LabProcess, Site, SiteSpec, Stream};
 
 const CLIENTS: usize = 50;
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -136,11 +134,10 @@ fn main() -> anyhow::Result<()> {
         ],
     )?;
 
-    let (mut cuts, mut gateway_times, mut takeover_gaps, mut handback_gaps, mut handbacks) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        std::thread::sleep(Duration::from_secs(3));
-        let streams: Vec<Stream> = (1..4)
+    // Three clients each send to the internet host every 10 ms; the streams run half a second
+    // before the fault.
+    let start_streams = || -> anyhow::Result<Vec<Stream>> {
+        let streams = (1..4)
             .map(|k| {
                 Stream::start(
                     &area2.clients[k].ns,
@@ -151,6 +148,13 @@ fn main() -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?;
         std::thread::sleep(Duration::from_millis(500));
+        Ok(streams)
+    };
+    let (mut cuts, mut gateway_times, mut takeover_gaps, mut handback_gaps, mut handbacks) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        std::thread::sleep(Duration::from_secs(3));
+        let streams = start_streams()?;
         let cut = Instant::now();
         cuts.push(cut);
         for process in two.drain(..) {
@@ -176,17 +180,7 @@ fn main() -> anyhow::Result<()> {
             takeover_gaps.push(stream.finish().longest_gap);
         }
 
-        let streams: Vec<Stream> = (1..4)
-            .map(|k| {
-                Stream::start(
-                    &area2.clients[k].ns,
-                    echo.address,
-                    Duration::from_millis(10),
-                    Duration::from_secs(30),
-                )
-            })
-            .collect::<anyhow::Result<_>>()?;
-        std::thread::sleep(Duration::from_millis(500));
+        let streams = start_streams()?;
         power.undo()?;
         let back = Instant::now();
         two = start(&mut lab, &site, 2, &bins)?;
@@ -215,26 +209,17 @@ fn main() -> anyhow::Result<()> {
         .collect();
 
     // The audit.
-    let mut holder: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-    let mut duplicates = 0;
-    let mut note = |address: Ipv4Addr, mac: String| match holder.get(&address) {
-        Some(other) if *other != mac => duplicates += 1,
-        Some(_) => {}
-        None => {
-            holder.insert(address, mac);
-        }
-    };
-    for ack in &acks {
-        note(ack.address, ack.mac_text());
-    }
+    let mut audit = AddressAudit::default();
+    audit.note_acks(&acks);
     for client in &area2.clients {
         let address = client
             .ns
             .ipv4("eth0")
             .ok_or_else(|| anyhow::anyhow!("a client lost its address"))?;
-        note(address, client.ns.mac("eth0")?);
+        audit.note(address, client.ns.mac("eth0")?);
     }
-    let devices = holder.len();
+    let devices = audit.devices();
+    let duplicates = audit.duplicates.len();
     drop(clients);
 
     let mut table = String::new();

@@ -649,7 +649,9 @@ fn commit_loop(
             log.append(&records)
         };
         let seconds = started.elapsed().as_secs_f64();
-        last_sync_end = Some(Instant::now());
+        if !records.is_empty() {
+            last_sync_end = Some(Instant::now());
+        }
         let compacted = compaction.is_some();
         if let Some(live) = compaction
             && let Err(error) = log.compact(live.iter())

@@ -478,31 +478,23 @@ mod tests {
             2,
             "still held while handing back"
         );
+        // The owner wants NETWORK2 back and has stored our changes up to `cursor` of `epoch`.
+        let stored = |epoch, cursor| {
+            let mut owner = status(&[], &[], &[N2]);
+            owner.synced = vec![Synced {
+                peer: 1,
+                epoch,
+                cursor,
+            }];
+            owner
+        };
         // Stored up to 39 only: not yet.
-        let mut behind = status(&[], &[], &[N2]);
-        behind.synced = vec![Synced {
-            peer: 1,
-            epoch: 77,
-            cursor: 39,
-        }];
-        c.reply(2, 6_100, behind);
+        c.reply(2, 6_100, stored(77, 39));
         assert!(c.tick(6_101, 45).is_empty());
         // Up to 40, but of another generation of ours: not yet.
-        let mut stale = status(&[], &[], &[N2]);
-        stale.synced = vec![Synced {
-            peer: 1,
-            epoch: 76,
-            cursor: 40,
-        }];
-        c.reply(2, 6_200, stale);
+        c.reply(2, 6_200, stored(76, 40));
         assert!(c.tick(6_201, 45).is_empty());
-        let mut done = status(&[], &[], &[N2]);
-        done.synced = vec![Synced {
-            peer: 1,
-            epoch: 77,
-            cursor: 40,
-        }];
-        c.reply(2, 6_300, done);
+        c.reply(2, 6_300, stored(77, 40));
         assert_eq!(c.tick(6_301, 45), [Action::Withdraw { network: N2.into() }]);
         assert!(!c.status(6_301, vec![]).serves(N2));
     }

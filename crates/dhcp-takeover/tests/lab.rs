@@ -759,27 +759,18 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
 
     // The audit: no address ever acknowledged to two devices, and every real client's address
     // its own.
-    let mut holder: std::collections::BTreeMap<std::net::Ipv4Addr, String> = Default::default();
-    let mut duplicates = Vec::new();
-    let mut note = |address: std::net::Ipv4Addr, mac: String| match holder.get(&address) {
-        Some(other) if *other != mac => duplicates.push((address, other.clone(), mac)),
-        Some(_) => {}
-        None => {
-            holder.insert(address, mac);
-        }
-    };
-    for ack in &acks {
-        note(ack.address, ack.mac_text());
-    }
+    let mut audit = lab::AddressAudit::default();
+    audit.note_acks(&acks);
     for k in 0..REAL {
         let address = address_of(k).unwrap_or_else(|| panic!("client {k} lost its address"));
-        note(address, area2.clients[k].ns.mac("eth0").unwrap());
+        audit.note(address, area2.clients[k].ns.mac("eth0").unwrap());
     }
-    let devices = holder
-        .values()
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
-    assert!(duplicates.is_empty(), "duplicate addresses: {duplicates:?}");
+    let devices = audit.devices();
+    assert!(
+        audit.duplicates.is_empty(),
+        "duplicate addresses: {:?}",
+        audit.duplicates
+    );
     assert!(
         devices >= 150,
         "only {devices} devices seen:\n{}",

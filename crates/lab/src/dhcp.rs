@@ -144,6 +144,42 @@ impl Drop for AckCapture {
     }
 }
 
+/// The duplicate-address audit: every (address, hardware address) pair seen (ACKs on the wire,
+/// clients' own addresses); an address seen with two hardware addresses is a duplicate.
+#[derive(Debug, Default)]
+pub struct AddressAudit {
+    holder: std::collections::BTreeMap<Ipv4Addr, String>,
+    /// (address, first holder, second holder), in the order found.
+    pub duplicates: Vec<(Ipv4Addr, String, String)>,
+}
+
+impl AddressAudit {
+    /// `mac` (as `aa:bb:…`, see [`Ack::mac_text`]) was given or holds `address`.
+    pub fn note(&mut self, address: Ipv4Addr, mac: String) {
+        match self.holder.get(&address) {
+            Some(other) if *other != mac => self.duplicates.push((address, other.clone(), mac)),
+            Some(_) => {}
+            None => {
+                self.holder.insert(address, mac);
+            }
+        }
+    }
+
+    pub fn note_acks(&mut self, acks: &[Ack]) {
+        for ack in acks {
+            self.note(ack.address, ack.mac_text());
+        }
+    }
+
+    /// Distinct hardware addresses seen (first holders).
+    pub fn devices(&self) -> usize {
+        self.holder
+            .values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+}
+
 /// An IPv4 packet → the `chaddr` and `yiaddr` of the DHCPACK it carries from port 67.
 pub(crate) fn parse_ack(packet: &[u8]) -> Option<([u8; 6], Ipv4Addr)> {
     let header = usize::from(packet.first()? & 0x0f) * 4;
@@ -209,5 +245,21 @@ mod tests {
         assert_eq!(parse_ack(&tcp), None);
         assert_eq!(parse_ack(&packet(5)[..100]), None, "truncated");
         assert_eq!(parse_ack(&[]), None);
+    }
+
+    #[test]
+    fn the_audit_counts_an_address_held_by_two_devices() {
+        let mut audit = AddressAudit::default();
+        let address = Ipv4Addr::new(10, 102, 0, 57);
+        audit.note(address, "02:00:00:00:00:09".into());
+        audit.note(address, "02:00:00:00:00:09".into());
+        audit.note(Ipv4Addr::new(10, 102, 0, 58), "02:00:00:00:00:09".into());
+        assert!(
+            audit.duplicates.is_empty(),
+            "one device, renewing and moving"
+        );
+        assert_eq!(audit.devices(), 1);
+        audit.note(address, "02:00:00:00:00:0a".into());
+        assert_eq!(audit.duplicates.len(), 1);
     }
 }

@@ -30,7 +30,7 @@ mod stream;
 pub use clean::{clean_all, clean_stale, lab_namespaces};
 pub use config::{appliance_config, sibling_binary};
 pub use delay::{DelayLink, Direction, Impairment, LinkCounters};
-pub use dhcp::{Ack, AckCapture, udhcpc_hook};
+pub use dhcp::{Ack, AckCapture, AddressAudit, udhcpc_hook};
 pub use dig::{DigReply, dig_values};
 pub use error::LabError;
 pub use fault::Fault;
