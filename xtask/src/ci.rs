@@ -35,8 +35,11 @@ pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
         is_root(),
         "cargo xtask ci needs root: the lab tests build network namespaces and CI requires them"
     );
-    step("test peers");
+    // Every install CI needs happens here, before any test: a step that needs the network
+    // later would fail on a machine whose network a test had broken, and hide it.
+    step("test peers and tools");
     install_missing_peers()?;
+    install_missing_tools()?;
 
     step("formatting");
     cmd("cargo", &["fmt", "--all", "--", "--check"])?;
@@ -55,8 +58,13 @@ pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
         ],
     )?;
 
+    let host = crate::host::Snapshot::take()?;
+
     step("tests (the lab is required)");
     let (passed, failed) = run_tests()?;
+
+    step("the demo, fast (`cargo xtask demo --fast`)");
+    crate::demo::run(true).context("the demo failed")?;
 
     step("example configs");
     cmd("cargo", &["build", "--quiet", "--locked", "-p", "fieldctl"])?;
@@ -72,6 +80,12 @@ pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
 
     step("fuzz: bus frame decoder, DNS and DHCP request paths");
     fuzz(fuzz_seconds)?;
+
+    step("the host is as the tests found it");
+    host.unchanged()?;
+    println!(
+        "/etc/resolv.conf, /etc/hosts, the host's interfaces, addresses and routes: unchanged"
+    );
 
     step("lab leftovers");
     let left = lab::clean_stale()?;
@@ -124,6 +138,19 @@ pub fn install_missing_peers() -> anyhow::Result<()> {
     installed
 }
 
+/// Cargo tools CI runs, installed when missing.
+/// Cargo tools CI runs, installed when missing, and every crate the builds need, fetched now.
+fn install_missing_tools() -> anyhow::Result<()> {
+    if !have("cargo-fuzz") {
+        cmd("cargo", &["install", "--locked", "cargo-fuzz"])?;
+    }
+    cmd("cargo", &["fetch", "--locked"])?;
+    cmd(
+        "cargo",
+        &["fetch", "--locked", "--manifest-path", "fuzz/Cargo.toml"],
+    )
+}
+
 fn install_debian(missing: &[&str]) -> anyhow::Result<()> {
     cmd("apt-get", &["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
@@ -161,9 +188,6 @@ fn examples() -> anyhow::Result<Vec<std::path::PathBuf>> {
 /// libFuzzer needs unstable compiler flags; the stable toolchain accepts them with
 /// RUSTC_BOOTSTRAP, which keeps CI on the one toolchain the machine has.
 fn fuzz(seconds: u32) -> anyhow::Result<()> {
-    if !have("cargo-fuzz") {
-        cmd("cargo", &["install", "--locked", "cargo-fuzz"])?;
-    }
     // The bus frame decoder, whereami's request path (parse, decide) and dhcp-takeover's
     // (decode, decide, encode).
     for target in ["bus_frame", "dns_request", "dhcp_request"] {
@@ -227,6 +251,33 @@ fn parse_result_line(line: &str) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    /// The README's table is how a newcomer finds things: every crate and every doc is in it.
+    #[test]
+    fn the_readme_lists_every_crate_and_doc() {
+        let root = crate::util::root();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let names = |dir: &str| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(root.join(dir))
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        for krate in names("crates") {
+            assert!(
+                readme.contains(&format!("`crates/{krate}`")),
+                "README.md's table lacks crates/{krate}"
+            );
+        }
+        for doc in names("docs").iter().filter(|name| name.ends_with(".md")) {
+            assert!(
+                readme.contains(&format!("docs/{doc}")),
+                "README.md does not link docs/{doc}"
+            );
+        }
+    }
+
     #[test]
     fn result_lines_are_summed_by_their_counts() {
         let line = "test result: ok. 16 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s";

@@ -11,6 +11,50 @@ use lab::{AreaLab, Lab, Netns, Site, SiteSpec};
 
 use crate::util::{cmd, root, step};
 
+/// Every program the demo starts. The demo builds exactly [`Program::ALL`], and it can only
+/// name a binary through this type, so it never starts one it did not build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Program {
+    Bus,
+    Fieldctl,
+    UplinkMonitor,
+    CrossSiteFailover,
+    Whereami,
+    DhcpTakeover,
+}
+
+impl Program {
+    const ALL: [Program; 6] = [
+        Program::Bus,
+        Program::Fieldctl,
+        Program::UplinkMonitor,
+        Program::CrossSiteFailover,
+        Program::Whereami,
+        Program::DhcpTakeover,
+    ];
+
+    /// The package, which is also the binary's name.
+    fn package(self) -> &'static str {
+        match self {
+            Program::Bus => "fieldnet-bus",
+            Program::Fieldctl => "fieldctl",
+            Program::UplinkMonitor => "uplink-monitor",
+            Program::CrossSiteFailover => "cross-site-failover",
+            Program::Whereami => "whereami",
+            Program::DhcpTakeover => "dhcp-takeover",
+        }
+    }
+}
+
+/// Where the built programs are.
+struct Binaries(PathBuf);
+
+impl Binaries {
+    fn path(&self, program: Program) -> PathBuf {
+        self.0.join(program.package())
+    }
+}
+
 struct Demo {
     interrupted: Arc<AtomicBool>,
     fast: bool,
@@ -53,24 +97,12 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
     crate::ci::install_missing_peers()?;
 
     step("building fieldnet");
-    cmd(
-        "cargo",
-        &[
-            "build",
-            "--quiet",
-            "-p",
-            "fieldnet-bus",
-            "-p",
-            "fieldctl",
-            "-p",
-            "uplink-monitor",
-            "-p",
-            "cross-site-failover",
-            "-p",
-            "whereami",
-        ],
-    )?;
-    let bin = root().join("target/debug");
+    let mut args = vec!["build", "--quiet", "--locked"];
+    for program in Program::ALL {
+        args.extend(["-p", program.package()]);
+    }
+    cmd("cargo", &args)?;
+    let bin = Binaries(root().join("target/debug"));
 
     let mut lab = Lab::new("demo").context("creating the lab")?;
     let outcome = scenes(&demo, &mut lab, &bin);
@@ -83,7 +115,7 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
     outcome
 }
 
-fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
+fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     step("building a three-area site in network namespaces");
     let mut site = lab
         .site(&SiteSpec::default())
@@ -98,7 +130,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     let mut sockets = Vec::new();
     for area in &site.areas {
         let config = write_config(lab.dir(), &site, area)?;
-        let output = std::process::Command::new(bin.join("fieldctl"))
+        let output = std::process::Command::new(bin.path(Program::Fieldctl))
             .arg("--config")
             .arg(&config)
             .arg("check-config")
@@ -118,7 +150,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
 
     step("starting the bus on every appliance");
     let configs: Vec<PathBuf> = sockets.iter().map(|(config, _)| config.clone()).collect();
-    let mut brokers = spawn_everywhere(lab, &site, &configs, &bin.join("fieldnet-bus"))?;
+    let mut brokers = spawn_everywhere(lab, &site, &configs, &bin.path(Program::Bus))?;
     for (area, (_, socket)) in site.areas.iter().zip(&sockets) {
         wait_for_socket(socket)?;
         println!(
@@ -128,7 +160,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         );
     }
     step("starting uplink-monitor on every appliance");
-    let mut monitors = spawn_everywhere(lab, &site, &configs, &bin.join("uplink-monitor"))?;
+    let mut monitors = spawn_everywhere(lab, &site, &configs, &bin.path(Program::UplinkMonitor))?;
     for (area, monitor) in site.areas.iter().zip(&monitors) {
         for uplink in &area.uplinks {
             monitor.wait_for_log(
@@ -144,7 +176,8 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         );
     }
     step("starting cross-site-failover on every appliance");
-    let mut crossers = spawn_everywhere(lab, &site, &configs, &bin.join("cross-site-failover"))?;
+    let mut crossers =
+        spawn_everywhere(lab, &site, &configs, &bin.path(Program::CrossSiteFailover))?;
     for (area, agent) in site.areas.iter().zip(&crossers) {
         for other in site.areas.iter().filter(|other| other.id != area.id) {
             agent.wait_for_log(
@@ -159,7 +192,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         );
     }
     step("starting whereami (the area's DNS) on every appliance");
-    let mut resolvers = spawn_everywhere(lab, &site, &configs, &bin.join("whereami"))?;
+    let mut resolvers = spawn_everywhere(lab, &site, &configs, &bin.path(Program::Whereami))?;
     for (area, resolver) in site.areas.iter().zip(&resolvers) {
         resolver.wait_for_log("answering DNS", Duration::from_secs(20))?;
         println!(
@@ -168,7 +201,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         );
     }
     step("starting dhcp-takeover (the area's DHCP) on every appliance");
-    let mut dhcp = spawn_everywhere(lab, &site, &configs, &bin.join("dhcp-takeover"))?;
+    let mut dhcp = spawn_everywhere(lab, &site, &configs, &bin.path(Program::DhcpTakeover))?;
     for (area, server) in site.areas.iter().zip(&dhcp) {
         server.wait_for_log("serving DHCP on own network", Duration::from_secs(20))?;
         println!(
@@ -211,7 +244,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     step("scene 2: the bus carries what agents say");
     let (_, socket) = &sockets[0];
     let socket = socket.to_str().context("socket path is UTF-8")?;
-    let fieldctl = bin.join("fieldctl");
+    let fieldctl = bin.path(Program::Fieldctl);
     let fieldctl = fieldctl.to_str().unwrap_or_default();
     north.appliance.exec(
         fieldctl,
@@ -426,7 +459,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         stage.gateway
     );
     println!("  `fieldctl status` on appliance 1:");
-    let status = std::process::Command::new(bin.join("fieldctl"))
+    let status = std::process::Command::new(bin.path(Program::Fieldctl))
         .arg("--config")
         .arg(&configs[0])
         .arg("status")
@@ -446,13 +479,17 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
     let back = std::time::Instant::now();
     let config = configs[1].to_str().context("config path is UTF-8")?;
     let mut restarted = Vec::new();
-    for program in ["fieldnet-bus", "cross-site-failover", "dhcp-takeover"] {
+    for program in [
+        Program::Bus,
+        Program::CrossSiteFailover,
+        Program::DhcpTakeover,
+    ] {
         restarted.push(lab.spawn(
             &stage.appliance,
-            bin.join(program).to_str().context("binary path is UTF-8")?,
+            bin.path(program).to_str().context("binary path is UTF-8")?,
             &["--config", config],
         )?);
-        if program == "fieldnet-bus" {
+        if program == Program::Bus {
             wait_for_socket(&sockets[1].1)?;
         }
     }
@@ -463,7 +500,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Path) -> anyhow::Result<()> {
         back.elapsed().as_secs_f64(),
         last_line(&dhcp[0].log(), "network handed back")
     );
-    let leases = std::process::Command::new(bin.join("fieldctl"))
+    let leases = std::process::Command::new(bin.path(Program::Fieldctl))
         .arg("--config")
         .arg(&configs[1])
         .args(["leases", "--network", "NETWORK2"])

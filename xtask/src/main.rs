@@ -6,6 +6,7 @@
 mod bench;
 mod ci;
 mod demo;
+mod host;
 mod labcmd;
 mod util;
 

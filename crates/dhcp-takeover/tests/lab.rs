@@ -319,7 +319,8 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
     let dhcpcd_conf = dir.join("dhcpcd.conf");
     std::fs::write(&dhcpcd_conf, "clientid\n").unwrap();
     // dhcpcd keeps its DUID, leases and control socket in fixed host paths: give this one its
-    // own (tmpfs in the mount namespace `ip netns exec` made for it).
+    // own (tmpfs in the mount namespace `ip netns exec` made for it; /var/lib/dhcpcd comes with
+    // the package, /run/dhcpcd is made inside the private /run, never on the host).
     let dhcpcd = lab
         .spawn(
             &c3,
@@ -327,8 +328,8 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
             &[
                 "-c",
                 &format!(
-                    "mkdir -p /var/lib/dhcpcd /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd && \
-                     mount -t tmpfs tmpfs /run/dhcpcd && exec dhcpcd -B -4 -f {} -c {} --noipv4ll eth0",
+                    "mount -t tmpfs tmpfs /var/lib/dhcpcd && mount -t tmpfs tmpfs /run && \
+                     mkdir /run/dhcpcd && exec dhcpcd -B -4 -f {} -c {} --noipv4ll eth0",
                     dhcpcd_conf.display(),
                     dhcpcd_hook.display()
                 ),

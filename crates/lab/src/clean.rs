@@ -60,6 +60,7 @@ fn remove_where(doomed: impl Fn(u32) -> bool) -> anyhow::Result<Vec<String>> {
         }
     }
     remove_temp_dirs(&doomed, &mut failures);
+    remove_orphan_etc(&doomed, &mut failures);
     if failures.is_empty() {
         Ok(removed)
     } else {
@@ -115,7 +116,23 @@ fn remove_namespace(name: &str) -> anyhow::Result<()> {
     let mut delete = Command::new("ip");
     delete.args(["netns", "delete", name]);
     command::checked(name, delete, None, DEFAULT_TIMEOUT)?;
-    Ok(())
+    crate::lab::remove_etc(name)
+}
+
+/// Removes the `/etc/netns/<name>` directories of doomed labs whose namespace is already gone.
+fn remove_orphan_etc(doomed: &impl Fn(u32) -> bool, failures: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(crate::lab::NETNS_ETC_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if creator_pid(&name).is_some_and(doomed)
+            && !std::path::Path::new(NETNS_DIR).join(&name).exists()
+            && let Err(error) = crate::lab::remove_etc(&name)
+        {
+            failures.push(format!("{error:#}"));
+        }
+    }
 }
 
 /// The creator PID of a lab namespace name `fl<pid>-<counter>-<rest>`, or None if the name is

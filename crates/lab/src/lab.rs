@@ -125,6 +125,7 @@ impl Lab {
         }
         let ns = Netns::new(full, name.to_owned());
         self.namespaces.push(ns.clone());
+        own_etc(&ns)?;
         ns.ip(&["link", "set", "dev", "lo", "up"])?;
         Ok(ns)
     }
@@ -319,6 +320,9 @@ impl Lab {
             {
                 failures.push(format!("deleting namespace {}: {error:#}", ns.name()));
             }
+            if let Err(error) = remove_etc(ns.name()) {
+                failures.push(format!("{error:#}"));
+            }
         }
         failures
     }
@@ -330,6 +334,51 @@ impl Drop for Lab {
             eprintln!("lab {}: {failure}", self.prefix);
         }
     }
+}
+
+/// Where `ip netns exec <name>` finds the files it bind-mounts over `/etc/<file>`.
+pub(crate) const NETNS_ETC_DIR: &str = "/etc/netns";
+
+/// Gives `ns` its own `/etc/resolv.conf`: `ip netns exec` mounts `/etc/netns/<name>/resolv.conf`
+/// over the host's for everything started in the namespace, so a DHCP client's hook or a
+/// resolver writing "its" resolv.conf writes this file, never the host's.
+fn own_etc(ns: &Netns) -> anyhow::Result<()> {
+    let dir = Path::new(NETNS_ETC_DIR).join(ns.name());
+    let text = format!(
+        "# /etc/resolv.conf of lab namespace {}: its own, so nothing run there rewrites the host's\n",
+        ns.name()
+    );
+    // Another lab may remove an empty /etc/netns between our mkdir and write: try again.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join("resolv.conf"), &text));
+        match written {
+            Ok(()) => return Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && tries < 10 => continue,
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context(format!("writing {}/resolv.conf", dir.display())));
+            }
+        }
+    }
+}
+
+/// Removes `/etc/netns/<name>` and, when no other namespace has files there any more,
+/// `/etc/netns` itself (the lab leaves the host's `/etc` as it found it).
+pub(crate) fn remove_etc(name: &str) -> anyhow::Result<()> {
+    let dir = Path::new(NETNS_ETC_DIR).join(name);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(anyhow::Error::new(error).context(format!("removing {}", dir.display())));
+        }
+    }
+    // Fails harmlessly while other namespaces still have their directory in it.
+    let _ = std::fs::remove_dir(NETNS_ETC_DIR);
+    Ok(())
 }
 
 /// Checks once per process that namespaces can be created: a throwaway thread tries
