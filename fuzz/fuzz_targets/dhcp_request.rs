@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use dhcp_takeover::decide::{self, Decision, Server};
 use dhcp_takeover::lease::Leases;
 use dhcp_takeover::plan::Plan;
-use fieldnet::config::Config;
+use fieldnet::config::SiteConfig;
 use libfuzzer_sys::fuzz_target;
 
 const CONFIG: &str = r#"
@@ -17,32 +17,34 @@ const CONFIG: &str = r#"
 name = "fuzz"
 domain = "site.example"
 key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
-[appliance]
-id = 1
-name = "one"
-area = "north"
 [[areas]]
 name = "north"
-appliance = 1
 [[networks]]
 name = "NETWORK1"
 area = "north"
 subnet = "10.101.0.0/24"
 gateway = "10.101.0.1"
+interface = "lan0"
+[[networks.reservations]]
+mac = "02:00:00:00:00:01"
+address = "10.101.0.5"
+[[appliances]]
+id = 1
+name = "one"
+area = "north"
 [dhcp_takeover]
 routes = ["10.200.0.0/16"]
 ntp_servers = ["10.101.0.1"]
-[[dhcp_takeover.reservations]]
-mac = "02:00:00:00:00:01"
-address = "10.101.0.5"
 [[dhcp_takeover.classes]]
 name = "cameras"
 mac_prefixes = ["00:80"]
 ranges = ["10.101.0.2-10.101.0.4"]
 "#;
 
-static PLAN: LazyLock<Plan> =
-    LazyLock::new(|| Plan::new(&Config::from_str(CONFIG, "fuzz.toml").unwrap()));
+static PLAN: LazyLock<Plan> = LazyLock::new(|| {
+    let site = SiteConfig::from_str(CONFIG, "fuzz.toml").unwrap();
+    Plan::new(site.view("one").unwrap())
+});
 
 fn encode_replies(decision: &Decision) {
     match decision {

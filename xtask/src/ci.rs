@@ -78,7 +78,7 @@ pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
         )?;
     }
 
-    step("fuzz: bus frame decoder, DNS and DHCP request paths");
+    step("fuzz: bus frame decoder, DNS and DHCP request paths, site file loader");
     fuzz(fuzz_seconds)?;
 
     step("the host is as the tests found it");
@@ -188,9 +188,9 @@ fn examples() -> anyhow::Result<Vec<std::path::PathBuf>> {
 /// libFuzzer needs unstable compiler flags; the stable toolchain accepts them with
 /// RUSTC_BOOTSTRAP, which keeps CI on the one toolchain the machine has.
 fn fuzz(seconds: u32) -> anyhow::Result<()> {
-    // The bus frame decoder, whereami's request path (parse, decide) and dhcp-takeover's
-    // (decode, decide, encode).
-    for target in ["bus_frame", "dns_request", "dhcp_request"] {
+    // The bus frame decoder, whereami's request path (parse, decide), dhcp-takeover's (decode,
+    // decide, encode) and the site file's loader.
+    for target in ["bus_frame", "dns_request", "dhcp_request", "site_file"] {
         let corpus = root().join("fuzz/corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         let max_time = format!("-max_total_time={seconds}");
@@ -251,6 +251,35 @@ fn parse_result_line(line: &str) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    /// Every agent (a crate with a `main.rs`, but the operator's `fieldctl`) has a systemd unit
+    /// that starts it from the site file and checks the file first.
+    #[test]
+    fn every_agent_has_a_unit_running_from_the_site_file() {
+        let root = crate::util::root();
+        let mut agents = Vec::new();
+        for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.join("src/main.rs").exists() && name != "fieldctl" {
+                agents.push(name);
+            }
+        }
+        assert!(agents.len() >= 5, "{agents:?}");
+        for agent in agents {
+            let unit = root.join(format!("deploy/systemd/{agent}.service"));
+            let text = std::fs::read_to_string(&unit)
+                .unwrap_or_else(|_| panic!("{agent} has no unit: {} is missing", unit.display()));
+            for line in [
+                format!("ExecStart=/usr/bin/{agent} --config /etc/fieldnet/site.toml"),
+                format!(
+                    "ExecStartPre=/usr/bin/{agent} --config /etc/fieldnet/site.toml --check-config"
+                ),
+            ] {
+                assert!(text.contains(&line), "{}: no `{line}`", unit.display());
+            }
+        }
+    }
+
     /// The README's table is how a newcomer finds things: every crate and every doc is in it.
     #[test]
     fn the_readme_lists_every_crate_and_doc() {

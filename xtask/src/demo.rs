@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lab::{AreaLab, Lab, Netns, Site, SiteSpec};
+use lab::{Lab, Netns, Site, SiteSpec};
 
 use crate::util::{cmd, root, step};
 
@@ -126,32 +126,38 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     println!("{}", site.describe());
     demo.pause(2)?;
 
-    step("configuring each appliance");
-    let mut sockets = Vec::new();
-    for area in &site.areas {
-        let config = write_config(lab.dir(), &site, area)?;
+    step("one site file for every appliance");
+    let config = lab::SiteFile::new(&site, lab.dir())
+        .sections("[dhcp_takeover]\nlease_time_s = 300\n")
+        .write()?;
+    let fieldctl_says = |args: &[&str]| -> anyhow::Result<String> {
         let output = std::process::Command::new(bin.path(Program::Fieldctl))
             .arg("--config")
             .arg(&config)
-            .arg("check-config")
+            .args(args)
             .output()?;
         anyhow::ensure!(
             output.status.success(),
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        print!(
-            "appliance {}: {}",
-            area.id,
-            String::from_utf8_lossy(&output.stdout)
-        );
-        sockets.push((config, lab.dir().join(format!("bus-{}.sock", area.id))));
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    print!("{}", fieldctl_says(&["check-config"])?);
+    println!("What each appliance will do with it (`fieldctl site`):");
+    for line in fieldctl_says(&["site"])?.lines() {
+        println!("  {line}");
     }
+    let sockets: Vec<PathBuf> = site
+        .areas
+        .iter()
+        .map(|area| lab::bus_socket(lab.dir(), area.id))
+        .collect();
+    demo.pause(2)?;
 
     step("starting the bus on every appliance");
-    let configs: Vec<PathBuf> = sockets.iter().map(|(config, _)| config.clone()).collect();
-    let mut brokers = spawn_everywhere(lab, &site, &configs, &bin.path(Program::Bus))?;
-    for (area, (_, socket)) in site.areas.iter().zip(&sockets) {
+    let mut brokers = spawn_everywhere(lab, &site, &config, &bin.path(Program::Bus))?;
+    for (area, socket) in site.areas.iter().zip(&sockets) {
         wait_for_socket(socket)?;
         println!(
             "appliance {}: fieldnet-bus listening on {}",
@@ -160,7 +166,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         );
     }
     step("starting uplink-monitor on every appliance");
-    let mut monitors = spawn_everywhere(lab, &site, &configs, &bin.path(Program::UplinkMonitor))?;
+    let mut monitors = spawn_everywhere(lab, &site, &config, &bin.path(Program::UplinkMonitor))?;
     for (area, monitor) in site.areas.iter().zip(&monitors) {
         for uplink in &area.uplinks {
             monitor.wait_for_log(
@@ -177,7 +183,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     }
     step("starting cross-site-failover on every appliance");
     let mut crossers =
-        spawn_everywhere(lab, &site, &configs, &bin.path(Program::CrossSiteFailover))?;
+        spawn_everywhere(lab, &site, &config, &bin.path(Program::CrossSiteFailover))?;
     for (area, agent) in site.areas.iter().zip(&crossers) {
         for other in site.areas.iter().filter(|other| other.id != area.id) {
             agent.wait_for_log(
@@ -192,7 +198,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         );
     }
     step("starting whereami (the area's DNS) on every appliance");
-    let mut resolvers = spawn_everywhere(lab, &site, &configs, &bin.path(Program::Whereami))?;
+    let mut resolvers = spawn_everywhere(lab, &site, &config, &bin.path(Program::Whereami))?;
     for (area, resolver) in site.areas.iter().zip(&resolvers) {
         resolver.wait_for_log("answering DNS", Duration::from_secs(20))?;
         println!(
@@ -201,7 +207,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         );
     }
     step("starting dhcp-takeover (the area's DHCP) on every appliance");
-    let mut dhcp = spawn_everywhere(lab, &site, &configs, &bin.path(Program::DhcpTakeover))?;
+    let mut dhcp = spawn_everywhere(lab, &site, &config, &bin.path(Program::DhcpTakeover))?;
     for (area, server) in site.areas.iter().zip(&dhcp) {
         server.wait_for_log("serving DHCP on own network", Duration::from_secs(20))?;
         println!(
@@ -242,7 +248,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     demo.pause(2)?;
 
     step("scene 2: the bus carries what agents say");
-    let (_, socket) = &sockets[0];
+    let socket = &sockets[0];
     let socket = socket.to_str().context("socket path is UTF-8")?;
     let fieldctl = bin.path(Program::Fieldctl);
     let fieldctl = fieldctl.to_str().unwrap_or_default();
@@ -270,7 +276,9 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
             "--socket",
             socket,
             "--config",
-            &sockets[0].0.to_string_lossy(),
+            &config.to_string_lossy(),
+            "--appliance",
+            &lab::appliance_name(1),
             "status",
         ],
     );
@@ -329,7 +337,9 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
             "--socket",
             socket,
             "--config",
-            &sockets[0].0.to_string_lossy(),
+            &config.to_string_lossy(),
+            "--appliance",
+            &lab::appliance_name(1),
             "status",
         ],
     )?;
@@ -461,7 +471,8 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     println!("  `fieldctl status` on appliance 1:");
     let status = std::process::Command::new(bin.path(Program::Fieldctl))
         .arg("--config")
-        .arg(&configs[0])
+        .arg(&config)
+        .args(["--appliance", &lab::appliance_name(1)])
         .arg("status")
         .output()?;
     for line in String::from_utf8_lossy(&status.stdout)
@@ -477,7 +488,8 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     );
     power.undo()?;
     let back = std::time::Instant::now();
-    let config = configs[1].to_str().context("config path is UTF-8")?;
+    let config = config.to_str().context("config path is UTF-8")?;
+    let stage_name = lab::appliance_name(2);
     let mut restarted = Vec::new();
     for program in [
         Program::Bus,
@@ -487,10 +499,10 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         restarted.push(lab.spawn(
             &stage.appliance,
             bin.path(program).to_str().context("binary path is UTF-8")?,
-            &["--config", config],
+            &["--config", config, "--appliance", &stage_name],
         )?);
         if program == Program::Bus {
-            wait_for_socket(&sockets[1].1)?;
+            wait_for_socket(&sockets[1])?;
         }
     }
     dhcp[0].wait_for_log("network handed back", Duration::from_secs(30))?;
@@ -502,7 +514,8 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     );
     let leases = std::process::Command::new(bin.path(Program::Fieldctl))
         .arg("--config")
-        .arg(&configs[1])
+        .arg(config)
+        .args(["--appliance", &lab::appliance_name(2)])
         .args(["leases", "--network", "NETWORK2"])
         .output()?;
     println!("  `fieldctl leases --network NETWORK2` on appliance 2 (the taker's lease included):");
@@ -533,20 +546,28 @@ fn ask_whereami(ns: &Netns, server: &str) -> anyhow::Result<(String, String)> {
     Ok((reply.status, answer))
 }
 
-/// Starts `program --config <its appliance file>` on every appliance of the site.
+/// Starts `program --config <the site file> --appliance <its name>` on every appliance.
 fn spawn_everywhere(
     lab: &mut Lab,
     site: &Site,
-    configs: &[PathBuf],
+    config: &Path,
     program: &Path,
 ) -> anyhow::Result<Vec<lab::LabProcess>> {
     let program = program.to_str().context("binary path is UTF-8")?;
+    let config = config.to_str().context("config path is UTF-8")?;
     site.areas
         .iter()
-        .zip(configs)
-        .map(|(area, config)| {
-            let config = config.to_str().context("config path is UTF-8")?;
-            lab.spawn(&area.appliance, program, &["--config", config])
+        .map(|area| {
+            lab.spawn(
+                &area.appliance,
+                program,
+                &[
+                    "--config",
+                    config,
+                    "--appliance",
+                    &lab::appliance_name(area.id),
+                ],
+            )
         })
         .collect()
 }
@@ -635,16 +656,4 @@ fn leftover_namespaces(prefix: &str) -> anyhow::Result<Vec<String>> {
         .filter(|name| name.starts_with(prefix))
         .map(str::to_owned)
         .collect())
-}
-
-/// The appliance file for one lab area, as the lab writes it.
-fn write_config(dir: &Path, site: &Site, area: &AreaLab) -> anyhow::Result<PathBuf> {
-    let path = dir.join(format!("appliance-{}.toml", area.id));
-    let extra = format!(
-        "[dhcp_takeover]\nstore = \"{}\"\nlease_time_s = 300\n",
-        dir.join(format!("leases-{}", area.id)).display()
-    );
-    let text = lab::appliance_config(site, area.id, dir, &extra);
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
 }

@@ -45,10 +45,27 @@ impl Snapshot {
                 text: steady(&String::from_utf8_lossy(&output.stdout)),
             })
         };
+        // What `ip netns exec` would mount over /etc: the lab's namespaces' own files, gone with
+        // them (an empty /etc/netns counts as none).
+        let netns_etc = Part {
+            name: "/etc/netns (namespaces' own /etc files)",
+            text: match std::fs::read_dir("/etc/netns") {
+                Ok(entries) => {
+                    let mut names: Vec<String> = entries
+                        .flatten()
+                        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                        .collect();
+                    names.sort();
+                    names.join("\n")
+                }
+                Err(_) => String::new(),
+            },
+        };
         Ok(Snapshot {
             parts: vec![
                 file("/etc/resolv.conf")?,
                 file("/etc/hosts")?,
+                netns_etc,
                 ip(
                     "the host's interfaces (ip -o link)",
                     &["-o", "link", "show"],

@@ -20,7 +20,8 @@ struct Running {
     lab: Lab,
     site: lab::Site,
     agents: Vec<Option<LabProcess>>,
-    configs: Vec<String>,
+    /// The site file every appliance starts from.
+    config: String,
     agent_bin: String,
     _bus: LabProcess,
 }
@@ -37,7 +38,12 @@ impl Running {
             .spawn(
                 &area.appliance,
                 &self.agent_bin,
-                &["--config", &self.configs[index]],
+                &[
+                    "--config",
+                    &self.config,
+                    "--appliance",
+                    &lab::appliance_name(area.id),
+                ],
             )
             .expect("agent starts");
         self.agents[index] = Some(process);
@@ -82,25 +88,21 @@ fn main() -> anyhow::Result<()> {
         vpn: true,
     })?;
     let extra = format!("[cross_site_failover]\nfailback_hold_ms = {HOLD_MS}\n");
-    let mut configs = Vec::new();
-    for area in &site.areas {
-        let path = lab.dir().join(format!("appliance-{}.toml", area.id));
-        std::fs::write(
-            &path,
-            lab::appliance_config(&site, area.id, lab.dir(), &extra),
-        )?;
-        configs.push(path.display().to_string());
-    }
+    let config = lab::SiteFile::new(&site, lab.dir())
+        .sections(&extra)
+        .write()?
+        .display()
+        .to_string();
     let bus = lab.spawn(
         &site.areas[0].appliance,
         &bus_bin,
-        &["--config", &configs[0]],
+        &["--config", &config, "--appliance", &lab::appliance_name(1)],
     )?;
     let mut running = Running {
         lab,
         site,
         agents: vec![None, None],
-        configs,
+        config,
         agent_bin,
         _bus: bus,
     };
@@ -163,7 +165,7 @@ fn main() -> anyhow::Result<()> {
         .max()
         .unwrap_or(0);
 
-    let socket = running.lab.dir().join("bus-1.sock");
+    let socket = lab::bus_socket(running.lab.dir(), 1);
     let mut death = Vec::new();
     for run in 1..=runs {
         let mut bus = Subscriber::new(&socket, "peer/2")?;

@@ -6,9 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use fieldnet_aws::testing::fixtures::{
-    RouteFixture, first_text, health_check_request, route_fixture,
-};
+use fieldnet_aws::testing::fixtures::{first_text, health_check_request, route_fixture};
 use fieldnet_aws::testing::{FaultProxy, Faults, MOTO_SERVER_PROGRAM, MotoServer};
 use fieldnet_aws::{AwsApi, Client, ClientConfig, Service};
 use lab::{INTERNET_BRIDGE, Lab, LabProcess, Netns, SiteSpec};
@@ -78,8 +76,9 @@ fn aws_state(ns: &Netns, table: &str, checks: [&str; 2]) -> (Vec<String>, [Strin
     })
 }
 
-/// A hub's agent, with moto's test credentials in its environment.
-fn start_hub(lab: &mut Lab, ns: &Netns, config: &str) -> LabProcess {
+/// A hub's agent (hub-a or hub-b of the site file), with moto's test credentials in its
+/// environment.
+fn start_hub(lab: &mut Lab, ns: &Netns, config: &str, name: &str) -> LabProcess {
     let binary = env!("CARGO_BIN_EXE_cross-site-failover");
     let args = [
         "AWS_ACCESS_KEY_ID=testing",
@@ -88,6 +87,8 @@ fn start_hub(lab: &mut Lab, ns: &Netns, config: &str) -> LabProcess {
         binary,
         "--config",
         config,
+        "--appliance",
+        name,
     ];
     lab.spawn(ns, "env", &args).unwrap()
 }
@@ -98,58 +99,6 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "never happened: {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn hub_config(
-    site: &lab::Site,
-    dir: &std::path::Path,
-    name: &str,
-    role: &str,
-    local: &str,
-    partner: &str,
-    endpoint: &str,
-    fixture: &RouteFixture,
-    checks: [&str; 2],
-    tunnels: bool,
-) -> String {
-    let (own, other) = if role == "primary" {
-        (&fixture.instance_a, &fixture.instance_b)
-    } else {
-        (&fixture.instance_b, &fixture.instance_a)
-    };
-    let mut text = format!(
-        "[site]\nname = \"lab\"\ndomain = \"lab.fieldnet.example\"\nkey = \"{}\"\n\n[appliance]\nid = 201\nname = \"{name}\"\n\n",
-        "5a".repeat(32)
-    );
-    for area in &site.areas {
-        text += &format!(
-            "[[areas]]\nname = \"area{0}\"\nappliance = {0}\n\n[[networks]]\nname = \"NETWORK{0}\"\narea = \"area{0}\"\nsubnet = \"{1}\"\ngateway = \"{2}\"\n\n",
-            area.id, area.network, area.gateway
-        );
-        if let (true, Some(vpn)) = (tunnels, &area.vpn) {
-            text += &format!(
-                "[[peers]]\nid = {0}\nname = \"appliance-{0}\"\n\n[[peers.paths]]\nkind = \"vpn\"\ninterface = \"{1}\"\nlocal = \"{2}\"\nremote = \"{3}\"\n\n",
-                area.id, vpn.hub_ifname, site.hub_tunnel_addr, vpn.addr
-            );
-        }
-    }
-    text += &format!(
-        "[bus]\nsocket = \"{}\"\n\n[cross_site_failover]\nmode = \"hub\"\n\n[cross_site_failover.hub]\nrole = \"{role}\"\ninterface = \"eth0\"\nlocal = \"{local}\"\npartner = \"{partner}\"\ntakeover_after_ms = 1000\ngiveback_hold_ms = 3000\naws_region = \"{REGION}\"\naws_endpoint = \"{endpoint}\"\nroute_tables = [\"{}\"]\ninstance_id = \"{own}\"\npartner_instance_id = \"{other}\"\nown_health_check = \"{}\"\npartner_health_check = \"{}\"\ncloudwatch_interval_ms = 1000\nreconcile_interval_ms = 2000\n",
-        dir.join(format!("bus-{name}.sock")).display(),
-        fixture.route_table,
-        if role == "primary" {
-            checks[0]
-        } else {
-            checks[1]
-        },
-        if role == "primary" {
-            checks[1]
-        } else {
-            checks[0]
-        },
-    );
-    text
 }
 
 #[test]
@@ -252,54 +201,38 @@ fn the_standby_hub_takes_the_vpc_routes_and_switches_when_the_primary_dies_and_g
         .unwrap()
         .unwrap();
 
+    // One site file for both hubs and both appliances; the hubs' AWS side is moto, the
+    // standby's reached through the throttling proxy.
+    let config = lab::SiteFile::new(&site, lab.dir())
+        .hubs(lab::HubSettings {
+            aws_region: REGION.to_owned(),
+            route_tables: vec![fixture.route_table.clone()],
+            instance_ids: [fixture.instance_a.clone(), fixture.instance_b.clone()],
+            health_checks: [Some(checks[0].to_owned()), Some(checks[1].to_owned())],
+            aws_endpoints: [Some(format!("http://{MOTO}")), Some(proxy.endpoint())],
+            keys: "takeover_after_ms = 1000\ngiveback_hold_ms = 3000\ncloudwatch_interval_ms = 1000\nreconcile_interval_ms = 2000\n".to_owned(),
+        })
+        .write()
+        .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let [hub_a_name, hub_b_name] = lab::HUB_NAMES;
+    let primary = start_hub(&mut lab, &hub_a, &config, hub_a_name);
+    let standby = start_hub(&mut lab, &hub_b, &config, hub_b_name);
     let binary = env!("CARGO_BIN_EXE_cross-site-failover");
-    let dir = lab.dir().to_path_buf();
-    let write = |name: &str, text: String| {
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
-    let a_config = write(
-        "hub-a",
-        hub_config(
-            &site,
-            &dir,
-            "hub-a",
-            "primary",
-            "203.0.113.10",
-            "203.0.113.11",
-            &format!("http://{MOTO}"),
-            &fixture,
-            checks,
-            true,
-        ),
-    );
-    let b_config = write(
-        "hub-b",
-        hub_config(
-            &site,
-            &dir,
-            "hub-b",
-            "standby",
-            "203.0.113.11",
-            "203.0.113.10",
-            &proxy.endpoint(),
-            &fixture,
-            checks,
-            true,
-        ),
-    );
-    let primary = start_hub(&mut lab, &hub_a, &a_config);
-    let standby = start_hub(&mut lab, &hub_b, &b_config);
     let mut appliances = Vec::new();
     for area in &site.areas {
-        let config = write(
-            &format!("appliance-{}", area.id),
-            lab::appliance_config(&site, area.id, &dir, ""),
-        );
         appliances.push(
-            lab.spawn(&area.appliance, binary, &["--config", &config])
-                .unwrap(),
+            lab.spawn(
+                &area.appliance,
+                binary,
+                &[
+                    "--config",
+                    &config,
+                    "--appliance",
+                    &lab::appliance_name(area.id),
+                ],
+            )
+            .unwrap(),
         );
     }
 
@@ -381,7 +314,7 @@ fn the_standby_hub_takes_the_vpc_routes_and_switches_when_the_primary_dies_and_g
     );
 
     // It comes back: after the 3 s hold, the routes and its switch return.
-    let primary = start_hub(&mut lab, &hub_a, &a_config);
+    let primary = start_hub(&mut lab, &hub_a, &config, hub_a_name);
     wait(&primary, "hub routes moved area_of=1");
     wait(
         &standby,

@@ -26,19 +26,22 @@ fn start(label: &str, extra: &str, vpn: bool) -> Option<(Lab, lab::Site, Vec<Lab
         vpn,
     };
     let site = lab.site(&spec).unwrap();
+    let config = lab::SiteFile::new(&site, lab.dir())
+        .sections(extra)
+        .write()
+        .unwrap();
     let mut agents = Vec::new();
     for area in &site.areas {
-        let config = lab.dir().join(format!("appliance-{}.toml", area.id));
-        std::fs::write(
-            &config,
-            lab::appliance_config(&site, area.id, lab.dir(), extra),
-        )
-        .unwrap();
         agents.push(
             lab.spawn(
                 &area.appliance,
                 env!("CARGO_BIN_EXE_cross-site-failover"),
-                &["--config", config.to_str().unwrap()],
+                &[
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--appliance",
+                    &lab::appliance_name(area.id),
+                ],
             )
             .unwrap(),
         );
@@ -259,29 +262,20 @@ fn the_vpn_follows_the_uplink_when_uplink_monitor_moves_traffic() {
         sibling("fieldnet-bus", "fieldnet-bus"),
         sibling("uplink-monitor", "uplink-monitor"),
     );
+    let config = lab::SiteFile::new(&site, lab.dir()).write().unwrap();
     let mut agents = Vec::new();
     for area in &site.areas {
-        let config = lab.dir().join(format!("appliance-{}.toml", area.id));
-        std::fs::write(
-            &config,
-            lab::appliance_config(&site, area.id, lab.dir(), ""),
-        )
-        .unwrap();
-        let config = config.to_str().unwrap();
-        let bus = lab
-            .spawn(&area.appliance, &broker, &["--config", config])
-            .unwrap();
+        let name = lab::appliance_name(area.id);
+        let args = ["--config", config.to_str().unwrap(), "--appliance", &name];
+        let bus = lab.spawn(&area.appliance, &broker, &args).unwrap();
         wait(&bus, "listening");
         agents.push(bus);
-        agents.push(
-            lab.spawn(&area.appliance, &monitor, &["--config", config])
-                .unwrap(),
-        );
+        agents.push(lab.spawn(&area.appliance, &monitor, &args).unwrap());
         agents.push(
             lab.spawn(
                 &area.appliance,
                 env!("CARGO_BIN_EXE_cross-site-failover"),
-                &["--config", config],
+                &args,
             )
             .unwrap(),
         );

@@ -64,14 +64,11 @@ fn main() -> anyhow::Result<()> {
     let client = area.clients[0].ns.clone();
     let dir = lab.dir().to_owned();
 
-    let ours = dir.join("appliance-1.toml");
-    let store = dir.join("leases");
-    let config = lab::appliance_config(
-        &site,
-        1,
-        &dir,
-        &format!("[dhcp_takeover]\nstore = \"{}\"\n", store.display()),
-    );
+    let ours = dir.join("site-probe.toml");
+    let store = lab::lease_store(&dir, 1);
+    let config = lab::SiteFile::new(&site, &dir)
+        .sections("[dhcp_takeover]\n")
+        .text();
     let widened = config.replace(
         "subnet = \"10.101.0.0/24\"",
         &format!("subnet = \"{SUBNET}\""),
@@ -82,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     );
     std::fs::write(&ours, &widened)?;
     // The same without the conflict probe, as Kea 2.2 (which has none) runs.
-    let unprobed = dir.join("appliance-1-no-probe.toml");
+    let unprobed = dir.join("site-no-probe.toml");
     let without_probe = widened.replacen(
         "[dhcp_takeover]\n",
         "[dhcp_takeover]\nconflict_probe_ms = 0\n",
@@ -98,7 +95,12 @@ fn main() -> anyhow::Result<()> {
         let process = lab.spawn(
             &appliance,
             &binary,
-            &["--config", config.to_str().expect("utf-8 path")],
+            &[
+                "--config",
+                config.to_str().expect("utf-8 path"),
+                "--appliance",
+                &lab::appliance_name(1),
+            ],
         )?;
         process.wait_for_log("serving DHCP", Duration::from_secs(30))?;
         Ok(process)

@@ -27,19 +27,18 @@ struct Binaries {
 }
 
 fn start(lab: &mut Lab, site: &Site, id: u8, bins: &Binaries) -> anyhow::Result<Vec<LabProcess>> {
-    let dir = lab.dir().to_owned();
-    let extra = format!(
-        "[dhcp_takeover]\nstore = \"{}\"\nlease_time_s = 60\n",
-        dir.join(format!("leases-{id}")).display()
-    );
-    let config = dir.join(format!("appliance-{id}.toml"));
-    std::fs::write(&config, lab::appliance_config(site, id, &dir, &extra))?;
-    let config = config.display().to_string();
+    // The same file every time (replaced whole, so agents already running never see it torn).
+    let config = lab::SiteFile::new(site, lab.dir())
+        .sections("[dhcp_takeover]\nlease_time_s = 60\n")
+        .write()?
+        .display()
+        .to_string();
+    let args = ["--config", &config, "--appliance", &lab::appliance_name(id)];
     let ns = &site.area(id).expect("area").appliance;
-    let bus = lab.spawn(ns, &bins.bus, &["--config", &config])?;
+    let bus = lab.spawn(ns, &bins.bus, &args)?;
     bus.wait_for_log("listening", PATIENCE)?;
-    let crosser = lab.spawn(ns, &bins.crosser, &["--config", &config])?;
-    let dhcp = lab.spawn(ns, &bins.dhcp, &["--config", &config])?;
+    let crosser = lab.spawn(ns, &bins.crosser, &args)?;
+    let dhcp = lab.spawn(ns, &bins.dhcp, &args)?;
     Ok(vec![dhcp, crosser, bus])
 }
 

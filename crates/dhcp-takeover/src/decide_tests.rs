@@ -11,28 +11,24 @@ name = "lab"
 domain = "lab.example"
 key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
-[appliance]
-id = 1
-name = "one"
-area = "north"
-
 [[areas]]
 name = "north"
-appliance = 1
 
 [[areas]]
 name = "south"
-appliance = 2
-
-[[peers]]
-id = 2
-name = "two"
 
 [[networks]]
 name = "NETWORK1"
 area = "north"
 subnet = "10.101.0.0/24"
 gateway = "10.101.0.1"
+interface = "lan0"
+pools = ["10.101.0.100-10.101.0.102"]
+
+[[networks.reservations]]
+mac = "02:00:00:00:00:aa"
+address = "10.101.0.50"
+hostname = "till-1"
 
 [[networks]]
 name = "NETWORK2"
@@ -40,21 +36,22 @@ area = "south"
 subnet = "10.102.0.0/24"
 gateway = "10.102.0.1"
 
+[[appliances]]
+id = 1
+name = "one"
+area = "north"
+
+[[appliances]]
+id = 2
+name = "two"
+area = "south"
+interfaces = { NETWORK2 = "lan1" }
+
 [dhcp_takeover]
 lease_time_s = 600
 ntp_servers = ["10.101.0.1"]
 mtu = 1400
 routes = ["10.200.0.0/16"]
-
-[[dhcp_takeover.pools]]
-network = "NETWORK1"
-start = "10.101.0.100"
-end = "10.101.0.102"
-
-[[dhcp_takeover.reservations]]
-mac = "02:00:00:00:00:aa"
-address = "10.101.0.50"
-hostname = "till-1"
 
 [[dhcp_takeover.classes]]
 name = "cameras"
@@ -63,13 +60,22 @@ ranges = ["10.101.0.20-10.101.0.21"]
 lease_time_s = 86400
 "#;
 
+/// Appliance 1's view of [`CONFIG`].
+fn config() -> Config {
+    fieldnet::config::SiteConfig::from_str(CONFIG, "test.toml")
+        .unwrap()
+        .view("one")
+        .unwrap()
+        .clone()
+}
+
 const NOW: u64 = 1_800_000_000_000;
 const N1: Ipv4Addr = Ipv4Addr::new(10, 101, 0, 1);
 /// How long a conflict check waits, in these tests.
 const PROBE_MS: u64 = 250;
 
 fn server(probe: bool) -> Server {
-    let config = Config::from_str(CONFIG, "test.toml").unwrap();
+    let config = config();
     let probe_ms = probe.then_some(PROBE_MS);
     let mut server = Server::new(Plan::new(&config), 1, 30_000, probe_ms, Leases::default());
     server.serve("NETWORK1", true);
@@ -700,7 +706,7 @@ fn options_whose_length_dhcproto_assumes_are_checked_first() {
 
 #[test]
 fn a_taker_hands_out_never_used_addresses_from_the_top_of_the_pool() {
-    let config = Config::from_str(CONFIG, "test.toml").unwrap();
+    let config = config();
     let mut owner = Server::new(Plan::new(&config), 1, 30_000, None, Leases::default());
     owner.serve("NETWORK1", true);
     let mut taker = Server::new(Plan::new(&config), 2, 30_000, None, Leases::default());

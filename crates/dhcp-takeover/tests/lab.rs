@@ -26,26 +26,29 @@ fn wait_for<T>(what: &str, log: &LabProcess, mut check: impl FnMut() -> Option<T
     );
 }
 
-/// Writes appliance 1's config, with a lease store in the lab directory and `dhcp` after it in
-/// the `[dhcp_takeover]` section; returns its path.
-fn write_config(lab: &Lab, site: &Site, dhcp: &str) -> PathBuf {
-    let dir = lab.dir();
-    let extra = format!(
-        "[dhcp_takeover]\nstore = \"{}\"\n{dhcp}",
-        dir.join("leases").display()
-    );
-    let config = dir.join("appliance-1.toml");
-    std::fs::write(&config, lab::appliance_config(site, 1, dir, &extra)).unwrap();
-    config
+/// Writes the site file: `dhcp` in the `[dhcp_takeover]` section, `network` in NETWORK1's
+/// entry (pools, reservations); returns its path. Each appliance keeps its lease store at
+/// `lab::lease_store`.
+fn write_config(lab: &Lab, site: &Site, dhcp: &str, network: &str) -> PathBuf {
+    lab::SiteFile::new(site, lab.dir())
+        .sections(&format!("[dhcp_takeover]\n{dhcp}"))
+        .network(1, network)
+        .write()
+        .unwrap()
 }
 
-/// Starts dhcp-takeover on `appliance` with `config`; returns once it serves.
+/// Starts dhcp-takeover on appliance 1 with `config`; returns once it serves.
 fn start_server(lab: &mut Lab, appliance: &Netns, config: &Path) -> LabProcess {
     let server = lab
         .spawn(
             appliance,
             env!("CARGO_BIN_EXE_dhcp-takeover"),
-            &["--config", config.to_str().unwrap()],
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--appliance",
+                &lab::appliance_name(1),
+            ],
         )
         .unwrap();
     server
@@ -146,10 +149,10 @@ fn dhclient_udhcpc_and_dhcpcd_get_leases_with_the_options_and_renew_rebind_relea
     let config = write_config(
         &lab,
         &site,
+        "lease_time_s = 600\nntp_servers = [\"10.101.0.1\"]\nmtu = 1400\nroutes = [\"10.200.0.0/16\"]\n",
         &format!(
-            "lease_time_s = 600\nntp_servers = [\"10.101.0.1\"]\nmtu = 1400\nroutes = [\"10.200.0.0/16\"]\n\n\
-             [[dhcp_takeover.pools]]\nnetwork = \"NETWORK1\"\nstart = \"10.101.0.104\"\nend = \"10.101.0.120\"\n\n\
-             [[dhcp_takeover.reservations]]\nmac = \"{}\"\naddress = \"10.101.0.50\"\nhostname = \"till-1\"\n",
+            "pools = [\"10.101.0.104-10.101.0.120\"]\n\n\
+             [[networks.reservations]]\nmac = \"{}\"\naddress = \"10.101.0.50\"\nhostname = \"till-1\"\n",
             c2.mac("eth0").unwrap()
         ),
     );
@@ -428,8 +431,8 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
     let area = &site.areas[0];
     let appliance = &area.appliance;
     let client = &area.clients[0].ns;
-    let store = lab.dir().join("leases");
-    let config = write_config(&lab, &site, "");
+    let store = lab::lease_store(lab.dir(), 1);
+    let config = write_config(&lab, &site, "", "");
     let mut server = start_server(&mut lab, appliance, &config);
     let capture = lab::AckCapture::start(client).unwrap();
     // 200 simulated clients behind perfdhcp (a relay on the client's address), 400 exchanges
@@ -508,22 +511,17 @@ struct Appliance {
 }
 
 impl Appliance {
-    fn start(lab: &mut Lab, site: &Site, id: u8, dhcp: &str) -> Self {
-        let dir = lab.dir().to_owned();
-        let extra = format!(
-            "[dhcp_takeover]\nstore = \"{}\"\n{dhcp}",
-            dir.join(format!("leases-{id}")).display()
-        );
-        let config = dir.join(format!("appliance-{id}.toml"));
-        std::fs::write(&config, lab::appliance_config(site, id, &dir, &extra)).unwrap();
-        let config = config.to_str().unwrap().to_owned();
+    /// Starts appliance `id`'s agents from the site file `config`.
+    fn start(lab: &mut Lab, site: &Site, config: &Path, id: u8) -> Self {
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--appliance",
+            &lab::appliance_name(id),
+        ];
         let ns = &site.area(id).unwrap().appliance;
         let bus = lab
-            .spawn(
-                ns,
-                &sibling("fieldnet-bus", "fieldnet-bus"),
-                &["--config", &config],
-            )
+            .spawn(ns, &sibling("fieldnet-bus", "fieldnet-bus"), &args)
             .unwrap();
         bus.wait_for_log("listening", PATIENCE)
             .unwrap_or_else(|e| panic!("{e:#}"));
@@ -531,15 +529,11 @@ impl Appliance {
             .spawn(
                 ns,
                 &sibling("cross-site-failover", "cross-site-failover"),
-                &["--config", &config],
+                &args,
             )
             .unwrap();
         let dhcp = lab
-            .spawn(
-                ns,
-                env!("CARGO_BIN_EXE_dhcp-takeover"),
-                &["--config", &config],
-            )
+            .spawn(ns, env!("CARGO_BIN_EXE_dhcp-takeover"), &args)
             .unwrap();
         Self { bus, crosser, dhcp }
     }
@@ -605,9 +599,9 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
     );
     let dir = lab.dir().to_owned();
     // Short leases: clients renew (unicast, to the gateway) while their network is taken over.
-    let dhcp = "lease_time_s = 20\n";
-    let one = Appliance::start(&mut lab, &site, 1, dhcp);
-    let two = Appliance::start(&mut lab, &site, 2, dhcp);
+    let config = write_config(&lab, &site, "lease_time_s = 20\n", "");
+    let one = Appliance::start(&mut lab, &site, &config, 1);
+    let two = Appliance::start(&mut lab, &site, &config, 2);
     two.dhcp
         .wait_for_log("serving DHCP on own network", PATIENCE)
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -723,7 +717,7 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
 
     // Power back: appliance 2 gets its leases (including the taker's), then its network.
     power.undo().unwrap();
-    let two = Appliance::start(&mut lab, &site, 2, dhcp);
+    let two = Appliance::start(&mut lab, &site, &config, 2);
     two.dhcp
         .wait_for_log("serving DHCP on own network", PATIENCE)
         .unwrap_or_else(|e| panic!("{e:#}"));

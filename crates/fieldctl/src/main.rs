@@ -2,6 +2,7 @@
 
 mod events;
 mod leases;
+mod site;
 mod status;
 
 use std::path::PathBuf;
@@ -10,15 +11,19 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fieldnet::cli::{EXIT_CONFIG, exit_code};
-use fieldnet::config::{Config, DEFAULT_BUS_SOCKET, DEFAULT_PATH};
+use fieldnet::config::{APPLIANCE_ENV, DEFAULT_BUS_SOCKET, DEFAULT_PATH, SiteConfig, load_view};
 
 /// Look at and poke a fieldnet appliance.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The appliance configuration file.
+    /// The site file, the same on every appliance and hub.
     #[arg(long, global = true, env = "FIELDNET_CONFIG", default_value = DEFAULT_PATH)]
     config: PathBuf,
+    /// Which entry of the site file this machine is (name, host name or id); by default the one
+    /// named after this machine's host name.
+    #[arg(long, global = true, env = APPLIANCE_ENV)]
+    appliance: Option<String>,
     /// Bus socket, instead of the config's `bus.socket`.
     #[arg(long, global = true, env = "FIELDNET_BUS")]
     socket: Option<PathBuf>,
@@ -64,26 +69,36 @@ enum Command {
         #[arg(long)]
         retain: bool,
     },
-    /// Validate the configuration file: exit 0 when valid, 64 with `file:line: key: message` when not.
+    /// Check the whole site file: exit 0 when valid, 64 with `file:line: key: message` for each
+    /// problem when not.
     CheckConfig,
+    /// What each appliance and hub will do with the site file, in plain words: networks,
+    /// uplinks, paths to each other area, and who takes over whose network.
+    Site,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Command::CheckConfig = args.command {
-        return match Config::load(&args.config) {
-            Ok(_) => {
-                println!("{}: ok", args.config.display());
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("{error}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        };
+    match args.command {
+        Command::CheckConfig => return check_config(&args.config),
+        Command::Site => {
+            return match SiteConfig::load(&args.config) {
+                Ok(site) => {
+                    print!("{}", site::describe(&site));
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{error}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            };
+        }
+        _ => {}
     }
     // Looking at a broken appliance must still work: without a config, use the default socket.
-    let config = Config::load(&args.config).ok();
+    let config = load_view(&args.config, args.appliance.as_deref())
+        .ok()
+        .map(|(config, _)| config);
     let socket = args
         .socket
         .clone()
@@ -112,9 +127,47 @@ fn main() -> ExitCode {
                 json,
                 retain,
             } => exit_code(publish(&socket, &topic, &json, retain).await),
-            Command::CheckConfig => unreachable!("handled above"),
+            Command::CheckConfig | Command::Site => unreachable!("handled above"),
         }
     })
+}
+
+/// The whole site checked; on success one line saying what it holds.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match SiteConfig::load(path) {
+        Ok(site) => {
+            let names = |machines: Vec<&fieldnet::config::Machine>| {
+                machines
+                    .iter()
+                    .map(|m| m.name().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let appliances: Vec<_> = site.appliances().collect();
+            let hubs: Vec<_> = site.hubs().collect();
+            let networks = site
+                .machines
+                .first()
+                .map_or(0, |machine| machine.config.networks.len());
+            println!(
+                "{}: ok: {} appliances ({}), {} hubs{}, {networks} networks",
+                path.display(),
+                appliances.len(),
+                names(appliances.clone()),
+                hubs.len(),
+                if hubs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", names(hubs.clone()))
+                },
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }
 
 async fn publish(

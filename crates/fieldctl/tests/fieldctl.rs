@@ -125,11 +125,16 @@ async fn status_says_when_the_bus_is_down() {
 async fn check_config_accepts_examples_and_names_broken_keys() {
     let example = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/examples/riverside/appliance-1.toml"
+        "/../../deploy/examples/riverside/site.toml"
     );
     let (code, stdout, stderr) = fieldctl(&["--config", example, "check-config"]).await;
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.ends_with(": ok\n"), "{stdout}");
+    assert!(
+        stdout.ends_with(
+            ": ok: 3 appliances (north, stage, south), 2 hubs (hub-a, hub-b), 3 networks\n"
+        ),
+        "{stdout}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.toml");
@@ -148,5 +153,20 @@ async fn check_config_accepts_examples_and_names_broken_keys() {
     assert!(
         stderr.starts_with(&format!("{}:", broken.display())),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn site_tells_each_appliance_its_role() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/examples/riverside/site.toml"
+    );
+    let (code, stdout, stderr) = fieldctl(&["--config", example, "site"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("Site riverside"), "{stdout}");
+    assert!(
+        stdout.contains("stage (2) dies: NETWORK2 — north (1) takes it over"),
+        "{stdout}"
     );
 }

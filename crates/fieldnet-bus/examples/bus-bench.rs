@@ -32,17 +32,19 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("usage: bus-bench PATH-TO-fieldnet-bus"))?;
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("bus.sock");
-    let config = dir.path().join("fieldnet.toml");
+    let config = dir.path().join("site.toml");
     std::fs::write(
         &config,
         format!(
-            "[site]\nname = \"bench\"\ndomain = \"bench.example\"\nkey = \"{}\"\n\n[appliance]\nid = 1\nname = \"bench\"\narea = \"a\"\n\n[[areas]]\nname = \"a\"\nappliance = 1\n\n[bus]\nsocket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+            "[site]\nname = \"bench\"\ndomain = \"bench.example\"\nkey = \"{}\"\n\n[[areas]]\nname = \"a\"\n\n[[appliances]]\nid = 1\nname = \"bench\"\narea = \"a\"\n\n[bus]\nsocket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
             "ab".repeat(32),
             socket.display()
         ),
     )?;
     let _broker = Broker(
         Command::new(&broker_binary)
+            .arg("--appliance")
+            .arg("bench")
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "warn")

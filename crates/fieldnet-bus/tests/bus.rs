@@ -270,21 +270,20 @@ async fn client_publishes_while_broker_is_down_and_catches_up() {
 }
 
 fn broker_config(dir: &Path, socket: &Path) -> PathBuf {
-    let path = dir.join("fieldnet.toml");
+    let path = dir.join("site.toml");
     let text = format!(
         r#"[site]
 name = "test"
 domain = "test.example"
 key = "{key}"
 
-[appliance]
+[[areas]]
+name = "a"
+
+[[appliances]]
 id = 1
 name = "one"
 area = "a"
-
-[[areas]]
-name = "a"
-appliance = 1
 
 [bus]
 socket = "{socket}"
@@ -302,6 +301,7 @@ struct BrokerProcess(Child);
 impl BrokerProcess {
     fn start(config: &Path, socket: &Path) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_fieldnet-bus"))
+            .env("FIELDNET_APPLIANCE", "one")
             .arg("--config")
             .arg(config)
             .stdin(Stdio::null())
@@ -400,6 +400,7 @@ fn check_config_on_a_broken_file_exits_64_naming_line_and_key() {
         .replace("id = 1", "id = 300");
     std::fs::write(&config, text).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_fieldnet-bus"))
+        .env("FIELDNET_APPLIANCE", "one")
         .arg("--config")
         .arg(&config)
         .arg("--check-config")
@@ -408,7 +409,7 @@ fn check_config_on_a_broken_file_exits_64_naming_line_and_key() {
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let expected = format!(
-        "{}:7: appliance.id: 300 is not an appliance id; valid: 1 to 254",
+        "{}:10: appliances[0].id: 300 is not an appliance id; valid: 1 to 254",
         config.display()
     );
     assert!(stderr.contains(&expected), "{stderr}");
@@ -423,6 +424,7 @@ fn under_systemd_it_reports_ready_after_binding_and_pets_the_watchdog() {
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(PATIENCE)).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_fieldnet-bus"))
+        .env("FIELDNET_APPLIANCE", "one")
         .arg("--config")
         .arg(&config)
         .env("NOTIFY_SOCKET", &notify_path)

@@ -3,33 +3,40 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::{Config, DEFAULT_PATH, LoadError};
+use crate::config::{APPLIANCE_ENV, Config, DEFAULT_PATH, LoadError, load_view};
 
 /// Exit code for a usage or configuration error (sysexits `EX_USAGE`).
 pub const EXIT_CONFIG: u8 = 64;
 /// Exit code for a failure at run time.
 pub const EXIT_RUNTIME: u8 = 1;
 
-/// `--config` and `--check-config`, flattened into each binary's clap parser.
+/// `--config`, `--appliance` and `--check-config`, flattened into each binary's clap parser.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
-    /// The appliance configuration file.
+    /// The site file, the same on every appliance and hub.
     #[arg(long, env = "FIELDNET_CONFIG", default_value = DEFAULT_PATH)]
     pub config: PathBuf,
-    /// Validate the configuration, print the result, and exit (0 valid, 64 invalid).
+    /// Which entry of the site file this machine is (its name, host name or id); by default the
+    /// one named after this machine's host name.
+    #[arg(long, env = APPLIANCE_ENV)]
+    pub appliance: Option<String>,
+    /// Validate the site file and find this machine in it, print the result, and exit (0
+    /// valid, 64 invalid).
     #[arg(long)]
     pub check_config: bool,
 }
 
 impl CommonArgs {
-    /// Loads the config; on `--check-config` reports and returns the exit code to stop with.
+    /// Loads this machine's view of the site file, logging which entry it is; on
+    /// `--check-config` reports and returns the exit code to stop with.
     pub fn load(&self) -> Result<Config, ExitCode> {
-        match Config::load(&self.config) {
-            Ok(config) => {
+        match load_view(&self.config, self.appliance.as_deref()) {
+            Ok((config, chosen)) => {
                 if self.check_config {
-                    println!("{}: ok", self.config.display());
+                    println!("{}: ok; this machine is {chosen}", self.config.display());
                     return Err(ExitCode::SUCCESS);
                 }
+                tracing::info!(file = %self.config.display(), "this machine is {chosen}");
                 Ok(config)
             }
             Err(error) => {

@@ -28,7 +28,9 @@ mod site;
 mod stream;
 
 pub use clean::{clean_all, clean_stale, lab_namespaces};
-pub use config::{appliance_config, sibling_binary};
+pub use config::{
+    HUB_NAMES, HubSettings, SiteFile, appliance_name, bus_socket, lease_store, sibling_binary,
+};
 pub use delay::{DelayLink, Direction, Impairment, LinkCounters};
 pub use dhcp::{Ack, AckCapture, AddressAudit, udhcpc_hook};
 pub use dig::{DigReply, dig_values};

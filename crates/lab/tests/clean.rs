@@ -28,6 +28,9 @@ impl Drop for Stale {
                 .args(["netns", "delete", &self.name])
                 .status();
         }
+        // A namespace the lab made has its own /etc/netns/<name> (its resolv.conf).
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.name));
+        let _ = std::fs::remove_dir("/etc/netns");
     }
 }
 

@@ -228,6 +228,37 @@ fn site_connects_clients_to_the_internet_and_to_other_areas() {
     eprintln!("{plan}");
     assert!(plan.contains(area1.appliance.name()) && plan.contains("198.51.100.31/24"));
 
+    // The site file the lab writes for it is valid, and each appliance finds itself in it.
+    let mut site = site;
+    lab.legs(&mut site).unwrap();
+    let text = lab::SiteFile::new(&site, lab.dir()).text();
+    let parsed = fieldnet::config::SiteConfig::from_str(&text, "lab.toml")
+        .unwrap_or_else(|error| panic!("{error}\n{text}"));
+    let two = parsed.view(&lab::appliance_name(2)).unwrap();
+    assert_eq!(two.appliance.area, "area2");
+    let cable = &two.peers[0].paths[0];
+    assert_eq!(
+        (
+            cable.interface.as_str(),
+            cable.local.to_string(),
+            cable.remote.to_string()
+        ),
+        ("cab1", "10.255.12.2".to_owned(), "10.255.12.1".to_owned())
+    );
+    assert_eq!(two.peers[0].paths.len(), 3, "cable, wifi and the VPN");
+    let legs: Vec<Option<&str>> = two
+        .networks
+        .iter()
+        .map(|n| n.interface.as_deref())
+        .collect();
+    assert_eq!(legs, [Some("leg1"), Some("lan0"), Some("leg3")]);
+    assert_eq!(
+        two.bus.socket,
+        lab::bus_socket(lab.dir(), 2),
+        "each appliance has its own bus"
+    );
+    assert_eq!(parsed.hubs().count(), 2);
+
     drop(site);
     drop(lab);
     assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());

@@ -810,10 +810,11 @@ mod tests {
     fn plan_orders_remote_paths_cable_first_and_numbers_tables_and_marks() {
         let example = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/examples/riverside/appliance-1.toml"
+            "/../../deploy/examples/riverside/site.toml"
         );
-        let config = Config::load(std::path::Path::new(example)).unwrap();
-        let (specs, routes) = plan(&config).unwrap();
+        let site = fieldnet::config::SiteConfig::load(std::path::Path::new(example)).unwrap();
+        let config = site.view("north").unwrap();
+        let (specs, routes) = plan(config).unwrap();
         assert_eq!(specs.len(), routes.len());
         let local = &routes[0];
         assert_eq!(

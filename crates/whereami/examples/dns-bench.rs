@@ -73,20 +73,19 @@ fn main() -> anyhow::Result<()> {
 
     let mut servers = Vec::new();
     // whereami, logging at its production default.
-    let config = lab.dir().join("appliance-1.toml");
-    std::fs::write(
-        &config,
-        lab::appliance_config(
-            &site,
-            1,
-            lab.dir(),
-            &format!("[whereami]\nupstreams = [\"{UPSTREAM}\"]\n"),
-        ),
-    )?;
+    let config = lab::SiteFile::new(&site, lab.dir())
+        .sections(&format!("[whereami]\nupstreams = [\"{UPSTREAM}\"]\n"))
+        .write()?;
+    let machine = lab::appliance_name(1);
     let whereami = lab.spawn(
         &appliance,
         &whereami_bin,
-        &["--config", config.to_str().expect("utf-8 path")],
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--appliance",
+            &machine,
+        ],
     )?;
     whereami.wait_for_log("answering DNS", Duration::from_secs(30))?;
     servers.push(Server {

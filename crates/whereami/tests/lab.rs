@@ -73,19 +73,22 @@ fn each_network_learns_its_name_outsiders_are_refused_and_forwarded_answers_surv
     let extra = format!(
         "[whereami]\nupstreams = [\"{UPSTREAM}\"]\nupstream_timeout_ms = 500\n\n[[whereami.hosts]]\nname = \"cache\"\naddress = \"10.101.0.10\"\n"
     );
+    let config = lab::SiteFile::new(&site, lab.dir())
+        .sections(&extra)
+        .write()
+        .unwrap();
     let mut servers = Vec::new();
     for area in &site.areas {
-        let config = lab.dir().join(format!("appliance-{}.toml", area.id));
-        std::fs::write(
-            &config,
-            lab::appliance_config(&site, area.id, lab.dir(), &extra),
-        )
-        .unwrap();
         let server = lab
             .spawn(
                 &area.appliance,
                 env!("CARGO_BIN_EXE_whereami"),
-                &["--config", config.to_str().unwrap()],
+                &[
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--appliance",
+                    &lab::appliance_name(area.id),
+                ],
             )
             .unwrap();
         wait(&server, "answering DNS");
@@ -237,24 +240,31 @@ fn dhcp_clients_get_names_takeover_addresses_are_served_and_big_answers_go_over_
             "[[whereami.hosts]]\nname = \"many\"\naddress = \"10.101.0.{host}\"\n\n"
         ));
     }
-    let config = lab.dir().join("appliance-1.toml");
-    std::fs::write(&config, lab::appliance_config(&site, 1, lab.dir(), &extra)).unwrap();
+    let config = lab::SiteFile::new(&site, lab.dir())
+        .sections(&extra)
+        .write()
+        .unwrap();
     let config = config.to_str().unwrap().to_owned();
+    let appliance = lab::appliance_name(1);
     let broker = lab::sibling_binary(
         env!("CARGO_BIN_EXE_whereami"),
         "fieldnet-bus",
         "fieldnet-bus",
     );
     let bus = lab
-        .spawn(&area.appliance, &broker, &["--config", &config])
+        .spawn(
+            &area.appliance,
+            &broker,
+            &["--config", &config, "--appliance", &appliance],
+        )
         .unwrap();
     wait(&bus, "listening");
-    let socket = lab.dir().join("bus-1.sock");
+    let socket = lab::bus_socket(lab.dir(), 1);
     let server = lab
         .spawn(
             &area.appliance,
             env!("CARGO_BIN_EXE_whereami"),
-            &["--config", &config],
+            &["--config", &config, "--appliance", &appliance],
         )
         .unwrap();
     wait(&server, "answering DNS");

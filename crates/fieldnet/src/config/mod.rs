@@ -1,9 +1,12 @@
-//! The appliance configuration: one TOML file read by every agent.
+//! The site file: one TOML file describing the whole site, identical on every appliance and hub,
+//! and each machine's validated view of it, which is what the agents read.
 //!
-//! Two layers: [`wire`] mirrors the TOML, [`Config`] is what agents use, built only through
-//! validation. [`Config::from_str`] is pure; [`Config::load`] adds the file. Every error names
-//! the file, the line and the key, and says what would be valid.
-
+//! Two layers: [`wire`] mirrors the TOML, [`SiteConfig`] and its per-machine [`Config`] views are
+//! built only through validation, which checks the whole site (both ends of every link, overlaps,
+//! pools) before any view exists. [`SiteConfig::from_str`] is pure; [`SiteConfig::load`] adds
+//! the file; [`SiteConfig::select`] finds this machine in it. Every error names the file, the
+//! line and the key, and says what would be valid.
+mod select;
 mod spans;
 mod validate;
 mod wire;
@@ -15,10 +18,16 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
+pub use select::{Chosen, SelectError, Way};
 pub use spans::KeyPath;
 
-/// Where agents look for the file when `--config` is not given.
-pub const DEFAULT_PATH: &str = "/etc/fieldnet/fieldnet.toml";
+/// Where agents look for the site file when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/fieldnet/site.toml";
+/// Environment variable naming this machine in the site file (as `--appliance` does).
+pub const APPLIANCE_ENV: &str = "FIELDNET_APPLIANCE";
+/// Preference of a remote uplink (another appliance's, used through it) that does not set one:
+/// after the appliance's own uplinks at their default.
+pub const DEFAULT_REMOTE_UPLINK_PREFERENCE: u32 = 200;
 /// Default bus socket.
 pub const DEFAULT_BUS_SOCKET: &str = "/run/fieldnet/bus.sock";
 /// Longest bus line the broker accepts, in bytes; longer lines get an error and a disconnect.
@@ -71,7 +80,50 @@ pub const DEFAULT_DHCP_PEER_PORT: u16 = 47842;
 /// routers and printers configured by hand.
 pub const DEFAULT_POOL_SKIP: u32 = 9;
 
-/// The validated configuration of one appliance.
+/// The whole site, validated: every appliance's and hub's view of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteConfig {
+    /// The file it was read from, for messages.
+    pub file: String,
+    /// Appliances in file order, then hubs in file order.
+    pub machines: Vec<Machine>,
+}
+
+/// One appliance or hub of the site, and the view its agents run with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    /// Its host name when that is not its name.
+    pub hostname: Option<String>,
+    pub role: MachineRole,
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineRole {
+    Appliance,
+    Hub(HubRole),
+}
+
+impl Machine {
+    pub fn id(&self) -> u8 {
+        self.config.appliance.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.appliance.name
+    }
+
+    /// "appliance 'north' (id 1)" or "hub 'hub-a' (id 201)".
+    pub fn describe(&self) -> String {
+        let kind = match self.role {
+            MachineRole::Appliance => "appliance",
+            MachineRole::Hub(_) => "hub",
+        };
+        format!("{kind} '{}' (id {})", self.name(), self.id())
+    }
+}
+
+/// The validated configuration of one appliance or hub: its view of the site file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub site: Site,
@@ -519,16 +571,28 @@ pub enum LoadError {
     },
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    #[error(transparent)]
+    Select(#[from] SelectError),
 }
 
-impl Config {
-    /// Parses and validates config text; `file` only names it in errors.
-    pub fn from_str(text: &str, file: &str) -> Result<Config, ConfigError> {
+/// Reads the site file at `path` and finds this machine in it: by `given` (`--appliance` or
+/// [`APPLIANCE_ENV`]) when set, else by the host name. Returns the machine's view and a line
+/// saying which entry it is and how it was found.
+pub fn load_view(path: &Path, given: Option<&str>) -> Result<(Config, String), LoadError> {
+    let site = SiteConfig::load(path)?;
+    let host_name = select::host_name();
+    let chosen = site.select(given, host_name.as_deref())?;
+    Ok((chosen.machine.config.clone(), chosen.describe()))
+}
+
+impl SiteConfig {
+    /// Parses and validates site file text; `file` only names it in errors.
+    pub fn from_str(text: &str, file: &str) -> Result<SiteConfig, ConfigError> {
         validate::parse(text, file)
     }
 
-    /// Reads, parses and validates the file at `path`.
-    pub fn load(path: &Path) -> Result<Config, LoadError> {
+    /// Reads, parses and validates the site file at `path`.
+    pub fn load(path: &Path) -> Result<SiteConfig, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
             path: path.display().to_string(),
             source,
@@ -536,6 +600,29 @@ impl Config {
         Ok(Self::from_str(&text, &path.display().to_string())?)
     }
 
+    /// The appliances, in file order.
+    pub fn appliances(&self) -> impl Iterator<Item = &Machine> {
+        self.machines
+            .iter()
+            .filter(|machine| machine.role == MachineRole::Appliance)
+    }
+
+    /// The hubs, in file order.
+    pub fn hubs(&self) -> impl Iterator<Item = &Machine> {
+        self.machines
+            .iter()
+            .filter(|machine| matches!(machine.role, MachineRole::Hub(_)))
+    }
+
+    /// The view of the machine named `name_or_id` (its name, host name or id), as
+    /// [`select`](Self::select) finds it.
+    pub fn view(&self, name_or_id: &str) -> Result<&Config, SelectError> {
+        self.select(Some(name_or_id), None)
+            .map(|chosen| &chosen.machine.config)
+    }
+}
+
+impl Config {
     /// The area network this appliance serves in normal operation.
     pub fn own_networks(&self) -> impl Iterator<Item = &Network> {
         self.networks

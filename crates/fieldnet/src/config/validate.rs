@@ -1,5 +1,8 @@
-//! Wire config → validated config. Collects every problem, not just the first, each with the
-//! key path it belongs to; `parse` turns key paths into line numbers.
+//! Site file → validated site. Collects every problem, not just the first, each with the key
+//! path it belongs to; `parse` turns key paths into line numbers. The site's structure (areas,
+//! machines, networks, links, hubs) is checked once in `site`; each machine's agent sections
+//! are its site-wide sections with its own overrides laid over them, checked per machine, and a
+//! problem with an overridden key is reported where the override is written.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -9,8 +12,11 @@ use ipnet::Ipv4Net;
 use toml::de::DeTable;
 
 mod dhcp;
+mod site;
 
-use super::spans::{KeyPath, key_at, line_of, span_of};
+use site::Sections;
+
+use super::spans::{KeyPath, Segment, key_at, line_of, span_of};
 use super::wire::*;
 use super::*;
 
@@ -23,7 +29,7 @@ const METRICS_PORT_DHCP_TAKEOVER: u16 = 9704;
 const METRICS_PORT_IMDS_ENDPOINT: u16 = 9705;
 const METRICS_PORT_INVENTORY: u16 = 9706;
 
-pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str, file: &str) -> Result<SiteConfig, ConfigError> {
     let fail = |problems: Vec<Problem>| ConfigError {
         file: file.to_owned(),
         problems,
@@ -36,7 +42,7 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
             message: error.message().trim().to_owned(),
         }])
     })?;
-    let wire: WireConfig = toml::from_str(text).map_err(|error| {
+    let wire: WireSiteFile = toml::from_str(text).map_err(|error| {
         let offset = error.span().map_or(0, |span| span.start);
         fail(vec![Problem {
             line: line_of(text, offset),
@@ -44,16 +50,30 @@ pub(super) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
             message: explain_serde(error.message()),
         }])
     })?;
+    // The same text as plain tables, for laying a machine's overrides over the site's sections.
+    let raw: toml::Table = toml::from_str(text).map_err(|error| {
+        fail(vec![Problem {
+            line: 1,
+            key: "(syntax)".to_owned(),
+            message: error.message().trim().to_owned(),
+        }])
+    })?;
     let mut checker = Checker::default();
-    let config = checker.config(wire);
-    if let Some(config) = config
+    let machines = checker.site(&wire, &raw);
+    if let Some(machines) = machines
         && checker.problems.is_empty()
     {
-        return Ok(config);
+        return Ok(SiteConfig {
+            file: file.to_owned(),
+            machines,
+        });
     }
+    // Site-wide sections are checked once per machine: say each problem once.
+    let mut seen = BTreeSet::new();
     let problems = checker
         .problems
         .into_iter()
+        .filter(|(path, message)| seen.insert((path.to_string(), message.clone())))
         .map(|(path, message)| Problem {
             line: line_of(text, span_of(&document, &path).start),
             key: path.to_string(),
@@ -88,73 +108,46 @@ pub(super) fn decode_key(text: &str) -> Result<Vec<u8>, String> {
     }
     Ok(bytes)
 }
-
 #[derive(Default)]
 struct Checker {
     problems: Vec<(KeyPath, String)>,
+    /// While one machine's sections are checked: the keys it overrides, per section, and where
+    /// its entry is (`appliances[0]`).
+    overrides: Option<Overrides>,
+}
+
+/// The keys one machine sets over the site-wide agent sections.
+struct Overrides {
+    entry: KeyPath,
+    keys: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Checker {
     fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
+        let path = self.located(path);
         self.problems.push((path, message.into()));
     }
 
-    fn config(&mut self, wire: WireConfig) -> Option<Config> {
-        let root = KeyPath::root();
-        let site = self.site(&wire.site, &root.key("site"));
-        let appliance = self.appliance(&wire.appliance, &root.key("appliance"));
-        let peers = self.peers(&wire.peers, appliance.as_ref().map(|a| a.id));
-        let mut appliance_ids: BTreeSet<u8> = peers.iter().map(|peer| peer.id).collect();
-        if let Some(appliance) = &appliance {
-            appliance_ids.insert(appliance.id);
-        }
-        let areas = self.areas(&wire.areas, &appliance_ids);
-        let hub_mode = wire.cross_site_failover.mode.as_deref() == Some("hub");
-        if let Some(appliance) = &appliance
-            && appliance.area.is_empty()
-            && !hub_mode
+    /// `uplink_monitor.hold_ms` is reported at `appliances[1].uplink_monitor.hold_ms` while
+    /// that machine's own value is the one being checked.
+    fn located(&self, path: KeyPath) -> KeyPath {
+        let Some(overrides) = &self.overrides else {
+            return path;
+        };
+        if let [Segment::Key(section), Segment::Key(key), ..] = path.0.as_slice()
+            && overrides
+                .keys
+                .get(section)
+                .is_some_and(|keys| keys.contains(key))
         {
-            self.problem(
-                root.key("appliance").key("area"),
-                "missing: name the area this appliance serves (only a hub, [cross_site_failover] mode = \"hub\", serves none)",
-            );
-        } else if let Some(appliance) = &appliance
-            && !appliance.area.is_empty()
-            && !areas.iter().any(|area| area.name == appliance.area)
-        {
-            self.problem(
-                root.key("appliance").key("area"),
-                format!(
-                    "area '{}' is not defined; defined areas: {}",
-                    appliance.area,
-                    list(areas.iter().map(|a| a.name.as_str()))
-                ),
-            );
+            let mut moved = overrides.entry.clone();
+            moved.0.extend(path.0.iter().cloned());
+            return moved;
         }
-        let networks = self.networks(&wire.networks, &areas);
-        let uplinks = self.uplinks(&wire.uplinks, &appliance_ids, appliance.as_ref());
-        let hub = wire.hub.as_ref().and_then(|hub| self.hub(hub));
-        let bus = self.bus(&wire.bus);
-        let agents = self.agents(
-            &wire,
-            bus.as_ref().map(|b| b.metrics_listen),
-            uplinks.len(),
-            &networks,
-        );
-        Some(Config {
-            site: site?,
-            appliance: appliance?,
-            areas,
-            networks,
-            uplinks,
-            peers,
-            hub,
-            bus: bus?,
-            agents: agents?,
-        })
+        path
     }
 
-    fn site(&mut self, wire: &WireSite, path: &KeyPath) -> Option<Site> {
+    fn site_section(&mut self, wire: &WireSite, path: &KeyPath) -> Option<Site> {
         let name = self.name(&wire.name, &path.key("name"));
         let domain = self.domain(&wire.domain, &path.key("domain"));
         let key = match (&wire.key, &wire.key_file) {
@@ -195,359 +188,6 @@ impl Checker {
         })
     }
 
-    fn appliance(&mut self, wire: &WireAppliance, path: &KeyPath) -> Option<Appliance> {
-        let id = self.appliance_id(wire.id, &path.key("id"));
-        let name = self.name(&wire.name, &path.key("name"));
-        let area = match &wire.area {
-            Some(area) => self.name(area, &path.key("area")),
-            None => Some(String::new()),
-        };
-        Some(Appliance {
-            id: id?,
-            name: name?,
-            area: area?,
-        })
-    }
-
-    fn peers(&mut self, wire: &[WirePeer], own_id: Option<u8>) -> Vec<Peer> {
-        let mut peers = Vec::new();
-        let mut seen_ids = BTreeSet::new();
-        for (index, peer) in wire.iter().enumerate() {
-            let path = KeyPath::root().key("peers").index(index);
-            let id = self.appliance_id(peer.id, &path.key("id"));
-            if let Some(id) = id {
-                if Some(id) == own_id {
-                    self.problem(
-                        path.key("id"),
-                        format!("{id} is this appliance's own id (appliance.id); peers are the other appliances"),
-                    );
-                } else if !seen_ids.insert(id) {
-                    self.problem(path.key("id"), format!("peer id {id} is listed twice"));
-                }
-            }
-            let name = self.name(&peer.name, &path.key("name"));
-            let mut paths = Vec::new();
-            for (path_index, wire_path) in peer.paths.iter().enumerate() {
-                let key = path.key("paths").index(path_index);
-                let kind = match wire_path.kind.as_str() {
-                    "cable" => Some(PathKind::Cable),
-                    "wifi" => Some(PathKind::Wifi),
-                    "vpn" => Some(PathKind::Vpn),
-                    other => {
-                        self.problem(
-                            key.key("kind"),
-                            format!("'{other}' is not a path kind; valid: cable, wifi, vpn"),
-                        );
-                        None
-                    }
-                };
-                let interface = self.interface(&wire_path.interface, &key.key("interface"));
-                let local = self.ipv4(&wire_path.local, &key.key("local"));
-                let remote = self.ipv4(&wire_path.remote, &key.key("remote"));
-                if let (Some(kind), Some(interface), Some(local), Some(remote)) =
-                    (kind, interface, local, remote)
-                {
-                    if local == remote {
-                        self.problem(key.key("remote"), "must differ from 'local'");
-                    }
-                    paths.push(PeerPath {
-                        kind,
-                        interface,
-                        local,
-                        remote,
-                    });
-                }
-            }
-            if let (Some(id), Some(name)) = (id, name) {
-                peers.push(Peer { id, name, paths });
-            }
-        }
-        peers
-    }
-
-    fn areas(&mut self, wire: &[WireArea], appliance_ids: &BTreeSet<u8>) -> Vec<Area> {
-        let mut areas: Vec<Area> = Vec::new();
-        for (index, area) in wire.iter().enumerate() {
-            let path = KeyPath::root().key("areas").index(index);
-            let name = self.name(&area.name, &path.key("name"));
-            let appliance = self.appliance_id(area.appliance, &path.key("appliance"));
-            if let Some(appliance) = appliance
-                && !appliance_ids.contains(&appliance)
-            {
-                self.problem(
-                    path.key("appliance"),
-                    format!(
-                        "appliance {appliance} is neither this appliance nor a peer; known ids: {}",
-                        list(appliance_ids.iter())
-                    ),
-                );
-            }
-            if let (Some(name), Some(appliance)) = (name, appliance) {
-                if areas.iter().any(|a| a.name == name) {
-                    self.problem(path.key("name"), format!("area '{name}' is defined twice"));
-                }
-                areas.push(Area { name, appliance });
-            }
-        }
-        areas
-    }
-
-    fn networks(&mut self, wire: &[WireNetwork], areas: &[Area]) -> Vec<Network> {
-        let mut networks: Vec<Network> = Vec::new();
-        for (index, network) in wire.iter().enumerate() {
-            let path = KeyPath::root().key("networks").index(index);
-            let name = self.name(&network.name, &path.key("name"));
-            let area = if areas.iter().any(|a| a.name == network.area) {
-                Some(network.area.clone())
-            } else {
-                self.problem(
-                    path.key("area"),
-                    format!(
-                        "area '{}' is not defined; defined areas: {}",
-                        network.area,
-                        list(areas.iter().map(|a| a.name.as_str()))
-                    ),
-                );
-                None
-            };
-            let subnet = match network.subnet.parse::<Ipv4Net>() {
-                Ok(subnet) if subnet != subnet.trunc() => {
-                    self.problem(
-                        path.key("subnet"),
-                        format!(
-                            "'{}' has host bits set; did you mean '{}'?",
-                            network.subnet,
-                            subnet.trunc()
-                        ),
-                    );
-                    None
-                }
-                Ok(subnet) if subnet.prefix_len() > 30 => {
-                    self.problem(
-                        path.key("subnet"),
-                        "prefix is too long for a device network; use /30 or shorter",
-                    );
-                    None
-                }
-                Ok(subnet) => Some(subnet),
-                Err(_) => {
-                    self.problem(
-                        path.key("subnet"),
-                        format!(
-                            "'{}' is not an IPv4 subnet; write it like 10.101.0.0/24",
-                            network.subnet
-                        ),
-                    );
-                    None
-                }
-            };
-            let gateway = self.ipv4(&network.gateway, &path.key("gateway"));
-            if let (Some(subnet), Some(gateway)) = (subnet, gateway) {
-                if !is_host(subnet, gateway) {
-                    self.problem(
-                        path.key("gateway"),
-                        format!(
-                            "{gateway} is not a host address of {subnet}; use one between {} and {}",
-                            subnet.hosts().next().expect("prefix ≤ 30 has hosts"),
-                            subnet.hosts().last().expect("prefix ≤ 30 has hosts"),
-                        ),
-                    );
-                }
-                for other in &networks {
-                    if other.subnet.contains(&subnet.network())
-                        || subnet.contains(&other.subnet.network())
-                    {
-                        self.problem(
-                            path.key("subnet"),
-                            format!(
-                                "{subnet} overlaps network '{}' ({})",
-                                other.name, other.subnet
-                            ),
-                        );
-                    }
-                }
-            }
-            let interface = match &network.interface {
-                Some(interface) => self.interface(interface, &path.key("interface")),
-                None => None,
-            };
-            let vlan = match network.vlan {
-                None => None,
-                Some(vlan @ 1..=4094) => Some(vlan as u16),
-                Some(other) => {
-                    self.problem(
-                        path.key("vlan"),
-                        format!("{other} is not a VLAN id; valid: 1 to 4094"),
-                    );
-                    None
-                }
-            };
-            if let (Some(name), Some(area), Some(subnet), Some(gateway)) =
-                (name, area, subnet, gateway)
-            {
-                if networks.iter().any(|n| n.name == name) {
-                    self.problem(
-                        path.key("name"),
-                        format!("network '{name}' is defined twice"),
-                    );
-                }
-                networks.push(Network {
-                    name,
-                    area,
-                    subnet,
-                    gateway,
-                    interface,
-                    vlan,
-                });
-            }
-        }
-        networks
-    }
-
-    fn uplinks(
-        &mut self,
-        wire: &[WireUplink],
-        appliance_ids: &BTreeSet<u8>,
-        appliance: Option<&Appliance>,
-    ) -> Vec<Uplink> {
-        let mut uplinks: Vec<Uplink> = Vec::new();
-        for (index, uplink) in wire.iter().enumerate() {
-            let path = KeyPath::root().key("uplinks").index(index);
-            let name = self.name(&uplink.name, &path.key("name"));
-            let kind = match uplink.kind.as_str() {
-                "local" => {
-                    if uplink.peer.is_some() {
-                        self.problem(path.key("peer"), "only remote uplinks name a peer");
-                    }
-                    let interface = match &uplink.interface {
-                        Some(interface) => self.interface(interface, &path.key("interface")),
-                        None => {
-                            self.problem(
-                                path.clone(),
-                                "a local uplink needs 'interface' (the port its router is on)",
-                            );
-                            None
-                        }
-                    };
-                    let gateway = match &uplink.gateway {
-                        Some(gateway) => self.ipv4(gateway, &path.key("gateway")),
-                        None => {
-                            self.problem(
-                                path.clone(),
-                                "a local uplink needs 'gateway' (its router's LAN address)",
-                            );
-                            None
-                        }
-                    };
-                    match (interface, gateway) {
-                        (Some(interface), Some(gateway)) => {
-                            Some(UplinkKind::Local { interface, gateway })
-                        }
-                        _ => None,
-                    }
-                }
-                "remote" => {
-                    if uplink.interface.is_some() || uplink.gateway.is_some() {
-                        self.problem(
-                            path.clone(),
-                            "a remote uplink is reached through its peer: drop 'interface' and 'gateway'",
-                        );
-                    }
-                    match uplink.peer {
-                        None => {
-                            self.problem(path.clone(), "a remote uplink needs 'peer' (the id of the appliance that owns it)");
-                            None
-                        }
-                        Some(peer) => {
-                            let peer = self.appliance_id(peer, &path.key("peer"));
-                            match peer {
-                                Some(peer) if appliance.is_some_and(|a| a.id == peer) => {
-                                    self.problem(path.key("peer"), "is this appliance; an uplink of this appliance is kind = \"local\"");
-                                    None
-                                }
-                                Some(peer) if !appliance_ids.contains(&peer) => {
-                                    self.problem(
-                                        path.key("peer"),
-                                        format!(
-                                            "appliance {peer} is not a configured peer; peers: {}",
-                                            list(appliance_ids.iter())
-                                        ),
-                                    );
-                                    None
-                                }
-                                Some(peer) => Some(UplinkKind::Remote { peer }),
-                                None => None,
-                            }
-                        }
-                    }
-                }
-                other => {
-                    self.problem(
-                        path.key("kind"),
-                        format!("'{other}' is not an uplink kind; valid: local, remote"),
-                    );
-                    None
-                }
-            };
-            let preference = match uplink.preference {
-                None => Some(DEFAULT_UPLINK_PREFERENCE),
-                Some(value @ 0..=1000) => Some(value as u32),
-                Some(other) => {
-                    self.problem(
-                        path.key("preference"),
-                        format!("{other} is out of range; valid: 0 (most preferred) to 1000"),
-                    );
-                    None
-                }
-            };
-            if let (Some(name), Some(kind), Some(preference)) = (name, kind, preference) {
-                if uplinks.iter().any(|u| u.name == name) {
-                    self.problem(
-                        path.key("name"),
-                        format!("uplink '{name}' is defined twice"),
-                    );
-                }
-                uplinks.push(Uplink {
-                    name,
-                    kind,
-                    preference,
-                    metered: uplink.metered.unwrap_or(false),
-                });
-            }
-        }
-        uplinks
-    }
-
-    fn hub(&mut self, wire: &WireHub) -> Option<Hub> {
-        let path = KeyPath::root().key("hub");
-        let mut endpoints = Vec::new();
-        for (index, endpoint) in wire.endpoints.iter().enumerate() {
-            match endpoint.parse::<SocketAddr>() {
-                Ok(address) => endpoints.push(address),
-                Err(_) => self.problem(
-                    path.key("endpoints").index(index),
-                    format!("'{endpoint}' is not an address:port such as 203.0.113.10:51820"),
-                ),
-            }
-        }
-        if wire.endpoints.is_empty() {
-            self.problem(
-                path.key("endpoints"),
-                "list at least one hub endpoint (primary first)",
-            );
-        }
-        let tunnel_address = self.ipv4(&wire.tunnel_address, &path.key("tunnel_address"));
-        let interface = match &wire.interface {
-            Some(name) => Some(self.interface(name, &path.key("interface"))?),
-            None => None,
-        };
-        Some(Hub {
-            endpoints,
-            tunnel_address: tunnel_address?,
-            interface,
-        })
-    }
-
     fn bus(&mut self, wire: &WireBus) -> Option<Bus> {
         let path = KeyPath::root().key("bus");
         let socket = self.absolute_path(
@@ -580,23 +220,28 @@ impl Checker {
         })
     }
 
+    /// Every agent's settings for one machine from its merged sections; `hub_mode` is `Some`
+    /// on a hub.
     fn agents(
         &mut self,
-        wire: &WireConfig,
+        sections: &Sections,
         bus_metrics: Option<SocketAddr>,
         uplink_count: usize,
         networks: &[Network],
+        dhcp: &site::NetworkDhcp,
+        hub_mode: Option<HubMode>,
     ) -> Option<Agents> {
         let uplink_common = self.common(
             "uplink_monitor",
-            wire.uplink_monitor.enabled,
-            wire.uplink_monitor.metrics_listen.as_deref(),
+            sections.uplink_monitor.enabled,
+            sections.uplink_monitor.metrics_listen.as_deref(),
             METRICS_PORT_UPLINK_MONITOR,
         );
-        let uplink_monitor = self.uplink_monitor(&wire.uplink_monitor, uplink_common, uplink_count);
-        let cross_site = self.cross_site_failover(&wire.cross_site_failover);
-        let whereami = self.whereami(&wire.whereami);
-        let dhcp_takeover = self.dhcp_takeover(&wire.dhcp_takeover, networks);
+        let uplink_monitor =
+            self.uplink_monitor(&sections.uplink_monitor, uplink_common, uplink_count);
+        let cross_site = self.cross_site_failover(&sections.cross_site_failover, hub_mode);
+        let whereami = self.whereami(&sections.whereami);
+        let dhcp_takeover = self.dhcp_takeover(&sections.dhcp_takeover, networks, dhcp);
         let mut agent = |section: &str, wire: &WireAgent, port: u16| {
             self.common(section, wire.enabled, wire.metrics_listen.as_deref(), port)
         };
@@ -607,10 +252,10 @@ impl Checker {
             dhcp_takeover: dhcp_takeover?,
             imds_endpoint: agent(
                 "imds_endpoint",
-                &wire.imds_endpoint,
+                &sections.imds_endpoint,
                 METRICS_PORT_IMDS_ENDPOINT,
             )?,
-            inventory: agent("inventory", &wire.inventory, METRICS_PORT_INVENTORY)?,
+            inventory: agent("inventory", &sections.inventory, METRICS_PORT_INVENTORY)?,
         };
         // Two agents on one port would fail at start-up, far from the file; say it here.
         let mut by_listen: BTreeMap<SocketAddr, &str> = BTreeMap::new();
@@ -653,6 +298,7 @@ impl Checker {
     fn cross_site_failover(
         &mut self,
         wire: &WireCrossSiteFailover,
+        hub: Option<HubMode>,
     ) -> Option<CrossSiteFailoverConfig> {
         let path = KeyPath::root().key("cross_site_failover");
         let common = self.common(
@@ -685,38 +331,13 @@ impl Checker {
             0..=3_600_000,
             &path.key("failback_hold_ms"),
         );
-        let hub = match (wire.mode.as_deref(), &wire.hub) {
-            (None | Some("appliance"), None) => Some(None),
-            (None | Some("appliance"), Some(_)) => {
-                self.problem(
-                    path.key("hub"),
-                    "only a hub has this section; add mode = \"hub\" or remove it",
-                );
-                None
-            }
-            (Some("hub"), Some(hub)) => self.hub_mode(hub, &path.key("hub")).map(Some),
-            (Some("hub"), None) => {
-                self.problem(
-                    path.key("mode"),
-                    "a hub needs a [cross_site_failover.hub] section (role, partner, AWS)",
-                );
-                None
-            }
-            (Some(other), _) => {
-                self.problem(
-                    path.key("mode"),
-                    format!("'{other}' is not a mode; valid: appliance (default), hub"),
-                );
-                None
-            }
-        };
         Some(CrossSiteFailoverConfig {
             common: common?,
             heartbeat_port: port? as u16,
             heartbeat_interval: interval?,
             detect_multiplier: multiplier? as u8,
             failback_hold: hold?,
-            hub: hub?,
+            hub,
         })
     }
 
@@ -801,125 +422,6 @@ impl Checker {
             upstream_timeout: upstream_timeout?,
             serve_stale: serve_stale?,
             hosts,
-        })
-    }
-
-    fn hub_mode(&mut self, wire: &WireHubMode, path: &KeyPath) -> Option<HubMode> {
-        let role = match wire.role.as_str() {
-            "primary" => Some(HubRole::Primary),
-            "standby" => Some(HubRole::Standby),
-            other => {
-                self.problem(
-                    path.key("role"),
-                    format!("'{other}' is not a hub role; valid: primary, standby"),
-                );
-                None
-            }
-        };
-        let interface = self.interface(&wire.interface, &path.key("interface"));
-        let local = self.ipv4(&wire.local, &path.key("local"));
-        let partner = self.ipv4(&wire.partner, &path.key("partner"));
-        const DAY_MS: std::ops::RangeInclusive<usize> = 0..=86_400_000;
-        let mut millis =
-            |value, default, key: &str| self.millis(value, default, DAY_MS, &path.key(key));
-        let takeover_after = millis(
-            wire.takeover_after_ms,
-            DEFAULT_TAKEOVER_AFTER,
-            "takeover_after_ms",
-        );
-        let giveback_hold = millis(
-            wire.giveback_hold_ms,
-            DEFAULT_GIVEBACK_HOLD,
-            "giveback_hold_ms",
-        );
-        let cloudwatch_interval = millis(
-            wire.cloudwatch_interval_ms,
-            DEFAULT_CLOUDWATCH_INTERVAL,
-            "cloudwatch_interval_ms",
-        );
-        let reconcile_interval = millis(
-            wire.reconcile_interval_ms,
-            DEFAULT_RECONCILE_INTERVAL,
-            "reconcile_interval_ms",
-        );
-        let region_ok = !wire.aws_region.is_empty()
-            && wire
-                .aws_region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !region_ok {
-            self.problem(
-                path.key("aws_region"),
-                format!(
-                    "'{}' is not an AWS region such as eu-west-1",
-                    wire.aws_region
-                ),
-            );
-        }
-        let endpoint_ok = wire
-            .aws_endpoint
-            .as_deref()
-            .is_none_or(|url| url.starts_with("http://") || url.starts_with("https://"));
-        if !endpoint_ok {
-            self.problem(
-                path.key("aws_endpoint"),
-                "must be a URL such as http://127.0.0.1:5000 (omit it to use AWS itself)",
-            );
-        }
-        let mut ids_ok = true;
-        for (key, value, prefix) in [
-            ("instance_id", Some(&wire.instance_id), "i-"),
-            ("partner_instance_id", Some(&wire.partner_instance_id), "i-"),
-        ] {
-            if let Some(value) = value
-                && !value.starts_with(prefix)
-            {
-                self.problem(
-                    path.key(key),
-                    format!("'{value}' is not an EC2 instance id (i-…)"),
-                );
-                ids_ok = false;
-            }
-        }
-        for (index, table) in wire.route_tables.iter().enumerate() {
-            if !table.starts_with("rtb-") {
-                self.problem(
-                    path.key("route_tables").index(index),
-                    format!("'{table}' is not a route table id (rtb-…)"),
-                );
-                ids_ok = false;
-            }
-        }
-        let namespace = wire
-            .cloudwatch_namespace
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CLOUDWATCH_NAMESPACE.to_owned());
-        if namespace.is_empty() || namespace.starts_with("AWS/") {
-            self.problem(
-                path.key("cloudwatch_namespace"),
-                format!("'{namespace}' cannot be used: empty, or reserved for AWS (AWS/…)"),
-            );
-        }
-        if !(region_ok && endpoint_ok && ids_ok) {
-            return None;
-        }
-        Some(HubMode {
-            role: role?,
-            interface: interface?,
-            local: local?,
-            partner: partner?,
-            takeover_after: takeover_after?,
-            giveback_hold: giveback_hold?,
-            aws_region: wire.aws_region.clone(),
-            aws_endpoint: wire.aws_endpoint.clone(),
-            route_tables: wire.route_tables.clone(),
-            instance_id: wire.instance_id.clone(),
-            partner_instance_id: wire.partner_instance_id.clone(),
-            partner_health_check: wire.partner_health_check.clone(),
-            own_health_check: wire.own_health_check.clone(),
-            cloudwatch_namespace: namespace,
-            cloudwatch_interval: cloudwatch_interval?,
-            reconcile_interval: reconcile_interval?,
         })
     }
 
@@ -1285,10 +787,7 @@ impl Checker {
 
     fn domain(&mut self, value: &str, path: &KeyPath) -> Option<String> {
         let value = value.trim_end_matches('.');
-        let valid = !value.is_empty()
-            && value.len() <= 253
-            && value.split('.').all(crate::names::is_dns_label);
-        if valid {
+        if is_dns_name(value) {
             Some(value.to_ascii_lowercase())
         } else {
             self.problem(
@@ -1331,6 +830,11 @@ impl Checker {
             }
         }
     }
+}
+
+/// Whether `value` is a DNS name: 1 to 253 bytes of labels separated by dots.
+fn is_dns_name(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 253 && value.split('.').all(crate::names::is_dns_label)
 }
 
 /// Whether `address` is a host address of `subnet` (inside it, not its network or broadcast

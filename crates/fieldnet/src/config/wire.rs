@@ -1,40 +1,64 @@
-//! The wire layer of the appliance file: serde types that mirror the TOML exactly.
+//! The wire layer of the site file: serde types that mirror the TOML exactly.
 //!
 //! Nothing here is checked beyond its TOML type; `super::validate` turns these into the validated
 //! types every agent uses. Unknown keys are rejected so a typo never silently becomes a default.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
-/// The whole `/etc/fieldnet/fieldnet.toml`.
+/// The whole `/etc/fieldnet/site.toml`, the same on every appliance and hub.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WireConfig {
+pub struct WireSiteFile {
     pub site: WireSite,
-    pub appliance: WireAppliance,
     #[serde(default)]
     pub areas: Vec<WireArea>,
     #[serde(default)]
     pub networks: Vec<WireNetwork>,
     #[serde(default)]
-    pub uplinks: Vec<WireUplink>,
+    pub appliances: Vec<WireAppliance>,
     #[serde(default)]
-    pub peers: Vec<WirePeer>,
+    pub links: Vec<WireLink>,
     pub hub: Option<WireHub>,
     #[serde(default)]
+    pub hubs: Vec<WireHubMachine>,
+    // The agent sections, site-wide; an appliance or hub may override any key of them. Read
+    // here for their types only: the merge works on the tables (see `AGENT_SECTIONS`).
+    #[allow(dead_code)]
+    #[serde(default)]
     pub bus: WireBus,
+    #[allow(dead_code)]
     #[serde(default)]
     pub uplink_monitor: WireUplinkMonitor,
+    #[allow(dead_code)]
     #[serde(default)]
     pub cross_site_failover: WireCrossSiteFailover,
+    #[allow(dead_code)]
     #[serde(default)]
     pub whereami: WireWhereami,
+    #[allow(dead_code)]
     #[serde(default)]
     pub dhcp_takeover: WireDhcpTakeover,
+    #[allow(dead_code)]
     #[serde(default)]
     pub imds_endpoint: WireAgent,
+    #[allow(dead_code)]
     #[serde(default)]
     pub inventory: WireAgent,
 }
+
+/// The agent sections a machine may override, key by key (only their types are read here: the
+/// merge happens on the TOML tables, so each override is checked where it is written).
+pub const AGENT_SECTIONS: [&str; 7] = [
+    "bus",
+    "uplink_monitor",
+    "cross_site_failover",
+    "whereami",
+    "dhcp_takeover",
+    "imds_endpoint",
+    "inventory",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,18 +71,8 @@ pub struct WireSite {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WireAppliance {
-    pub id: i64,
-    pub name: String,
-    /// Required on an appliance; a hub (`[cross_site_failover] mode = "hub"`) serves no area.
-    pub area: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WireArea {
     pub name: String,
-    pub appliance: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,46 +82,144 @@ pub struct WireNetwork {
     pub area: String,
     pub subnet: String,
     pub gateway: String,
+    /// The interface carrying this network on every appliance, unless an appliance says
+    /// otherwise in its `interfaces`.
     pub interface: Option<String>,
     pub vlan: Option<i64>,
+    /// DHCP ranges, `"10.101.0.10-10.101.0.249"`; absent: the default pool.
+    pub pools: Option<Vec<String>>,
+    #[serde(default)]
+    pub reservations: Vec<WireReservation>,
 }
 
+/// `[[networks.reservations]]`: a fixed address for one MAC.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireReservation {
+    pub mac: String,
+    pub address: String,
+    pub hostname: Option<String>,
+}
+
+/// `[[appliances]]`: one area's appliance.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireAppliance {
+    pub id: i64,
+    pub name: String,
+    /// The machine's host name, when it is not `name`.
+    pub hostname: Option<String>,
+    pub area: String,
+    /// Network name → the interface carrying it on this appliance.
+    #[serde(default)]
+    pub interfaces: BTreeMap<String, String>,
+    #[serde(default)]
+    pub uplinks: Vec<WireUplink>,
+    /// Other appliances' uplinks used through them, by name; absent: every other appliance's
+    /// first uplink.
+    pub remote_uplinks: Option<Vec<String>>,
+    pub remote_preference: Option<i64>,
+    /// This appliance's WireGuard interface to the hubs, and its address inside the tunnels.
+    pub tunnel_interface: Option<String>,
+    pub tunnel_address: Option<String>,
+    // Overrides of the agent sections, read for their types only (see `AGENT_SECTIONS`).
+    #[allow(dead_code)]
+    pub bus: Option<WireBus>,
+    #[allow(dead_code)]
+    pub uplink_monitor: Option<WireUplinkMonitor>,
+    #[allow(dead_code)]
+    pub cross_site_failover: Option<WireCrossSiteFailover>,
+    #[allow(dead_code)]
+    pub whereami: Option<WireWhereami>,
+    #[allow(dead_code)]
+    pub dhcp_takeover: Option<WireDhcpTakeover>,
+    #[allow(dead_code)]
+    pub imds_endpoint: Option<WireAgent>,
+    #[allow(dead_code)]
+    pub inventory: Option<WireAgent>,
+}
+
+/// `[[appliances.uplinks]]`: a router on one of the appliance's own ports.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireUplink {
     pub name: String,
-    pub kind: String,
-    pub interface: Option<String>,
-    pub gateway: Option<String>,
-    pub peer: Option<i64>,
+    pub interface: String,
+    pub gateway: String,
     pub preference: Option<i64>,
     pub metered: Option<bool>,
 }
 
+/// `[[links]]`: a cable or wifi bridge between two appliances, both ends in one entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WirePeer {
-    pub id: i64,
-    pub name: String,
-    #[serde(default)]
-    pub paths: Vec<WirePath>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WirePath {
+pub struct WireLink {
     pub kind: String,
-    pub interface: String,
-    pub local: String,
-    pub remote: String,
+    pub subnet: String,
+    pub ends: Vec<WireLinkEnd>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireLinkEnd {
+    /// The appliance's name.
+    pub appliance: String,
+    pub interface: String,
+    pub address: String,
+}
+
+/// `[hub]`: what the hub pair shares.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireHub {
-    pub endpoints: Vec<String>,
     pub tunnel_address: String,
-    pub interface: Option<String>,
+    pub aws_region: String,
+    pub aws_endpoint: Option<String>,
+    #[serde(default)]
+    pub route_tables: Vec<String>,
+    pub takeover_after_ms: Option<i64>,
+    pub giveback_hold_ms: Option<i64>,
+    pub cloudwatch_namespace: Option<String>,
+    pub cloudwatch_interval_ms: Option<i64>,
+    pub reconcile_interval_ms: Option<i64>,
+}
+
+/// `[[hubs]]`: one hub of the pair in the AWS transit VPC.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireHubMachine {
+    pub id: i64,
+    pub name: String,
+    pub hostname: Option<String>,
+    pub role: String,
+    /// Where appliances' WireGuard reaches it, `address:port`.
+    pub endpoint: String,
+    /// The interface and address the partner hub is watched over.
+    pub vpc_interface: String,
+    pub vpc_address: String,
+    pub instance_id: String,
+    /// Its Route53 health check, used as the on/off switch of its endpoint record.
+    pub health_check: Option<String>,
+    /// This hub's AWS endpoint, when it differs from `[hub] aws_endpoint`.
+    pub aws_endpoint: Option<String>,
+    /// Appliance name → this hub's tunnel interface to it.
+    #[serde(default)]
+    pub tunnels: BTreeMap<String, String>,
+    // Overrides of the agent sections, read for their types only (see `AGENT_SECTIONS`).
+    #[allow(dead_code)]
+    pub bus: Option<WireBus>,
+    #[allow(dead_code)]
+    pub uplink_monitor: Option<WireUplinkMonitor>,
+    #[allow(dead_code)]
+    pub cross_site_failover: Option<WireCrossSiteFailover>,
+    #[allow(dead_code)]
+    pub whereami: Option<WireWhereami>,
+    #[allow(dead_code)]
+    pub dhcp_takeover: Option<WireDhcpTakeover>,
+    #[allow(dead_code)]
+    pub imds_endpoint: Option<WireAgent>,
+    #[allow(dead_code)]
+    pub inventory: Option<WireAgent>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,8 +290,8 @@ pub struct WireHost {
     pub address: String,
 }
 
-/// `[dhcp_takeover]`: the common agent keys plus DHCP: lease time, options, pools, reservations,
-/// device classes.
+/// `[dhcp_takeover]`: the common agent keys plus DHCP: lease time, options, device classes (pools
+/// and reservations belong to their network).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireDhcpTakeover {
@@ -191,10 +303,6 @@ pub struct WireDhcpTakeover {
     pub peer_port: Option<i64>,
     #[serde(flatten)]
     pub options: WireDhcpOptions,
-    #[serde(default)]
-    pub pools: Vec<WirePool>,
-    #[serde(default)]
-    pub reservations: Vec<WireReservation>,
     #[serde(default)]
     pub classes: Vec<WireClass>,
 }
@@ -209,24 +317,6 @@ pub struct WireDhcpOptions {
     pub routes: Option<Vec<String>>,
 }
 
-/// `[[dhcp_takeover.pools]]`: a dynamic range on one network.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WirePool {
-    pub network: String,
-    pub start: String,
-    pub end: String,
-}
-
-/// `[[dhcp_takeover.reservations]]`: a fixed address for one MAC.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WireReservation {
-    pub mac: String,
-    pub address: String,
-    pub hostname: Option<String>,
-}
-
 /// `[[dhcp_takeover.classes]]`: devices known by MAC prefix, with their own ranges and options.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,7 +329,8 @@ pub struct WireClass {
     pub options: WireDhcpOptions,
 }
 
-/// `[cross_site_failover]`: the common agent keys plus heartbeats and path failback.
+/// `[cross_site_failover]`: the common agent keys plus heartbeats and path failback. Hub mode
+/// comes from the machine being one of `[[hubs]]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireCrossSiteFailover {
@@ -249,29 +340,4 @@ pub struct WireCrossSiteFailover {
     pub heartbeat_interval_ms: Option<i64>,
     pub detect_multiplier: Option<i64>,
     pub failback_hold_ms: Option<i64>,
-    pub mode: Option<String>,
-    pub hub: Option<WireHubMode>,
-}
-
-/// `[cross_site_failover.hub]`: what a hub of the pair needs (only with `mode = "hub"`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WireHubMode {
-    pub role: String,
-    pub interface: String,
-    pub local: String,
-    pub partner: String,
-    pub takeover_after_ms: Option<i64>,
-    pub giveback_hold_ms: Option<i64>,
-    pub aws_region: String,
-    pub aws_endpoint: Option<String>,
-    #[serde(default)]
-    pub route_tables: Vec<String>,
-    pub instance_id: String,
-    pub partner_instance_id: String,
-    pub partner_health_check: Option<String>,
-    pub own_health_check: Option<String>,
-    pub cloudwatch_namespace: Option<String>,
-    pub cloudwatch_interval_ms: Option<i64>,
-    pub reconcile_interval_ms: Option<i64>,
 }

@@ -36,7 +36,8 @@ pub fn start(label: &str, areas: u8) -> Option<Running> {
     start_with(label, areas, 2, "")
 }
 
-/// A site of `areas` areas with `uplinks` uplinks each; `extra` is appended to appliance 1's config.
+/// A site of `areas` areas with `uplinks` uplinks each; `extra` holds site-wide agent sections
+/// of the site file. The agent runs on appliance 1.
 pub fn start_with(label: &str, areas: u8, uplinks: u8, extra: &str) -> Option<Running> {
     let mut lab = Lab::for_test(label)?;
     let spec = SiteSpec {
@@ -47,8 +48,10 @@ pub fn start_with(label: &str, areas: u8, uplinks: u8, extra: &str) -> Option<Ru
         vpn: false,
     };
     let site = lab.site(&spec).unwrap();
-    let config = lab.dir().join("appliance-1.toml");
-    std::fs::write(&config, lab::appliance_config(&site, 1, lab.dir(), extra)).unwrap();
+    let config = lab::SiteFile::new(&site, lab.dir())
+        .sections(extra)
+        .write()
+        .unwrap();
     let echo = EchoServer::start(&site.internet, "192.0.2.1:7".parse().unwrap()).unwrap();
     let check =
         lab::HttpResponder::start(&site.internet, "192.0.2.1:80".parse().unwrap(), 204).unwrap();
@@ -81,7 +84,12 @@ impl Running {
             .spawn(
                 &area.appliance,
                 &agent_binary(),
-                &["--config", self.config.to_str().unwrap()],
+                &[
+                    "--config",
+                    self.config.to_str().unwrap(),
+                    "--appliance",
+                    &lab::appliance_name(1),
+                ],
             )
             .unwrap();
         let names: Vec<&str> = area.uplinks.iter().map(|u| u.name.as_str()).collect();
@@ -259,13 +267,16 @@ pub fn delay_site(label: &str) -> Option<DelaySite> {
             "wan0",
         ])
         .unwrap();
-    let config = lab.dir().join("app.toml");
+    // A one-appliance site file of its own: this topology is not a lab site.
+    let config = lab.dir().join("site.toml");
     std::fs::write(
         &config,
         format!(
-            "[site]\nname = \"lab\"\ndomain = \"lab.example\"\nkey = \"{}\"\n\n[appliance]\nid = 1\nname = \"app\"\narea = \"a\"\n\n[[areas]]\nname = \"a\"\nappliance = 1\n\n\
-             [[uplinks]]\nname = \"up0\"\nkind = \"local\"\ninterface = \"wan0\"\ngateway = \"192.168.8.1\"\npreference = 10\n\n\
-             [[uplinks]]\nname = \"up1\"\nkind = \"local\"\ninterface = \"wan1\"\ngateway = \"192.168.9.1\"\npreference = 20\n\n\
+            "[site]\nname = \"lab\"\ndomain = \"lab.example\"\nkey = \"{}\"\n\n[[areas]]\nname = \"a\"\n\n\
+             [[networks]]\nname = \"NETWORK1\"\narea = \"a\"\nsubnet = \"10.101.0.0/24\"\ngateway = \"10.101.0.1\"\ninterface = \"lan0\"\n\n\
+             [[appliances]]\nid = 1\nname = \"app\"\narea = \"a\"\nuplinks = [\n\
+             \x20 {{ name = \"up0\", interface = \"wan0\", gateway = \"192.168.8.1\", preference = 10 }},\n\
+             \x20 {{ name = \"up1\", interface = \"wan1\", gateway = \"192.168.9.1\", preference = 20 }},\n]\n\n\
              [bus]\nsocket = \"{}\"\n\n[uplink_monitor]\ntargets = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\"]\n",
             "5a".repeat(32),
             lab.dir().join("bus.sock").display()
@@ -276,7 +287,7 @@ pub fn delay_site(label: &str) -> Option<DelaySite> {
         .spawn(
             &appliance,
             &agent_binary(),
-            &["--config", config.to_str().unwrap()],
+            &["--config", config.to_str().unwrap(), "--appliance", "app"],
         )
         .unwrap();
     wait_ready(&agent, &["up0", "up1"]);

@@ -6,15 +6,17 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::super::wire::{WireDhcpOptions, WireDhcpTakeover};
+use super::super::wire::{WireDhcpOptions, WireDhcpTakeover, WireNetwork};
 use super::super::*;
-use super::{Checker, METRICS_PORT_DHCP_TAKEOVER, is_host, list};
+use super::site::NetworkDhcp;
+use super::{Checker, METRICS_PORT_DHCP_TAKEOVER, is_host};
 
 impl Checker {
     pub(super) fn dhcp_takeover(
         &mut self,
         wire: &WireDhcpTakeover,
         networks: &[Network],
+        dhcp: &NetworkDhcp,
     ) -> Option<DhcpTakeoverConfig> {
         let path = KeyPath::root().key("dhcp_takeover");
         let common = self.common(
@@ -51,96 +53,6 @@ impl Checker {
         let mut options = self.dhcp_options(&wire.options, &path);
         if let Some(options) = &mut options {
             options.lease_time.get_or_insert(DEFAULT_LEASE_TIME);
-        }
-
-        let mut pools = Vec::new();
-        for (index, pool) in wire.pools.iter().enumerate() {
-            let key = path.key("pools").index(index);
-            let Some(network) = networks.iter().find(|n| n.name == pool.network) else {
-                self.problem(
-                    key.key("network"),
-                    format!(
-                        "network '{}' is not defined; defined networks: {}",
-                        pool.network,
-                        list(networks.iter().map(|n| n.name.as_str()))
-                    ),
-                );
-                continue;
-            };
-            let start = self.ipv4(&pool.start, &key.key("start"));
-            let end = self.ipv4(&pool.end, &key.key("end"));
-            if let (Some(start), Some(end)) = (start, end)
-                && self.range_in(network, start, end, &key)
-            {
-                pools.push(DhcpPool {
-                    network: network.name.clone(),
-                    start,
-                    end,
-                });
-            }
-        }
-
-        let mut reservations: Vec<DhcpReservation> = Vec::new();
-        for (index, reservation) in wire.reservations.iter().enumerate() {
-            let key = path.key("reservations").index(index);
-            let mac = match crate::names::parse_hex_bytes(&reservation.mac) {
-                Some(bytes) if bytes.len() == 6 => Some(<[u8; 6]>::try_from(bytes).expect("6")),
-                _ => {
-                    self.problem(
-                        key.key("mac"),
-                        format!(
-                            "'{}' is not a MAC address such as 02:00:5e:10:00:01",
-                            reservation.mac
-                        ),
-                    );
-                    None
-                }
-            };
-            let address = self.ipv4(&reservation.address, &key.key("address"));
-            let network = address.and_then(|address| {
-                let found = networks.iter().find(|n| usable(n, address));
-                if found.is_none() {
-                    self.problem(
-                        key.key("address"),
-                        format!(
-                            "{address} is not a client address of any network (not inside a subnet, or its network, broadcast or gateway address)"
-                        ),
-                    );
-                }
-                found
-            });
-            let hostname = match &reservation.hostname {
-                Some(name) => self.hostname(name, &key.key("hostname")).map(Some),
-                None => Some(None),
-            };
-            let (Some(mac), Some(address), Some(network), Some(hostname)) =
-                (mac, address, network, hostname)
-            else {
-                continue;
-            };
-            if let Some(other) = reservations.iter().position(|r| r.mac == mac) {
-                self.problem(
-                    key.key("mac"),
-                    format!(
-                        "{} is already reserved by reservations[{other}]",
-                        reservation.mac
-                    ),
-                );
-                continue;
-            }
-            if let Some(other) = reservations.iter().position(|r| r.address == address) {
-                self.problem(
-                    key.key("address"),
-                    format!("{address} is already reserved by reservations[{other}]"),
-                );
-                continue;
-            }
-            reservations.push(DhcpReservation {
-                mac,
-                address,
-                network: network.name.clone(),
-                hostname,
-            });
         }
 
         let mut classes: Vec<DeviceClass> = Vec::new();
@@ -182,13 +94,7 @@ impl Checker {
             let mut ranges = Vec::new();
             for (i, range) in class.ranges.iter().enumerate() {
                 let range_key = key.key("ranges").index(i);
-                let parsed = range.split_once('-').and_then(|(start, end)| {
-                    Some((
-                        start.trim().parse::<Ipv4Addr>().ok()?,
-                        end.trim().parse::<Ipv4Addr>().ok()?,
-                    ))
-                });
-                let Some((start, end)) = parsed else {
+                let Some((start, end)) = parse_range(range) else {
                     self.problem(
                         range_key,
                         format!("'{range}' is not a range such as 10.101.0.20-10.101.0.49"),
@@ -223,7 +129,7 @@ impl Checker {
         // A class range is the class's alone: no other pool may share an address with it.
         for (index, class) in classes.iter().enumerate() {
             for range in &class.ranges {
-                let overlaps = pools.iter().any(|pool| pool.overlaps(range));
+                let overlaps = dhcp.pools.iter().any(|pool| pool.overlaps(range));
                 let other_class = classes
                     .iter()
                     .enumerate()
@@ -248,10 +154,130 @@ impl Checker {
             offer_hold: offer_hold?,
             peer_port: peer_port? as u16,
             options: options?,
-            pools,
-            reservations,
+            pools: dhcp.pools.clone(),
+            reservations: dhcp.reservations.clone(),
             classes,
         })
+    }
+
+    /// A network's `pools` and `reservations`, added to `dhcp`; a reservation's MAC and address
+    /// are the site's to give once.
+    pub(super) fn network_dhcp(
+        &mut self,
+        wire: &WireNetwork,
+        network: &Network,
+        path: &KeyPath,
+        dhcp: &mut NetworkDhcp,
+    ) {
+        let mut own: Vec<DhcpPool> = Vec::new();
+        for (index, text) in wire.pools.iter().flatten().enumerate() {
+            let key = path.key("pools").index(index);
+            let Some((start, end)) = parse_range(text) else {
+                self.problem(
+                    key,
+                    format!(
+                        "'{text}' is not a range such as {}-{}",
+                        nth_host(network, 9),
+                        nth_host(network, 249)
+                    ),
+                );
+                continue;
+            };
+            if !self.range_in(network, start, end, &key) {
+                continue;
+            }
+            if (start..=end).contains(&network.gateway) {
+                self.problem(
+                    key,
+                    format!(
+                        "{start}-{end} holds the gateway {}; start the pool after it or end it before",
+                        network.gateway
+                    ),
+                );
+                continue;
+            }
+            let pool = DhcpPool {
+                network: network.name.clone(),
+                start,
+                end,
+            };
+            if let Some(other) = own.iter().find(|other| other.overlaps(&pool)) {
+                self.problem(
+                    key,
+                    format!(
+                        "{start}-{end} overlaps {}-{}, another pool of {}",
+                        other.start, other.end, network.name
+                    ),
+                );
+                continue;
+            }
+            own.push(pool);
+        }
+        dhcp.pools.extend(own);
+
+        for (index, reservation) in wire.reservations.iter().enumerate() {
+            let key = path.key("reservations").index(index);
+            let mac = match crate::names::parse_hex_bytes(&reservation.mac) {
+                Some(bytes) if bytes.len() == 6 => Some(<[u8; 6]>::try_from(bytes).expect("6")),
+                _ => {
+                    self.problem(
+                        key.key("mac"),
+                        format!(
+                            "'{}' is not a MAC address such as 02:00:5e:10:00:01",
+                            reservation.mac
+                        ),
+                    );
+                    None
+                }
+            };
+            let address = self.ipv4(&reservation.address, &key.key("address"));
+            if let Some(address) = address
+                && !usable(network, address)
+            {
+                self.problem(
+                    key.key("address"),
+                    format!(
+                        "{address} is not a client address of {} ({}, gateway {}); use one between {} and {} other than the gateway",
+                        network.name,
+                        network.subnet,
+                        network.gateway,
+                        nth_host(network, 0),
+                        network.subnet.hosts().last().expect("prefix ≤ 30 has hosts"),
+                    ),
+                );
+                continue;
+            }
+            let hostname = match &reservation.hostname {
+                Some(name) => self.hostname(name, &key.key("hostname")).map(Some),
+                None => Some(None),
+            };
+            let (Some(mac), Some(address), Some(hostname)) = (mac, address, hostname) else {
+                continue;
+            };
+            if let Some(other) = dhcp.reservations.iter().find(|r| r.mac == mac) {
+                self.problem(
+                    key.key("mac"),
+                    format!(
+                        "{} is already reserved ({} on {})",
+                        reservation.mac, other.address, other.network
+                    ),
+                );
+                continue;
+            }
+            if dhcp.reservations.iter().any(|r| r.address == address) {
+                self.problem(
+                    key.key("address"),
+                    format!("{address} is already reserved for another MAC"),
+                );
+                continue;
+            }
+            dhcp.reservations.push(DhcpReservation {
+                mac,
+                address,
+                network: network.name.clone(),
+                hostname,
+            });
+        }
     }
 
     fn dhcp_options(&mut self, wire: &WireDhcpOptions, path: &KeyPath) -> Option<DhcpOptionSet> {
@@ -348,6 +374,22 @@ impl Checker {
             None
         }
     }
+}
+
+/// `"10.101.0.20-10.101.0.49"` → its two ends.
+fn parse_range(text: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let (start, end) = text.split_once('-')?;
+    Some((start.trim().parse().ok()?, end.trim().parse().ok()?))
+}
+
+/// The `n`th host address of `network` (0 is the first), for examples in messages.
+fn nth_host(network: &Network, n: usize) -> Ipv4Addr {
+    network
+        .subnet
+        .hosts()
+        .nth(n)
+        .or_else(|| network.subnet.hosts().last())
+        .expect("prefix ≤ 30 has hosts")
 }
 
 fn parse_route(text: &str) -> Option<StaticRoute> {
