@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lab::{Lab, Netns, Site, SiteSpec};
+use lab::{Lab, Netns, Site};
 
 use crate::util::{cmd, root, step};
 
@@ -115,25 +115,94 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
     outcome
 }
 
-fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
-    step("building a three-area site in network namespaces");
-    let mut site = lab
-        .site(&SiteSpec::default())
-        .context("building the site")?;
-    // Every appliance gets a leg (in production a VLAN over the cable) into the other areas'
-    // LANs, so it can take over a dead neighbour's network.
-    lab.legs(&mut site).context("adding the legs")?;
-    println!("{}", site.describe());
-    demo.pause(2)?;
+/// The example site file every machine of the demo starts from.
+const EXAMPLE: &str = "deploy/examples/riverside/site.toml";
+/// Where moto, standing in for AWS, listens: on the internet's hub-side gateway.
+const MOTO: &str = "203.0.113.1:5000";
 
-    step("one site file for every appliance");
-    let config = lab::SiteFile::new(&site, lab.dir())
-        .sections("[dhcp_takeover]\nlease_time_s = 300\n")
-        .write()?;
-    let fieldctl_says = |args: &[&str]| -> anyhow::Result<String> {
-        let output = std::process::Command::new(bin.path(Program::Fieldctl))
+/// The agents of one machine, started in order: the bus, then the others.
+struct Agents {
+    bus: lab::LabProcess,
+    others: Vec<(Program, lab::LabProcess)>,
+}
+
+impl Agents {
+    fn get(&self, program: Program) -> &lab::LabProcess {
+        if program == Program::Bus {
+            return &self.bus;
+        }
+        self.others
+            .iter()
+            .find(|(p, _)| *p == program)
+            .map(|(_, process)| process)
+            .expect("the demo started it")
+    }
+
+    /// SIGKILL, every one: the machine lost power.
+    fn kill(self) -> anyhow::Result<()> {
+        for (_, process) in self.others {
+            process.kill_now()?;
+        }
+        self.bus.kill_now().map(drop)
+    }
+}
+
+/// Starts `programs` on `machine` with nothing but the machine's own files: the bus first.
+fn start_agents(
+    lab: &mut Lab,
+    machine: &lab::Machine,
+    bin: &Binaries,
+    programs: &[Program],
+    env: &[&str],
+) -> anyhow::Result<Agents> {
+    let bus = lab.spawn_on(
+        machine,
+        bin.path(Program::Bus).to_str().context("UTF-8 path")?,
+        &[],
+    )?;
+    wait_for_socket(&machine.bus_socket())?;
+    let mut others = Vec::new();
+    for program in programs {
+        let path = bin.path(*program);
+        let path = path.to_str().context("UTF-8 path")?;
+        let process = if env.is_empty() {
+            lab.spawn_on(machine, path, &[])?
+        } else {
+            let mut args: Vec<&str> = env.to_vec();
+            args.push(path);
+            lab.spawn_on(machine, "env", &args)?
+        };
+        others.push((*program, process));
+    }
+    Ok(Agents { bus, others })
+}
+
+/// The appliances' agents, after the bus.
+const APPLIANCE_AGENTS: [Program; 4] = [
+    Program::UplinkMonitor,
+    Program::CrossSiteFailover,
+    Program::Whereami,
+    Program::DhcpTakeover,
+];
+
+/// moto's test credentials for a hub's AWS calls.
+const MOTO_CREDENTIALS: [&str; 3] = [
+    "AWS_ACCESS_KEY_ID=testing",
+    "AWS_SECRET_ACCESS_KEY=testing",
+    "AWS_EC2_METADATA_DISABLED=true",
+];
+
+fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
+    step(&format!("the site file: {EXAMPLE}"));
+    let example = root().join(EXAMPLE);
+    let text = std::fs::read_to_string(&example)
+        .with_context(|| format!("reading {}", example.display()))?;
+    let file = example.to_string_lossy();
+    let fieldctl = bin.path(Program::Fieldctl);
+    let says = |args: &[&str]| -> anyhow::Result<String> {
+        let output = std::process::Command::new(&fieldctl)
             .arg("--config")
-            .arg(&config)
+            .arg(&example)
             .args(args)
             .output()?;
         anyhow::ensure!(
@@ -143,89 +212,122 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         );
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     };
-    print!("{}", fieldctl_says(&["check-config"])?);
-    println!("What each appliance will do with it (`fieldctl site`):");
-    for line in fieldctl_says(&["site"])?.lines() {
+    print!("{}", says(&["check-config"])?);
+    println!("What each machine will do with it (`fieldctl site`):");
+    for line in says(&["site"])?.lines() {
         println!("  {line}");
     }
-    let sockets: Vec<PathBuf> = site
-        .areas
-        .iter()
-        .map(|area| lab::bus_socket(lab.dir(), area.id))
-        .collect();
     demo.pause(2)?;
 
-    step("starting the bus on every appliance");
-    let mut brokers = spawn_everywhere(lab, &site, &config, &bin.path(Program::Bus))?;
-    for (area, socket) in site.areas.iter().zip(&sockets) {
-        wait_for_socket(socket)?;
-        println!(
-            "appliance {}: fieldnet-bus listening on {}",
-            area.id,
-            socket.display()
-        );
+    step("building that site in network namespaces: three appliances, two hubs");
+    let site = lab
+        .site_from_file(&text, &file, 2)
+        .context("building the site")?;
+    println!("{}", site.describe());
+    println!(
+        "Each appliance and hub is a machine of its own: its host name, /etc/fieldnet/site.toml (the file above), /run and /var/lib. Every agent starts with no flags at all, as on site."
+    );
+    let parsed = fieldnet::config::SiteConfig::from_str(&text, &file)?;
+    let zone = format!(
+        "whereami.{}",
+        parsed.machines[0].config.site.domain.trim_end_matches('.')
+    );
+    demo.pause(2)?;
+
+    step("moto stands in for AWS");
+    let ids = stand_in_aws(lab, &site, &parsed)?;
+    for machine in &site.machines {
+        machine.put("/etc/fieldnet/site.toml", &ids.text)?;
     }
-    step("starting uplink-monitor on every appliance");
-    let mut monitors = spawn_everywhere(lab, &site, &config, &bin.path(Program::UplinkMonitor))?;
-    for (area, monitor) in site.areas.iter().zip(&monitors) {
+    println!(
+        "moto listens on {MOTO} in the internet namespace, with the VPC route table {}, the hubs' instances {} and {}, and their Route53 health checks. Every machine's site file now names these instead of the example's, and [hub] aws_endpoint points at moto: nothing else changed.",
+        ids.route_table, ids.instances[0], ids.instances[1]
+    );
+    demo.pause(1)?;
+
+    step("starting the agents on every machine, each finding itself by host name");
+    let north_machine = site.machine("north").context("north")?;
+    let stage_machine = site.machine("stage").context("stage")?;
+    // Appliances first, then hubs (the site's machines in that order): appliances run every
+    // agent, hubs only cross-site-failover, with moto's test credentials.
+    let mut appliances = Vec::new();
+    let mut hubs = Vec::new();
+    for (index, machine) in site.machines.iter().enumerate() {
+        let hub = index >= site.areas.len();
+        let (programs, env): (&[Program], &[&str]) = if hub {
+            (&[Program::CrossSiteFailover], &MOTO_CREDENTIALS)
+        } else {
+            (&APPLIANCE_AGENTS, &[])
+        };
+        let agents = start_agents(lab, machine, bin, programs, env)?;
+        let crosser = agents.get(Program::CrossSiteFailover);
+        crosser.wait_for_log("this machine is", Duration::from_secs(20))?;
+        println!(
+            "{}: {}",
+            machine.hostname,
+            last_line(&crosser.log(), "this machine is")
+        );
+        if hub { &mut hubs } else { &mut appliances }.push(agents);
+    }
+    for (area, agents) in site.areas.iter().zip(&appliances) {
+        let monitor = agents.get(Program::UplinkMonitor);
         for uplink in &area.uplinks {
             monitor.wait_for_log(
                 &format!("uplink={} from=unknown to=up", uplink.name),
                 Duration::from_secs(20),
             )?;
         }
-        println!(
-            "appliance {}: uplink-monitor probes {} uplinks, {} of them its own",
-            area.id,
-            area.uplinks.len() + site.areas.len() - 1,
-            area.uplinks.len()
-        );
-    }
-    step("starting cross-site-failover on every appliance");
-    let mut crossers =
-        spawn_everywhere(lab, &site, &config, &bin.path(Program::CrossSiteFailover))?;
-    for (area, agent) in site.areas.iter().zip(&crossers) {
+        let crosser = agents.get(Program::CrossSiteFailover);
         for other in site.areas.iter().filter(|other| other.id != area.id) {
-            agent.wait_for_log(
+            crosser.wait_for_log(
                 &format!("peer liveness changed peer={}", other.id),
                 Duration::from_secs(20),
             )?;
         }
+        agents
+            .get(Program::Whereami)
+            .wait_for_log("answering DNS", Duration::from_secs(20))?;
+        agents
+            .get(Program::DhcpTakeover)
+            .wait_for_log("serving DHCP on own network", Duration::from_secs(20))?;
         println!(
-            "appliance {}: heartbeats every 50 ms over cable and wifi; sees {} other appliances alive",
+            "appliance {}: uplink-monitor probes its {} {} and the others' through them; heartbeats every 50 ms to {} appliances over cable, wifi and the VPN; DNS and DHCP on {}",
             area.id,
-            site.areas.len() - 1
+            area.uplinks.len(),
+            if area.uplinks.len() == 1 {
+                "uplink"
+            } else {
+                "uplinks"
+            },
+            site.areas.len() - 1,
+            area.network
         );
     }
-    step("starting whereami (the area's DNS) on every appliance");
-    let mut resolvers = spawn_everywhere(lab, &site, &config, &bin.path(Program::Whereami))?;
-    for (area, resolver) in site.areas.iter().zip(&resolvers) {
-        resolver.wait_for_log("answering DNS", Duration::from_secs(20))?;
-        println!(
-            "appliance {}: whereami answers DNS on {}",
-            area.id, area.gateway
-        );
+    let primary = hubs[0].get(Program::CrossSiteFailover);
+    for area in &site.areas {
+        primary.wait_for_log(
+            &format!("hub routes moved area_of={}", area.id),
+            Duration::from_secs(30),
+        )?;
     }
-    step("starting dhcp-takeover (the area's DHCP) on every appliance");
-    let mut dhcp = spawn_everywhere(lab, &site, &config, &bin.path(Program::DhcpTakeover))?;
-    for (area, server) in site.areas.iter().zip(&dhcp) {
-        server.wait_for_log("serving DHCP on own network", Duration::from_secs(20))?;
-        println!(
-            "appliance {}: dhcp-takeover answers DHCP on {}; its leases are replicated to the others",
-            area.id, area.network
-        );
-    }
+    hubs[1].get(Program::CrossSiteFailover).wait_for_log(
+        "peer liveness changed peer=0 alive=true",
+        Duration::from_secs(30),
+    )?;
+    println!(
+        "hub-a routes every area into its appliance's tunnel; hub-b watches hub-a over the VPC."
+    );
     demo.pause(1)?;
 
     step("whereami: every device learns which network it is on");
-    println!("A device in each area asks its DNS server for TXT whereami.lab.fieldnet.example:");
+    println!("A device in each area asks its DNS server for TXT {zone}:");
     for area in &site.areas {
         let client = &area.clients[0];
-        let (_, answer) = ask_whereami(&client.ns, &area.gateway)?;
+        let (_, answer) = ask_whereami(&client.ns, &area.gateway, &zone)?;
         println!("  {} in area {}: {answer}", client.addr, area.id);
     }
     let outsider = &site.areas[0].uplinks[0].router;
-    let (status, _) = ask_whereami(outsider, &site.areas[0].gateway)?;
+    let (status, _) = ask_whereami(outsider, &site.areas[0].gateway, &zone)?;
     println!(
         "The 4G router on the uplink side asks the same and gets {status}: not an open resolver."
     );
@@ -237,54 +339,37 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     let client = &north.clients[0];
     let internet = ping_line(&client.ns, "192.0.2.1")?;
     println!(
-        "A device in area 1 ({}) reaches an internet host (192.0.2.1) through uplink {}: {internet}",
+        "A device in area north ({}) reaches an internet host (192.0.2.1) through uplink {}: {internet}",
         client.addr, north.uplinks[0].name
     );
     let cross = ping_line(&client.ns, &stage.clients[0].addr)?;
     println!(
-        "It reaches a device in area 2 ({}) over the cable: {cross}",
+        "It reaches a device in area stage ({}) over the cable: {cross}",
         stage.clients[0].addr
     );
     demo.pause(2)?;
 
     step("scene 2: the bus carries what agents say");
-    let socket = &sockets[0];
-    let socket = socket.to_str().context("socket path is UTF-8")?;
-    let fieldctl = bin.path(Program::Fieldctl);
-    let fieldctl = fieldctl.to_str().unwrap_or_default();
-    north.appliance.exec(
-        fieldctl,
+    let fieldctl_on = |machine: &lab::Machine, args: &[&str]| -> anyhow::Result<String> {
+        let output = machine.exec(fieldctl.to_str().unwrap_or_default(), args)?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    fieldctl_on(
+        north_machine,
         &[
-            "--socket",
-            socket,
             "publish",
             "site/note",
             r#"{"text":"stage power restored"}"#,
             "--retain",
         ],
     )?;
-    println!("An operator published a note; anyone following the bus sees it:");
-    let events = north.appliance.exec(
-        fieldctl,
-        &["--socket", socket, "events", "site/", "--count", "1"],
-    )?;
-    print!("  {}", String::from_utf8_lossy(&events.stdout));
-    println!("And `fieldctl status` on appliance 1 says:");
-    let status = north.appliance.exec(
-        fieldctl,
-        &[
-            "--socket",
-            socket,
-            "--config",
-            &config.to_string_lossy(),
-            "--appliance",
-            &lab::appliance_name(1),
-            "status",
-        ],
+    println!("An operator on north published a note; anyone following the bus sees it:");
+    print!(
+        "  {}",
+        fieldctl_on(north_machine, &["events", "site/", "--count", "1"])?
     );
-    // status exits 0 only with the bus up; the other agents are not written yet, so it lists them as absent.
-    let status = status?;
-    for line in String::from_utf8_lossy(&status.stdout).lines() {
+    println!("And `fieldctl status` on north (no flags: it finds its site file and itself) says:");
+    for line in fieldctl_on(north_machine, &["status"])?.lines() {
         println!("  {line}");
     }
     demo.pause(2)?;
@@ -292,18 +377,19 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     step("scene 3: an uplink's cable is pulled");
     let echo = lab::EchoServer::start(&site.internet, "192.0.2.1:7".parse()?)?;
     println!(
-        "A device in area 1 sends a small packet every 10 ms to an internet host, which answers each."
+        "A device in area north sends a small packet every 10 ms to an internet host, which answers each."
     );
     let first = &north.uplinks[0];
     let moved_from = |name: &str| format!("default route moved from={name} to=");
+    let north_monitor = appliances[0].get(Program::UplinkMonitor);
     let cut = failover(
         &client.ns,
         echo.address,
-        &monitors[0],
+        north_monitor,
         &moved_from(&first.name),
         || {
             println!(
-                "Now the cable between appliance 1 and its router {} is pulled.",
+                "Now the cable between north and its router {} is pulled.",
                 first.name
             );
             lab.link_down(&first.router, &first.router_lan_if)
@@ -317,7 +403,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     let silent = failover(
         &client.ns,
         echo.address,
-        &monitors[0],
+        north_monitor,
         &moved_from(&second.name),
         || {
             println!(
@@ -330,42 +416,36 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     println!(
         "Its probes went unanswered, so uplink-monitor moved traffic to another area's uplink over the cable."
     );
-    println!("What an operator sees on appliance 1:");
-    let status = north.appliance.exec(
-        fieldctl,
-        &[
-            "--socket",
-            socket,
-            "--config",
-            &config.to_string_lossy(),
-            "--appliance",
-            &lab::appliance_name(1),
-            "status",
-        ],
-    )?;
-    for line in String::from_utf8_lossy(&status.stdout).lines() {
+    println!("What an operator sees on north:");
+    for line in fieldctl_on(north_machine, &["status"])?.lines() {
         println!("  {line}");
     }
     drop(silent);
     drop(cut);
     demo.pause(2)?;
 
-    step("scene 5: the cable between areas 1 and 2 is cut");
+    step("scene 5: the cable between north and stage is cut");
     let far = lab::EchoServer::start(
         &stage.clients[0].ns,
         format!("{}:7", stage.clients[0].addr).parse()?,
     )?;
     println!(
-        "A device in area 1 sends a small packet every 10 ms to a device in area 2, which answers each."
+        "A device in area north sends a small packet every 10 ms to a device in area stage, which answers each."
     );
+    let north_crosser = appliances[0].get(Program::CrossSiteFailover);
+    let stage_cable = stage
+        .path(lab::PathKind::Cable, north.id)
+        .context("stage's cable to north")?
+        .ifname
+        .clone();
     let cable = failover(
         &client.ns,
         far.address,
-        &crossers[0],
-        "routes to peer moved peer=2 from=cable to=wifi",
+        north_crosser,
+        &format!("routes to peer moved peer={} from=cable to=wifi", stage.id),
         || {
             println!("The cable between the two areas is cut.");
-            lab.link_down(&stage.appliance, "cab1")
+            lab.link_down(&stage.appliance, &stage_cable)
         },
     )?;
     println!(
@@ -374,28 +454,33 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     demo.pause(1)?;
 
     step("scene 6: rain on the wifi bridge too: the VPN through the hub");
+    let stage_wifi = stage
+        .path(lab::PathKind::Wifi, north.id)
+        .context("stage's wifi to north")?
+        .ifname
+        .clone();
     let rain = failover(
         &client.ns,
         far.address,
-        &crossers[0],
-        "routes to peer moved peer=2 from=wifi to=vpn",
+        north_crosser,
+        &format!("routes to peer moved peer={} from=wifi to=vpn", stage.id),
         || {
             println!(
                 "With the cable still cut, the wifi bridge goes silent: its link stays up, nothing gets through."
             );
-            lab.blackhole(&stage.appliance, "wifi1")
+            lab.blackhole(&stage.appliance, &stage_wifi)
         },
     )?;
     let route = north
         .appliance
         .ip_output(&["route", "show", &stage.network])?;
-    println!("  route on appliance 1: {}", route.trim());
+    println!("  route on north: {}", route.trim());
     println!(
-        "The routes moved to the WireGuard tunnel through the hub, which was up and hot all along."
+        "The routes moved to the WireGuard tunnel through hub-a, which was up and hot all along."
     );
     // Tunnel health is judged every second.
     std::thread::sleep(Duration::from_millis(1200));
-    if let Some(health) = crossers[0]
+    if let Some(health) = north_crosser
         .log()
         .lines()
         .rev()
@@ -408,9 +493,13 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     drop(cable);
     demo.pause(1)?;
 
-    step(
-        "scene 7: appliance 2 loses power; appliance 1 takes its network over, then hands it back",
-    );
+    step("scene 7: stage loses power; north takes its network over, then hands it back");
+    let network = parsed
+        .view(&stage_machine.name)?
+        .own_networks()
+        .next()
+        .map(|n| n.name.clone())
+        .context("stage serves a network")?;
     let laptop = &stage.clients[1];
     let hook = lab::udhcpc_hook(lab.dir())?;
     let hook = hook.to_str().context("hook path is UTF-8")?.to_owned();
@@ -427,55 +516,42 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
             .map_or_else(|| "none".to_owned(), |address| address.to_string()))
     };
     println!(
-        "A laptop in area 2 asks for an address: {}",
+        "A laptop in area stage asks for an address: {}",
         dhcp_once(&laptop.ns)?
     );
     std::thread::sleep(Duration::from_millis(500));
-    println!("Appliance 2's power is cut: every agent on it dies, its switch keeps switching.");
+    println!("stage's power is cut: every agent on it dies, its switch keeps switching.");
     let cut = std::time::Instant::now();
-    for agents in [
-        &mut dhcp,
-        &mut resolvers,
-        &mut crossers,
-        &mut monitors,
-        &mut brokers,
-    ] {
-        agents[1].kill_now()?;
-    }
+    appliances.remove(1).kill()?;
     let power = lab.power_off(&stage.appliance)?;
-    dhcp[0].wait_for_log("network taken over", Duration::from_secs(20))?;
+    let taker = appliances[0].get(Program::DhcpTakeover);
+    taker.wait_for_log("network taken over", Duration::from_secs(20))?;
     println!(
-        "  appliance 1 took NETWORK2 over {:.1} s after the cut: {}",
+        "  north took {network} over {:.1} s after the cut: {}",
         cut.elapsed().as_secs_f64(),
-        last_line(&dhcp[0].log(), "network taken over")
+        last_line(&taker.log(), "network taken over")
     );
     println!(
-        "  the laptop keeps its address and its gateway {} (now on appliance 1): {}",
+        "  the laptop keeps its address and its gateway {} (now on north): {}",
         stage.gateway,
         ping_line(&laptop.ns, &stage.gateway)?
     );
     println!(
-        "  and reaches a device in area 1 through it: {}",
+        "  and reaches a device in area north through it: {}",
         ping_line(&laptop.ns, &north.clients[0].addr)?
     );
     let newcomer = &stage.clients[0];
     println!(
-        "  a device arriving now gets an address from appliance 1: {}",
+        "  a device arriving now gets an address from north: {}",
         dhcp_once(&newcomer.ns)?
     );
-    let (_, answer) = ask_whereami(&newcomer.ns, &stage.gateway)?;
+    let (_, answer) = ask_whereami(&newcomer.ns, &stage.gateway, &zone)?;
     println!(
-        "  and its DNS (appliance 1 now answers on {}) still says: {answer}",
+        "  and its DNS (north now answers on {}) still says: {answer}",
         stage.gateway
     );
-    println!("  `fieldctl status` on appliance 1:");
-    let status = std::process::Command::new(bin.path(Program::Fieldctl))
-        .arg("--config")
-        .arg(&config)
-        .args(["--appliance", &lab::appliance_name(1)])
-        .arg("status")
-        .output()?;
-    for line in String::from_utf8_lossy(&status.stdout)
+    println!("  `fieldctl status` on north:");
+    for line in fieldctl_on(north_machine, &["status"])?
         .lines()
         .skip_while(|line| !line.starts_with("dhcp"))
     {
@@ -484,92 +560,203 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     demo.pause(2)?;
 
     println!(
-        "Power is back on appliance 2: its agents start, it fetches the leases issued in its absence, then gets its network back."
+        "Power is back on stage: its agents start, it fetches the leases issued in its absence, then gets its network back."
     );
     power.undo()?;
     let back = std::time::Instant::now();
-    let config = config.to_str().context("config path is UTF-8")?;
-    let stage_name = lab::appliance_name(2);
-    let mut restarted = Vec::new();
-    for program in [
-        Program::Bus,
-        Program::CrossSiteFailover,
-        Program::DhcpTakeover,
-    ] {
-        restarted.push(lab.spawn(
-            &stage.appliance,
-            bin.path(program).to_str().context("binary path is UTF-8")?,
-            &["--config", config, "--appliance", &stage_name],
-        )?);
-        if program == Program::Bus {
-            wait_for_socket(&sockets[1])?;
-        }
-    }
-    dhcp[0].wait_for_log("network handed back", Duration::from_secs(30))?;
-    restarted[2].wait_for_log("serving DHCP on own network", Duration::from_secs(30))?;
+    let restarted = start_agents(
+        lab,
+        stage_machine,
+        bin,
+        &[Program::CrossSiteFailover, Program::DhcpTakeover],
+        &[],
+    )?;
+    taker.wait_for_log("network handed back", Duration::from_secs(30))?;
+    restarted
+        .get(Program::DhcpTakeover)
+        .wait_for_log("serving DHCP on own network", Duration::from_secs(30))?;
     println!(
         "  handed back {:.1} s after power-on (agents' start included): {}",
         back.elapsed().as_secs_f64(),
-        last_line(&dhcp[0].log(), "network handed back")
+        last_line(&taker.log(), "network handed back")
     );
-    let leases = std::process::Command::new(bin.path(Program::Fieldctl))
-        .arg("--config")
-        .arg(config)
-        .args(["--appliance", &lab::appliance_name(2)])
-        .args(["leases", "--network", "NETWORK2"])
-        .output()?;
-    println!("  `fieldctl leases --network NETWORK2` on appliance 2 (the taker's lease included):");
-    for line in String::from_utf8_lossy(&leases.stdout).lines() {
+    println!("  `fieldctl leases --network {network}` on stage (the taker's lease included):");
+    for line in fieldctl_on(stage_machine, &["leases", "--network", &network])?.lines() {
         println!("    {line}");
     }
     drop(restarted);
     demo.pause(1)?;
 
-    drop(dhcp);
-    drop(resolvers);
-    drop(crossers);
-    drop(monitors);
-    drop(brokers);
+    step("scene 8: the primary hub dies; the standby takes the VPC routes");
+    let hub_a = hubs.remove(0);
+    let standby = hubs[0].get(Program::CrossSiteFailover);
+    println!(
+        "The VPC route table {} sends the site's networks to hub-a ({}).",
+        ids.route_table,
+        route_target(&site.internet, &ids)?
+    );
+    let died = std::time::Instant::now();
+    hub_a.kill()?;
+    standby.wait_for_log("owner=standby", Duration::from_secs(20))?;
+    standby.wait_for_log("VPC route replaced", Duration::from_secs(20))?;
+    println!(
+        "  hub-a died; {:.1} s later hub-b took the routes: {}",
+        died.elapsed().as_secs_f64(),
+        last_line(&standby.log(), "VPC route replaced")
+    );
+    println!(
+        "  the route table now sends them to {} (hub-b).",
+        route_target(&site.internet, &ids)?
+    );
+    demo.pause(1)?;
+
+    drop(hubs);
+    drop(appliances);
     Ok(())
 }
 
-/// `dig TXT whereami.<lab zone>` from `ns` to `server`: (status, the answer's text).
-fn ask_whereami(ns: &Netns, server: &str) -> anyhow::Result<(String, String)> {
-    let reply = ns.dig(&[
-        "+tries=1",
-        "+time=2",
-        &format!("@{server}"),
-        "TXT",
-        "whereami.lab.fieldnet.example",
-    ])?;
-    let answer = reply.values().into_iter().next().unwrap_or_default();
-    Ok((reply.status, answer))
+/// What moto made for the hubs, and the site file naming it.
+struct StandIn {
+    text: String,
+    route_table: String,
+    instances: [String; 2],
 }
 
-/// Starts `program --config <the site file> --appliance <its name>` on every appliance.
-fn spawn_everywhere(
+/// Starts moto in the internet namespace, creates the VPC route table (routes to every site
+/// network via hub-a's instance), both instances and both health checks, and returns the site
+/// file with those ids in place of the example's and `aws_endpoint` pointing at moto.
+fn stand_in_aws(
     lab: &mut Lab,
     site: &Site,
-    config: &Path,
-    program: &Path,
-) -> anyhow::Result<Vec<lab::LabProcess>> {
-    let program = program.to_str().context("binary path is UTF-8")?;
-    let config = config.to_str().context("config path is UTF-8")?;
-    site.areas
+    parsed: &fieldnet::config::SiteConfig,
+) -> anyhow::Result<StandIn> {
+    use fieldnet_aws::testing::fixtures::{first_text, health_check_request, route_fixture};
+    let (host, port) = MOTO.split_once(':').context("MOTO is host:port")?;
+    // It lives as long as the lab.
+    let log = lab.spawn_daemon(
+        &site.internet,
+        fieldnet_aws::testing::MOTO_SERVER_PROGRAM,
+        &["-H", host, "-p", port],
+    )?;
+    let listening = site.internet.run(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(MOTO).is_err() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    })?;
+    anyhow::ensure!(
+        listening,
+        "moto did not listen on {MOTO} within 30 s:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let modes: Vec<fieldnet::config::HubMode> = parsed
+        .hubs()
+        .filter_map(|hub| hub.config.agents.cross_site_failover.hub.clone())
+        .collect();
+    anyhow::ensure!(modes.len() == 2, "the example has a hub pair");
+    let region = modes[0].aws_region.clone();
+    let networks: Vec<String> = parsed.machines[0]
+        .config
+        .networks
         .iter()
-        .map(|area| {
-            lab.spawn(
-                &area.appliance,
-                program,
-                &[
-                    "--config",
-                    config,
-                    "--appliance",
-                    &lab::appliance_name(area.id),
-                ],
-            )
-        })
-        .collect()
+        .map(|n| n.subnet.to_string())
+        .collect();
+    let (fixture, checks) = aws_in(&site.internet, &region, move |client| async move {
+        let refs: Vec<&str> = networks.iter().map(String::as_str).collect();
+        let fixture = route_fixture(&client, &refs).await;
+        let mut checks = Vec::new();
+        for reference in ["hub-a", "hub-b"] {
+            let created = client
+                .rest_xml(
+                    fieldnet_aws::Service::Route53,
+                    reqwest::Method::POST,
+                    "/2013-04-01/healthcheck",
+                    Some(health_check_request(reference)),
+                )
+                .await
+                .expect("CreateHealthCheck");
+            checks.push(first_text(&created, "Id"));
+        }
+        (fixture, checks)
+    })?;
+    let mut text = std::fs::read_to_string(root().join(EXAMPLE))?;
+    let mut swap = |old: &str, new: &str| -> anyhow::Result<()> {
+        anyhow::ensure!(text.contains(old), "{old} is not in the example");
+        text = text.replace(old, new);
+        Ok(())
+    };
+    let tables: Vec<String> = modes[0]
+        .route_tables
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect();
+    swap(
+        &format!("route_tables = [{}]", tables.join(", ")),
+        &format!("route_tables = [\"{}\"]", fixture.route_table),
+    )?;
+    swap(&modes[0].instance_id, &fixture.instance_a)?;
+    swap(&modes[1].instance_id, &fixture.instance_b)?;
+    for (mode, check) in modes.iter().zip(&checks) {
+        if let Some(old) = &mode.own_health_check {
+            swap(old, check)?;
+        }
+    }
+    swap(
+        "[hub]\n",
+        &format!("[hub]\naws_endpoint = \"http://{MOTO}\"\n"),
+    )?;
+    Ok(StandIn {
+        text,
+        route_table: fixture.route_table,
+        instances: [fixture.instance_a, fixture.instance_b],
+    })
+}
+
+/// Runs `calls` against moto from inside `ns` (moto listens there).
+fn aws_in<T: Send + 'static, F: std::future::Future<Output = T>>(
+    ns: &Netns,
+    region: &str,
+    calls: impl FnOnce(fieldnet_aws::Client) -> F + Send + 'static,
+) -> anyhow::Result<T> {
+    let region = region.to_owned();
+    ns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = fieldnet_aws::ClientConfig {
+            endpoint: Some(format!("http://{MOTO}")),
+            ..fieldnet_aws::ClientConfig::new(&region)
+        };
+        runtime.block_on(calls(fieldnet_aws::Client::with_static_credentials(
+            config, "testing", "testing", None,
+        )))
+    })
+}
+
+/// The instance the route table sends the first site network to.
+fn route_target(internet: &Netns, ids: &StandIn) -> anyhow::Result<String> {
+    use fieldnet_aws::AwsApi as _;
+    let table = ids.route_table.clone();
+    aws_in(internet, "eu-west-1", move |client| async move {
+        let routes = client.describe_routes(&[table]).await.unwrap_or_default();
+        routes
+            .iter()
+            .find(|route| route.destination.starts_with("10.101."))
+            .and_then(|route| route.instance_id.clone())
+            .unwrap_or_else(|| "nothing".to_owned())
+    })
+}
+
+/// `dig TXT <zone name>` from `ns` to `server`: (status, the answer's text).
+fn ask_whereami(ns: &Netns, server: &str, name: &str) -> anyhow::Result<(String, String)> {
+    let reply = ns.dig(&["+tries=1", "+time=2", &format!("@{server}"), "TXT", name])?;
+    let answer = reply.values().into_iter().next().unwrap_or_default();
+    Ok((reply.status, answer))
 }
 
 /// Streams from `client` while `inject` breaks something, waits until `agent` logs `needle`

@@ -195,6 +195,28 @@ impl Lab {
         ))
     }
 
+    /// Starts `program args…` on `machine` (a site built from a site file): in its namespace,
+    /// with its host name and its own `/run`, `/var/lib` and `/etc` (see [`Machine`]), as
+    /// [`spawn`](Self::spawn) does otherwise.
+    ///
+    /// [`Machine`]: crate::Machine
+    pub fn spawn_on(
+        &mut self,
+        machine: &crate::machine::Machine,
+        program: &str,
+        args: &[&str],
+    ) -> anyhow::Result<LabProcess> {
+        let words = machine.command(program, args);
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        let (slot, log_path) = self.start_named(&machine.ns, program, refs[0], &refs[1..])?;
+        Ok(LabProcess::new(
+            slot,
+            machine.ns.name().to_owned(),
+            program.to_owned(),
+            log_path,
+        ))
+    }
+
     /// Starts a daemon that lives as long as the lab (a VPN endpoint, say): like
     /// [`spawn`](Self::spawn), but only the lab holds it, and stops it at teardown. Returns the
     /// path of its log.
@@ -214,10 +236,21 @@ impl Lab {
         program: &str,
         args: &[&str],
     ) -> anyhow::Result<(Arc<ProcessSlot>, std::path::PathBuf)> {
+        self.start_named(ns, program, program, args)
+    }
+
+    /// [`start`](Self::start), its log named after `shown` (the program a wrapper runs).
+    fn start_named(
+        &mut self,
+        ns: &Netns,
+        shown: &str,
+        program: &str,
+        args: &[&str],
+    ) -> anyhow::Result<(Arc<ProcessSlot>, std::path::PathBuf)> {
         use std::os::unix::process::CommandExt;
 
         self.spawned += 1;
-        let base = Path::new(program)
+        let base = Path::new(shown)
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_else(|| "process".to_owned());

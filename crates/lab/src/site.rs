@@ -20,9 +20,9 @@ pub const HUB_ADDR: &str = "203.0.113.10";
 /// The hub's address inside the tunnels (on each of its tunnel interfaces).
 pub const HUB_TUNNEL_ADDR: &str = "10.253.0.254";
 /// Gateway of the routers' WAN network, on the internet bridge.
-const ROUTER_WAN_GATEWAY: &str = "198.51.100.1";
+pub(crate) const ROUTER_WAN_GATEWAY: &str = "198.51.100.1";
 /// Gateway of the hub, on the internet bridge.
-const HUB_GATEWAY: &str = "203.0.113.1";
+pub(crate) const HUB_GATEWAY: &str = "203.0.113.1";
 
 /// What to build. The default is the demo site: 3 areas, 2 uplinks and 2 clients each, a hub.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +88,9 @@ pub struct Site {
     pub areas: Vec<AreaLab>,
     /// The hub's address inside the tunnels, [`HUB_TUNNEL_ADDR`] (when `vpn`).
     pub hub_tunnel_addr: String,
+    /// Each appliance and hub as a machine of its own (host name, `/run`, `/var/lib`, `/etc`),
+    /// in a site built from a site file ([`Lab::site_from_file`]); empty otherwise.
+    pub machines: Vec<crate::machine::Machine>,
 }
 
 /// One area: its appliance, uplinks, clients and paths to the other areas.
@@ -217,6 +220,11 @@ impl Site {
         self.areas.iter().find(|area| area.id == id)
     }
 
+    /// The machine named `name`, in a site built from a site file.
+    pub fn machine(&self, name: &str) -> Option<&crate::machine::Machine> {
+        self.machines.iter().find(|machine| machine.name == name)
+    }
+
     /// A readable plan of the site: namespaces, interfaces, addresses and routes.
     pub fn describe(&self) -> String {
         let mut out = String::new();
@@ -324,6 +332,43 @@ impl Site {
     }
 }
 
+/// Orders each area's paths (cables first) and routes every other area's network over the cable
+/// to it, as the site starts before any agent runs.
+pub(crate) fn route_over_cables(areas: &mut [AreaLab]) -> anyhow::Result<()> {
+    for area in areas.iter_mut() {
+        area.paths
+            .sort_by_key(|path| (path.kind == PathKind::Wifi, path.peer));
+    }
+    for area in areas.iter() {
+        for other in areas.iter().filter(|other| other.id != area.id) {
+            if let Some(cable) = area.path(PathKind::Cable, other.id) {
+                area.appliance.ip(&[
+                    "route",
+                    "add",
+                    &other.network,
+                    "via",
+                    &cable.peer_addr,
+                    "dev",
+                    &cable.ifname,
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Forwarding on and reverse-path filtering off, as every appliance, hub and the internet have.
+pub(crate) fn forwarding(ns: &Netns) -> anyhow::Result<()> {
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+    ] {
+        ns.sysctl(key, value)?;
+    }
+    Ok(())
+}
+
 /// Addresses of the /30 between appliances `i` and `j` in `10.<second>.<i><j>.0/30`, as seen
 /// from `from`: (own address with prefix, peer address).
 fn pair_addresses(second: u8, i: u8, j: u8, from: u8) -> (String, String) {
@@ -357,23 +402,7 @@ impl Lab {
         );
         let bridge = INTERNET_BRIDGE;
 
-        let internet = self.netns("internet")?;
-        for (key, value) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-            // Hub <-> router traffic enters and leaves br0; no ICMP redirects for that.
-            ("net.ipv4.conf.all.send_redirects", "0"),
-            ("net.ipv4.conf.default.send_redirects", "0"),
-        ] {
-            internet.sysctl(key, value)?;
-        }
-        self.bridge(&internet, bridge)?;
-        for host in INTERNET_HOSTS {
-            self.addr(&internet, bridge, &format!("{host}/24"))?;
-        }
-        self.addr(&internet, bridge, &format!("{ROUTER_WAN_GATEWAY}/24"))?;
-        self.addr(&internet, bridge, &format!("{HUB_GATEWAY}/24"))?;
+        let internet = self.internet(&[])?;
 
         let hub = if spec.hub {
             let hub = self.netns("hub")?;
@@ -424,25 +453,7 @@ impl Lab {
                 }
             }
         }
-        for area in &mut areas {
-            area.paths
-                .sort_by_key(|path| (path.kind == PathKind::Wifi, path.peer));
-        }
-        for area in &areas {
-            for other in areas.iter().filter(|other| other.id != area.id) {
-                if let Some(cable) = area.path(PathKind::Cable, other.id) {
-                    area.appliance.ip(&[
-                        "route",
-                        "add",
-                        &other.network,
-                        "via",
-                        &cable.peer_addr,
-                        "dev",
-                        &cable.ifname,
-                    ])?;
-                }
-            }
-        }
+        route_over_cables(&mut areas)?;
 
         if spec.vpn {
             let hub = hub
@@ -464,6 +475,7 @@ impl Lab {
             hub_addr: HUB_ADDR.to_owned(),
             areas,
             hub_tunnel_addr: HUB_TUNNEL_ADDR.to_owned(),
+            machines: Vec::new(),
         })
     }
 
@@ -562,7 +574,7 @@ impl Lab {
 
     /// A fresh WireGuard key pair: (path of the private key file in the lab directory, public
     /// key). Generated by `wg`, which touches no network.
-    fn wireguard_key(&self, name: &str) -> anyhow::Result<(String, String)> {
+    pub(crate) fn wireguard_key(&self, name: &str) -> anyhow::Result<(String, String)> {
         let run = |args: &[&str], input: Option<&str>| -> anyhow::Result<String> {
             use std::io::Write as _;
             let mut child = std::process::Command::new("wg")
@@ -631,57 +643,17 @@ impl Lab {
 
         let mut uplinks = Vec::new();
         for k in 0..spec.uplinks_per_area {
-            let name = format!("a{id}-up{}", k + 1);
-            let router = self.netns(&name)?;
-            for (key, value) in [
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-            ] {
-                router.sysctl(key, value)?;
-            }
-            let appliance_if = format!("wan{k}");
-            let lan_net = 8 + u16::from(k);
-            let router_lan_addr = format!("192.168.{lan_net}.1");
-            let appliance_addr = format!("192.168.{lan_net}.2/24");
-            let router_wan_addr = format!("198.51.100.{}/24", 10 * u16::from(id) + u16::from(k));
-
-            self.veth(&router, "lan", &appliance, &appliance_if)?;
-            self.addr(&router, "lan", &format!("{router_lan_addr}/24"))?;
-            self.addr(&appliance, &appliance_if, &appliance_addr)?;
-            self.veth(&router, "wan", internet, &name)?;
-            self.enslave(internet, &name, INTERNET_BRIDGE)?;
-            self.addr(&router, "wan", &router_wan_addr)?;
-            router.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                ROUTER_WAN_GATEWAY,
-                "dev",
-                "wan",
-            ])?;
-            // Every area's networks and the inter-appliance links sit behind the appliance.
-            router.ip(&[
-                "route",
-                "add",
-                "10.0.0.0/8",
-                "via",
-                &format!("192.168.{lan_net}.2"),
-                "dev",
-                "lan",
-            ])?;
-            self.nat(&router, "wan")?;
-            uplinks.push(UplinkLab {
-                name: name.clone(),
-                router,
-                appliance_if,
-                router_lan_if: "lan".to_owned(),
-                router_lan_addr,
-                appliance_addr,
-                router_wan_if: "wan".to_owned(),
-                router_wan_addr,
-                internet_port: name,
-            });
+            // Router k on 192.168.<8+k>.1, the appliance's wan<k> next to it.
+            let gateway = std::net::Ipv4Addr::new(192, 168, 8 + k, 1);
+            uplinks.push(self.router(
+                &appliance,
+                internet,
+                id,
+                usize::from(k),
+                &format!("a{id}-up{}", k + 1),
+                &format!("wan{k}"),
+                gateway,
+            )?);
         }
         if let Some(first) = uplinks.first() {
             appliance.ip(&[

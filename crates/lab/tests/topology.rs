@@ -336,3 +336,91 @@ fn a_namespace_has_its_own_resolv_conf_and_the_hosts_is_never_written() {
     assert!(!own.exists(), "{} left behind", own.display());
     assert!(!own.parent().unwrap().exists());
 }
+
+/// The example site file, built as it says: every machine has its host name, the file as its
+/// /etc/fieldnet/site.toml, its own /run, and the links, legs and tunnels the file gives it.
+#[test]
+fn a_site_file_is_built_as_it_says_each_machine_on_its_own() {
+    let Some(mut lab) = Lab::for_test("from-file") else {
+        return;
+    };
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/examples/riverside/site.toml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let site = lab.site_from_file(&text, path, 1).unwrap();
+    assert_eq!(site.areas.len(), 3);
+    assert_eq!(
+        site.machines
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>(),
+        ["north", "stage", "south", "hub-a", "hub-b"]
+    );
+    let stage = site.machine("stage").unwrap();
+    let seen = stage
+        .exec(
+            "sh",
+            &[
+                "-c",
+                "hostname; cat /etc/fieldnet/site.toml | head -1; test -s /etc/fieldnet/site.key && echo key; echo here > /run/probe",
+            ],
+        )
+        .unwrap();
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    assert!(
+        seen.starts_with("stage\n# The \"riverside\" site"),
+        "{seen}"
+    );
+    assert!(seen.contains("key"), "{seen}");
+    assert!(
+        stage.run_dir().join("probe").exists(),
+        "/run is the machine's own"
+    );
+    assert!(!std::path::Path::new("/run/probe").exists());
+    assert_ne!(
+        String::from_utf8_lossy(
+            &std::process::Command::new("hostname")
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .trim(),
+        "stage",
+        "the host's name is left alone"
+    );
+
+    // The file's interfaces, links and legs, and the tunnel to the primary hub.
+    let north = &site.areas[0];
+    let cable = north.path(PathKind::Cable, 2).unwrap();
+    assert_eq!(
+        (cable.ifname.as_str(), cable.peer_addr.as_str()),
+        ("cab-stage", "10.255.12.2")
+    );
+    north
+        .appliance
+        .wait_reachable("10.255.12.2", SETTLE)
+        .unwrap();
+    assert_eq!(north.lan_if, "lan.101");
+    assert!(
+        north
+            .legs
+            .iter()
+            .any(|leg| leg.ifname == "lan.102" && leg.peer == 2)
+    );
+    north
+        .appliance
+        .wait_reachable("10.253.0.254", SETTLE)
+        .unwrap();
+    north.clients[0]
+        .ns
+        .wait_reachable("192.0.2.53", SETTLE)
+        .unwrap();
+    // hub-b watches hub-a over the VPC the file gives them.
+    site.machine("hub-b")
+        .unwrap()
+        .ns
+        .wait_reachable("10.200.0.10", SETTLE)
+        .unwrap();
+}
