@@ -446,6 +446,14 @@ fn broken_site_files_are_named_by_file_line_and_key() {
             word: "already the name or host name",
         },
         Case {
+            what: "a host name of digits, which --appliance would read as an id",
+            find: "hostname = \"box-2\"",
+            replace: "hostname = \"201\"",
+            at: "hostname = \"201\"",
+            key: "appliances[1].hostname",
+            word: "would be read as an id",
+        },
+        Case {
             what: "a host name that is another machine's name",
             find: "hostname = \"box-2\"",
             replace: "hostname = \"one\"",
@@ -732,13 +740,20 @@ fn the_machine_is_found_by_host_name_or_as_named_and_never_guessed() {
         "{none}"
     );
     assert!(none.contains("--appliance NAME|ID"), "{none}");
-    // An id and a name that are different entries: the name "2" of hub-a, and appliance 2.
-    let ambiguous = site(&TWO.replace("name = \"hub-a\"", "name = \"2\""));
-    let two_matches = ambiguous.select(Some("2"), None).unwrap_err().to_string();
+    // A name of digits alone would be taken for an id: refused in the file, so `--appliance 2`
+    // can only mean one entry.
+    let shown = error_of(&TWO.replace("name = \"hub-a\"", "name = \"2\"")).to_string();
     assert!(
-        two_matches.contains(
-            "'2' (--appliance) matches appliance 'two' (id 2, host name 'box-2'), hub '2' (id 201)"
-        ),
+        shown.contains("hubs[0].name: '2' would be read as an id by --appliance"),
+        "{shown}"
+    );
+    // Two entries answering to one host name cannot pass the checks either; if they ever did,
+    // the machine would refuse to guess.
+    let mut twins = two.clone();
+    twins.machines[2].hostname = Some("box-2".to_owned());
+    let two_matches = twins.select(None, Some("box-2")).unwrap_err().to_string();
+    assert!(
+        two_matches.contains("host name 'box-2' matches appliance 'two' (id 2, host name 'box-2'), hub 'hub-a' (id 201, host name 'box-2')"),
         "{two_matches}"
     );
 }

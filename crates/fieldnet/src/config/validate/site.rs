@@ -205,11 +205,20 @@ impl Checker {
         for (list_name, index, id, name, hostname, kind) in listed {
             let path = KeyPath::root().key(list_name).index(index);
             let id = self.appliance_id(id, &path.key("id"));
-            let name = self.name(name, &path.key("name"));
-            let hostname = match hostname {
+            let mut name = self.name(name, &path.key("name"));
+            let mut hostname = match hostname {
                 Some(host) => self.host_name(host, &path.key("hostname")),
                 None => None,
             };
+            // `--appliance 2` means id 2: a name of digits alone could be someone else's id.
+            for (key, word) in [("name", &mut name), ("hostname", &mut hostname)] {
+                if let Some(digits) = word.take_if(|w| w.bytes().all(|b| b.is_ascii_digit())) {
+                    self.problem(
+                        path.key(key),
+                        format!("'{digits}' would be read as an id by --appliance; give it a letter, e.g. 'a{digits}'"),
+                    );
+                }
+            }
             if let Some(id) = id
                 && let Some(other) = entries.iter().find(|e| e.id == id)
             {
