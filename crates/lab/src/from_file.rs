@@ -310,7 +310,7 @@ impl Lab {
         }
         route_over_cables(&mut areas)?;
 
-        // Every machine: its files, its host name.
+        // Every machine: its files, its host name, booted.
         for machine in &config.machines {
             let ns = areas
                 .iter()
@@ -326,13 +326,7 @@ impl Lab {
                 .hostname
                 .clone()
                 .unwrap_or_else(|| machine.name().to_owned());
-            machines.push(Machine::new(
-                machine.name(),
-                &hostname,
-                ns,
-                self.dir(),
-                &files,
-            )?);
+            machines.push(Machine::boot(self, machine.name(), &hostname, ns, &files)?);
         }
 
         // Tunnels: each appliance to the primary hub; the standby has its interfaces, unused

@@ -1,31 +1,39 @@
 //! A machine of a lab site built from a site file: an appliance's or hub's namespace with a
 //! host name and a filesystem of its own, as the real machine has.
 //!
-//! What runs on it (through [`Lab::spawn_on`](crate::Lab::spawn_on) or [`Machine::exec`]) has
-//! its own UTS namespace with the machine's host name, its own `/run` and `/var/lib`
-//! (directories in the lab's), and an `/etc` whose changes land in the lab's directory (an
-//! overlay: the site file and key in `/etc/fieldnet`, its own `resolv.conf`). So agents run as
-//! deployed — `/etc/fieldnet/site.toml`, found by host name, default bus socket and lease store —
-//! and nothing they write reaches the host.
-//! Invariant: the mounts live only in the mount namespace `ip netns exec` makes for each process;
-//! the host's mount table and files are never touched.
+//! Booting a machine starts one holder process (`sleep`, a lab daemon) in a UTS and mount
+//! namespace of its own, where the machine's host name is set and its `/run` and `/var/lib`
+//! (directories in the lab's) and `/etc` (an overlay whose changes land in the lab's directory:
+//! the site file and key in `/etc/fieldnet`, its own `resolv.conf`) are mounted, once. What runs
+//! on the machine ([`Lab::spawn_on`](crate::Lab::spawn_on), [`Machine::exec`]) enters those
+//! namespaces with `nsenter`, as every process of a real machine shares its host name and
+//! mounts. So agents run as deployed — `/etc/fieldnet/site.toml`, found by host name, default
+//! bus socket and lease store — and nothing they write reaches the host.
+//! Invariant: the mounts live only in the holder's mount namespace (made by `ip netns exec`);
+//! the host's mount table and files are never touched. One overlay per machine: overlayfs
+//! forbids two mounts sharing an upper directory (mounting it once per process raced, and
+//! failed, when a machine's agents started together).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::netns::Netns;
 
-/// Run by `sh` inside the process's private mount namespace: `$1` the host name, `$2` the
-/// machine's directory, the rest the program and its arguments.
-const ENTER: &str = r#"set -e
+/// Run by `sh` in the holder's own UTS and mount namespaces: `$1` the host name, `$2` the
+/// machine's directory. Mounts, says so, then holds the namespaces until the lab stops it.
+const BOOT: &str = r#"set -e
 hostname "$1"
 mount --bind "$2/run" /run
 mount --bind "$2/var-lib" /var/lib
 mount -t overlay overlay -o "lowerdir=/etc,upperdir=$2/etc,workdir=$2/etc-work" /etc
-shift 2
-exec "$@""#;
+echo $$ > "$2/booted"
+exec sleep infinity"#;
+
+/// How long the holder may take to mount.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One appliance or hub of a site built from a site file.
 #[derive(Clone, Debug)]
@@ -37,19 +45,21 @@ pub struct Machine {
     pub ns: Netns,
     /// Its own directories, in the lab's: `run`, `var-lib`, `etc` (the overlay's upper layer).
     pub root: PathBuf,
+    /// The holder process whose namespaces the machine's processes enter.
+    holder: u32,
 }
 
 impl Machine {
-    /// Makes the machine's directories, with `site` as its `/etc/fieldnet/site.toml` and
-    /// `files` (paths under `/etc`, contents) beside it.
-    pub(crate) fn new(
+    /// Makes the machine's directories, with `files` (paths under `/etc`, contents: its site
+    /// file, its key) in its `/etc`, and boots it: its holder is started as a daemon of `lab`.
+    pub(crate) fn boot(
+        lab: &mut crate::Lab,
         name: &str,
         hostname: &str,
         ns: Netns,
-        lab_dir: &Path,
         files: &[(PathBuf, String)],
     ) -> anyhow::Result<Machine> {
-        let root = lab_dir.join("machines").join(name);
+        let root = lab.dir().join("machines").join(name);
         for dir in ["run", "var-lib", "etc", "etc-work"] {
             std::fs::create_dir_all(root.join(dir))
                 .with_context(|| format!("creating {}", root.join(dir).display()))?;
@@ -57,33 +67,61 @@ impl Machine {
         let resolv = format!("# /etc/resolv.conf of lab machine {name}\n");
         let mut all = vec![(PathBuf::from("/etc/resolv.conf"), resolv)];
         all.extend(files.iter().cloned());
-        let machine = Machine {
+        // Before the overlay is mounted, its upper directory is the machine's /etc to write.
+        for (path, text) in &all {
+            write_atomically(&upper_path(&root, &path.display().to_string())?, text)?;
+        }
+        let root_arg = root.display().to_string();
+        let log = lab.spawn_daemon(
+            &ns,
+            "unshare",
+            &["--uts", "--", "sh", "-c", BOOT, "sh", hostname, &root_arg],
+        )?;
+        let booted = root.join("booted");
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let holder = loop {
+            if let Some(pid) = std::fs::read_to_string(&booted)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok())
+            {
+                break pid;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "machine {name} did not mount its /run, /var/lib and /etc within {} s; its log: {}",
+                BOOT_TIMEOUT.as_secs(),
+                std::fs::read_to_string(&log).unwrap_or_default().trim()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Ok(Machine {
             name: name.to_owned(),
             hostname: hostname.to_owned(),
             ns,
             root,
-        };
-        for (path, text) in &all {
-            machine.put(&path.display().to_string(), text)?;
-        }
-        Ok(machine)
+            holder,
+        })
     }
 
     /// Writes `text` as the machine's file `path` (under `/etc`), as an operator copying a file
-    /// onto it would; its processes see it at `path`.
+    /// onto it would: through the machine, replaced whole, so a process reading it meanwhile
+    /// never sees half of it.
     pub fn put(&self, path: &str, text: &str) -> anyhow::Result<()> {
-        let relative = Path::new(path)
-            .strip_prefix("/etc")
-            .with_context(|| format!("{path}: a lab machine has files under /etc only"))?;
-        let target = self.root.join("etc").join(relative);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        // Replaced whole, so a process reading it meanwhile never sees half of it.
-        let next = target.with_extension("next");
-        std::fs::write(&next, text)
-            .and_then(|()| std::fs::rename(&next, &target))
-            .with_context(|| format!("writing {}", target.display()))
+        upper_path(&self.root, path)?;
+        let words = self.command(
+            "sh",
+            &[
+                "-c",
+                r#"mkdir -p "$(dirname "$1")" && cat > "$1.next" && mv "$1.next" "$1""#,
+                "sh",
+                path,
+            ],
+        );
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        self.ns
+            .exec_with_stdin(refs[0], &refs[1..], text.as_bytes())
+            .with_context(|| format!("writing {path} on machine {}", self.name))
+            .map(drop)
     }
 
     /// Where the machine's `/run` is, seen from the host.
@@ -97,15 +135,17 @@ impl Machine {
         self.run_dir().join("fieldnet/bus.sock")
     }
 
-    /// `program args…` as run on this machine: the words to give `ip netns exec <ns>`.
+    /// `program args…` as run on this machine: the words to give `ip netns exec <ns>`, which
+    /// enter the holder's mount and UTS namespaces.
     pub(crate) fn command(&self, program: &str, args: &[&str]) -> Vec<String> {
-        let mut words: Vec<String> = ["unshare", "--uts", "--", "sh", "-c", ENTER, "sh"]
-            .iter()
-            .map(|word| (*word).to_owned())
-            .collect();
-        words.push(self.hostname.clone());
-        words.push(self.root.display().to_string());
-        words.push(program.to_owned());
+        let mut words: Vec<String> = vec![
+            "nsenter".to_owned(),
+            format!("--target={}", self.holder),
+            "--mount".to_owned(),
+            "--uts".to_owned(),
+            "--".to_owned(),
+            program.to_owned(),
+        ];
         words.extend(args.iter().map(|arg| (*arg).to_owned()));
         words
     }
@@ -118,29 +158,61 @@ impl Machine {
     }
 }
 
+/// Where the machine's file `path` (under `/etc`) is in the overlay's upper directory.
+fn upper_path(root: &Path, path: &str) -> anyhow::Result<PathBuf> {
+    let relative = Path::new(path)
+        .strip_prefix("/etc")
+        .with_context(|| format!("{path}: a lab machine has files under /etc only"))?;
+    Ok(root.join("etc").join(relative))
+}
+
+/// Writes `target` whole (a new file renamed over it), making its directory.
+fn write_atomically(target: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let next = target.with_extension("next");
+    std::fs::write(&next, text)
+        .and_then(|()| std::fs::rename(&next, target))
+        .with_context(|| format!("writing {}", target.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_command_enters_the_machine_then_execs_the_program() {
+    fn the_command_enters_the_holders_namespaces_then_runs_the_program() {
         let machine = Machine {
             name: "north".to_owned(),
             hostname: "north".to_owned(),
             ns: Netns::new("fl1-1-north".to_owned(), "north".to_owned()),
             root: PathBuf::from("/tmp/lab/machines/north"),
+            holder: 4242,
         };
         let words = machine.command("whereami", &["--check-config"]);
-        assert_eq!(&words[..3], ["unshare", "--uts", "--"]);
         assert_eq!(
-            &words[words.len() - 4..],
+            words,
             [
-                "north",
-                "/tmp/lab/machines/north",
+                "nsenter",
+                "--target=4242",
+                "--mount",
+                "--uts",
+                "--",
                 "whereami",
                 "--check-config"
             ]
         );
-        assert!(words[5].ends_with("exec \"$@\""));
+    }
+
+    #[test]
+    fn files_are_put_under_etc_only() {
+        let root = Path::new("/tmp/lab/machines/north");
+        assert_eq!(
+            upper_path(root, "/etc/fieldnet/site.toml").unwrap(),
+            root.join("etc/fieldnet/site.toml")
+        );
+        let error = upper_path(root, "/var/lib/fieldnet/leases").unwrap_err();
+        assert!(error.to_string().contains("under /etc only"), "{error}");
     }
 }

@@ -379,6 +379,29 @@ fn a_site_file_is_built_as_it_says_each_machine_on_its_own() {
         "/run is the machine's own"
     );
     assert!(!std::path::Path::new("/run/probe").exists());
+    // A machine's agents start together: every process shares its host name and mounts, and a
+    // file put on it is seen by all of them, never by the host.
+    stage
+        .put("/etc/fieldnet/note", "put through the machine\n")
+        .unwrap();
+    let reads: Vec<_> = (0..6)
+        .map(|_| {
+            let stage = stage.clone();
+            std::thread::spawn(move || {
+                stage
+                    .exec("sh", &["-c", "hostname; cat /etc/fieldnet/note"])
+                    .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            })
+        })
+        .collect();
+    for read in reads {
+        assert_eq!(
+            read.join().unwrap().unwrap(),
+            "stage\nput through the machine\n"
+        );
+    }
+    assert!(stage.root.join("etc/fieldnet/note").exists());
+    assert!(!std::path::Path::new("/etc/fieldnet/note").exists());
     assert_ne!(
         String::from_utf8_lossy(
             &std::process::Command::new("hostname")
