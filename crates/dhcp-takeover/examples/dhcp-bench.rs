@@ -66,8 +66,10 @@ fn main() -> anyhow::Result<()> {
 
     let ours = dir.join("site-probe.toml");
     let store = lab::lease_store(&dir, 1);
+    // Capacity is measured without the limits on new clients and offers (perfdhcp's made-up
+    // clients are exactly what they hold back).
     let config = lab::SiteFile::new(&site, &dir)
-        .sections("[dhcp_takeover]\n")
+        .sections("[dhcp_takeover]\nmax_offers = 0\nnew_clients_per_minute = 0\n")
         .text();
     let widened = config.replace(
         "subnet = \"10.101.0.0/24\"",

@@ -15,7 +15,7 @@
 //! Invariant: no ACK leaves before its lease is durable; a lease the log could not store is
 //! never acknowledged (the client asks again).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,9 @@ const CLIENT_PORT: u16 = 68;
 const MAX_DATAGRAM: usize = 1500;
 /// How often offers and leases are expired and the gauges updated.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// The part of `/healthz` that the lease store makes unhealthy.
+const STORE_HEALTH: &str = "lease store";
+
 /// Most records in one group commit.
 const MAX_BATCH: usize = 1024;
 /// Under load (a lease queued within this long of the previous sync's end), the committer
@@ -238,6 +241,10 @@ struct Agent {
     me: u8,
     /// The last `dhcp/state` published.
     state: Option<topics::DhcpState>,
+    /// `/healthz`: unhealthy while the lease store fails.
+    health: fieldnet::obs::Health,
+    /// Served networks whose pool is near full now.
+    near_full: BTreeSet<String>,
 }
 
 pub async fn run(
@@ -254,11 +261,33 @@ pub async fn run(
         env!("CARGO_PKG_VERSION"),
         settings.common.metrics_listen,
     )?;
-    let (log, records, torn_bytes) = LeaseLog::open(&settings.store)?;
+    let store::Opened {
+        log,
+        leases: records,
+        torn_bytes,
+        damage,
+    } = LeaseLog::open(&settings.store)?;
     let record_count = records.len();
     let mut leases = Leases::default();
     for record in records {
         leases.apply(record);
+    }
+    if let Some(damage) = &damage {
+        tracing::error!(
+            store = %settings.store.display(),
+            offset = damage.offset,
+            bad_bytes = damage.bad_bytes,
+            records_after = damage.records_after,
+            saved_as = %damage.saved_as.display(),
+            "the lease log was damaged before whole records: every whole record was kept and the damaged file saved; check the disk"
+        );
+    }
+    if torn_bytes > 0 {
+        tracing::warn!(
+            store = %settings.store.display(),
+            torn_bytes,
+            "the lease log ended in a torn record (a write cut short by a crash, never acknowledged): cut off"
+        );
     }
     tracing::info!(
         store = %settings.store.display(),
@@ -267,7 +296,7 @@ pub async fn run(
         leases = leases.len(),
         "lease log read"
     );
-    let server = Server::new(
+    let mut server = Server::new(
         Plan::new(&config),
         config.appliance.id,
         settings.offer_hold.as_millis() as u64,
@@ -276,11 +305,17 @@ pub async fn run(
             .map(|probe| probe.as_millis() as u64),
         leases,
     );
+    server.set_limits(decide::Limits {
+        max_offers: settings.max_offers,
+        new_clients_per_minute: settings.new_clients_per_minute,
+    });
 
     let (packets_tx, mut packets) = mpsc::channel::<Packet>(4096);
     let (claims_tx, mut claims) = mpsc::unbounded_channel::<Claimed>();
     let netlink = fieldnet::net::connect()?;
     let mut edges = BTreeMap::new();
+    // Legs whose network the previous run left held.
+    let mut adopted = Vec::new();
     let own_area = config.appliance.area.clone();
     for network in &config.networks {
         let own = network.area == own_area;
@@ -332,13 +367,26 @@ pub async fn run(
             owner,
         };
         if !own {
-            // Left over from a run that ended while holding it: not held now.
-            withdraw_address(&netlink, &edge).await;
-            let _ = bus.publish(
-                &topics::takeover_topic(&network.name),
-                &serde_json::Value::Null,
-                true,
-            );
+            match fieldnet::net::has_address(&netlink, &edge.interface, edge.gateway).await {
+                Ok(true) => {
+                    // The previous run ended while holding it (SIGKILL, a crash): adopted, so
+                    // the network's traffic keeps flowing; the coordinator decides what next.
+                    tracing::warn!(network = %network.name, interface = %edge.interface, gateway = %edge.gateway, "a takeover left by the previous run: adopted, address kept");
+                    adopted.push(network.name.clone());
+                }
+                held => {
+                    if let Err(error) = held {
+                        tracing::warn!(network = %network.name, error = format!("{error:#}"), "reading the leg's addresses");
+                    }
+                    // Nothing held: clear any route or announcement left behind.
+                    withdraw_address(&netlink, &edge).await;
+                    let _ = bus.publish(
+                        &topics::takeover_topic(&network.name),
+                        &serde_json::Value::Null,
+                        true,
+                    );
+                }
+            }
         }
         tracing::info!(network = %network.name, interface = %edge.interface, own, "DHCP socket open");
         edges.insert(network.name.clone(), edge);
@@ -396,8 +444,21 @@ pub async fn run(
         peers.news.insert(configured.id, news);
         peers.active.insert(configured.id, active_tx);
     }
+    let access = replicate::PeerAccess {
+        locals: config
+            .peers
+            .iter()
+            .flat_map(|peer| peer.paths.iter().map(|path| path.local))
+            .collect(),
+        peers: config
+            .peers
+            .iter()
+            .map(|peer| (peer.id, peer.paths.iter().map(|path| path.remote).collect()))
+            .collect(),
+    };
     replicate::serve(
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, settings.peer_port)),
+        settings.peer_port,
+        access,
         key,
         asks_tx,
         nudged,
@@ -411,7 +472,7 @@ pub async fn run(
         .filter(|(name, _)| !own.contains(name))
         .map(|(name, edge)| (name.clone(), edge.owner))
         .collect();
-    let coordinator = Coordinator::new(
+    let mut coordinator = Coordinator::new(
         me,
         now_ms(),
         now_ms(),
@@ -419,6 +480,9 @@ pub async fn run(
         legs,
         config.peers.iter().map(|p| p.id),
     );
+    for network in &adopted {
+        coordinator.adopt(network);
+    }
     let mut liveness = bus.subscribe("peer/");
 
     let mut agent = Agent {
@@ -434,6 +498,8 @@ pub async fn run(
         netlink,
         me,
         state: None,
+        health: health.clone(),
+        near_full: BTreeSet::new(),
     };
     agent.coordinate().await;
     agent.housekeeping();
@@ -495,7 +561,7 @@ pub async fn run(
         .coordinator
         .states()
         .into_iter()
-        .filter(|(_, state)| matches!(*state, "taken" | "handing_back"))
+        .filter(|(_, state)| matches!(*state, "taken" | "handing_back" | "adopted"))
         .map(|(network, _)| network)
         .collect();
     for network in taken {
@@ -619,6 +685,9 @@ fn commit_loop(
 ) {
     let mut next = jobs.recv().ok();
     let mut last_sync_end: Option<Instant> = None;
+    // An append failed since the last compaction: a snapshot taken meanwhile may hold records
+    // that were never stored, so that compaction is skipped (the agent asks again later).
+    let mut failed_since_compaction = false;
     while let Some(first) = next.take() {
         if last_sync_end.is_some_and(|end| end.elapsed() < COMMIT_DELAY) {
             // Sleeping, not waiting on the queue: each lease queued meanwhile would wake us.
@@ -652,11 +721,15 @@ fn commit_loop(
         if !records.is_empty() {
             last_sync_end = Some(Instant::now());
         }
+        failed_since_compaction |= result.is_err();
         let compacted = compaction.is_some();
-        if let Some(live) = compaction
-            && let Err(error) = log.compact(live.iter())
-        {
-            tracing::warn!(%error, "compacting the lease log (it keeps growing; nothing is lost)");
+        if let Some(live) = compaction {
+            if failed_since_compaction {
+                tracing::info!("compaction skipped: an append failed since it was asked for");
+            } else if let Err(error) = log.compact(live.iter()) {
+                tracing::warn!(%error, "compacting the lease log (it keeps growing; nothing is lost)");
+            }
+            failed_since_compaction = false;
         }
         let batch = Committed {
             stored,
@@ -813,8 +886,18 @@ impl Agent {
         }
         if let Err(error) = &batch.result {
             self.metrics.commit_failures.inc();
-            tracing::error!(%error, records = batch.stored.len(), "cannot store leases; not acknowledging them");
+            tracing::error!(%error, records = batch.stored.len(), "cannot store leases; not acknowledging them, and taking them back");
+            for (lease, _) in &batch.stored {
+                self.server.unstored(lease);
+            }
+            self.health.set(
+                STORE_HEALTH,
+                Some(format!("the lease store fails: {error}")),
+            );
             return;
+        }
+        if !batch.stored.is_empty() {
+            self.health.set(STORE_HEALTH, None);
         }
         for mark in batch.marks {
             self.peers.synced.insert(mark.peer, mark);
@@ -827,6 +910,7 @@ impl Agent {
             self.tell_peers();
         }
         for (lease, reply) in batch.stored {
+            self.server.stored(&lease);
             if let Some(reply) = &reply {
                 self.send(reply);
             }
@@ -869,7 +953,7 @@ impl Agent {
         let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         let mut used: BTreeMap<&str, i64> = BTreeMap::new();
         let mut changed = Vec::new();
-        for lease in self.server.leases().iter() {
+        for lease in self.server.visible_leases() {
             let bound = lease.is_bound(now);
             if bound {
                 *counts
@@ -887,10 +971,16 @@ impl Agent {
             .into_iter()
             .map(|((network, class), count)| ((network.to_owned(), class.to_owned()), count))
             .collect();
-        let used: BTreeMap<String, i64> = used
+        let mut used: BTreeMap<String, i64> = used
             .into_iter()
             .map(|(network, count)| (network.to_owned(), count))
             .collect();
+        // Held offers are in use too: a flood of DISCOVERs shows as a full pool.
+        for network in self.server.serving().clone() {
+            let held = self.server.held_on(&network) as i64;
+            *used.entry(network).or_default() += held;
+        }
+        self.warn_near_full(&used);
         for lease in changed {
             self.publish(&lease);
         }
@@ -944,6 +1034,26 @@ impl Agent {
 }
 
 impl Agent {
+    /// Says once, at WARN, when a served pool becomes near full (and at INFO when it is not).
+    fn warn_near_full(&mut self, used: &BTreeMap<String, i64>) {
+        for network in self.server.serving().clone() {
+            let total = self
+                .server
+                .plan()
+                .network(&network)
+                .map_or(0, |plan| u64::from(plan.pool_size()));
+            let in_use = used.get(&network).copied().unwrap_or(0).max(0) as u64;
+            let near = total > 0 && in_use * 100 >= total * decide::NEAR_FULL_PERCENT;
+            if near && self.near_full.insert(network.clone()) {
+                tracing::warn!(%network, in_use, total, "DHCP pool near full (leases and held offers)");
+            } else if !near && self.near_full.remove(&network) {
+                tracing::info!(%network, in_use, total, "DHCP pool no longer near full");
+            }
+        }
+    }
+}
+
+impl Agent {
     /// Wakes every peer's task to nudge its peer: something here changed.
     fn tell_peers(&self) {
         for news in self.peers.news.values() {
@@ -953,13 +1063,13 @@ impl Agent {
 
     /// A peer asks for our changes since its cursor: answered from the lease table.
     fn on_ask(&mut self, ask: SyncAsk) {
-        let leases = self.server.leases();
         let since = if ask.params.epoch == self.coordinator.epoch() {
-            ask.params.since.min(leases.cursor())
+            ask.params.since.min(self.server.leases().cursor())
         } else {
             0
         };
-        let changes = leases.changed_since(since, peer::MAX_RECORDS);
+        // Only what is on disk here: a record that could still be taken back never leaves.
+        let changes = self.server.changed_since(since, peer::MAX_RECORDS);
         let synced = self.peers.synced.values().copied().collect();
         let reply = SyncReply {
             from: self.me,

@@ -9,7 +9,11 @@
 //!
 //! Invariants: an address is offered or acknowledged to at most one client at a time; a client
 //! gets its previous address back when it is still free; nobody is given a declined address,
-//! a reserved address (other than its owner) or the gateway.
+//! a reserved address (other than its owner) or the gateway. A record decided here or learned
+//! from a peer counts for decisions at once, but is *unstored* until the edge reports it on disk
+//! ([`Server::stored`]): what peers, the bus and the counts see ([`Server::visible`],
+//! [`Server::changed_since`]) is the last stored record, and a record that could not be stored
+//! is taken back ([`Server::unstored`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -17,7 +21,7 @@ use std::sync::Arc;
 
 use dhcproto::v4::{self, DhcpOption, Message, MessageType, Opcode, OptionCode};
 
-use crate::lease::{ClientId, Lease, LeaseState, Leases, Mac};
+use crate::lease::{Changes, ClientId, Lease, LeaseState, Leases, Mac};
 use crate::plan::{ClientOptions, NetworkPlan, Plan};
 
 /// An inclusive address range.
@@ -27,6 +31,76 @@ type Range = (Ipv4Addr, Ipv4Addr);
 pub const QUARANTINE_MS: u64 = 10 * 60 * 1000;
 /// How many addresses one DISCOVER may probe before the server gives up (the client retries).
 pub const MAX_PROBES: u8 = 4;
+/// The floor of the per-network limits below, for small pools.
+const LIMIT_FLOOR: u32 = 16;
+
+/// What a LAN device can take of a network's pool, per network. `None`: the default, half the
+/// pool (at least [`LIMIT_FLOOR`]); `Some(0)`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Offers (with their conflict checks) outstanding at once: a flood of DISCOVERs from
+    /// made-up MACs cannot hold the whole pool.
+    pub max_offers: Option<u32>,
+    /// New clients (no lease, no reservation, no offer) taken at once, and again per minute:
+    /// made-up MACs completing the exchange cannot fill the pool faster than in about a minute,
+    /// time for the near-full warning. Returning clients are never limited.
+    pub new_clients_per_minute: Option<u32>,
+}
+
+impl Limits {
+    fn resolve(value: Option<u32>, pool_size: u32) -> Option<u32> {
+        match value {
+            None => Some((pool_size / 2).max(LIMIT_FLOOR)),
+            Some(0) => None,
+            Some(n) => Some(n),
+        }
+    }
+
+    /// The offers `network` may have outstanding; `None`: no limit.
+    pub fn offers(&self, pool_size: u32) -> Option<u32> {
+        Self::resolve(self.max_offers, pool_size)
+    }
+
+    /// The new clients `network` takes at once and per minute; `None`: no limit.
+    pub fn newcomers(&self, pool_size: u32) -> Option<u32> {
+        Self::resolve(self.new_clients_per_minute, pool_size)
+    }
+}
+
+/// A pool at least this full (leases and held offers) is reported near full.
+pub const NEAR_FULL_PERCENT: u64 = 90;
+
+/// A token bucket: `limit` at once, `limit` more per minute.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: u64,
+}
+
+impl Bucket {
+    fn full(limit: u32, now: u64) -> Self {
+        Self {
+            tokens: f64::from(limit),
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, limit: u32, now: u64) {
+        let elapsed = now.saturating_sub(self.at) as f64;
+        self.tokens = (self.tokens + elapsed * f64::from(limit) / 60_000.0).min(f64::from(limit));
+        self.at = now.max(self.at);
+    }
+
+    fn has(&mut self, limit: u32, now: u64) -> bool {
+        self.refill(limit, now);
+        self.tokens >= 1.0
+    }
+
+    fn take(&mut self, limit: u32, now: u64) {
+        self.refill(limit, now);
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
+}
 
 /// Where a reply goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +146,19 @@ struct Hold {
     until: u64,
 }
 
+/// The records of one address not yet on disk, oldest first, and the last stored record before
+/// them.
+#[derive(Debug, Clone, Default)]
+struct Unstored {
+    stored: Option<Lease>,
+    pending: Vec<Lease>,
+}
+
+/// Whether `a` and `b` are the same record (of one address).
+fn same_record(a: &Lease, b: &Lease) -> bool {
+    a.updated == b.updated && a.issued_by == b.issued_by
+}
+
 /// A conflict check in flight: the DISCOVER it is for, and when silence means "free".
 #[derive(Debug, Clone)]
 struct PendingProbe {
@@ -91,6 +178,8 @@ pub struct Server {
     /// How long a conflict check waits for a claim; `None`: no checks.
     probe_ms: Option<u64>,
     leases: Leases,
+    /// Addresses whose newest record is not on disk yet.
+    unstored: HashMap<Ipv4Addr, Unstored>,
     serving: BTreeSet<String>,
     holds: HashMap<Ipv4Addr, Hold>,
     /// The address each client holds (at most one): the index of `holds`.
@@ -102,6 +191,9 @@ pub struct Server {
     /// pool down, the owner's from the bottom up, so a split brain must fill the whole pool
     /// before the two sides could meet.
     from_top: BTreeSet<String>,
+    limits: Limits,
+    /// Per network: what is left of the new clients it may take ([`Limits`]).
+    newcomers: HashMap<String, Bucket>,
 }
 
 /// The parts of a request every decision needs.
@@ -127,12 +219,15 @@ impl Server {
             offer_hold_ms,
             probe_ms,
             leases,
+            unstored: HashMap::new(),
             serving: BTreeSet::new(),
             holds: HashMap::new(),
             held_by: HashMap::new(),
             probes: HashMap::new(),
             fresh: HashMap::new(),
             from_top: BTreeSet::new(),
+            limits: Limits::default(),
+            newcomers: HashMap::new(),
         };
         server.rebuild_fresh();
         server
@@ -177,12 +272,22 @@ impl Server {
         self.from_top.insert(network.to_owned());
     }
 
-    /// Takes in a record made elsewhere (a peer, or the log at start); says whether it was new.
+    /// Takes in a record made elsewhere (a peer); says whether it was new. A new one is unstored
+    /// until [`stored`](Self::stored).
     pub fn learn(&mut self, lease: Lease) -> bool {
         let address = lease.address;
         let network = lease.network.clone();
-        let stored = self.leases.apply(lease);
+        let before = self.leases.get(address).cloned();
+        let stored = self.leases.apply(lease.clone());
         if stored {
+            self.unstored
+                .entry(address)
+                .or_insert_with(|| Unstored {
+                    stored: before,
+                    pending: Vec::new(),
+                })
+                .pending
+                .push(lease);
             for ((net, _), fresh) in &mut self.fresh {
                 if *net == network {
                     fresh.remove(&u32::from(address));
@@ -190,6 +295,148 @@ impl Server {
             }
         }
         stored
+    }
+
+    /// `lease` (a record of a `Commit`) is on disk: peers, the bus and the counts may see it.
+    pub fn stored(&mut self, lease: &Lease) {
+        let Some(entry) = self.unstored.get_mut(&lease.address) else {
+            return;
+        };
+        entry.pending.retain(|pending| !same_record(pending, lease));
+        if entry
+            .stored
+            .as_ref()
+            .is_none_or(|stored| lease.supersedes(stored))
+        {
+            entry.stored = Some(lease.clone());
+        }
+        if entry.pending.is_empty() {
+            self.unstored.remove(&lease.address);
+        }
+        // A peer that asked meanwhile was given the older record: it hears of this one.
+        self.leases.touch(lease.address);
+    }
+
+    /// `lease` (a record of a `Commit`) could not be stored, and its client was not answered:
+    /// the address goes back to its newest record still on its way to disk, else to its last
+    /// stored one (or to nobody, and among the fresh addresses).
+    pub fn unstored(&mut self, lease: &Lease) {
+        let address = lease.address;
+        let Some(entry) = self.unstored.get_mut(&address) else {
+            return;
+        };
+        entry.pending.retain(|pending| !same_record(pending, lease));
+        let current_failed = self
+            .leases
+            .get(address)
+            .is_some_and(|current| same_record(current, lease));
+        let back = entry
+            .pending
+            .last()
+            .cloned()
+            .or_else(|| entry.stored.clone());
+        if entry.pending.is_empty() {
+            self.unstored.remove(&address);
+        }
+        if current_failed {
+            let freed = back.is_none();
+            self.leases.revert(address, back);
+            if freed {
+                self.drop_holds(&[address]);
+            }
+        }
+    }
+
+    /// The record of `address` that others may see: the last one stored.
+    pub fn visible(&self, address: Ipv4Addr) -> Option<&Lease> {
+        match self.unstored.get(&address) {
+            Some(unstored) => unstored.stored.as_ref(),
+            None => self.leases.get(address),
+        }
+    }
+
+    /// Every record others may see (the last stored of each address), in address order.
+    pub fn visible_leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases
+            .iter()
+            .filter_map(|lease| self.visible(lease.address))
+    }
+
+    /// What changed since change `since`, as peers may see it: [`Leases::changed_since`] with
+    /// each unstored record replaced by the last stored one (when it is stored, it gets a new
+    /// change number, so the asker hears of it then).
+    pub fn changed_since(&self, since: u64, limit: usize) -> Changes {
+        let mut changes = self.leases.changed_since(since, limit);
+        changes.records = changes
+            .records
+            .into_iter()
+            .filter_map(|lease| self.visible(lease.address).cloned())
+            .collect();
+        changes
+    }
+
+    /// Offers held now on `network` (with their conflict checks): addresses in use as much as
+    /// leased ones, for the counts.
+    pub fn held_on(&self, network: &str) -> usize {
+        let Some(subnet) = self.plan.network(network).map(|n| n.subnet) else {
+            return 0;
+        };
+        self.holds
+            .keys()
+            .filter(|address| subnet.contains(*address))
+            .count()
+    }
+
+    /// Whether the asker is new to its network: no record of it, no reservation, no offer.
+    fn is_newcomer(&self, asker: &Asker<'_>) -> bool {
+        self.leases
+            .of_client(&asker.network.name, &asker.client)
+            .is_none()
+            && self
+                .plan
+                .reservation(asker.mac)
+                .is_none_or(|r| r.network != asker.network.name)
+            && self.held(&asker.client).is_none()
+    }
+
+    /// Sets what a LAN device can take of each pool (the default until then).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+        self.newcomers.clear();
+    }
+
+    /// Whether `network` has as many offers outstanding as it may.
+    fn offers_full(&self, network: &NetworkPlan) -> bool {
+        self.limits
+            .offers(network.pool_size())
+            .is_some_and(|limit| self.held_on(&network.name) >= limit as usize)
+    }
+
+    /// Whether the network may take a new client now.
+    fn newcomer_allowed(&mut self, network: &NetworkPlan, now: u64) -> bool {
+        let Some(limit) = self.limits.newcomers(network.pool_size()) else {
+            return true;
+        };
+        self.newcomers
+            .entry(network.name.clone())
+            .or_insert_with(|| Bucket::full(limit, now))
+            .has(limit, now)
+    }
+
+    /// A new client was offered an address (or given one without an offer) on `network`.
+    fn newcomer_taken(&mut self, network: &NetworkPlan, now: u64) {
+        let Some(limit) = self.limits.newcomers(network.pool_size()) else {
+            return;
+        };
+        self.newcomers
+            .entry(network.name.clone())
+            .or_insert_with(|| Bucket::full(limit, now))
+            .take(limit, now);
+    }
+
+    /// How many addresses have a record not yet on disk.
+    pub fn unstored_count(&self) -> usize {
+        self.unstored.len()
     }
 
     /// The passing of time: conflict checks whose deadline passed without a claim find their
@@ -322,10 +569,16 @@ impl Server {
             return Decision::Ignore("no message type");
         };
         let plan = Arc::clone(&self.plan);
-        let network = if request.giaddr().is_unspecified() {
-            ingress.and_then(|name| plan.network(name))
-        } else {
-            plan.network_of(request.giaddr())
+        let giaddr = request.giaddr();
+        let network = match ingress.and_then(|name| plan.network(name)) {
+            // On a served network's interface a relay can only speak for that network: a
+            // device there must not reach another network's pool by setting giaddr.
+            Some(network) if giaddr.is_unspecified() || network.subnet.contains(&giaddr) => {
+                Some(network)
+            }
+            Some(_) => return Decision::Ignore("giaddr of another network from a served LAN"),
+            None if giaddr.is_unspecified() => None,
+            None => plan.network_of(giaddr),
         };
         let Some(network) = network else {
             return Decision::Ignore("no network for this request");
@@ -408,6 +661,10 @@ impl Server {
     fn asker<'a>(&self, network: &'a NetworkPlan, request: &Message) -> Option<Asker<'a>> {
         let chaddr = request.chaddr();
         let mac = Mac(chaddr.get(..6)?.try_into().ok()?);
+        // No device has these: an address given to one would be held by nobody who can renew it.
+        if mac.0 == [0; 6] || mac.0 == [0xff; 6] || mac.0[0] & 1 == 1 {
+            return None;
+        }
         let client = match request.opts().get(OptionCode::ClientIdentifier) {
             Some(DhcpOption::ClientIdentifier(id)) if !id.is_empty() => ClientId(id.clone()),
             _ => {
@@ -533,6 +790,16 @@ impl Server {
         if attempt >= MAX_PROBES {
             return Decision::Ignore("every probed address is in use");
         }
+        if attempt == 0 && self.is_newcomer(asker) {
+            if self.offers_full(asker.network) {
+                return Decision::Ignore("too many offers outstanding on this network");
+            }
+            if !self.newcomer_allowed(asker.network, now) {
+                return Decision::Ignore("new clients arriving faster than the network allows");
+            }
+            // Taken at the offer: a flood of DISCOVERs spends the allowance, not the pool.
+            self.newcomer_taken(asker.network, now);
+        }
         let Some((address, probe)) = self.choose(now, asker, request) else {
             return Decision::Ignore("no free address");
         };
@@ -628,6 +895,15 @@ impl Server {
         // lost disk or a takeover), anything else is refused.
         if !self.available(now, asker, address) {
             return self.nak(asker, request, "address is not available to this client");
+        }
+        // A new client without an offer (straight to REQUEST) counts against the same limit;
+        // it is not refused (a NAK would take a returning client's address away), only not
+        // answered until the network takes new clients again.
+        if self.is_newcomer(asker) {
+            if !self.newcomer_allowed(asker.network, now) {
+                return Decision::Ignore("new clients arriving faster than the network allows");
+            }
+            self.newcomer_taken(asker.network, now);
         }
         let options = self.plan.options(asker.network, asker.class.as_deref());
         let lease = Lease {
@@ -820,7 +1096,9 @@ pub fn message_type(message: &Message) -> Option<MessageType> {
 /// Decodes a datagram; `None` for anything that is not a DHCP message.
 pub fn decode(datagram: &[u8]) -> Option<Message> {
     use dhcproto::Decodable as _;
-    if !lengths_dhcproto_accepts(datagram) {
+    // dhcproto does not check the magic cookie: without it the packet is not DHCP (BOOTP
+    // without options at best, which this server does not answer).
+    if datagram.get(236..240) != Some(&MAGIC_COOKIE[..]) || !lengths_dhcproto_accepts(datagram) {
         return None;
     }
     let message = v4::Message::decode(&mut v4::Decoder::new(datagram)).ok()?;
@@ -828,6 +1106,9 @@ pub fn decode(datagram: &[u8]) -> Option<Message> {
     // packet claiming more than 16 bytes would panic there (found by the fuzz target).
     (usize::from(message.hlen()) <= 16).then_some(message)
 }
+
+/// RFC 2131 §3: the first four octets of the options field.
+const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
 
 /// Whether every option whose length dhcproto 0.15 takes for granted has that length. Its
 /// decoder asserts them (`debug_assert!`, or `len - 3` that underflows), so in a debug build

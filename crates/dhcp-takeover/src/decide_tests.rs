@@ -572,7 +572,9 @@ fn relayed_requests_are_placed_by_giaddr_and_answered_to_the_relay() {
     server.serve("NETWORK2", true);
     let mut discover = message(MessageType::Discover, mac(1));
     discover.set_giaddr(Ipv4Addr::new(10, 102, 0, 254));
-    let reply = offer(&mut server, NOW, &discover);
+    // A relay on NETWORK2's own LAN (the one place a relay is believed).
+    let reply = sent(server.handle(NOW, Some("NETWORK2"), &discover));
+    assert_eq!(kind(&reply), MessageType::Offer);
     assert_eq!(reply.network, "NETWORK2");
     assert_eq!(reply.to, Destination::Relay(Ipv4Addr::new(10, 102, 0, 254)));
     // NETWORK2 has the default pool: .10 onwards.
@@ -726,4 +728,228 @@ fn a_taker_hands_out_never_used_addresses_from_the_top_of_the_pool() {
         bind(&mut taker, NOW, mac(3)).address,
         Ipv4Addr::new(10, 101, 0, 100)
     );
+}
+
+/// Audit finding 2: leases whose commit failed stayed bound in memory, were published and
+/// counted, and would have gone to peers. A record is visible only once stored; one that
+/// could not be stored is taken back, and its address is free again.
+#[test]
+fn unstored_leases_live_on() {
+    let mut server = server(false);
+    let before = server.leases().cursor();
+    let lease = bind(&mut server, NOW, mac(1));
+    // Decided: it counts for decisions at once, but nobody else sees it yet.
+    assert_eq!(server.leases().get(lease.address), Some(&lease));
+    assert_eq!(server.visible(lease.address), None);
+    assert_eq!(server.visible_leases().count(), 0);
+    assert!(server.changed_since(before, 100).records.is_empty());
+    assert_eq!(server.unstored_count(), 1);
+
+    // The disk refused it: taken back, and the address goes to the next client.
+    server.unstored(&lease);
+    assert_eq!(server.leases().get(lease.address), None);
+    assert_eq!(server.unstored_count(), 0);
+    let other = bind(&mut server, NOW + 10, mac(2));
+    assert_eq!(other.address, lease.address);
+
+    // Stored: now it is seen, and a peer that asked meanwhile hears of it.
+    let asked = server.leases().cursor();
+    server.stored(&other);
+    assert_eq!(server.visible(other.address), Some(&other));
+    assert_eq!(
+        server.changed_since(asked, 100).records,
+        vec![other.clone()]
+    );
+    assert_eq!(server.unstored_count(), 0);
+}
+
+/// A renewal that could not be stored falls back to the stored lease, which stays visible.
+#[test]
+fn an_unstored_renewal_falls_back_to_the_stored_lease() {
+    let mut server = server(false);
+    let lease = bind(&mut server, NOW, mac(1));
+    server.stored(&lease);
+    let renew = with(
+        message(MessageType::Request, mac(1)),
+        DhcpOption::RequestedIpAddress(lease.address),
+    );
+    let Decision::Commit { lease: renewed, .. } =
+        server.handle(NOW + 1_000, Some("NETWORK1"), &renew)
+    else {
+        panic!("a renewal commits");
+    };
+    assert_eq!(server.visible(lease.address), Some(&lease));
+    server.unstored(&renewed);
+    assert_eq!(server.leases().get(lease.address), Some(&lease));
+    assert_eq!(server.visible(lease.address), Some(&lease));
+}
+
+/// Audit finding 5: one DHCPREQUEST from a device on NETWORK1 with giaddr set to another
+/// network's address made a durable lease in NETWORK2 without an OFFER. On a served network's
+/// interface, giaddr may only name that network.
+#[test]
+fn relay_trust_a_lan_device_cannot_lease_in_another_network_by_setting_giaddr() {
+    let mut server = server(false);
+    server.serve("NETWORK2", true);
+    let mut grab = with(
+        message(MessageType::Request, mac(9)),
+        DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 102, 0, 20)),
+    );
+    grab.set_giaddr(Ipv4Addr::new(10, 102, 0, 254));
+    assert_eq!(
+        server.handle(NOW, Some("NETWORK1"), &grab),
+        Decision::Ignore("giaddr of another network from a served LAN")
+    );
+    let mut discover = message(MessageType::Discover, mac(9));
+    discover.set_giaddr(Ipv4Addr::new(10, 102, 0, 254));
+    assert_eq!(
+        server.handle(NOW, Some("NETWORK1"), &discover),
+        Decision::Ignore("giaddr of another network from a served LAN")
+    );
+    assert!(server.leases().is_empty());
+    // A relay on NETWORK1 itself (perfdhcp in the lab) is still answered, for NETWORK1.
+    let mut relayed = message(MessageType::Discover, mac(9));
+    relayed.set_giaddr(Ipv4Addr::new(10, 101, 0, 77));
+    let reply = sent(server.handle(NOW, Some("NETWORK1"), &relayed));
+    assert_eq!(reply.network, "NETWORK1");
+    assert_eq!(reply.to, Destination::Relay(Ipv4Addr::new(10, 101, 0, 77)));
+}
+
+/// Audit finding 7: a DISCOVER with a wrong magic cookie, an all-zero or a broadcast chaddr
+/// got an OFFER and held an address. Refused before any decision.
+#[test]
+fn bad_packets_answered_wrong_cookie_zero_or_broadcast_chaddr() {
+    let mut server = server(false);
+    let good = encode(&message(MessageType::Discover, mac(1)));
+    assert!(decode(&good).is_some());
+    let mut no_cookie = good.clone();
+    no_cookie[236..240].copy_from_slice(&[1, 2, 3, 4]);
+    assert_eq!(decode(&no_cookie), None);
+    assert_eq!(decode(&good[..239]), None);
+    for chaddr in [[0; 6], [0xff; 6], [0x01, 0, 0x5e, 0, 0, 1]] {
+        assert_eq!(
+            server.handle(
+                NOW,
+                Some("NETWORK1"),
+                &message(MessageType::Discover, chaddr)
+            ),
+            Decision::Ignore("no usable hardware address"),
+            "{chaddr:02x?}"
+        );
+    }
+    assert!(server.leases().is_empty());
+}
+
+/// A server on NETWORK1 with a pool of 50 (10.101.0.100-149) and `limits`.
+fn server_with_pool_of_50(limits: Limits) -> Server {
+    let config = fieldnet::config::SiteConfig::from_str(
+        &CONFIG.replace("10.101.0.100-10.101.0.102", "10.101.0.100-10.101.0.149"),
+        "test.toml",
+    )
+    .unwrap()
+    .view("one")
+    .unwrap()
+    .clone();
+    let mut server = Server::new(Plan::new(&config), 1, 30_000, None, Leases::default());
+    server.set_limits(limits);
+    server.serve("NETWORK1", true);
+    server
+}
+
+/// DISCOVER then REQUEST from `client` at `now`: the decision on the REQUEST, or the DISCOVER's
+/// when it was not answered with an offer.
+fn dora(server: &mut Server, now: u64, client: [u8; 6]) -> Decision {
+    let decision = server.handle(
+        now,
+        Some("NETWORK1"),
+        &message(MessageType::Discover, client),
+    );
+    let Decision::Send(offer) = decision else {
+        return decision;
+    };
+    let request = with(
+        with(
+            message(MessageType::Request, client),
+            DhcpOption::ServerIdentifier(N1),
+        ),
+        DhcpOption::RequestedIpAddress(offer.message.yiaddr()),
+    );
+    server.handle(now, Some("NETWORK1"), &request)
+}
+
+/// Audit finding 6: 2,000 DISCOVERs held a 50-address pool while it counted as 1/50 used, and
+/// 48 random-MAC DORAs filled it in 5 s. Offers outstanding are capped and counted, new clients
+/// are taken at a bounded rate, returning clients are never held back.
+#[test]
+fn pool_exhaustion_by_made_up_macs_is_capped_and_counted() {
+    let mut server = server_with_pool_of_50(Limits::default());
+    // A DISCOVER flood: half the pool is offered, no more, and the offers count as used. The
+    // network has 52 addresses to give: the pool's 50 and its device class's 2.
+    let mut offered = 0;
+    for n in 0..2000_u32 {
+        let mac = [2, 0xee, 0, (n >> 16) as u8, (n >> 8) as u8, n as u8];
+        match server.handle(NOW, Some("NETWORK1"), &message(MessageType::Discover, mac)) {
+            Decision::Send(_) => offered += 1,
+            Decision::Ignore(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(offered, 26);
+    assert_eq!(server.held_on("NETWORK1"), 26);
+
+    // Once the offers lapse, 48 made-up MACs completing the exchange within 5 s: the rest of
+    // the allowance, not the pool.
+    let later = NOW + 31_000;
+    server.tick(later);
+    assert_eq!(server.held_on("NETWORK1"), 0);
+    let mut acked = 0;
+    for n in 0..48_u8 {
+        if let Decision::Commit { .. } = dora(
+            &mut server,
+            later + u64::from(n) * 100,
+            [2, 0xdd, 0, 0, 0, n],
+        ) {
+            acked += 1;
+        }
+    }
+    assert!(acked <= 26, "{acked} leases to made-up MACs in 5 s");
+    assert!(server.leases().len() < 50);
+
+    // A returning client is answered whatever the allowance.
+    let mut fresh = server_with_pool_of_50(Limits::default());
+    let regular = bind(&mut fresh, NOW, mac(1));
+    for n in 0..40_u8 {
+        dora(&mut fresh, NOW + 1, [2, 0xcc, 0, 0, 0, n]);
+    }
+    let back = with(
+        message(MessageType::Request, mac(1)),
+        DhcpOption::RequestedIpAddress(regular.address),
+    );
+    assert!(matches!(
+        fresh.handle(NOW + 2, Some("NETWORK1"), &back),
+        Decision::Commit { .. }
+    ));
+    // And a minute later, new clients are taken again.
+    assert!(matches!(
+        dora(&mut fresh, NOW + 61_000, [2, 0xbb, 0, 0, 0, 1]),
+        Decision::Commit { .. }
+    ));
+}
+
+#[test]
+fn pool_limits_default_to_half_the_pool_and_zero_lifts_them() {
+    let limits = Limits::default();
+    assert_eq!(limits.offers(50), Some(25));
+    assert_eq!(limits.newcomers(245), Some(122));
+    assert_eq!(limits.offers(10), Some(16), "a floor for small pools");
+    let off = Limits {
+        max_offers: Some(0),
+        new_clients_per_minute: Some(0),
+    };
+    assert_eq!((off.offers(50), off.newcomers(50)), (None, None));
+    let set = Limits {
+        max_offers: Some(7),
+        new_clients_per_minute: Some(300),
+    };
+    assert_eq!((set.offers(50), set.newcomers(50)), (Some(7), Some(300)));
 }

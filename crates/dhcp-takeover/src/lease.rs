@@ -219,13 +219,40 @@ impl Leases {
         if !newer_elsewhere {
             index.insert(lease.client.clone(), lease.address);
         }
+        let address = lease.address;
+        self.by_address.insert(address, lease);
+        self.touch(address);
+        true
+    }
+
+    /// Puts `address` back to `to` (an older record, or none), whatever is there now: a record
+    /// decided here that could not be stored is taken back. A change like any other for
+    /// [`changed_since`](Self::changed_since).
+    pub fn revert(&mut self, address: Ipv4Addr, to: Option<Lease>) {
+        if let Some(current) = self.by_address.remove(&address)
+            && let Some(index) = self.by_client.get_mut(&current.network)
+            && index.get(&current.client) == Some(&address)
+        {
+            index.remove(&current.client);
+        }
+        if let Some(lease) = to {
+            self.by_client
+                .entry(lease.network.clone())
+                .or_default()
+                .entry(lease.client.clone())
+                .or_insert(address);
+            self.by_address.insert(address, lease);
+        }
+        self.touch(address);
+    }
+
+    /// Gives `address` a new change number, so a peer that asked before hears of it again.
+    pub fn touch(&mut self, address: Ipv4Addr) {
         self.cursor += 1;
-        if let Some(previous) = self.change_of.insert(lease.address, self.cursor) {
+        if let Some(previous) = self.change_of.insert(address, self.cursor) {
             self.changes.remove(&previous);
         }
-        self.changes.insert(self.cursor, lease.address);
-        self.by_address.insert(lease.address, lease);
-        true
+        self.changes.insert(self.cursor, address);
     }
 
     /// The number of the last change stored here.

@@ -13,8 +13,12 @@
 //!   carries a tag of the request's fresh random nonce and the body. A reply is therefore
 //!   believed only if it was made by a holder of the site key for this very request: an old
 //!   reply replayed, or a reply altered, is refused.
-//! - Requests only read (sync) or ask for a read (nudge), so a replayed request changes
-//!   nothing; nothing is trusted by source address.
+//! - A request also carries its sender's clock (`ts`, signed with the rest): one older or newer
+//!   than [`FRESH_WINDOW`] is refused, and so is one whose nonce was seen within it, so a
+//!   request recorded on the way cannot be played again to read the lease table. `from` must
+//!   be a configured peer.
+//! - Nothing is trusted by source address alone, though the listener only takes connections
+//!   from the peers' path addresses and loopback (see `replicate`).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -31,6 +35,11 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(400);
 /// Most records in one reply; the asker asks again at once when `more` is set.
 pub const MAX_RECORDS: usize = 2000;
+/// How far a request's clock may be from ours (either way); appliances without a clock source
+/// further apart than this do not replicate (and say so), but are never taken for dead by it.
+pub const FRESH_WINDOW: Duration = Duration::from_secs(300);
+/// Largest reply body a peer may send (a full reply of `MAX_RECORDS` is far below this).
+pub const MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
 /// Header carrying the tag, on requests and replies.
 pub const TAG_HEADER: &str = "x-fieldnet-tag";
 pub const SYNC_PATH: &str = "/dhcp/v1/sync";
@@ -111,13 +120,57 @@ pub fn nonce() -> String {
 }
 
 /// The path and query of a sync request from appliance `from`, which has everything of the
-/// asked appliance's generation `epoch` up to change `since`.
-pub fn sync_query(from: u8, epoch: u64, since: u64, nonce: &str) -> String {
-    format!("{SYNC_PATH}?from={from}&epoch={epoch}&since={since}&nonce={nonce}")
+/// asked appliance's generation `epoch` up to change `since`, sent at `ts` (milliseconds since
+/// the Unix epoch).
+pub fn sync_query(from: u8, epoch: u64, since: u64, nonce: &str, ts: u64) -> String {
+    format!("{SYNC_PATH}?from={from}&epoch={epoch}&since={since}&nonce={nonce}&ts={ts}")
 }
 
-pub fn nudge_query(from: u8, nonce: &str) -> String {
-    format!("{NUDGE_PATH}?from={from}&nonce={nonce}")
+pub fn nudge_query(from: u8, nonce: &str, ts: u64) -> String {
+    format!("{NUDGE_PATH}?from={from}&nonce={nonce}&ts={ts}")
+}
+
+/// Why a signed request is refused although its tag is right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// Its clock is this many milliseconds from ours (positive: ahead).
+    Clock(i64),
+    /// Its nonce was used before.
+    Replayed,
+}
+
+/// The nonces of the requests taken within the last [`FRESH_WINDOW`]: a request is taken once.
+#[derive(Debug, Default)]
+pub struct Freshness {
+    seen: std::collections::HashMap<String, u64>,
+}
+
+impl Freshness {
+    /// Most nonces remembered; peers pull a few times a second, so this is never reached by
+    /// them, and a flood of signed requests (from a key holder) cannot grow it without bound.
+    const MAX_REMEMBERED: usize = 100_000;
+
+    /// Takes a request with `params` at `now` (ms), or says why not.
+    pub fn check(&mut self, params: &SyncParams, now: u64) -> Result<(), Stale> {
+        let window = FRESH_WINDOW.as_millis() as u64;
+        let skew = params.ts as i64 - now as i64;
+        if skew.unsigned_abs() > window {
+            return Err(Stale::Clock(skew));
+        }
+        if self.seen.len() >= Self::MAX_REMEMBERED {
+            self.seen
+                .retain(|_, at| now.saturating_sub(*at) <= 2 * window);
+        }
+        if self.seen.contains_key(&params.nonce) {
+            return Err(Stale::Replayed);
+        }
+        if self.seen.len() >= Self::MAX_REMEMBERED {
+            // Still full of fresh nonces: refuse rather than forget one that could be replayed.
+            return Err(Stale::Replayed);
+        }
+        self.seen.insert(params.nonce.clone(), now);
+        Ok(())
+    }
 }
 
 /// The parameters of a sync or nudge request, parsed from its query.
@@ -127,27 +180,34 @@ pub struct SyncParams {
     pub epoch: u64,
     pub since: u64,
     pub nonce: String,
+    /// The sender's clock, milliseconds since the Unix epoch.
+    pub ts: u64,
 }
 
 impl SyncParams {
-    /// `from` and `nonce` are required; `epoch` and `since` default to 0. `None` when a
-    /// required one is missing or a number does not parse.
+    /// `from`, `nonce` and `ts` are required; `epoch` and `since` default to 0. `None` when a
+    /// required one is missing or a number does not parse, or the nonce is not 8 to 64 hex
+    /// digits.
     pub fn parse(query: &str) -> Option<Self> {
-        let (mut from, mut epoch, mut since, mut nonce) = (None, 0, 0, None);
+        let (mut from, mut epoch, mut since, mut nonce, mut ts) = (None, 0, 0, None, None);
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*name {
                 "from" => from = Some(value.parse().ok()?),
                 "epoch" => epoch = value.parse().ok()?,
                 "since" => since = value.parse().ok()?,
                 "nonce" => nonce = Some(value.into_owned()),
+                "ts" => ts = Some(value.parse().ok()?),
                 _ => {}
             }
         }
+        let nonce = nonce
+            .filter(|n| (8..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_hexdigit()))?;
         Some(Self {
             from: from?,
             epoch,
             since,
-            nonce: nonce?,
+            nonce,
+            ts: ts?,
         })
     }
 }
@@ -228,7 +288,7 @@ mod tests {
     #[test]
     fn requests_verify_only_unaltered_under_the_site_key() {
         let key = PeerKey::new(&[7; 32]);
-        let query = sync_query(1, 42, 17, "00ff");
+        let query = sync_query(1, 42, 17, "00ff00ff", 5);
         let tag = key.sign_request(&query);
         assert!(key.verify_request(&query, &tag));
         assert!(!key.verify_request(&query.replace("since=17", "since=0"), &tag));
@@ -256,7 +316,7 @@ mod tests {
 
     #[test]
     fn queries_parse_back() {
-        let query = sync_query(3, 42, 17, "00ff");
+        let query = sync_query(3, 42, 17, "00ff00ff", 1_800_000_000_000);
         let params = SyncParams::parse(query.split_once('?').unwrap().1).unwrap();
         assert_eq!(
             params,
@@ -264,19 +324,56 @@ mod tests {
                 from: 3,
                 epoch: 42,
                 since: 17,
-                nonce: "00ff".into()
+                nonce: "00ff00ff".into(),
+                ts: 1_800_000_000_000,
             }
         );
-        let nudge = nudge_query(2, "ab");
+        let nudge = nudge_query(2, "abababab", 9);
         assert_eq!(
             SyncParams::parse(nudge.split_once('?').unwrap().1)
                 .unwrap()
                 .since,
             0
         );
-        assert_eq!(SyncParams::parse("from=300&nonce=a"), None);
-        assert_eq!(SyncParams::parse("from=1"), None);
-        assert_eq!(SyncParams::parse("from=1&nonce=a&since=x"), None);
+        assert_eq!(SyncParams::parse("from=300&nonce=abababab&ts=1"), None);
+        assert_eq!(SyncParams::parse("from=1&ts=1"), None);
+        assert_eq!(SyncParams::parse("from=1&nonce=abababab"), None, "no clock");
+        assert_eq!(
+            SyncParams::parse("from=1&nonce=ab&ts=1"),
+            None,
+            "short nonce"
+        );
+        assert_eq!(SyncParams::parse("from=1&nonce=zzzzzzzz&ts=1"), None);
+        assert_eq!(
+            SyncParams::parse("from=1&nonce=abababab&ts=1&since=x"),
+            None
+        );
+    }
+
+    /// Audit finding 8 (replay): a signed request could be replayed for ever and returned the
+    /// whole lease table. Now a request is taken once, and only near our clock.
+    #[test]
+    fn peer_api_a_signed_request_is_taken_once_and_only_while_fresh() {
+        const NOW: u64 = 1_800_000_000_000;
+        let window = FRESH_WINDOW.as_millis() as u64;
+        let params = |nonce: &str, ts: u64| {
+            SyncParams::parse(sync_query(2, 0, 0, nonce, ts).split_once('?').unwrap().1).unwrap()
+        };
+        let mut fresh = Freshness::default();
+        assert_eq!(fresh.check(&params("a1a1a1a1", NOW), NOW), Ok(()));
+        assert_eq!(
+            fresh.check(&params("a1a1a1a1", NOW), NOW + 10),
+            Err(Stale::Replayed)
+        );
+        assert_eq!(fresh.check(&params("b2b2b2b2", NOW - window), NOW), Ok(()));
+        assert_eq!(
+            fresh.check(&params("c3c3c3c3", NOW - window - 1), NOW),
+            Err(Stale::Clock(-(window as i64) - 1))
+        );
+        assert_eq!(
+            fresh.check(&params("d4d4d4d4", NOW + 3_600_000), NOW),
+            Err(Stale::Clock(3_600_000))
+        );
     }
 
     #[test]

@@ -1,12 +1,20 @@
 //! The peer API's edge: the HTTP listener answering peers (its answers are built by the agent,
 //! which owns the leases), and one task per peer that pulls its changes and nudges it.
 //!
+//! The listener is not for the LANs: it binds only this appliance's addresses on its peer
+//! paths (and loopback), takes connections only from the peers' addresses on those paths (and
+//! loopback), at most [`MAX_CONNECTIONS`] at once, each with [`HEADER_TIMEOUT`] to send its
+//! request head and [`CONNECTION_LIFETIME`] in all; what it refuses it says in the log (at most
+//! every [`WARN_EVERY`]).
+//!
 //! Invariant: a peer's reply reaches the agent only after its tag verified under the site key
-//! for the nonce this task just sent; anything else is a failed attempt.
+//! for the nonce this task just sent, and only if it fits in [`peer::MAX_REPLY_BYTES`];
+//! anything else is a failed attempt.
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::State;
@@ -34,42 +42,208 @@ pub enum PeerEvent {
     Failed { peer: u8, error: String },
 }
 
+/// Connections the peer API serves at once (peers hold one or two each).
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a connection has to send a request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one connection may live (peers open a new one).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Refusals are logged at most this often (with how many there were).
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Who may use the peer API: the configured peers and the addresses they use.
+#[derive(Debug, Clone, Default)]
+pub struct PeerAccess {
+    /// This appliance's addresses on its peer paths: where the API listens (and loopback).
+    pub locals: BTreeSet<Ipv4Addr>,
+    /// Per peer: its addresses on the paths.
+    pub peers: BTreeMap<u8, BTreeSet<Ipv4Addr>>,
+}
+
+impl PeerAccess {
+    /// Whether a connection from `source` may be served at all.
+    pub fn admits(&self, source: IpAddr) -> bool {
+        source.is_loopback()
+            || matches!(source, IpAddr::V4(v4) if self.peers.values().any(|a| a.contains(&v4)))
+    }
+
+    /// Whether a request saying it is from `from` may come from `source`.
+    pub fn speaks_for(&self, from: u8, source: IpAddr) -> bool {
+        self.peers.get(&from).is_some_and(|addresses| {
+            source.is_loopback() || matches!(source, IpAddr::V4(v4) if addresses.contains(&v4))
+        })
+    }
+}
+
 #[derive(Clone)]
 struct ApiState {
     key: PeerKey,
+    access: Arc<PeerAccess>,
     asks: mpsc::Sender<SyncAsk>,
     /// Per peer: wakes the task that pulls from it.
     nudged: Arc<BTreeMap<u8, Arc<Notify>>>,
+    fresh: Arc<Mutex<peer::Freshness>>,
+    refusals: fieldnet::obs::Refusals,
 }
 
-/// Binds the peer API on `listen` and serves it until shutdown.
+/// Where a connection came from, for the handlers.
+#[derive(Debug, Clone, Copy)]
+struct Source(IpAddr);
+
+impl ApiState {
+    fn refused(&self, kind: &'static str, detail: &str) {
+        self.refusals.refused(kind, detail);
+    }
+}
+
+/// Binds the peer API on `port` of `access.locals` and loopback (before those addresses exist,
+/// if need be) and serves it until shutdown.
 pub async fn serve(
-    listen: SocketAddr,
+    port: u16,
+    access: PeerAccess,
     key: PeerKey,
     asks: mpsc::Sender<SyncAsk>,
     nudged: BTreeMap<u8, Arc<Notify>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let state = ApiState {
+        key,
+        access: Arc::new(access),
+        asks,
+        nudged: Arc::new(nudged),
+        fresh: Arc::new(Mutex::new(peer::Freshness::default())),
+        refusals: fieldnet::obs::Refusals::new("DHCP peer API", WARN_EVERY),
+    };
     let router = axum::Router::new()
         .route(peer::SYNC_PATH, get(sync))
         .route(peer::NUDGE_PATH, post(nudge))
-        .with_state(ApiState {
-            key,
-            asks,
-            nudged: Arc::new(nudged),
-        });
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding the DHCP peer API on {listen}"))?;
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "DHCP peer API failed");
-        }
-    });
+        .with_state(state.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut addresses: Vec<Ipv4Addr> = vec![Ipv4Addr::LOCALHOST];
+    addresses.extend(state.access.locals.iter().copied());
+    for address in addresses {
+        let listen = SocketAddr::from((address, port));
+        let listener = bind_freely(listen)
+            .with_context(|| format!("binding the DHCP peer API on {listen}"))?;
+        tokio::spawn(accept(
+            listener,
+            router.clone(),
+            state.clone(),
+            Arc::clone(&slots),
+            shutdown.clone(),
+        ));
+    }
     Ok(())
+}
+
+/// A listener on `listen`, which may be an address not (yet) on any interface.
+fn bind_freely(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_freebind_v4(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&listen.into())?;
+    socket.listen(64)?;
+    Ok(tokio::net::TcpListener::from_std(socket.into())?)
+}
+
+/// Takes connections on one listener until shutdown.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    state: ApiState,
+    slots: Arc<tokio::sync::Semaphore>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, from) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, say: said, and a pause so it is not a busy loop.
+                    state.refused("accept failed", &error.to_string());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if !state.access.admits(from.ip()) {
+            state.refused("not a peer's address", &from.to_string());
+            continue;
+        }
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            state.refused("connection limit", &from.to_string());
+            continue;
+        };
+        let app = router.clone().layer(axum::Extension(Source(from.ip())));
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {}
+            }
+        });
+    }
+}
+
+/// Checks a request's tag, parameters, sender and freshness: its parameters, or the answer.
+fn admit(
+    state: &ApiState,
+    source: IpAddr,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<SyncParams, (StatusCode, &'static str)> {
+    if !authentic(state, uri, headers) {
+        state.refused("bad tag", &source.to_string());
+        return Err((StatusCode::FORBIDDEN, "not signed with the site key\n"));
+    }
+    let Some(params) = SyncParams::parse(uri.query().unwrap_or_default()) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "needs from, nonce (hex), ts, and numeric epoch and since\n",
+        ));
+    };
+    if !state.access.speaks_for(params.from, source) {
+        state.refused("not a peer", &format!("from={} at {source}", params.from));
+        return Err((
+            StatusCode::FORBIDDEN,
+            "not a peer of this appliance, or not from its address\n",
+        ));
+    }
+    let checked = state
+        .fresh
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .check(&params, fieldnet::bus::unix_millis());
+    match checked {
+        Ok(()) => Ok(params),
+        Err(peer::Stale::Clock(skew)) => {
+            state.refused(
+                "clock too far off",
+                &format!(
+                    "appliance {}'s clock is {:+.1} s from ours; it replicates again once the clocks agree within {} s",
+                    params.from,
+                    skew as f64 / 1000.0,
+                    peer::FRESH_WINDOW.as_secs()
+                ),
+            );
+            Err((StatusCode::FORBIDDEN, "request clock too far from ours\n"))
+        }
+        Err(peer::Stale::Replayed) => {
+            state.refused("replayed", &format!("from={} at {source}", params.from));
+            Err((StatusCode::FORBIDDEN, "request already taken\n"))
+        }
+    }
 }
 
 fn authentic(state: &ApiState, uri: &Uri, headers: &HeaderMap) -> bool {
@@ -82,16 +256,15 @@ fn authentic(state: &ApiState, uri: &Uri, headers: &HeaderMap) -> bool {
         .is_some_and(|tag| state.key.verify_request(path_and_query.as_str(), tag))
 }
 
-async fn sync(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -> Response {
-    if !authentic(&state, &uri, &headers) {
-        return (StatusCode::FORBIDDEN, "not signed with the site key\n").into_response();
-    }
-    let Some(params) = SyncParams::parse(uri.query().unwrap_or_default()) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "needs from, nonce, and numeric epoch and since\n",
-        )
-            .into_response();
+async fn sync(
+    State(state): State<ApiState>,
+    axum::Extension(Source(source)): axum::Extension<Source>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let params = match admit(&state, source, &uri, &headers) {
+        Ok(params) => params,
+        Err(refusal) => return refusal.into_response(),
     };
     let nonce = params.nonce.clone();
     let (answer, reply) = oneshot::channel();
@@ -122,12 +295,15 @@ async fn sync(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -> Re
         .into_response()
 }
 
-async fn nudge(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -> StatusCode {
-    if !authentic(&state, &uri, &headers) {
-        return StatusCode::FORBIDDEN;
-    }
-    let Some(params) = SyncParams::parse(uri.query().unwrap_or_default()) else {
-        return StatusCode::BAD_REQUEST;
+async fn nudge(
+    State(state): State<ApiState>,
+    axum::Extension(Source(source)): axum::Extension<Source>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> StatusCode {
+    let params = match admit(&state, source, &uri, &headers) {
+        Ok(params) => params,
+        Err((status, _)) => return status,
     };
     match state.nudged.get(&params.from) {
         Some(notify) => {
@@ -239,7 +415,7 @@ async fn pull(
     since: u64,
 ) -> anyhow::Result<SyncReply> {
     let nonce = peer::nonce();
-    let query = peer::sync_query(link.me, epoch, since, &nonce);
+    let query = peer::sync_query(link.me, epoch, since, &nonce, fieldnet::bus::unix_millis());
     let response = client
         .get(format!("http://{address}:{}{query}", link.port))
         .header(peer::TAG_HEADER, key.sign_request(&query))
@@ -251,7 +427,7 @@ async fn pull(
         .get(peer::TAG_HEADER)
         .and_then(|t| t.to_str().ok())
         .map(str::to_owned);
-    let body = response.bytes().await?;
+    let body = read_capped(response, peer::MAX_REPLY_BYTES).await?;
     anyhow::ensure!(status.is_success(), "answered {status}");
     let tag = tag.context("reply carries no tag")?;
     anyhow::ensure!(
@@ -268,6 +444,26 @@ async fn pull(
     Ok(reply)
 }
 
+/// The body of `response`, refused once it passes `limit` bytes (a peer cannot make us hold
+/// more).
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> anyhow::Result<Vec<u8>> {
+    if let Some(length) = response.content_length() {
+        anyhow::ensure!(
+            length <= limit as u64,
+            "reply of {length} bytes, over {limit}"
+        );
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        anyhow::ensure!(
+            body.len() + chunk.len() <= limit,
+            "reply over {limit} bytes"
+        );
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 async fn send_nudge(
     link: &PeerLink,
     key: &PeerKey,
@@ -277,7 +473,7 @@ async fn send_nudge(
     let Some(address) = working.or_else(|| candidates(link, None).first().copied()) else {
         return;
     };
-    let query = peer::nudge_query(link.me, &peer::nonce());
+    let query = peer::nudge_query(link.me, &peer::nonce(), fieldnet::bus::unix_millis());
     let sent = client
         .post(format!("http://{address}:{}{query}", link.port))
         .header(peer::TAG_HEADER, key.sign_request(&query))

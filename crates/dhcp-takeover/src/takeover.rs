@@ -16,6 +16,10 @@
 //!   owner never answers without the leases issued in its absence.
 //! - A taker that learns the owner (or a lower-numbered appliance) holds the network withdraws at
 //!   once: after a split brain heals, the owner keeps its network.
+//! - A taker restarted while holding a network (its gateway address still on the leg) adopts
+//!   it: the address stays, so the network's traffic keeps flowing, and it counts as held; DHCP
+//!   is answered again once the owner is confirmed dead, and the network is withdrawn or handed
+//!   back only by the rules above.
 //!
 //! Invariant: a network is held (answering or handing back) by at most one role here, and an
 //! action is emitted only on a change of state.
@@ -66,6 +70,9 @@ enum TakenState {
     Releasing {
         cursor: u64,
     },
+    /// Found held at start (left by the previous run): the address stays, DHCP waits for the
+    /// owner's fate.
+    Adopted,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -113,6 +120,18 @@ impl Coordinator {
                 .filter(|&p| p != me)
                 .map(|p| (p, PeerView::default()))
                 .collect(),
+        }
+    }
+
+    /// `network` (a leg's) was held when this agent started: adopt it (see the rules above).
+    /// Says whether it is a leg here.
+    pub fn adopt(&mut self, network: &str) -> bool {
+        match self.taken.get_mut(network) {
+            Some(entry) => {
+                entry.1 = TakenState::Adopted;
+                true
+            }
+            None => false,
         }
     }
 
@@ -239,19 +258,30 @@ impl Coordinator {
                         state
                     }
                 }
-                TakenState::Serving if outranked => {
+                TakenState::Serving | TakenState::Adopted if outranked => {
                     actions.push(Action::Withdraw {
                         network: network.clone(),
                     });
                     TakenState::Idle
                 }
-                TakenState::Serving if wants_back => {
+                TakenState::Serving | TakenState::Adopted if wants_back => {
                     actions.push(Action::Pause {
                         network: network.clone(),
                     });
                     TakenState::Releasing { cursor }
                 }
                 TakenState::Serving => state,
+                TakenState::Adopted => {
+                    if self.is_dead(owner, now) && self.first_in_line(&network, owner, now) {
+                        actions.push(Action::Serve {
+                            network: network.clone(),
+                            role: Role::Taken,
+                        });
+                        TakenState::Serving
+                    } else {
+                        state
+                    }
+                }
                 TakenState::Releasing { cursor: wanted } => {
                     let stored = owner_status
                         .as_ref()
@@ -318,7 +348,7 @@ impl Coordinator {
     }
 
     /// The state of every network this appliance can answer: `own`, `waiting`, `taken`,
-    /// `handing_back` or `standby`, for metrics and `fieldctl`.
+    /// `handing_back`, `adopted` or `standby`, for metrics and `fieldctl`.
     pub fn states(&self) -> Vec<(String, &'static str)> {
         let own = self.own.iter().map(|(network, state)| {
             let word = match state {
@@ -332,6 +362,7 @@ impl Coordinator {
                 TakenState::Idle => "standby",
                 TakenState::Serving => "taken",
                 TakenState::Releasing { .. } => "handing_back",
+                TakenState::Adopted => "adopted",
             };
             (network.clone(), word)
         });
@@ -533,6 +564,54 @@ mod tests {
         assert_eq!(
             c.tick(6_000 + STATUS_FRESH_MS + 1, 40),
             [serve(N2, Role::Taken)]
+        );
+    }
+
+    /// Audit finding 3: a restart during a takeover removed the taken network's address at
+    /// start and re-added it seconds later. Adopted, it stays held until the coordinator
+    /// decides: served again once the owner is confirmed dead.
+    #[test]
+    fn a_restart_during_a_takeover_keeps_the_taken_network() {
+        let mut c = Coordinator::new(
+            1,
+            7,
+            0,
+            ["NETWORK1".to_owned()],
+            [("NETWORK2".to_owned(), 2)],
+            [1, 2],
+        );
+        assert!(c.adopt("NETWORK2"));
+        assert!(!c.adopt("NETWORK9"));
+        // Nothing heard yet: no withdrawal, and the network counts as held here.
+        let actions = c.tick(100, 0);
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Withdraw { .. })),
+            "{actions:?}"
+        );
+        assert!(c.status(100, Vec::new()).serves("NETWORK2"));
+        assert!(c.states().contains(&("NETWORK2".to_owned(), "adopted")));
+        // The bus says the owner is dead and our own check agrees: answered again.
+        c.bus(2, Some(false));
+        let actions = c.tick(CONFIRM_MS + 1, 0);
+        assert!(
+            actions.contains(&serve("NETWORK2", Role::Taken)),
+            "{actions:?}"
+        );
+        assert!(c.states().contains(&("NETWORK2".to_owned(), "taken")));
+    }
+
+    /// An adopted network whose owner turns out to be serving it is withdrawn at once.
+    #[test]
+    fn an_adopted_network_the_owner_serves_is_withdrawn() {
+        let mut c = Coordinator::new(1, 7, 0, [], [("NETWORK2".to_owned(), 2)], [1, 2]);
+        c.adopt("NETWORK2");
+        c.bus(2, Some(true));
+        c.reply(2, 10, status(&[("NETWORK2", 2)], &[], &[]));
+        assert_eq!(
+            c.tick(20, 0),
+            vec![Action::Withdraw {
+                network: "NETWORK2".to_owned()
+            }]
         );
     }
 }

@@ -103,23 +103,27 @@ fn wait_address(ns: &Netns, address: &str, client: &LabProcess) {
     });
 }
 
-/// One metric's value from the agent's /metrics, read inside the appliance namespace.
-fn metric(appliance: &Netns, name_and_labels: &str) -> f64 {
-    let needle = format!("{name_and_labels} ");
-    let text = appliance
-        .run(|| {
-            // dhcp-takeover's default metrics listener (the lab config does not set one).
+/// `GET path` on dhcp-takeover's default metrics listener (the lab config does not set one),
+/// inside the appliance namespace: the whole response, status line first.
+fn http_get(appliance: &Netns, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    appliance
+        .run(move || {
             let mut stream = std::net::TcpStream::connect("127.0.0.1:9704").unwrap();
             stream.set_read_timeout(Some(PATIENCE)).unwrap();
-            stream
-                .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                .unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
             let mut text = String::new();
             stream.read_to_string(&mut text).unwrap();
             text
         })
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// One metric's value from the agent's /metrics.
+fn metric(appliance: &Netns, name_and_labels: &str) -> f64 {
+    let needle = format!("{name_and_labels} ");
+    http_get(appliance, "/metrics")
+        .lines()
         .find_map(|line| line.strip_prefix(&needle))
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
@@ -469,14 +473,42 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
     assert!(log.contains("sent packets"), "{log}");
     assert!(acks.len() > 100, "only {} ACKs seen:\n{log}", acks.len());
 
-    let (_log, records, torn_bytes) = dhcp_takeover::store::LeaseLog::open(&store).unwrap();
-    let record_count = records.len();
+    let (leases, opened) = stored_leases(&store);
+    assert_every_ack_stored(&acks, &leases, &format!("after {KILLS} SIGKILLs"));
+    eprintln!(
+        "{} ACKs seen across {KILLS} SIGKILLs, all stored ({} records, {} torn bytes cut)",
+        acks.len(),
+        opened.records,
+        opened.torn_bytes
+    );
+}
+
+/// What a lease store read: its records and what opening it found.
+struct StoreRead {
+    records: usize,
+    torn_bytes: u64,
+    damage: Option<dhcp_takeover::store::Damage>,
+}
+
+/// The lease table a store in `dir` holds, as the server reads it at start.
+fn stored_leases(dir: &Path) -> (dhcp_takeover::lease::Leases, StoreRead) {
+    let opened = dhcp_takeover::store::LeaseLog::open(dir).unwrap();
+    let read = StoreRead {
+        records: opened.leases.len(),
+        torn_bytes: opened.torn_bytes,
+        damage: opened.damage,
+    };
     let mut leases = dhcp_takeover::lease::Leases::default();
-    for record in records {
+    for record in opened.leases {
         leases.apply(record);
     }
+    (leases, read)
+}
+
+/// Every ACK seen on the wire is a bound lease of its device in `leases`.
+fn assert_every_ack_stored(acks: &[lab::Ack], leases: &dhcp_takeover::lease::Leases, when: &str) {
     let mut missing = Vec::new();
-    for lab::Ack { mac, address, .. } in &acks {
+    for lab::Ack { mac, address, .. } in acks {
         let kept = leases.get(*address).is_some_and(|lease| {
             lease.mac.0 == *mac && lease.state == dhcp_takeover::lease::LeaseState::Bound
         });
@@ -486,15 +518,134 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
     }
     assert!(
         missing.is_empty(),
-        "{} of {} acknowledged leases lost after {KILLS} SIGKILLs: {missing:?}",
+        "{} of {} acknowledged leases lost {when}: {missing:?}",
         missing.len(),
         acks.len()
     );
+}
+
+/// Audit finding 1 (and 2): the lease store on a small disk that fills and frees repeatedly
+/// during a perfdhcp run, then SIGKILL and restart. A write cut short by the full disk used to
+/// leave a partial record that hid every lease stored after it. Now: every ACK seen on the
+/// wire is in the store, no address went to two devices, the full disk was logged at ERROR and
+/// /healthz said 503 while it lasted.
+#[test]
+fn disk_full_loses_no_acknowledged_lease() {
+    let Some(mut lab) = Lab::for_test("dhcp-full") else {
+        return;
+    };
+    let site = lab.site(&SiteSpec::lan(1, 1)).unwrap();
+    let area = &site.areas[0];
+    let appliance = &area.appliance;
+    let client = &area.clients[0].ns;
+    let store = lab::lease_store(lab.dir(), 1);
+    let disk = lab.small_disk(appliance, &store, "4m").unwrap();
+    let config = write_config(&lab, &site, "", "");
+    let start = |lab: &mut Lab| {
+        let words = disk.command(
+            env!("CARGO_BIN_EXE_dhcp-takeover"),
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--appliance",
+                &lab::appliance_name(1),
+            ],
+        );
+        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+        let server = lab.spawn(appliance, refs[0], &refs[1..]).unwrap();
+        server
+            .wait_for_log("serving DHCP", PATIENCE)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        server
+    };
+    let server = start(&mut lab);
+    let capture = lab::AckCapture::start(client).unwrap();
+    let perfdhcp = lab
+        .spawn(
+            client,
+            "perfdhcp",
+            &[
+                "-4",
+                "-l",
+                "eth0",
+                "-r",
+                "200",
+                "-R",
+                "200",
+                "-p",
+                "14",
+                "10.101.0.1",
+            ],
+        )
+        .unwrap();
+    // Four times: fill the disk to the last byte for 1.5 s, then free it for 1.5 s.
+    let fill = format!(
+        "head -c 100000000 /dev/zero > {0}/filler 2>/dev/null; true",
+        store.display()
+    );
+    let free = format!("rm -f {}/filler", store.display());
+    let mut unhealthy = false;
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1500));
+        disk.sh(&fill).unwrap();
+        let full_until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < full_until {
+            unhealthy |= http_get(appliance, "/healthz").starts_with("HTTP/1.0 503");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        disk.sh(&free).unwrap();
+    }
+    perfdhcp.wait(Duration::from_secs(60)).unwrap();
+    let log = server.log();
+    assert!(
+        log.contains("ERROR") && log.contains("cannot store leases"),
+        "the full disk was not logged at ERROR:\n{log}"
+    );
+    assert!(unhealthy, "/healthz never said 503 while the disk was full");
+    assert!(
+        log.contains("No space left on device"),
+        "the disk never filled:\n{log}"
+    );
+    // Healthy again once a commit succeeds after the disk was freed.
+    wait_for("/healthz 200 after the disk was freed", &server, || {
+        http_get(appliance, "/healthz")
+            .starts_with("HTTP/1.0 200")
+            .then_some(())
+    });
+    // SIGKILL, as in a power cut of the process, and a restart reading the store.
+    server.kill_now().unwrap();
+    let server = start(&mut lab);
+    server.kill_now().unwrap();
+    let acks = capture.finish();
+    assert!(acks.len() > 100, "only {} ACKs seen", acks.len());
+
+    // The store as the restarted server read it (copied out of the disk's namespace).
+    let copy = lab.dir().join("store-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    let bytes = disk
+        .sh(&format!("cat {}/leases.log", store.display()))
+        .unwrap()
+        .stdout;
+    std::fs::write(copy.join("leases.log"), bytes).unwrap();
+    let (leases, read) = stored_leases(&copy);
+    assert_eq!(read.damage, None);
+    assert_eq!(read.torn_bytes, 0);
+    assert_every_ack_stored(
+        &acks,
+        &leases,
+        "after the disk filled 4 times and a SIGKILL",
+    );
+    let mut audit = lab::AddressAudit::default();
+    audit.note_acks(&acks);
+    assert!(
+        audit.duplicates.is_empty(),
+        "one address to two devices: {:?}",
+        audit.duplicates
+    );
     eprintln!(
-        "{} ACKs seen across {KILLS} SIGKILLs, all stored ({} records, {} torn bytes cut)",
+        "{} ACKs seen while the disk filled and freed 4 times; all stored ({} records), no duplicate",
         acks.len(),
-        record_count,
-        torn_bytes
+        read.records
     );
 }
 
@@ -532,10 +683,24 @@ impl Appliance {
                 &args,
             )
             .unwrap();
-        let dhcp = lab
-            .spawn(ns, env!("CARGO_BIN_EXE_dhcp-takeover"), &args)
-            .unwrap();
+        let dhcp = Self::start_dhcp(lab, site, config, id);
         Self { bus, crosser, dhcp }
+    }
+
+    /// Starts appliance `id`'s dhcp-takeover.
+    fn start_dhcp(lab: &mut Lab, site: &Site, config: &Path, id: u8) -> LabProcess {
+        let ns = &site.area(id).unwrap().appliance;
+        lab.spawn(
+            ns,
+            env!("CARGO_BIN_EXE_dhcp-takeover"),
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--appliance",
+                &lab::appliance_name(id),
+            ],
+        )
+        .unwrap()
     }
 
     /// SIGKILL, all of them: the appliance lost power.
@@ -549,27 +714,14 @@ impl Appliance {
 /// Every lease record `appliance`'s dhcp-takeover holds, read through its peer API the way a
 /// peer (or `fieldctl leases`) does: a request signed with the lab's site key, a reply checked
 /// against it.
-fn lease_table(appliance: &Netns) -> Vec<dhcp_takeover::lease::Lease> {
+fn lease_table(appliance: &Netns, as_peer: u8) -> Vec<dhcp_takeover::lease::Lease> {
     use dhcp_takeover::peer;
     let key = peer::PeerKey::new(&[0x5a; 32]);
     let nonce = peer::nonce();
-    // Appliance 0 is nobody: the answer is everything (another epoch than the server's).
-    let query = peer::sync_query(0, 0, 0, &nonce);
-    let request = format!(
-        "GET {query} HTTP/1.0\r\nHost: x\r\n{}: {}\r\n\r\n",
-        peer::TAG_HEADER,
-        key.sign_request(&query)
-    );
-    let text = appliance
-        .run(move || {
-            let mut stream = std::net::TcpStream::connect(("127.0.0.1", 47842)).unwrap();
-            stream.set_read_timeout(Some(PATIENCE)).unwrap();
-            stream.write_all(request.as_bytes()).unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
-            text
-        })
-        .unwrap();
+    // Asked as peer `as_peer`, over loopback; epoch 0 is none: the answer is everything.
+    let query = peer::sync_query(as_peer, 0, 0, &nonce, fieldnet::bus::unix_millis());
+    let text =
+        peer_request(appliance, "127.0.0.1", &query, &key.sign_request(&query)).expect("an answer");
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP reply");
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
@@ -582,6 +734,118 @@ fn lease_table(appliance: &Netns) -> Vec<dhcp_takeover::lease::Lease> {
     assert!(key.verify_reply(&nonce, body.as_bytes(), tag), "reply tag");
     let reply: peer::SyncReply = serde_json::from_str(body).unwrap();
     reply.records
+}
+
+/// `GET query` with `tag` to the peer API at `address` from inside `ns`: the whole answer, or
+/// the connection error (refused, reset, closed without an answer).
+fn peer_request(ns: &Netns, address: &str, query: &str, tag: &str) -> Result<String, String> {
+    let request = format!(
+        "GET {query} HTTP/1.0\r\nHost: x\r\n{}: {tag}\r\n\r\n",
+        dhcp_takeover::peer::TAG_HEADER,
+    );
+    let address = format!("{address}:47842");
+    ns.run(move || {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&address.parse().unwrap(), Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        if text.is_empty() {
+            return Err("closed without an answer".to_owned());
+        }
+        Ok(text)
+    })
+    .unwrap()
+}
+
+/// Audit finding 8: the peer API listened on every address (LAN devices reached it), had no
+/// header timeout (1,100 half-sent requests starved a signed sync), took a signed request again
+/// and again, and answered `from=9`. Now: only the peers' path addresses and loopback are
+/// served, a request is taken once and only near our clock, and only configured peers.
+#[test]
+fn peer_api_is_closed_to_lan_devices_and_takes_a_signed_request_once() {
+    use dhcp_takeover::peer;
+    let Some(mut lab) = Lab::for_test("dhcp-api") else {
+        return;
+    };
+    let site = lab.site(&SiteSpec::lan(2, 1)).unwrap();
+    let a1 = site.area(1).unwrap().appliance.clone();
+    let lan = site.area(1).unwrap().clients[0].ns.clone();
+    let cable = site
+        .area(1)
+        .unwrap()
+        .path(lab::PathKind::Cable, 2)
+        .unwrap()
+        .addr
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let config = write_config(&lab, &site, "", "");
+    let one = Appliance::start(&mut lab, &site, &config, 1);
+    let _two = Appliance::start(&mut lab, &site, &config, 2);
+    one.dhcp
+        .wait_for_log("serving DHCP on own network", PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let key = peer::PeerKey::new(&[0x5a; 32]);
+    let signed = |from: u8, ts: u64| {
+        let query = peer::sync_query(from, 0, 0, &peer::nonce(), ts);
+        let tag = key.sign_request(&query);
+        (query, tag)
+    };
+
+    // A LAN device, even one holding the key: not on the gateway, and not on the cable address
+    // either (it routes there through the appliance, but is no peer).
+    let (query, tag) = signed(2, fieldnet::bus::unix_millis());
+    assert!(peer_request(&lan, "10.101.0.1", &query, &tag).is_err());
+    assert!(peer_request(&lan, &cable, &query, &tag).is_err());
+    // 300 connections held open from the LAN take nothing from the peers.
+    let held: Vec<std::net::TcpStream> = {
+        let cable = cable.clone();
+        lan.run(move || {
+            (0..300)
+                .filter_map(|_| std::net::TcpStream::connect((cable.as_str(), 47842)).ok())
+                .collect()
+        })
+        .unwrap()
+    };
+    // A peer's signed request is answered, once.
+    let first = peer_request(&a1, "127.0.0.1", &query, &tag).unwrap();
+    assert!(
+        first.starts_with("HTTP/1.1 200") || first.starts_with("HTTP/1.0 200"),
+        "{first}"
+    );
+    let again = peer_request(&a1, "127.0.0.1", &query, &tag).unwrap();
+    assert!(
+        again.contains(" 403 ") && again.contains("already taken"),
+        "{again}"
+    );
+    // An hour-old request, and one from an appliance that is no peer.
+    let (old_query, old_tag) = signed(2, fieldnet::bus::unix_millis() - 3_600_000);
+    let old = peer_request(&a1, "127.0.0.1", &old_query, &old_tag).unwrap();
+    assert!(old.contains(" 403 ") && old.contains("clock"), "{old}");
+    let (nobody, nobody_tag) = signed(9, fieldnet::bus::unix_millis());
+    let stranger = peer_request(&a1, "127.0.0.1", &nobody, &nobody_tag).unwrap();
+    assert!(
+        stranger.contains(" 403 ") && stranger.contains("not a peer"),
+        "{stranger}"
+    );
+    // And a fresh signed request is still answered while the LAN's connections are held.
+    lease_table(&a1, 2);
+    drop(held);
+    wait_for("the refusals in the log", &one.dhcp, || {
+        one.dhcp
+            .log()
+            .contains("DHCP peer API refused connections or requests")
+            .then_some(())
+    });
+    assert!(one.dhcp.is_running(), "{}", one.dhcp.log());
 }
 
 #[test]
@@ -665,7 +929,7 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
     // Appliance 1 holds every lease of NETWORK2 before appliance 2 dies.
     let replicated = |n: usize| {
         move || {
-            let records = lease_table(&a1);
+            let records = lease_table(&a1, 2);
             (records.iter().filter(|l| l.network == "NETWORK2").count() >= n).then_some(())
         }
     };
@@ -725,7 +989,7 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
         .wait_for_log("network handed back", PATIENCE)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let taken_by_one: Vec<std::net::Ipv4Addr> = (6..8).filter_map(address_of).collect();
-    let table = lease_table(&a2);
+    let table = lease_table(&a2, 1);
     for address in &taken_by_one {
         assert!(
             table
@@ -776,4 +1040,71 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
         acks.len()
     );
     drop(clients);
+}
+
+/// Audit finding 3: dhcp-takeover SIGKILLed and restarted on the taker during a takeover used to
+/// remove the taken network's gateway address at start and add it back seconds later. Now the
+/// address never leaves the leg: the restarted agent adopts the network and answers it again
+/// once the owner is confirmed dead, and serves its own network as before.
+#[test]
+fn a_restart_during_a_takeover_keeps_the_taken_network() {
+    let Some(mut lab) = Lab::for_test("dhcp-adopt") else {
+        return;
+    };
+    let mut site = lab.site(&SiteSpec::lan(2, 1)).unwrap();
+    lab.legs(&mut site).unwrap();
+    let a1 = site.area(1).unwrap().appliance.clone();
+    let a2 = site.area(2).unwrap().appliance.clone();
+    let config = write_config(&lab, &site, "", "");
+    let mut one = Appliance::start(&mut lab, &site, &config, 1);
+    let two = Appliance::start(&mut lab, &site, &config, 2);
+    two.dhcp
+        .wait_for_log("serving DHCP on own network", PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    two.kill();
+    let _power = lab.power_off(&a2).unwrap();
+    one.dhcp
+        .wait_for_log("network taken over", PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let all = |ns: &Netns| ns.ip_output(&["-4", "-o", "addr", "show"]).unwrap();
+    assert!(all(&a1).contains("10.102.0.1/"), "{}", all(&a1));
+
+    // Watch the leg every 20 ms from before the SIGKILL until the network is answered again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (a1, stop) = (a1.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut missing = 0;
+            let mut looks = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                looks += 1;
+                let held = a1
+                    .ip_output(&["-4", "-o", "addr", "show"])
+                    .is_ok_and(|text| text.contains("10.102.0.1/"));
+                if !held {
+                    missing += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (missing, looks)
+        })
+    };
+    one.dhcp.kill_now().unwrap();
+    one.dhcp = Appliance::start_dhcp(&mut lab, &site, &config, 1);
+    for line in [
+        "a takeover left by the previous run: adopted",
+        "serving DHCP on own network",
+        "network taken over",
+    ] {
+        one.dhcp
+            .wait_for_log(line, PATIENCE)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (missing, looks) = watcher.join().unwrap();
+    assert_eq!(
+        missing, 0,
+        "the gateway address left the leg in {missing} of {looks} looks during the restart"
+    );
+    assert!(looks > 5, "watched only {looks} times");
 }

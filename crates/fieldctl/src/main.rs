@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fieldnet::cli::{EXIT_CONFIG, exit_code};
-use fieldnet::config::{APPLIANCE_ENV, DEFAULT_BUS_SOCKET, DEFAULT_PATH, SiteConfig, load_view};
+use fieldnet::config::{APPLIANCE_ENV, DEFAULT_BUS_SOCKET, DEFAULT_PATH, SiteConfig, load_machine};
 
 /// Look at and poke a fieldnet appliance.
 #[derive(Debug, Parser)]
@@ -96,9 +96,10 @@ fn main() -> ExitCode {
         _ => {}
     }
     // Looking at a broken appliance must still work: without a config, use the default socket.
-    let config = load_view(&args.config, args.appliance.as_deref())
+    let machine = load_machine(&args.config, args.appliance.as_deref())
         .ok()
-        .map(|(config, _)| config);
+        .map(|(machine, _)| machine);
+    let config = machine.as_ref().map(|machine| &machine.config);
     let socket = args
         .socket
         .clone()
@@ -113,7 +114,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match args.command {
-            Command::Status { json } => status::run(&socket, config.as_ref(), json).await,
+            Command::Status { json } => status::run(&socket, machine.as_ref(), json).await,
             Command::Leases { network, json } => {
                 exit_code(leases::run(&socket, network.as_deref(), json).await)
             }

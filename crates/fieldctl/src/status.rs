@@ -10,7 +10,7 @@ use fieldnet::bus::topics::{
     AgentsAlive, DhcpState, DnsState, PeerState, TOPIC_AGENTS, TOPIC_DHCP_STATE, TOPIC_DNS_STATE,
     TOPIC_UPLINK_ACTIVE, UplinkActive, UplinkState,
 };
-use fieldnet::config::Config;
+use fieldnet::config::{Machine, MachineRole};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::UnixStream;
@@ -19,22 +19,38 @@ use tokio_util::codec::{FramedRead, LinesCodec};
 /// How long to wait for the bus before calling it down.
 const BUS_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The agents a config expects to run, by their binary and bus name.
-fn expected_agents(config: &Config) -> Vec<&'static str> {
+/// The agents that exist so far (imds-endpoint and inventory join when they ship).
+const SHIPPED: [&str; 4] = [
+    "uplink-monitor",
+    "cross-site-failover",
+    "whereami",
+    "dhcp-takeover",
+];
+
+/// The agents this machine is expected to run, by their bus name: those that exist, are enabled
+/// and have work here (a hub runs cross-site-failover only; an appliance without uplinks has no
+/// uplink-monitor).
+fn expected_agents(machine: &Machine) -> Vec<&'static str> {
+    let config = &machine.config;
     let agents = &config.agents;
+    let hub = matches!(machine.role, MachineRole::Hub(_));
     [
-        ("uplink-monitor", agents.uplink_monitor.common.enabled),
+        (
+            "uplink-monitor",
+            agents.uplink_monitor.common.enabled && !hub && !config.uplinks.is_empty(),
+        ),
         (
             "cross-site-failover",
-            agents.cross_site_failover.common.enabled,
+            agents.cross_site_failover.common.enabled
+                && (!config.peers.is_empty() || config.hub.is_some()),
         ),
-        ("whereami", agents.whereami.common.enabled),
-        ("dhcp-takeover", agents.dhcp_takeover.common.enabled),
-        ("imds-endpoint", agents.imds_endpoint.enabled),
-        ("inventory", agents.inventory.enabled),
+        ("whereami", agents.whereami.common.enabled && !hub),
+        ("dhcp-takeover", agents.dhcp_takeover.common.enabled && !hub),
+        ("imds-endpoint", agents.imds_endpoint.enabled && !hub),
+        ("inventory", agents.inventory.enabled && !hub),
     ]
     .into_iter()
-    .filter(|(_, enabled)| *enabled)
+    .filter(|(name, wanted)| *wanted && SHIPPED.contains(name))
     .map(|(name, _)| name)
     .collect()
 }
@@ -69,7 +85,8 @@ pub async fn snapshot(
     anyhow::bail!("the bus closed the connection")
 }
 
-pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode {
+pub async fn run(socket: &Path, machine: Option<&Machine>, json: bool) -> ExitCode {
+    let config = machine.map(|machine| &machine.config);
     let state = tokio::time::timeout(
         BUS_TIMEOUT,
         snapshot(
@@ -176,8 +193,8 @@ pub async fn run(socket: &Path, config: Option<&Config>, json: bool) -> ExitCode
             println!("{line}");
         }
     }
-    if let Some(config) = config {
-        let missing: Vec<&str> = expected_agents(config)
+    if let Some(machine) = machine {
+        let missing: Vec<&str> = expected_agents(machine)
             .into_iter()
             .filter(|name| !alive.agents.iter().any(|agent| agent.name == *name))
             .collect();
@@ -293,11 +310,26 @@ pub fn dhcp_lines(state: &DhcpState) -> Vec<String> {
                 "HANDING BACK to appliance {}: not answering, gateway kept until it has our leases",
                 network.owner
             ),
+            "adopted" => format!(
+                "ADOPTED after a restart: gateway kept, answered again once appliance {} is confirmed dead",
+                network.owner
+            ),
             _ => format!("standby (appliance {} answers it)", network.owner),
         };
+        // As dhcp-takeover warns: 90 % of the pool leased or offered.
+        let near_full =
+            network.pool_total > 0 && network.pool_used * 100 >= network.pool_total * 90;
         lines.push(format!(
-            "  {:<16} {served}; {} leases, pool {}/{} used",
-            network.name, network.leases, network.pool_used, network.pool_total
+            "  {:<16} {served}; {} leases, pool {}/{} used{}",
+            network.name,
+            network.leases,
+            network.pool_used,
+            network.pool_total,
+            if near_full {
+                " — NEAR FULL: new devices may get no address"
+            } else {
+                ""
+            }
         ));
     }
     lines
@@ -389,6 +421,37 @@ pub fn human_duration(millis: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Audit finding 15: `fieldctl status` listed as "not connected" agents that are not
+    /// configured or do not exist. Expected now: what exists and has work on the machine.
+    #[test]
+    fn not_connected_lists_only_agents_that_exist_and_are_configured() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/examples/riverside/site.toml"
+        );
+        let site = fieldnet::config::SiteConfig::load(std::path::Path::new(path)).unwrap();
+        let machine = |name: &str| {
+            site.machines
+                .iter()
+                .find(|m| m.name() == name)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            expected_agents(&machine("north")),
+            SHIPPED.to_vec(),
+            "an appliance with uplinks runs every agent that exists"
+        );
+        assert_eq!(expected_agents(&machine("hub-a")), ["cross-site-failover"]);
+        let mut bare = machine("north");
+        bare.config.uplinks.clear();
+        bare.config.agents.whereami.common.enabled = false;
+        assert_eq!(
+            expected_agents(&bare),
+            ["cross-site-failover", "dhcp-takeover"]
+        );
+    }
 
     #[test]
     fn peers_read_in_plain_words() {

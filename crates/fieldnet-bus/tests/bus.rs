@@ -199,6 +199,25 @@ async fn malformed_and_oversize_lines_drop_only_their_client() {
     assert_eq!(bystander.next_msg().await["topic"], "still/working");
 }
 
+/// Publishes `count` messages of half a kilobyte on `load/0` … `load/6` from a client of its
+/// own, and returns once the broker has taken them all (a fresh raw client syncs after them).
+async fn flood_load(broker: &TestBroker, count: u64) -> BusClient {
+    let client = BusClient::spawn(&broker.socket, "loader");
+    assert!(client.wait_connected(PATIENCE).await);
+    let body = json!({"padding": "p".repeat(512)});
+    for n in 0..count {
+        client
+            .publish(&format!("load/{}", n % 7), &body, false)
+            .unwrap();
+    }
+    let mut marker = RawClient::connect(&broker.socket).await;
+    marker.send(r#"{"op":"sub","prefix":"done"}"#).await;
+    marker.sync().await;
+    client.publish("done", &json!(true), false).unwrap();
+    marker.next_msg().await;
+    client
+}
+
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_lags_and_never_stalls_publishers() {
     let broker = start_broker(64 * 1024, 64);
@@ -207,21 +226,8 @@ async fn a_subscriber_that_stops_reading_lags_and_never_stalls_publishers() {
     sleeper.sync().await;
 
     // Far more than the socket buffers plus the 64-line queue can hold.
-    let client = BusClient::spawn(&broker.socket, "loader");
-    assert!(client.wait_connected(PATIENCE).await);
-    let body = json!({"padding": "p".repeat(512)});
     let published = 20_000;
-    for n in 0..published {
-        client
-            .publish(&format!("load/{}", n % 7), &body, false)
-            .unwrap();
-    }
-    // The publisher's messages all reach the broker (a fresh raw client syncs after them).
-    let mut marker = RawClient::connect(&broker.socket).await;
-    marker.send(r#"{"op":"sub","prefix":"done"}"#).await;
-    marker.sync().await;
-    client.publish("done", &json!(true), false).unwrap();
-    marker.next_msg().await;
+    let _client = flood_load(&broker, published).await;
 
     // Now the sleeper wakes: it sees part of the stream, then a lagged notice.
     let mut received = 0;
@@ -238,6 +244,102 @@ async fn a_subscriber_that_stops_reading_lags_and_never_stalls_publishers() {
         received < published,
         "received {received} of {published} yet lagged"
     );
+}
+
+/// Audit finding 4: a new subscriber got only the first 4,096 retained values, silently. With
+/// 50,000 retained leases a new subscriber that reads at its own pace gets every one, and no
+/// `Lagged`.
+#[tokio::test]
+async fn a_new_subscriber_silently_gets_only_the_first_4096_retained_values() {
+    let broker = start_broker(64 * 1024, 1024);
+    let publisher = BusClient::spawn(&broker.socket, "dhcp-takeover");
+    assert!(publisher.wait_connected(PATIENCE).await);
+    const LEASES: u32 = 50_000;
+    for n in 0..LEASES {
+        let address = std::net::Ipv4Addr::from(0x0a00_0000 + n);
+        publisher
+            .publish(
+                &format!("dhcp/lease/{address}"),
+                &json!({"address": address.to_string(), "hostname": format!("host-{n}")}),
+                true,
+            )
+            .unwrap();
+    }
+    // Everything published has reached the broker once a later message comes back.
+    let mut marker = RawClient::connect(&broker.socket).await;
+    marker.send(r#"{"op":"sub","prefix":"done"}"#).await;
+    marker.sync().await;
+    publisher.publish("done", &json!(true), false).unwrap();
+    marker.next_msg().await;
+
+    let reader = BusClient::spawn(&broker.socket, "whereami");
+    let mut leases = reader.subscribe("dhcp/lease/");
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < LEASES as usize {
+        let event = tokio::time::timeout(PATIENCE, leases.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {LEASES} retained values came", seen.len()))
+            .expect("client alive");
+        match event {
+            BusEvent::Message(envelope) => {
+                seen.insert(envelope.topic);
+            }
+            BusEvent::Lagged { missed } => {
+                panic!("lagged by {missed} after {} retained values", seen.len())
+            }
+        }
+        // A subscriber busy with each value now and then (whereami updating its zone).
+        if seen.len() % 5_000 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // And the live stream goes on behind the snapshot.
+    publisher
+        .publish("dhcp/lease/10.255.255.255", &json!({"new": true}), true)
+        .unwrap();
+    assert_eq!(
+        next_message(&mut leases).await.topic,
+        "dhcp/lease/10.255.255.255"
+    );
+}
+
+/// Audit findings 4 and 11: `lagged` came only with the next message after a drop, and a `pong`
+/// was dropped when the queue was full. A subscriber that stopped reading is told of every
+/// message it lost although nothing follows them, and its ping is answered.
+#[tokio::test]
+async fn lagged_is_told_at_once_and_pong_is_never_dropped() {
+    let broker = start_broker(64 * 1024, 64);
+    let mut sleeper = RawClient::connect(&broker.socket).await;
+    sleeper.send(r#"{"op":"sub","prefix":"load/"}"#).await;
+    sleeper.sync().await;
+    let published = 20_000_u64;
+    let _client = flood_load(&broker, published).await;
+    // The sleeper's queue is full; it pings, then reads everything there is.
+    sleeper.send(r#"{"op":"ping"}"#).await;
+    let (mut received, mut missed, mut pong) = (0_u64, 0_u64, false);
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(3), sleeper.lines.next_line()).await;
+        let Ok(Ok(Some(line))) = line else {
+            break; // quiet: nothing more is coming
+        };
+        let frame: Value = serde_json::from_str(&line).unwrap();
+        match frame["op"].as_str() {
+            Some("msg") => received += 1,
+            Some("lagged") => missed += frame["missed"].as_u64().unwrap(),
+            Some("pong") => pong = true,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert!(
+        missed > 0,
+        "nothing was dropped: the test did not fill the queue"
+    );
+    assert_eq!(
+        received + missed,
+        published,
+        "every message is delivered or told as missed"
+    );
+    assert!(pong, "the ping was not answered");
 }
 
 #[tokio::test]
@@ -413,6 +515,55 @@ fn check_config_on_a_broken_file_exits_64_naming_line_and_key() {
         config.display()
     );
     assert!(stderr.contains(&expected), "{stderr}");
+}
+
+/// Audit finding 12: a missing key file passed --check-config, then the agent exited 1 and
+/// systemd restarted it for ever. Both now exit 64 naming the key file.
+#[test]
+fn a_missing_or_exposed_key_file_fails_check_config_with_64() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = broker_config(dir.path(), &dir.path().join("bus.sock"));
+    let key = dir.path().join("site.key");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let start = text.find("key = ").unwrap();
+    let end = start + text[start..].find('\n').unwrap();
+    let text = format!(
+        "{}key_file = \"{}\"{}",
+        &text[..start],
+        key.display(),
+        &text[end..]
+    );
+    std::fs::write(&config, text).unwrap();
+    let run = |check: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fieldnet-bus"));
+        command
+            .env("FIELDNET_APPLIANCE", "one")
+            .arg("--config")
+            .arg(&config);
+        if check {
+            command.arg("--check-config");
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    for check in [true, false] {
+        let (code, stderr) = run(check);
+        assert_eq!(code, Some(64), "{stderr}");
+        assert!(stderr.contains("site.key_file"), "{stderr}");
+        assert!(stderr.contains(&key.display().to_string()), "{stderr}");
+    }
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) = run(true);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("readable by everyone"), "{stderr}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, stderr) = run(true);
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]

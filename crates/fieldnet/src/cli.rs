@@ -32,6 +32,13 @@ impl CommonArgs {
     pub fn load(&self) -> Result<Config, ExitCode> {
         match load_view(&self.config, self.appliance.as_deref()) {
             Ok((config, chosen)) => {
+                // The key is part of the configuration: a missing or exposed key file is a
+                // config error (exit 64, which the units do not restart), found by
+                // --check-config too.
+                if let Err(error) = config.site.key.bytes() {
+                    eprintln!("{}: site.key_file: {error:#}", self.config.display());
+                    return Err(ExitCode::from(EXIT_CONFIG));
+                }
                 if self.check_config {
                     println!("{}: ok; this machine is {chosen}", self.config.display());
                     return Err(ExitCode::SUCCESS);

@@ -100,6 +100,31 @@ pub async fn add_address(
         .with_context(|| format!("adding {address}/{prefix_len} to {name}"))
 }
 
+/// Whether interface `name` holds `address` (a missing interface holds none).
+pub async fn has_address(handle: &Handle, name: &str, address: Ipv4Addr) -> anyhow::Result<bool> {
+    Ok(!find_address(handle, name, address).await?.is_empty())
+}
+
+/// The address messages of `address` on interface `name` (none on a missing interface).
+async fn find_address(
+    handle: &Handle,
+    name: &str,
+    address: Ipv4Addr,
+) -> anyhow::Result<Vec<rtnetlink::packet_route::address::AddressMessage>> {
+    let Some(link) = find_link(handle, name).await? else {
+        return Ok(Vec::new());
+    };
+    handle
+        .address()
+        .get()
+        .set_link_index_filter(link.header.index)
+        .set_address_filter(address.into())
+        .execute()
+        .try_collect()
+        .await
+        .with_context(|| format!("reading the addresses of {name}"))
+}
+
 /// Removes `address` from interface `name`; says whether it was there. A missing interface
 /// holds no address.
 pub async fn remove_address(
@@ -107,28 +132,15 @@ pub async fn remove_address(
     name: &str,
     address: Ipv4Addr,
 ) -> anyhow::Result<bool> {
-    let Some(link) = find_link(handle, name).await? else {
-        return Ok(false);
-    };
-    let mut found = handle
-        .address()
-        .get()
-        .set_link_index_filter(link.header.index)
-        .set_address_filter(address.into())
-        .execute();
-    let mut removed = false;
-    while let Some(message) = found
-        .try_next()
-        .await
-        .with_context(|| format!("reading the addresses of {name}"))?
-    {
+    let found = find_address(handle, name, address).await?;
+    let removed = !found.is_empty();
+    for message in found {
         handle
             .address()
             .del(message)
             .execute()
             .await
             .with_context(|| format!("removing {address} from {name}"))?;
-        removed = true;
     }
     Ok(removed)
 }

@@ -69,6 +69,57 @@ impl Health {
     }
 }
 
+/// Refusals of what a service would not take (connections over a cap, bad requests), said in
+/// the log at WARN at most every `every`, with how many of each kind there were since: a
+/// flood is seen without filling the journal.
+#[derive(Debug, Clone)]
+pub struct Refusals {
+    /// What refuses, as the log line says it: "DHCP peer API", "DNS over TCP".
+    what: &'static str,
+    every: std::time::Duration,
+    seen: Arc<Mutex<Seen>>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    last: Option<std::time::Instant>,
+    counts: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Refusals {
+    pub fn new(what: &'static str, every: std::time::Duration) -> Self {
+        Self {
+            what,
+            every,
+            seen: Arc::default(),
+        }
+    }
+
+    /// Counts one refusal of `kind` (`detail`, such as the address, goes in the log) and says
+    /// the lot when the last warning is `every` old.
+    pub fn refused(&self, kind: &'static str, detail: &str) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *seen.counts.entry(kind).or_default() += 1;
+        if seen.last.is_some_and(|at| at.elapsed() < self.every) {
+            return;
+        }
+        seen.last = Some(std::time::Instant::now());
+        let counts: Vec<String> = std::mem::take(&mut seen.counts)
+            .into_iter()
+            .map(|(kind, n)| format!("{kind}: {n}"))
+            .collect();
+        tracing::warn!(
+            latest = detail,
+            refused = counts.join(", "),
+            "{} refused connections or requests",
+            self.what
+        );
+    }
+}
+
 #[derive(Clone)]
 struct ObsState {
     registry: Registry,

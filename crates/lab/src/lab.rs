@@ -41,6 +41,8 @@ pub struct Lab {
     namespaces: Vec<Netns>,
     processes: Vec<Arc<ProcessSlot>>,
     spawned: u32,
+    /// Holders started (see `holder`), for their file names.
+    pub(crate) holders: u32,
 }
 
 impl Lab {
@@ -67,6 +69,7 @@ impl Lab {
             namespaces: Vec::new(),
             processes: Vec::new(),
             spawned: 0,
+            holders: 0,
         })
     }
 

@@ -14,26 +14,20 @@
 //! forbids two mounts sharing an upper directory (mounting it once per process raced, and
 //! failed, when a machine's agents started together).
 
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::netns::Netns;
 
-/// Run by `sh` in the holder's own UTS and mount namespaces: `$1` the host name, `$2` the
-/// machine's directory. Mounts, says so, then holds the namespaces until the lab stops it.
-const BOOT: &str = r#"set -e
-hostname "$1"
-mount --bind "$2/run" /run
-mount --bind "$2/var-lib" /var/lib
-mount -t overlay overlay -o "lowerdir=/etc,upperdir=$2/etc,workdir=$2/etc-work" /etc
-echo $$ > "$2/booted"
-exec sleep infinity"#;
-
-/// How long the holder may take to mount.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The holder's mounts, in its own UTS and mount namespaces: `$2` the host name, `$3` the
+/// machine's directory.
+const BOOT: &str = r#"hostname "$2"
+mount --bind "$3/run" /run
+mount --bind "$3/var-lib" /var/lib
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$3/etc,workdir=$3/etc-work" /etc"#;
 
 /// One appliance or hub of a site built from a site file.
 #[derive(Clone, Debug)]
@@ -72,28 +66,14 @@ impl Machine {
             write_atomically(&upper_path(&root, &path.display().to_string())?, text)?;
         }
         let root_arg = root.display().to_string();
-        let log = lab.spawn_daemon(
+        let holder = crate::holder::hold(
+            lab,
             &ns,
-            "unshare",
-            &["--uts", "--", "sh", "-c", BOOT, "sh", hostname, &root_arg],
+            &["unshare", "--uts", "--"],
+            BOOT,
+            &[hostname, &root_arg],
+            &format!("machine {name}'s /run, /var/lib and /etc"),
         )?;
-        let booted = root.join("booted");
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        let holder = loop {
-            if let Some(pid) = std::fs::read_to_string(&booted)
-                .ok()
-                .and_then(|text| text.trim().parse::<u32>().ok())
-            {
-                break pid;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "machine {name} did not mount its /run, /var/lib and /etc within {} s; its log: {}",
-                BOOT_TIMEOUT.as_secs(),
-                std::fs::read_to_string(&log).unwrap_or_default().trim()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
         Ok(Machine {
             name: name.to_owned(),
             hostname: hostname.to_owned(),
@@ -112,7 +92,7 @@ impl Machine {
             "sh",
             &[
                 "-c",
-                r#"mkdir -p "$(dirname "$1")" && cat > "$1.next" && mv "$1.next" "$1""#,
+                r#"umask 077 && mkdir -p "$(dirname "$1")" && cat > "$1.next" && mv "$1.next" "$1""#,
                 "sh",
                 path,
             ],
@@ -138,16 +118,7 @@ impl Machine {
     /// `program args…` as run on this machine: the words to give `ip netns exec <ns>`, which
     /// enter the holder's mount and UTS namespaces.
     pub(crate) fn command(&self, program: &str, args: &[&str]) -> Vec<String> {
-        let mut words: Vec<String> = vec![
-            "nsenter".to_owned(),
-            format!("--target={}", self.holder),
-            "--mount".to_owned(),
-            "--uts".to_owned(),
-            "--".to_owned(),
-            program.to_owned(),
-        ];
-        words.extend(args.iter().map(|arg| (*arg).to_owned()));
-        words
+        crate::holder::enter(self.holder, true, program, args)
     }
 
     /// Runs `program args…` on this machine to completion (as [`Netns::exec`]).
@@ -172,7 +143,14 @@ fn write_atomically(target: &Path, text: &str) -> anyhow::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     let next = target.with_extension("next");
-    std::fs::write(&next, text)
+    // Private, as a site key file must be (the agents refuse one others can read).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&next)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
         .and_then(|()| std::fs::rename(&next, target))
         .with_context(|| format!("writing {}", target.display()))
 }

@@ -379,6 +379,29 @@ fn failback_waits_until_the_preferred_uplink_is_stable() {
         back >= secs(15) + DEFAULT_FAILBACK_AFTER + DEFAULT_HOLD,
         "failed back at {back:?}"
     );
+    assert!(
+        back <= secs(15) + DEFAULT_FAILBACK_AFTER + DEFAULT_HOLD + secs(2),
+        "failed back at {back:?}"
+    );
+}
+
+/// Audit finding 15: the failback waited `failback_after_ms` plus `hold_ms` while docs/config.md
+/// promised the first alone. The code is right (a recovered uplink is trusted after
+/// `failback_after`, then held like any move); the reference says so now.
+#[test]
+fn failback_waits_failback_after_plus_the_hold_as_documented() {
+    let reference = include_str!("../../../docs/config.md");
+    let row = reference
+        .lines()
+        .find(|line| line.starts_with("| `failback_after_ms`"))
+        .expect("failback_after_ms is documented");
+    assert!(row.contains("after `hold_ms` more"), "{row}");
+    assert_eq!(
+        DEFAULT_FAILBACK_AFTER + DEFAULT_HOLD,
+        Duration::from_secs(33),
+        "{row}"
+    );
+    assert!(row.contains("33 s after it recovered"), "{row}");
 }
 
 #[test]

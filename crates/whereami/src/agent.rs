@@ -15,8 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fieldnet::bus::{BusClient, BusEvent, Subscription, topics};
-use fieldnet::config::Config;
-use hickory_server::Server;
+use fieldnet::config::{Config, UplinkKind};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,10 +26,6 @@ use crate::forward::Forwarder;
 use crate::packet::AnswerCache;
 use crate::server::{Handler, Metrics, State};
 
-/// TCP connections idle this long are closed.
-const TCP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Responses queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
 /// How often addresses that could not be bound are tried again, expired leases dropped and
 /// `dns/state` compared with what was last published.
 const TICK: Duration = Duration::from_secs(1);
@@ -39,8 +34,16 @@ const DHCP_PREFIX: &str = "dhcp/";
 
 /// One address being served.
 struct Listener {
-    tcp: Server<Handler>,
+    /// Stops the TCP listener and its connections.
+    tcp: CancellationToken,
     udp: crate::udp::UdpListener,
+}
+
+impl Listener {
+    fn stop(&self) {
+        self.udp.stop();
+        self.tcp.cancel();
+    }
 }
 
 struct Agent {
@@ -52,6 +55,8 @@ struct Agent {
     /// Networks served for a dead peer: name → gateway.
     takeovers: BTreeMap<String, Ipv4Addr>,
     listeners: BTreeMap<SocketAddr, Listener>,
+    /// DNS-over-TCP connections, over every listener.
+    connections: crate::tcp::Connections,
     leases: Leases,
     bus: BusClient,
     published: Option<topics::DnsState>,
@@ -80,8 +85,18 @@ pub async fn run(
             settings.upstream_timeout,
             settings.serve_stale,
         )?,
-        metrics,
+        metrics: metrics.clone(),
         answers: AnswerCache::new(usize::try_from(settings.cache_size).unwrap_or(usize::MAX)),
+        uplinks: crate::udp::Uplinks::new(
+            config
+                .uplinks
+                .iter()
+                .filter_map(|uplink| match &uplink.kind {
+                    UplinkKind::Local { interface, .. } => Some(interface.clone()),
+                    UplinkKind::Remote { .. } => None,
+                })
+                .collect(),
+        ),
     });
     let mut agent = Agent {
         state,
@@ -90,6 +105,7 @@ pub async fn run(
         own: config.own_networks().map(|n| n.gateway).collect(),
         takeovers: BTreeMap::new(),
         listeners: BTreeMap::new(),
+        connections: crate::tcp::Connections::new(metrics.clone()),
         leases: Leases::default(),
         bus: bus.clone(),
         published: None,
@@ -112,7 +128,8 @@ pub async fn run(
                 None => dhcp = resubscribe(&bus, dhcp),
             },
             _ = tick.tick() => {
-                agent.listen().await;
+                agent.state.uplinks.refresh();
+                agent.listen();
                 let ended = agent.leases.expire(fieldnet::bus::unix_millis());
                 agent.apply(&ended, None);
                 agent.publish();
@@ -123,9 +140,8 @@ pub async fn run(
             }
         }
     }
-    for (_, mut listener) in std::mem::take(&mut agent.listeners) {
-        listener.udp.stop();
-        let _ = listener.tcp.shutdown_gracefully().await;
+    for listener in std::mem::take(&mut agent.listeners).into_values() {
+        listener.stop();
     }
     Ok(())
 }
@@ -150,7 +166,7 @@ impl Agent {
     }
 
     /// Binds what is wanted and not bound yet; stops what is no longer wanted.
-    async fn listen(&mut self) {
+    fn listen(&mut self) {
         let wanted = self.wanted();
         let gone: Vec<SocketAddr> = self
             .listeners
@@ -159,9 +175,8 @@ impl Agent {
             .copied()
             .collect();
         for address in gone {
-            if let Some(mut listener) = self.listeners.remove(&address) {
-                listener.udp.stop();
-                let _ = listener.tcp.shutdown_gracefully().await;
+            if let Some(listener) = self.listeners.remove(&address) {
+                listener.stop();
                 tracing::info!(%address, "no longer answering DNS");
             }
         }
@@ -169,7 +184,13 @@ impl Agent {
             if self.listeners.contains_key(&address) {
                 continue;
             }
-            match listen(address, &self.state, &self.networks, &self.shutdown).await {
+            match listen(
+                address,
+                &self.state,
+                &self.networks,
+                &self.connections,
+                &self.shutdown,
+            ) {
                 Ok(listener) => {
                     tracing::info!(%address, "answering DNS");
                     self.listeners.insert(address, listener);
@@ -217,7 +238,7 @@ impl Agent {
                         Ok(true) => tracing::debug!(%label, %address, "client name added"),
                         Ok(false) => {
                             self.leases.refused(*address);
-                            tracing::warn!(%label, %address, mac = mac.unwrap_or(""), "a DHCP client asked for a reserved name; not given");
+                            tracing::warn!(%label, %address, mac = mac.unwrap_or(""), "a DHCP client asked for a name that is fixed, blocked (wpad, isatap) or held by another device; not given");
                         }
                         Err(error) => {
                             self.leases.refused(*address);
@@ -258,20 +279,29 @@ impl Agent {
     }
 }
 
-/// Serves `address`: UDP in a thread of ours (`udp`), TCP with hickory's server.
-async fn listen(
+/// Serves `address`: UDP in a thread of ours ([`crate::udp`]), TCP in a task
+/// ([`crate::tcp`]).
+fn listen(
     address: SocketAddr,
     state: &Arc<State>,
     networks: &[ipnet::Ipv4Net],
+    connections: &crate::tcp::Connections,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Listener> {
     let udp = std::net::UdpSocket::bind(address)?;
-    let tcp = TcpListener::bind(address).await?;
+    let tcp = std::net::TcpListener::bind(address)?;
+    tcp.set_nonblocking(true)?;
+    let tcp = TcpListener::from_std(tcp)?;
     let handler = Handler {
         state: Arc::clone(state),
     };
-    let mut server = Server::new(handler.clone());
-    server.register_listener(tcp, TCP_TIMEOUT, TCP_RESPONSE_BUFFER);
+    let stop_tcp = shutdown.child_token();
+    tokio::spawn(crate::tcp::serve(
+        tcp,
+        handler.clone(),
+        connections.clone(),
+        stop_tcp.clone(),
+    ));
     let udp = crate::udp::spawn(
         udp,
         handler,
@@ -279,5 +309,5 @@ async fn listen(
         tokio::runtime::Handle::current(),
         shutdown.child_token(),
     )?;
-    Ok(Listener { tcp: server, udp })
+    Ok(Listener { tcp: stop_tcp, udp })
 }

@@ -15,6 +15,11 @@ use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA, TXT};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use ipnet::Ipv4Net;
 
+/// Names a DHCP client may never take: browsers and Windows look them up to configure
+/// themselves (`wpad`: the proxy auto-configuration, a way to hijack every browser on the site;
+/// `isatap`: an IPv6 tunnel router).
+pub const BLOCKED_LABELS: [&str; 2] = ["wpad", "isatap"];
+
 /// The label devices look up: TXT `whereami.<zone>`.
 pub const WHEREAMI_LABEL: &str = "whereami";
 /// TXT `area.whereami.<zone>`: the area of the asker's network.
@@ -165,10 +170,24 @@ impl Views {
     }
 
     /// Adds a DHCP client's name, unless it is one of the fixed names (a client calling itself
-    /// `appliance-1` gets no name). False: refused.
+    /// `appliance-1` gets no name), a name others' software looks up to configure itself
+    /// ([`BLOCKED_LABELS`]), or a name another device holds (the first owner keeps it). False:
+    /// refused.
     pub fn add_lease(&mut self, label: &str, address: IpAddr) -> anyhow::Result<bool> {
         let name = LowerName::from(Name::from_ascii(label)?.append_domain(&self.zone)?);
-        if self.fixed.contains(&name) || self.whereami.zone_of(&name) {
+        if self.fixed.contains(&name)
+            || self.whereami.zone_of(&name)
+            || BLOCKED_LABELS
+                .iter()
+                .any(|blocked| label.eq_ignore_ascii_case(blocked))
+        {
+            return Ok(false);
+        }
+        if self
+            .hosts
+            .get(&name)
+            .is_some_and(|held| !held.contains(&address))
+        {
             return Ok(false);
         }
         self.insert_host(label, address)?;
@@ -593,6 +612,39 @@ mod tests {
             ["10.101.0.10"]
         );
         assert!(views.add_lease("printer", client).unwrap());
+    }
+
+    /// Audit finding 14: a DHCP host name `wpad` became `wpad.<zone>`, a proxy-autoconfig
+    /// hijack. Blocked (any case), as is `isatap`; and a name already held stays its first
+    /// owner's.
+    #[test]
+    fn names_wpad_and_isatap_are_blocked_and_the_first_owner_keeps_a_name() {
+        let mut views = views();
+        let client = "10.101.0.66".parse().unwrap();
+        for label in ["wpad", "WPAD", "isatap"] {
+            assert!(!views.add_lease(label, client).unwrap(), "{label}");
+        }
+        let wpad = ask(&views, "10.101.0.9", "wpad.site.example.", RecordType::A);
+        assert_eq!(code(&wpad), ResponseCode::NXDomain);
+        assert!(views.add_lease("till", client).unwrap());
+        let other = "10.101.0.67".parse().unwrap();
+        assert!(!views.add_lease("till", other).unwrap());
+        assert!(
+            views.add_lease("till", client).unwrap(),
+            "a renewal keeps it"
+        );
+        assert_eq!(
+            texts(&ask(
+                &views,
+                "10.101.0.9",
+                "till.site.example.",
+                RecordType::A
+            )),
+            ["10.101.0.66"]
+        );
+        // Once the owner's lease ends, the name is free for the next.
+        views.remove_host("till", client).unwrap();
+        assert!(views.add_lease("till", other).unwrap());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! `answer` (who is asking what → the answer), `cache`, `packet` (the answer cache) and `dhcp`
 //! (what the bus's leases and takeovers change) are pure; `forward` asks the upstreams;
-//! `server` is the hickory request handler; `udp` serves UDP from the answer cache; `agent`
+//! `server` is the hickory request handler; `respond` runs one request through it; `udp` serves
+//! UDP from the answer cache; `tcp` serves TCP under caps; `agent`
 //! binds the LAN addresses, follows the bus and runs it all.
 
 pub mod agent;
@@ -14,5 +15,7 @@ pub mod cache;
 pub mod dhcp;
 pub mod forward;
 pub mod packet;
+pub mod respond;
 pub mod server;
+pub mod tcp;
 pub mod udp;

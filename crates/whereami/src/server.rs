@@ -1,16 +1,16 @@
-//! The hickory request handler: decode, decide (`answer`), forward when told to, answer.
+//! The request handler: decide (`answer`), forward when told to, answer through hickory's
+//! response builder.
 //! Responses carry EDNS when the request did (payload capped at 1232 bytes, the DNS flag day
 //! size); hickory truncates UDP answers that do not fit and sets TC, so clients retry over TCP.
 
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_proto::op::{Edns, Metadata, ResponseCode};
 use hickory_proto::rr::Record;
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::answer::{Decision, Views};
 use crate::forward::{Forwarder, Source};
@@ -29,6 +29,12 @@ pub struct Metrics {
     pub upstream_failures: IntCounter,
     /// Queries answered from the answer cache (finished responses, local or forwarded).
     pub answer_cache_hits: IntCounter,
+    /// UDP queries from a site address that arrived on an uplink: forged, dropped.
+    pub spoofed: IntCounter,
+    /// DNS-over-TCP connections open now.
+    pub tcp_connections: IntGauge,
+    /// DNS-over-TCP connections closed at once, by why (`client_cap`, `total_cap`).
+    pub tcp_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -61,6 +67,24 @@ impl Metrics {
             "fieldnet_whereami_answer_cache_hits_total",
             "UDP queries answered from the answer cache of finished responses (local and forwarded)",
         )?;
+        let spoofed = IntCounter::new(
+            "fieldnet_whereami_spoofed_total",
+            "UDP queries from a site address that arrived on an uplink (forged), dropped unanswered",
+        )?;
+        let tcp_connections = IntGauge::new(
+            "fieldnet_whereami_tcp_connections",
+            "DNS-over-TCP connections open now",
+        )?;
+        let tcp_refused = IntCounterVec::new(
+            Opts::new(
+                "fieldnet_whereami_tcp_refused_total",
+                "DNS-over-TCP connections closed at once: over the cap per client or in total",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(spoofed.clone()))?;
+        registry.register(Box::new(tcp_connections.clone()))?;
+        registry.register(Box::new(tcp_refused.clone()))?;
         registry.register(Box::new(queries.clone()))?;
         registry.register(Box::new(upstream_seconds.clone()))?;
         registry.register(Box::new(cache_hits.clone()))?;
@@ -72,6 +96,9 @@ impl Metrics {
             cache_hits,
             upstream_failures,
             answer_cache_hits,
+            spoofed,
+            tcp_connections,
+            tcp_refused,
         })
     }
 }
@@ -83,11 +110,12 @@ pub struct State {
     pub forwarder: Forwarder,
     pub metrics: Metrics,
     pub answers: AnswerCache,
+    /// The uplinks, where no site asker's query arrives.
+    pub uplinks: crate::udp::Uplinks,
 }
 
 /// What answering one request produced, beyond the response itself.
 pub(crate) struct Answered {
-    pub info: ResponseInfo,
     /// Whether the response may be served again from the answer cache.
     pub validity: Validity,
     /// The generation of the views it was decided under.
@@ -101,17 +129,6 @@ pub struct Handler {
     pub state: Arc<State>,
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response: R,
-    ) -> ResponseInfo {
-        self.answer(request, response).await.info
-    }
-}
-
 impl Handler {
     /// Answers `request` through `response`.
     pub(crate) async fn answer<R: ResponseHandler>(
@@ -119,8 +136,7 @@ impl Handler {
         request: &Request,
         mut response: R,
     ) -> Answered {
-        let never = |info| Answered {
-            info,
+        let never = || Answered {
             validity: Validity::Never,
             generation: 0,
             on_hit: Vec::new(),
@@ -141,12 +157,12 @@ impl Handler {
         let Ok(info) = request.request_info() else {
             // Not exactly one question.
             metadata.response_code = ResponseCode::FormErr;
-            return never(send(
+            send(
                 response
                     .send_response(builder.build_no_records(metadata))
                     .await,
-                request,
-            ));
+            );
+            return never();
         };
         let source = request.src().ip();
         let (name, original) = (info.query.name(), info.query.original().name());
@@ -181,12 +197,12 @@ impl Handler {
             Decision::Refused => {
                 counter("refused").inc();
                 metadata.response_code = ResponseCode::Refused;
-                return never(send(
+                send(
                     response
                         .send_response(builder.build_no_records(metadata))
                         .await,
-                    request,
-                ));
+                );
+                return never();
             }
             Decision::Local { code, answers, soa } => {
                 let counter = counter(code.to_str());
@@ -247,10 +263,9 @@ impl Handler {
             }
         };
         let message = builder.build(metadata, answers.iter(), authorities.iter(), [], []);
-        let info = send(response.send_response(message).await, request);
+        send(response.send_response(message).await);
         on_hit.push(self.state.metrics.answer_cache_hits.clone());
         Answered {
-            info,
             validity,
             generation,
             on_hit,
@@ -258,17 +273,9 @@ impl Handler {
     }
 }
 
-fn send(
-    result: Result<ResponseInfo, hickory_server::net::NetError>,
-    request: &Request,
-) -> ResponseInfo {
-    result.unwrap_or_else(|error| {
+/// Says a response that could not be sent (nothing was captured: the caller answers SERVFAIL).
+fn send(result: Result<ResponseInfo, hickory_server::net::NetError>) {
+    if let Err(error) = result {
         tracing::debug!(%error, "sending a DNS response");
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.response_code = ResponseCode::ServFail;
-        ResponseInfo::from(Header {
-            metadata,
-            counts: HeaderCounts::default(),
-        })
-    })
+    }
 }

@@ -1,8 +1,11 @@
 //! DNS over UDP: one thread per listening socket takes every datagram waiting in one call
 //! (`recvmmsg`), answers what the answer cache holds straight away and sends those answers in
 //! one call (`sendmmsg`); everything else goes to the hickory handler in a Tokio task of its
-//! own, whose response may then be kept in the cache. TCP is hickory's server, with the same
+//! own, whose response may then be kept in the cache. TCP is [`crate::tcp`], with the same
 //! handler.
+//!
+//! Each datagram's interface comes with it (`IP_PKTINFO`): one from a site address arriving on
+//! an uplink is forged and dropped, neither answered nor forwarded.
 //!
 //! Why a thread and batches: on a small appliance the kernel's per-call cost is most of the
 //! cost of an answer from memory; a blocking batch call per wake-up replaces readiness polling
@@ -11,19 +14,16 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, setsockopt,
+    sockopt,
+};
 
-use hickory_proto::op::{Header, MessageType, ResponseCode};
-use hickory_proto::rr::Record;
-use hickory_proto::serialize::binary::{BinDecodable as _, BinDecoder, BinEncoder};
-use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
 use ipnet::Ipv4Net;
 use tokio_util::sync::CancellationToken;
 
@@ -85,6 +85,7 @@ pub fn spawn(
 ) -> std::io::Result<UdpListener> {
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(WAKE))?;
+    setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)?;
     let name = format!("dns {}", socket.local_addr()?);
     let socket = Arc::new(socket);
     let listener = UdpListener {
@@ -106,13 +107,18 @@ fn serve(
 ) {
     let fd = socket.as_raw_fd();
     let mut buffers = vec![[0_u8; MAX_REQUEST]; BATCH];
-    let mut receiving = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut receiving = MultiHeaders::<SockaddrStorage>::preallocate(
+        BATCH,
+        Some(nix::cmsg_space!(nix::libc::in_pktinfo)),
+    );
     let mut sending = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut answers: Vec<Vec<u8>> = (0..BATCH)
         .map(|_| Vec::with_capacity(usize::from(MAX_UDP_PAYLOAD)))
         .collect();
     let mut to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
-    let mut received: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
+    // Length, source, and the interface it arrived on.
+    let mut received: Vec<(usize, Option<SockaddrStorage>, Option<u32>)> =
+        Vec::with_capacity(BATCH);
     let mut key = [0; MAX_KEY];
     while !shutdown.is_cancelled() {
         received.clear();
@@ -128,7 +134,9 @@ fn serve(
                 MsgFlags::MSG_WAITFORONE,
                 None,
             ) {
-                Ok(messages) => received.extend(messages.map(|m| (m.bytes, m.address))),
+                Ok(messages) => {
+                    received.extend(messages.map(|m| (m.bytes, m.address, arrived_on(&m))));
+                }
                 Err(Errno::EAGAIN | Errno::EINTR) => continue,
                 Err(error) => {
                     tracing::warn!(%error, "receiving DNS requests");
@@ -143,17 +151,27 @@ fn serve(
             break;
         }
         let now = Instant::now();
+        let uplinks = handler.state.uplinks.indexes();
         to.clear();
-        for (index, &(length, address)) in received.iter().enumerate() {
+        for (index, &(length, address, interface)) in received.iter().enumerate() {
             let Some(source) = address.and_then(socket_addr) else {
                 continue;
             };
             if source.port() == 0 {
                 continue;
             }
+            let view = view_index(networks, source.ip());
+            if view.is_some_and(|v| v != LOOPBACK_VIEW)
+                && interface.is_some_and(|i| uplinks.contains(&i))
+            {
+                // A site address arriving from the internet side is forged: neither
+                // answered (the answer would go to the device it names) nor forwarded.
+                handler.state.metrics.spoofed.inc();
+                continue;
+            }
             let packet = &buffers[index][..length.min(MAX_REQUEST)];
-            let query = view_index(networks, source.ip())
-                .and_then(|view| packet::parse(packet, view, MAX_UDP_PAYLOAD, &mut key));
+            let query =
+                view.and_then(|view| packet::parse(packet, view, MAX_UDP_PAYLOAD, &mut key));
             if let Some(query) = &query {
                 let out = &mut answers[to.len()];
                 if handler
@@ -207,6 +225,50 @@ fn serve(
     }
 }
 
+/// The index of the interface a datagram arrived on (from its `IP_PKTINFO`).
+fn arrived_on(message: &nix::sys::socket::RecvMsg<'_, '_, SockaddrStorage>) -> Option<u32> {
+    message.cmsgs().ok()?.find_map(|cmsg| match cmsg {
+        ControlMessageOwned::Ipv4PacketInfo(info) => u32::try_from(info.ipi_ifindex).ok(),
+        _ => None,
+    })
+}
+
+/// The interfaces a site asker's query never arrives on: this appliance's uplinks, by index
+/// (looked up again by [`refresh`](Self::refresh), as a modem's interface comes and goes).
+#[derive(Debug, Default)]
+pub struct Uplinks {
+    names: Vec<String>,
+    indexes: std::sync::RwLock<Arc<[u32]>>,
+}
+
+impl Uplinks {
+    pub fn new(names: Vec<String>) -> Self {
+        let uplinks = Self {
+            names,
+            indexes: std::sync::RwLock::new(Arc::from([])),
+        };
+        uplinks.refresh();
+        uplinks
+    }
+
+    /// Looks the interfaces up again; one that is not there is skipped.
+    pub fn refresh(&self) {
+        let indexes: Vec<u32> = self
+            .names
+            .iter()
+            .filter_map(|name| nix::net::if_::if_nametoindex(name.as_str()).ok())
+            .collect();
+        let mut current = self.indexes.write().unwrap_or_else(|p| p.into_inner());
+        if **current != *indexes {
+            *current = Arc::from(indexes);
+        }
+    }
+
+    fn indexes(&self) -> Arc<[u32]> {
+        Arc::clone(&self.indexes.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 fn socket_addr(address: SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = address.as_sockaddr_in() {
         return Some(SocketAddr::V4((*v4).into()));
@@ -220,8 +282,8 @@ fn send(socket: &std::net::UdpSocket, bytes: &[u8], to: SocketAddr) -> std::io::
     socket.send_to(bytes, to).map(drop)
 }
 
-/// The full path: hickory decodes, the handler decides (and forwards), the response goes out
-/// and, if it may, into the answer cache under `key`.
+/// The full path ([`respond`](crate::respond::respond)): the response goes out and, if it may,
+/// into the answer cache under `key`.
 async fn answer_fully(
     handler: Handler,
     socket: Arc<std::net::UdpSocket>,
@@ -229,37 +291,16 @@ async fn answer_fully(
     source: SocketAddr,
     key: Option<Vec<u8>>,
 ) {
-    let Ok(header) = Header::read(&mut BinDecoder::new(&packet)) else {
-        // Under twelve bytes: not DNS, no answer.
+    let Some((response, answered)) =
+        crate::respond::respond(&handler, packet, source, Protocol::Udp).await
+    else {
         return;
     };
-    if header.metadata.message_type == MessageType::Response {
-        // Never answer answers (reflection).
-        return;
-    }
-    let request = match Request::from_bytes(packet, source, Protocol::Udp) {
-        Ok(request) => request,
-        Err(error) => {
-            tracing::debug!(%error, %source, "undecodable DNS request");
-            let _ = send(
-                &socket,
-                &error_response(&header, ResponseCode::FormErr),
-                source,
-            );
-            return;
-        }
-    };
-    let capture = Capture::default();
-    let answered = handler.answer(&request, capture.clone()).await;
-    // Nothing captured: the response could not be encoded.
-    let response = capture
-        .take()
-        .unwrap_or_else(|| error_response(&header, ResponseCode::ServFail));
     // A blocking send on a UDP socket returns at once unless the send buffer is full.
     if let Err(error) = send(&socket, &response, source) {
         tracing::debug!(%error, %source, "sending a DNS response");
     }
-    if let Some(key) = key {
+    if let (Some(key), Some(answered)) = (key, answered) {
         handler.state.answers.insert(
             &key,
             &response,
@@ -268,53 +309,6 @@ async fn answer_fully(
             answered.on_hit,
             Instant::now(),
         );
-    }
-}
-
-/// A bare error response to `request` (FORMERR when its body did not decode, SERVFAIL when
-/// the answer could not be encoded).
-fn error_response(request: &Header, code: ResponseCode) -> Vec<u8> {
-    let mut bytes = vec![0; 12];
-    bytes[..2].copy_from_slice(&request.metadata.id.to_be_bytes());
-    let opcode = u8::from(request.metadata.op_code);
-    let rd = u8::from(request.metadata.recursion_desired);
-    bytes[2] = 0x80 | (opcode << 3) | rd;
-    bytes[3] = 0x80 | (u16::from(code) as u8 & 0x0f);
-    bytes
-}
-
-/// A response handler that keeps the encoded response instead of sending it.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
-
-impl Capture {
-    fn take(&self) -> Option<Vec<u8>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        // As hickory's own UDP handler: at most what the asker offered (512 without EDNS);
-        // what does not fit is cut and marked truncated.
-        let limit = response.edns().map_or(512, |edns| edns.max_payload());
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(limit);
-        let info = response.destructive_emit(&mut encoder)?;
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
-        Ok(info)
     }
 }
 
@@ -341,22 +335,5 @@ mod tests {
             Some(LOOPBACK_VIEW)
         );
         assert_eq!(view_index(&networks, "198.51.100.7".parse().unwrap()), None);
-    }
-
-    #[test]
-    fn a_format_error_echoes_id_opcode_and_rd() {
-        let mut metadata = hickory_proto::op::Metadata::new(
-            0x4242,
-            MessageType::Query,
-            hickory_proto::op::OpCode::Query,
-        );
-        metadata.recursion_desired = true;
-        let header = Header {
-            metadata,
-            counts: hickory_proto::op::HeaderCounts::default(),
-        };
-        let bytes = error_response(&header, ResponseCode::FormErr);
-        assert_eq!(bytes[..4], [0x42, 0x42, 0x81, 0x81]);
-        assert!(bytes[4..].iter().all(|b| *b == 0));
     }
 }

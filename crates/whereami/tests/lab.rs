@@ -34,14 +34,10 @@ fn two_areas(lab: &mut Lab) -> lab::Site {
     lab.site(&SiteSpec::lan(2, 1)).unwrap()
 }
 
-#[test]
-fn each_network_learns_its_name_outsiders_are_refused_and_forwarded_answers_survive_the_uplinks() {
-    let Some(mut lab) = Lab::for_test("whereami") else {
-        return;
-    };
-    let site = two_areas(&mut lab);
-    // The internet's resolver: dnsmasq, answering www.example.org with TTL 0, so every later
-    // answer from whereami's cache is a stale one.
+/// The internet's resolver, dnsmasq on [`UPSTREAM`], logging every query: www.example.org
+/// is 192.0.2.80 (TTL 0), other example.org names do not exist, every example.net name is
+/// 192.0.2.81.
+fn start_upstream(lab: &mut Lab, site: &lab::Site) -> LabProcess {
     lab.addr(
         &site.internet,
         lab::INTERNET_BRIDGE,
@@ -63,13 +59,26 @@ fn each_network_learns_its_name_outsiders_are_refused_and_forwarded_answers_surv
                 "--bind-interfaces",
                 &format!("--listen-address={UPSTREAM}"),
                 "--address=/www.example.org/192.0.2.80",
+                // Every example.net name, each new to whereami's cache when asked.
+                "--address=/example.net/192.0.2.81",
                 // Other example.org names do not exist (NXDOMAIN, not "no upstream").
                 "--local=/example.org/",
             ],
         )
         .unwrap();
     wait(&upstream, "started");
+    upstream
+}
 
+#[test]
+fn each_network_learns_its_name_outsiders_are_refused_and_forwarded_answers_survive_the_uplinks() {
+    let Some(mut lab) = Lab::for_test("whereami") else {
+        return;
+    };
+    let site = two_areas(&mut lab);
+    // The internet's resolver: dnsmasq, answering www.example.org with TTL 0, so every later
+    // answer from whereami's cache is a stale one.
+    let upstream = start_upstream(&mut lab, &site);
     let extra = format!(
         "[whereami]\nupstreams = [\"{UPSTREAM}\"]\nupstream_timeout_ms = 500\n\n[[whereami.hosts]]\nname = \"cache\"\naddress = \"10.101.0.10\"\n"
     );
@@ -300,7 +309,7 @@ fn dhcp_clients_get_names_takeover_addresses_are_served_and_big_answers_go_over_
         ["10.102.0.1"],
         "the appliance keeps its name"
     );
-    wait(&server, "reserved name");
+    wait(&server, "held by another device");
     // Released: the name goes.
     publish(&socket, "dhcp/lease/10.101.0.57", "null");
     dig_until(
@@ -394,3 +403,148 @@ fn dhcp_clients_get_names_takeover_addresses_are_served_and_big_answers_go_over_
         tcp.text
     );
 }
+
+/// Finding 9: idle TCP connections from one LAN device exhausted whereami's file descriptors
+/// (every forwarded name SERVFAIL for everyone), and a query arriving on an uplink with a
+/// forged LAN source was forwarded upstream.
+#[test]
+fn whereami_tcp_floods_starve_no_one_and_a_forged_lan_source_on_an_uplink_is_dropped() {
+    let Some(mut lab) = Lab::for_test("whereami-tcp") else {
+        return;
+    };
+    let site = two_areas(&mut lab);
+    let upstream = start_upstream(&mut lab, &site);
+    let extra = format!("[whereami]\nupstreams = [\"{UPSTREAM}\"]\nupstream_timeout_ms = 1000\n");
+    let config = lab::SiteFile::new(&site, lab.dir())
+        .sections(&extra)
+        .write()
+        .unwrap();
+    let area = &site.areas[0];
+    // The file limit systemd gives a service by default.
+    let server = lab
+        .spawn(
+            &area.appliance,
+            "prlimit",
+            &[
+                "--nofile=1024:1024",
+                "--",
+                env!("CARGO_BIN_EXE_whereami"),
+                "--config",
+                config.to_str().unwrap(),
+                "--appliance",
+                &lab::appliance_name(1),
+            ],
+        )
+        .unwrap();
+    wait(&server, "answering DNS");
+    let gateway = "10.101.0.1";
+    let (flooder, other) = (&area.clients[0].ns, &site.areas[1].clients[0].ns);
+
+    // One device keeps 3,000 connections open (opening again what is closed) for 20 s.
+    let flood = lab
+        .spawn(
+            flooder,
+            "python3",
+            &["-c", TCP_FLOOD, gateway, "3000", "20"],
+        )
+        .unwrap();
+    wait(&flood, "flooding");
+    // Meanwhile every other device is answered, over UDP and TCP, forwarded names included
+    // (each new, so no stale answer from the cache can stand in for the upstream's).
+    for round in 0..3 {
+        let (status, answers) = dig(other, gateway, &format!("r{round}.example.net"), "A");
+        assert_eq!(
+            (status.as_str(), values(&answers)),
+            ("NOERROR", vec!["192.0.2.81".to_owned()]),
+            "round {round}, during the flood"
+        );
+        let reply = other
+            .dig(&[
+                "+tcp",
+                "+tries=1",
+                "+time=3",
+                &format!("@{gateway}"),
+                &format!("whereami.{ZONE}"),
+                "TXT",
+            ])
+            .unwrap();
+        assert_eq!(reply.values(), ["\"NETWORK2\""], "round {round}, over TCP");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let held = flood.log();
+    assert!(held.contains("flooding"), "{held}");
+    wait(&server, "DNS over TCP refused connections or requests");
+    assert!(
+        server.log().contains("over the cap per client"),
+        "{}",
+        server.log()
+    );
+
+    // A query from the uplink's side with a LAN device's address as its source: forged. It
+    // is neither forwarded nor answered.
+    let router = &area.uplinks[0].router;
+    router
+        .ip(&["addr", "add", "10.101.0.77/32", "dev", "lo"])
+        .unwrap();
+    let forged = router
+        .dig(&[
+            "-b",
+            "10.101.0.77",
+            "+tries=1",
+            "+time=2",
+            &format!("@{gateway}"),
+            "forged.example.org",
+            "A",
+        ])
+        .unwrap();
+    assert_eq!(forged.status, "no answer");
+    // The same from the LAN reaches the upstream: its log would have shown the forged one.
+    let (status, _) = dig(flooder, gateway, "genuine.example.org", "A");
+    assert_eq!(status, "NXDOMAIN");
+    let log = upstream.log();
+    assert!(log.contains("genuine.example.org"), "{log}");
+    assert!(!log.contains("forged.example.org"), "forwarded: {log}");
+}
+
+/// Holds argv[2] TCP connections to argv[1]:53 for argv[3] seconds, opening again those the
+/// server closes (at most 200 every 50 ms); says "flooding" once they were all opened once
+/// (or 3 s passed).
+const TCP_FLOOD: &str = r#"
+import resource, selectors, socket, sys, time
+server, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 256, count + 256))
+selector = selectors.DefaultSelector()
+def connect():
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex((server, 53))
+    selector.register(s, selectors.EVENT_READ)
+    return s
+opening = [connect() for _ in range(count)]
+waiting = selectors.DefaultSelector()
+for s in opening:
+    waiting.register(s, selectors.EVENT_WRITE)
+pending, deadline = len(opening), time.monotonic() + 3
+while pending and time.monotonic() < deadline:
+    for key, _ in waiting.select(timeout=0.1):
+        waiting.unregister(key.fileobj)
+        pending -= 1
+print("flooding", count - pending, "connected", flush=True)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    closed = 0
+    for key, _ in selector.select(timeout=0.05)[:200]:
+        s = key.fileobj
+        try:
+            data = s.recv(512)
+        except OSError:
+            data = b""
+        if not data:
+            selector.unregister(s)
+            s.close()
+            closed += 1
+    for _ in range(closed):
+        connect()
+    time.sleep(0.05)
+print("done", flush=True)
+"#;

@@ -1,13 +1,17 @@
 //! The broker: routes published lines to subscribers by topic prefix and keeps retained topics.
 //!
-//! Invariants: a publisher never waits on a subscriber (each subscriber has a bounded queue; a
-//! full queue drops the message for that subscriber and counts it, and the subscriber is told
-//! how many it missed); a retained topic's latest value is delivered to every new subscriber
-//! before anything newer on that topic; a bad or oversize line costs only its own connection.
+//! Invariants: a publisher never waits on a subscriber (each subscriber has a bounded queue of
+//! published messages; a full queue drops the message for that subscriber and counts it, and a
+//! `lagged` notice goes into its stream at once, where the gap is); a new subscription gets the
+//! retained values under its prefix whole, streamed to the socket at the reader's pace, before
+//! anything newer on those topics — or, if the client has stopped reading altogether, the
+//! subscription fails loudly and the connection is closed; control frames (`pong`, `lagged`,
+//! the retained snapshot, `error`) never compete with published messages for queue room; a bad
+//! or oversize line costs only its own connection.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,11 +78,72 @@ impl Metrics {
     }
 }
 
+/// Control items one connection may have queued (snapshots, pongs, lagged notices); more means
+/// it has stopped reading.
+const CONTROL_DEPTH: usize = 64;
+
+/// What goes out to one client, in order.
+enum Out {
+    /// A published message (counted against the queue depth).
+    Message(Arc<str>),
+    /// A control frame.
+    Control(Arc<str>),
+    /// The retained values of a new subscription, written whole.
+    Snapshot(Vec<Arc<str>>),
+    /// Messages were dropped: write `lagged` with the count so far.
+    Lagged,
+}
+
+/// One connection's outgoing queue: ordered, with published messages and control items
+/// bounded separately.
+#[derive(Clone)]
+struct Outgoing {
+    queue: mpsc::UnboundedSender<Out>,
+    counts: Arc<OutCounts>,
+}
+
+#[derive(Default)]
+struct OutCounts {
+    messages: AtomicUsize,
+    control: AtomicUsize,
+    /// Messages dropped and not yet told.
+    missed: AtomicU64,
+}
+
+impl Outgoing {
+    /// Queues a published message unless `depth` are already queued; a drop is counted and
+    /// announced in the stream at once.
+    fn message(&self, line: &Arc<str>, depth: usize, metrics: &Metrics) {
+        if self.counts.messages.load(Ordering::Relaxed) < depth {
+            self.counts.messages.fetch_add(1, Ordering::Relaxed);
+            if self.queue.send(Out::Message(line.clone())).is_ok() {
+                metrics.delivered.inc();
+                return;
+            }
+            self.counts.messages.fetch_sub(1, Ordering::Relaxed);
+        }
+        metrics.dropped.inc();
+        if self.counts.missed.fetch_add(1, Ordering::Relaxed) == 0 {
+            // The first drop since the last notice: the notice goes where the gap is.
+            let _ = self.control(Out::Lagged);
+        }
+    }
+
+    /// Queues a control item; fails when the client has stopped reading.
+    fn control(&self, item: Out) -> Result<(), ()> {
+        if self.counts.control.fetch_add(1, Ordering::Relaxed) >= CONTROL_DEPTH {
+            self.counts.control.fetch_sub(1, Ordering::Relaxed);
+            return Err(());
+        }
+        self.queue.send(item).map_err(|_| {
+            self.counts.control.fetch_sub(1, Ordering::Relaxed);
+        })
+    }
+}
+
 struct Subscriber {
     prefixes: Vec<String>,
-    queue: mpsc::Sender<Arc<str>>,
-    /// Messages dropped since the subscriber was last told.
-    missed: u64,
+    out: Outgoing,
 }
 
 impl Subscriber {
@@ -86,29 +151,6 @@ impl Subscriber {
         self.prefixes
             .iter()
             .any(|prefix| topic.starts_with(prefix.as_str()))
-    }
-
-    /// Queues a line without waiting; tells the subscriber first if it missed any.
-    fn offer(&mut self, line: &Arc<str>, metrics: &Metrics) {
-        if self.missed > 0 {
-            let notice: Arc<str> = frame::encode(&Frame::Lagged {
-                missed: self.missed,
-            })
-            .into();
-            if self.queue.try_send(notice).is_err() {
-                self.missed += 1;
-                metrics.dropped.inc();
-                return;
-            }
-            self.missed = 0;
-        }
-        match self.queue.try_send(line.clone()) {
-            Ok(()) => metrics.delivered.inc(),
-            Err(_) => {
-                self.missed += 1;
-                metrics.dropped.inc();
-            }
-        }
     }
 }
 
@@ -205,9 +247,13 @@ impl Broker {
 async fn serve_client(shared: Arc<Shared>, stream: UnixStream, shutdown: CancellationToken) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (read_half, write_half) = stream.into_split();
-    let (queue, outgoing) = mpsc::channel::<Arc<str>>(shared.options.queue_depth);
+    let (queue, outgoing) = mpsc::unbounded_channel::<Out>();
+    let out = Outgoing {
+        queue,
+        counts: Arc::new(OutCounts::default()),
+    };
     shared.metrics.clients.inc();
-    let writer = tokio::spawn(write_lines(write_half, outgoing));
+    let writer = tokio::spawn(write_lines(write_half, outgoing, Arc::clone(&out.counts)));
     let mut lines = FramedRead::new(
         read_half,
         LinesCodec::new_with_max_length(shared.options.max_line_bytes),
@@ -261,19 +307,24 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancell
                 let state = &mut *state;
                 let subscriber = state.subscribers.entry(id).or_insert_with(|| Subscriber {
                     prefixes: Vec::new(),
-                    queue: queue.clone(),
-                    missed: 0,
+                    out: out.clone(),
                 });
                 if !subscriber.prefixes.contains(&prefix) {
-                    // Retained values go out under the same lock that registers the prefix, so
-                    // nothing newer on a topic can overtake its retained value.
-                    for (topic, line) in state.retained.range(prefix.clone()..) {
-                        if !topic.starts_with(prefix.as_str()) {
-                            break;
-                        }
-                        if !subscriber.wants(topic) {
-                            subscriber.offer(line, &shared.metrics);
-                        }
+                    // The retained values are queued under the same lock that registers the
+                    // prefix, so nothing newer on a topic can overtake its retained value.
+                    let snapshot: Vec<Arc<str>> = state
+                        .retained
+                        .range(prefix.clone()..)
+                        .take_while(|(topic, _)| topic.starts_with(prefix.as_str()))
+                        .filter(|(topic, _)| !subscriber.wants(topic))
+                        .map(|(_, line)| line.clone())
+                        .collect();
+                    if !snapshot.is_empty()
+                        && subscriber.out.control(Out::Snapshot(snapshot)).is_err()
+                    {
+                        break Some(format!(
+                            "subscribing to {prefix:?}: the client has not read its queue; the connection is closed"
+                        ));
                     }
                     subscriber.prefixes.push(prefix);
                 }
@@ -295,7 +346,8 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancell
                 publish(&shared, &mut state, envelope);
             }
             Frame::Ping => {
-                let _ = queue.try_send(frame::encode(&Frame::Pong).into());
+                // Dropped only when the client has stopped reading its control frames.
+                let _ = out.control(Out::Control(frame::encode(&Frame::Pong).into()));
             }
             Frame::Msg(_) | Frame::Lagged { .. } | Frame::Error { .. } | Frame::Pong => {
                 break Some("only hello, sub, unsub, pub and ping are sent to the broker; the connection is closed".to_owned());
@@ -313,9 +365,9 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancell
         shared.metrics.protocol_errors.inc();
         tracing::info!(client = id, name = name.as_deref().unwrap_or("-"), %message, "dropping client");
         let line: Arc<str> = frame::encode(&Frame::Error { message }).into();
-        let _ = tokio::time::timeout(Duration::from_secs(1), queue.send(line)).await;
+        let _ = out.control(Out::Control(line));
     }
-    drop(queue);
+    drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     shared.metrics.clients.dec();
 }
@@ -332,9 +384,11 @@ fn publish(shared: &Shared, state: &mut State, envelope: Envelope) {
         state.retained.insert(topic.clone(), line.clone());
     }
     shared.metrics.retained.set(state.retained.len() as i64);
-    for subscriber in state.subscribers.values_mut() {
+    for subscriber in state.subscribers.values() {
         if subscriber.wants(&topic) {
-            subscriber.offer(&line, &shared.metrics);
+            subscriber
+                .out
+                .message(&line, shared.options.queue_depth, &shared.metrics);
         }
     }
 }
@@ -354,24 +408,64 @@ fn publish_agents(shared: &Shared, state: &mut State) {
     publish(shared, state, envelope);
 }
 
-/// Writes queued lines, flushing only when the queue is momentarily empty.
+/// Writes what is queued, in order, flushing only when the queue is momentarily empty; a
+/// snapshot is written whole, at the pace the client reads.
 async fn write_lines(
     write_half: tokio::net::unix::OwnedWriteHalf,
-    mut outgoing: mpsc::Receiver<Arc<str>>,
+    mut outgoing: mpsc::UnboundedReceiver<Out>,
+    counts: Arc<OutCounts>,
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
-    while let Some(line) = outgoing.recv().await {
-        if writer.write_all(line.as_bytes()).await.is_err() {
-            return;
-        }
-        while let Ok(line) = outgoing.try_recv() {
-            if writer.write_all(line.as_bytes()).await.is_err() {
+    while let Some(first) = outgoing.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            if write_one(&mut writer, item, &counts).await.is_err() {
                 return;
             }
+            next = outgoing.try_recv().ok();
         }
         if writer.flush().await.is_err() {
             return;
         }
     }
     let _ = writer.shutdown().await;
+}
+
+async fn write_one(
+    writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    item: Out,
+    counts: &OutCounts,
+) -> std::io::Result<()> {
+    match item {
+        Out::Message(line) => {
+            counts.messages.fetch_sub(1, Ordering::Relaxed);
+            // A drop whose notice could not be queued is told here, before what follows it.
+            let missed = counts.missed.swap(0, Ordering::Relaxed);
+            if missed > 0 {
+                let notice = frame::encode(&Frame::Lagged { missed });
+                writer.write_all(notice.as_bytes()).await?;
+            }
+            writer.write_all(line.as_bytes()).await
+        }
+        Out::Control(line) => {
+            counts.control.fetch_sub(1, Ordering::Relaxed);
+            writer.write_all(line.as_bytes()).await
+        }
+        Out::Snapshot(lines) => {
+            counts.control.fetch_sub(1, Ordering::Relaxed);
+            for line in lines {
+                writer.write_all(line.as_bytes()).await?;
+            }
+            Ok(())
+        }
+        Out::Lagged => {
+            counts.control.fetch_sub(1, Ordering::Relaxed);
+            let missed = counts.missed.swap(0, Ordering::Relaxed);
+            if missed == 0 {
+                return Ok(());
+            }
+            let line = frame::encode(&Frame::Lagged { missed });
+            writer.write_all(line.as_bytes()).await
+        }
+    }
 }

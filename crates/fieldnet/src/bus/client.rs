@@ -3,10 +3,15 @@
 //! Invariants: publishing never waits for the broker and never fails because it is down; while
 //! disconnected the client keeps the latest value of every retained topic it published and the
 //! newest [`PENDING_LIMIT`] other messages, and sends them after reconnecting; after every
-//! reconnect it says hello and re-subscribes every prefix, so subscribers see one stream.
+//! reconnect it says hello and re-subscribes every prefix, so subscribers see one stream; a
+//! subscription that reads gets every event (a full one makes the client wait, up to
+//! [`LOCAL_PATIENCE`], so a retained snapshot of any size arrives whole), and one that stops
+//! reading loses events and hears `Lagged` on its next `recv`, never later.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,6 +29,9 @@ use super::unix_millis;
 pub const PENDING_LIMIT: usize = 1024;
 /// Events queued per local subscription before it is told it lagged.
 pub const SUBSCRIPTION_DEPTH: usize = 4096;
+/// How long the client waits for a full subscription to take an event before counting it as
+/// stalled (it then loses events, and is told, until it has room again).
+pub const LOCAL_PATIENCE: Duration = Duration::from_secs(1);
 /// Reconnect backoff: first wait and ceiling.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -44,18 +52,31 @@ pub enum BusEvent {
 #[derive(Debug)]
 pub struct Subscription {
     events: mpsc::Receiver<BusEvent>,
+    /// Events lost for this subscription and not yet told.
+    missed: Arc<AtomicU64>,
 }
 
 impl Subscription {
-    /// The next event; `None` once the client is gone.
+    /// The next event; `None` once the client is gone. Events lost since the last call are
+    /// told first, as one `Lagged`.
     pub async fn recv(&mut self) -> Option<BusEvent> {
-        self.events.recv().await
+        loop {
+            let missed = self.missed.swap(0, Ordering::Relaxed);
+            if missed > 0 {
+                return Some(BusEvent::Lagged { missed });
+            }
+            match self.events.recv().await? {
+                // A wake-up: the count is in `missed`.
+                BusEvent::Lagged { missed: 0 } => continue,
+                event => return Some(event),
+            }
+        }
     }
 }
 
 enum Command {
     Publish(Envelope),
-    Subscribe(String, mpsc::Sender<BusEvent>),
+    Subscribe(String, mpsc::Sender<BusEvent>, Arc<AtomicU64>),
 }
 
 /// Handle to the bus. Cheap to clone; the connection lives as long as any handle.
@@ -70,7 +91,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Publish(envelope) => write!(f, "Publish({})", envelope.topic),
-            Command::Subscribe(prefix, _) => write!(f, "Subscribe({prefix})"),
+            Command::Subscribe(prefix, _, _) => write!(f, "Subscribe({prefix})"),
         }
     }
 }
@@ -122,10 +143,13 @@ impl BusClient {
     /// Subscribes to every topic starting with `prefix` ("" for all), retained values first.
     pub fn subscribe(&self, prefix: &str) -> Subscription {
         let (sender, events) = mpsc::channel(SUBSCRIPTION_DEPTH);
-        let _ = self
-            .commands
-            .send(Command::Subscribe(prefix.to_owned(), sender));
-        Subscription { events }
+        let missed = Arc::new(AtomicU64::new(0));
+        let _ = self.commands.send(Command::Subscribe(
+            prefix.to_owned(),
+            sender,
+            Arc::clone(&missed),
+        ));
+        Subscription { events, missed }
     }
 
     /// Whether the broker connection is up right now.
@@ -145,7 +169,49 @@ impl BusClient {
 struct LocalSubscription {
     prefix: String,
     sender: mpsc::Sender<BusEvent>,
-    missed: u64,
+    /// Shared with the [`Subscription`]: events lost and not yet told.
+    missed: Arc<AtomicU64>,
+    /// It did not take an event within [`LOCAL_PATIENCE`]: events are not waited for until it
+    /// has room again.
+    stalled: bool,
+}
+
+impl LocalSubscription {
+    fn new(prefix: String, sender: mpsc::Sender<BusEvent>, missed: Arc<AtomicU64>) -> Self {
+        Self {
+            prefix,
+            sender,
+            missed,
+            stalled: false,
+        }
+    }
+
+    /// Hands `event` over, waiting for room (up to [`LOCAL_PATIENCE`]) unless stalled.
+    async fn offer(&mut self, event: BusEvent) {
+        use tokio::sync::mpsc::error::TrySendError;
+        let event = match self.sender.try_send(event) {
+            Ok(()) => {
+                self.stalled = false;
+                return;
+            }
+            Err(TrySendError::Closed(_)) => return,
+            Err(TrySendError::Full(event)) => event,
+        };
+        if !self.stalled {
+            match tokio::time::timeout(LOCAL_PATIENCE, self.sender.send(event)).await {
+                Ok(_) => return,
+                Err(_) => self.stalled = true,
+            }
+        }
+        self.missed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The broker dropped `missed` events for this connection: told on the next `recv`.
+    fn lagged(&self, missed: u64) {
+        self.missed.fetch_add(missed, Ordering::Relaxed);
+        // Wakes a `recv` waiting on an empty queue; a full queue wakes it anyway.
+        let _ = self.sender.try_send(BusEvent::Lagged { missed: 0 });
+    }
 }
 
 struct ClientTask {
@@ -204,11 +270,9 @@ impl ClientTask {
     fn take_offline(&mut self, command: Command) {
         match command {
             Command::Publish(envelope) => self.remember(envelope, true),
-            Command::Subscribe(prefix, sender) => self.subscriptions.push(LocalSubscription {
-                prefix,
-                sender,
-                missed: 0,
-            }),
+            Command::Subscribe(prefix, sender, missed) => self
+                .subscriptions
+                .push(LocalSubscription::new(prefix, sender, missed)),
         }
     }
 
@@ -267,7 +331,7 @@ impl ClientTask {
                     }
                 }
                 line = lines.next() => match line {
-                    Some(Ok(line)) => self.deliver_line(&line),
+                    Some(Ok(line)) => self.deliver_line(&line).await,
                     Some(Err(error)) => {
                         tracing::warn!(%error, "bad line from bus broker; reconnecting");
                         return Ended::Broken;
@@ -337,16 +401,13 @@ impl ClientTask {
                     return Err(error);
                 }
             }
-            Command::Subscribe(prefix, sender) => {
+            Command::Subscribe(prefix, sender, missed) => {
                 let already = self
                     .subscriptions
                     .iter()
                     .any(|s| s.prefix == prefix && !s.sender.is_closed());
-                self.subscriptions.push(LocalSubscription {
-                    prefix: prefix.clone(),
-                    sender,
-                    missed: 0,
-                });
+                self.subscriptions
+                    .push(LocalSubscription::new(prefix.clone(), sender, missed));
                 if already {
                     // The broker sends retained values only on the first sub of a prefix; ask
                     // again by re-subscribing after an unsub so the new local subscriber gets them.
@@ -367,41 +428,27 @@ impl ClientTask {
         Ok(())
     }
 
-    fn deliver_line(&mut self, line: &str) {
+    async fn deliver_line(&mut self, line: &str) {
         match frame::decode(line.as_bytes()) {
             Ok(Frame::Msg(envelope)) => {
                 self.subscriptions.retain(|s| !s.sender.is_closed());
                 for subscription in &mut self.subscriptions {
                     if envelope.topic.starts_with(subscription.prefix.as_str()) {
-                        offer(subscription, BusEvent::Message(envelope.clone()));
+                        subscription
+                            .offer(BusEvent::Message(envelope.clone()))
+                            .await;
                     }
                 }
             }
             Ok(Frame::Lagged { missed }) => {
-                for subscription in &mut self.subscriptions {
-                    offer(subscription, BusEvent::Lagged { missed });
+                for subscription in &self.subscriptions {
+                    subscription.lagged(missed);
                 }
             }
             Ok(Frame::Error { message }) => tracing::warn!(%message, "bus broker refused a line"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "undecodable line from bus broker"),
         }
-    }
-}
-
-fn offer(subscription: &mut LocalSubscription, event: BusEvent) {
-    if subscription.missed > 0 {
-        let notice = BusEvent::Lagged {
-            missed: subscription.missed,
-        };
-        if subscription.sender.try_send(notice).is_err() {
-            subscription.missed += 1;
-            return;
-        }
-        subscription.missed = 0;
-    }
-    if subscription.sender.try_send(event).is_err() {
-        subscription.missed += 1;
     }
 }
 

@@ -169,7 +169,8 @@ pub struct DhcpState {
 pub struct DhcpNetwork {
     pub name: String,
     /// `own` (answering its own network), `waiting` (own, held by a peer until handed back),
-    /// `taken` (answering for a dead peer), `handing_back` or `standby` (a leg, not answering).
+    /// `taken` (answering for a dead peer), `handing_back`, `adopted` (held when the agent
+    /// restarted: gateway kept, not answering yet) or `standby` (a leg, not answering).
     pub state: String,
     /// The appliance whose network it is.
     pub owner: u8,

@@ -163,12 +163,30 @@ impl fmt::Debug for SiteKey {
 }
 
 impl SiteKey {
-    /// The key bytes, reading the key file if the key lives in one.
+    /// The key bytes, reading the key file if the key lives in one; a key file that its group or
+    /// others can read is refused.
     pub fn bytes(&self) -> anyhow::Result<Vec<u8>> {
         use anyhow::Context as _;
         match self {
             SiteKey::Inline(bytes) => Ok(bytes.clone()),
             SiteKey::File(path) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(path)
+                    .with_context(|| format!("reading site key file {}", path.display()))?
+                    .permissions()
+                    .mode();
+                anyhow::ensure!(
+                    mode & 0o044 == 0,
+                    "site key file {} is readable by {} (mode {:04o}): anyone who reads it can speak for the site; `chmod 600 {}`",
+                    path.display(),
+                    if mode & 0o004 != 0 {
+                        "everyone"
+                    } else {
+                        "its group"
+                    },
+                    mode & 0o7777,
+                    path.display()
+                );
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading site key file {}", path.display()))?;
                 let bytes = validate::decode_key(text.trim())
@@ -384,6 +402,12 @@ pub struct DhcpTakeoverConfig {
     pub offer_hold: Duration,
     /// TCP port of the peer API, on every peer path address.
     pub peer_port: u16,
+    /// Offers outstanding at once per network; `None`: half the pool (at least 16); `Some(0)`:
+    /// no limit.
+    pub max_offers: Option<u32>,
+    /// New clients per network at once and per minute; `None`: half the pool (at least 16);
+    /// `Some(0)`: no limit.
+    pub new_clients_per_minute: Option<u32>,
     /// Options every client gets, unless its class says otherwise.
     pub options: DhcpOptionSet,
     pub pools: Vec<DhcpPool>,
@@ -579,10 +603,16 @@ pub enum LoadError {
 /// [`APPLIANCE_ENV`]) when set, else by the host name. Returns the machine's view and a line
 /// saying which entry it is and how it was found.
 pub fn load_view(path: &Path, given: Option<&str>) -> Result<(Config, String), LoadError> {
+    let (machine, chosen) = load_machine(path, given)?;
+    Ok((machine.config, chosen))
+}
+
+/// [`load_view`], with the machine's role (appliance or hub) too.
+pub fn load_machine(path: &Path, given: Option<&str>) -> Result<(Machine, String), LoadError> {
     let site = SiteConfig::load(path)?;
     let host_name = select::host_name();
     let chosen = site.select(given, host_name.as_deref())?;
-    Ok((chosen.machine.config.clone(), chosen.describe()))
+    Ok((chosen.machine.clone(), chosen.describe()))
 }
 
 impl SiteConfig {

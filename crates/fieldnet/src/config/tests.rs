@@ -670,6 +670,14 @@ fn broken_site_files_are_named_by_file_line_and_key() {
             word: "is not a client address of NETWORK2",
         },
         Case {
+            what: "a reservation inside a pool (audit finding 13)",
+            find: "interface = \"lan.102\"\n",
+            replace: "interface = \"lan.102\"\npools = [\"10.102.0.100-10.102.0.199\"]\n\n[[networks.reservations]]\nmac = \"02:00:00:00:00:01\"\naddress = \"10.102.0.150\"\n",
+            at: "address = \"10.102.0.150\"",
+            key: "networks[1].reservations[0].address",
+            word: "10.102.0.150 is inside the pool 10.102.0.100-10.102.0.199",
+        },
+        Case {
             what: "an override out of range, blamed on the appliance",
             find: "hold_ms = 5000",
             replace: "hold_ms = 900000",
@@ -762,6 +770,47 @@ fn the_machine_is_found_by_host_name_or_as_named_and_never_guessed() {
 fn site_key_is_never_printed() {
     let debug = format!("{:?}", site(MINIMAL));
     assert!(!debug.contains("0011223344"), "{debug}");
+}
+
+/// Audit finding 12: a key written as a TOML integer was echoed in the error.
+#[test]
+fn site_key_as_an_integer_is_not_echoed() {
+    let text = MINIMAL.replace(
+        "key = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"",
+        "key = 112233445566778899",
+    );
+    let shown = error_of(&text).to_string();
+    assert!(!shown.contains("112233445566778899"), "{shown}");
+    assert!(
+        shown.contains("site.key: must be the key as a string"),
+        "{shown}"
+    );
+}
+
+/// Audit finding 12: the documented recipe made a 0644 key file and a 0666 one was accepted.
+#[test]
+fn site_key_file_readable_by_group_or_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.key");
+    std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+    let key = SiteKey::File(path.clone());
+    for (mode, who) in [
+        (0o644, "everyone"),
+        (0o666, "everyone"),
+        (0o640, "its group"),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let error = key.bytes().unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("readable by {who}")),
+            "{mode:o}: {error}"
+        );
+        assert!(error.contains("chmod 600"), "{error}");
+        assert!(!error.contains("abab"), "{error}");
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(key.bytes().unwrap(), vec![0xab; 32]);
 }
 
 const LOCAL_UPLINK: &str =

@@ -44,10 +44,17 @@ pub(super) fn parse(text: &str, file: &str) -> Result<SiteConfig, ConfigError> {
     })?;
     let wire: WireSiteFile = toml::from_str(text).map_err(|error| {
         let offset = error.span().map_or(0, |span| span.start);
+        let key = key_at(&document, offset).to_string();
+        // serde quotes the value it refused: never the site key.
+        let message = if key == "site.key" {
+            "must be the key as a string of hex digits in quotes (better: 'key_file')".to_owned()
+        } else {
+            explain_serde(error.message())
+        };
         fail(vec![Problem {
             line: line_of(text, offset),
-            key: key_at(&document, offset).to_string(),
-            message: explain_serde(error.message()),
+            key,
+            message,
         }])
     })?;
     // The same text as plain tables, for laying a machine's overrides over the site's sections.

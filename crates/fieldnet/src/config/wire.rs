@@ -301,6 +301,8 @@ pub struct WireDhcpTakeover {
     pub conflict_probe_ms: Option<i64>,
     pub offer_hold_s: Option<i64>,
     pub peer_port: Option<i64>,
+    pub max_offers: Option<i64>,
+    pub new_clients_per_minute: Option<i64>,
     #[serde(flatten)]
     pub options: WireDhcpOptions,
     #[serde(default)]

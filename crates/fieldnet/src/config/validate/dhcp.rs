@@ -50,6 +50,15 @@ impl Checker {
             1..=65535,
             &path.key("peer_port"),
         );
+        // Absent: derived from each network's pool; 0: no limit.
+        let mut limit = |value: Option<i64>, key: &str| match value {
+            None => Some(None),
+            Some(_) => self
+                .bounded(value, 0, 0..=1_000_000, &path.key(key))
+                .map(|n| Some(n as u32)),
+        };
+        let max_offers = limit(wire.max_offers, "max_offers");
+        let new_clients_per_minute = limit(wire.new_clients_per_minute, "new_clients_per_minute");
         let mut options = self.dhcp_options(&wire.options, &path);
         if let Some(options) = &mut options {
             options.lease_time.get_or_insert(DEFAULT_LEASE_TIME);
@@ -153,6 +162,8 @@ impl Checker {
             conflict_probe: conflict_probe?,
             offer_hold: offer_hold?,
             peer_port: peer_port? as u16,
+            max_offers: max_offers?,
+            new_clients_per_minute: new_clients_per_minute?,
             options: options?,
             pools: dhcp.pools.clone(),
             reservations: dhcp.reservations.clone(),
@@ -260,6 +271,18 @@ impl Checker {
                     format!(
                         "{} is already reserved ({} on {})",
                         reservation.mac, other.address, other.network
+                    ),
+                );
+                continue;
+            }
+            if let Some(pool) = dhcp.pools.iter().find(|pool| {
+                pool.network == network.name && (pool.start..=pool.end).contains(&address)
+            }) {
+                self.problem(
+                    key.key("address"),
+                    format!(
+                        "{address} is inside the pool {}-{}: a fixed address must be outside the pools, or the pool could give it to another device first",
+                        pool.start, pool.end
                     ),
                 );
                 continue;
