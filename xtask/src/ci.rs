@@ -25,6 +25,8 @@ const DEBIAN_PEERS: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("socat", "socat"),
     ("conntrack", "conntrack"),
+    // A process with its wall clock stepped (heartbeats must not care).
+    ("faketime", "faketime"),
     // The lab's VPN: userspace WireGuard (this kernel has no WireGuard module) and `wg`.
     ("wg", "wireguard-tools"),
     ("wireguard-go", "wireguard-go"),

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::choice::{PathChoice, Switch};
 use crate::hub::{self, HubPair};
 use crate::packet::{self, HeartbeatKey, SessionState};
-use crate::session::{Liveness, PathSession, PeerLiveness};
+use crate::session::{Liveness, PathSession, PeerLiveness, Sequence};
 use crate::tunnel::{self, TunnelObservation, TunnelVerdict};
 
 /// The route protocol number of cross-site-failover's routes (`ip route` shows `proto 202`).
@@ -276,28 +276,28 @@ impl Metrics {
     }
 }
 
-/// A socket for every distinct (interface, local address) of the paths.
-struct Endpoint {
-    interface: String,
-    local: Ipv4Addr,
-    socket: Option<Arc<UdpSocket>>,
-}
-
 struct PeerState {
     plan: PeerPlan,
     sessions: Vec<PathSession>,
-    /// The endpoint of each path.
-    endpoints: Vec<usize>,
+    /// Each path's socket, once bound (its interface and address may come later).
+    sockets: Vec<Option<Arc<UdpSocket>>>,
     liveness: PeerLiveness,
     choice: PathChoice,
 }
 
-/// A received datagram: the endpoint it came in on, its source, its bytes.
-struct Received {
-    endpoint: usize,
-    source: Ipv4Addr,
-    bytes: Vec<u8>,
+/// A heartbeat verified by a path's receiver: which peer and path, and when it arrived.
+struct Arrived {
+    peer: usize,
+    path: usize,
+    heartbeat: packet::Heartbeat,
+    at: Instant,
 }
+
+/// Verified heartbeats waiting for the main loop; more are dropped and counted (a full queue
+/// means the loop is behind, and the newest heartbeat of each path follows soon).
+const ARRIVALS: usize = 256;
+/// Each path socket's receive buffer: bursts wait in the kernel, not on the wire.
+const RECEIVE_BUFFER: usize = 1 << 20;
 
 /// One tunnel's latest health, as the hub reports it to AWS.
 #[derive(Debug, Clone, PartialEq)]
@@ -356,7 +356,6 @@ pub async fn run_with(
     let started = Instant::now();
     let plans = plan(&config);
     let watched_tunnels = tunnels(&config, &plans);
-    let mut endpoints: Vec<Endpoint> = Vec::new();
     let mut peers: Vec<PeerState> = plans
         .into_iter()
         .map(|plan| PeerState {
@@ -373,11 +372,7 @@ pub async fn run_with(
                     )
                 })
                 .collect(),
-            endpoints: plan
-                .paths
-                .iter()
-                .map(|p| endpoint_index(&mut endpoints, &p.interface, p.local))
-                .collect(),
+            sockets: vec![None; plan.paths.len()],
             liveness: PeerLiveness::new(plan.id, started),
             choice: PathChoice::new(settings.failback_hold),
             plan,
@@ -416,7 +411,11 @@ pub async fn run_with(
     // cached source address must be forgotten (see `tunnel::reset_endpoints`).
     let mut uplink_changes = bus.subscribe(topics::TOPIC_UPLINK_ACTIVE);
     let mut active_uplink: Option<String> = None;
-    let (received_tx, mut received) = mpsc::unbounded_channel::<Received>();
+    let (arrived_tx, mut arrived) = mpsc::channel::<Arrived>(ARRIVALS);
+    // Heartbeat sequences and send times start at random each run: see `session`.
+    let mut sequence = Sequence::new(fastrand::u32(..));
+    let clock_base = fastrand::u64(1..1 << 62);
+    let clock = move |at: Instant| clock_base + at.duration_since(started).as_micros() as u64;
     let mut send = tokio::time::interval(settings.heartbeat_interval);
     send.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut tick = tokio::time::interval(TICK);
@@ -440,17 +439,27 @@ pub async fn run_with(
             () = shutdown.cancelled() => break,
             _ = rebind.tick() => {
                 // Paths whose interface or address is missing (a VPN not up yet) bind later.
-                for (index, endpoint) in endpoints.iter_mut().enumerate() {
-                    if endpoint.socket.is_some() {
-                        continue;
-                    }
-                    match bind(&endpoint.interface, endpoint.local, settings.heartbeat_port) {
-                        Ok(socket) => {
-                            let socket = Arc::new(socket);
-                            spawn_receiver(socket.clone(), index, received_tx.clone());
-                            endpoint.socket = Some(socket);
+                for (peer_index, peer) in peers.iter_mut().enumerate() {
+                    for (path_index, path) in peer.plan.paths.iter().enumerate() {
+                        if peer.sockets[path_index].is_some() {
+                            continue;
                         }
-                        Err(error) => tracing::debug!(interface = %endpoint.interface, local = %endpoint.local, %error, "path socket not bound yet"),
+                        match bind(path, settings.heartbeat_port) {
+                            Ok(socket) => {
+                                let socket = Arc::new(socket);
+                                spawn_receiver(Receiver {
+                                    socket: Arc::clone(&socket),
+                                    key: key.clone(),
+                                    expect: (peer.plan.id, path.code, own_id),
+                                    route: (peer_index, path_index),
+                                    arrived: arrived_tx.clone(),
+                                    heartbeats: metrics.heartbeats.clone(),
+                                    interface: path.interface.clone(),
+                                });
+                                peer.sockets[path_index] = Some(socket);
+                            }
+                            Err(error) => tracing::debug!(interface = %path.interface, local = %path.local, remote = %path.remote, %error, "path socket not bound yet"),
+                        }
                     }
                 }
             }
@@ -485,16 +494,16 @@ pub async fn run_with(
             }
             _ = send.tick() => {
                 let now = Instant::now();
-                let now_us = now.duration_since(started).as_micros() as u64 + 1;
-                // The sequence follows the wall clock, so it keeps growing across restarts.
-                let seq = fieldnet::bus::unix_millis() * 1000 + u64::from(now.duration_since(started).subsec_micros() % 1000);
+                let now_us = clock(now);
+                let seq = sequence.advance();
                 for peer in &peers {
-                    for (path_index, path) in peer.plan.paths.iter().enumerate() {
-                        let Some(socket) = &endpoints[peer.endpoints[path_index]].socket else { continue };
+                    for path_index in 0..peer.plan.paths.len() {
+                        let Some(socket) = &peer.sockets[path_index] else { continue };
                         let heartbeat = peer.sessions[path_index].heartbeat(own_id, seq, now, now_us);
                         let datagram = packet::encode(&heartbeat, &key);
-                        let target = SocketAddr::V4(SocketAddrV4::new(path.remote, settings.heartbeat_port));
-                        if socket.try_send_to(&datagram, target).is_ok() {
+                        // Connected: a refusal (the peer's agent not running) is the session's
+                        // silence to judge, not an error here.
+                        if socket.try_send(&datagram).is_ok() {
                             metrics.heartbeats.with_label_values(&["sent"]).inc();
                         }
                     }
@@ -520,31 +529,9 @@ pub async fn run_with(
                     }
                 }
             }
-            Some(datagram) = received.recv() => {
-                let now = Instant::now();
-                let now_us = now.duration_since(started).as_micros() as u64 + 1;
-                let heartbeat = match packet::decode(&datagram.bytes, &key) {
-                    Ok(heartbeat) => heartbeat,
-                    Err(error) => {
-                        metrics.heartbeats.with_label_values(&["rejected"]).inc();
-                        tracing::debug!(%error, "heartbeat rejected");
-                        continue;
-                    }
-                };
-                let found = peers.iter().enumerate().find_map(|(peer_index, peer)| {
-                    peer.plan.paths.iter().enumerate().find_map(|(path_index, path)| {
-                        (peer.endpoints[path_index] == datagram.endpoint
-                            && path.remote == datagram.source
-                            && path.code == heartbeat.path
-                            && peer.plan.id == heartbeat.from)
-                            .then_some((peer_index, path_index))
-                    })
-                });
-                let Some((peer_index, path_index)) = found.filter(|_| heartbeat.to == own_id) else {
-                    metrics.heartbeats.with_label_values(&["misaddressed"]).inc();
-                    continue;
-                };
-                metrics.heartbeats.with_label_values(&["accepted"]).inc();
+            Some(Arrived { peer: peer_index, path: path_index, heartbeat, at }) = arrived.recv() => {
+                let now = at;
+                let now_us = clock(at);
                 let peer = &mut peers[peer_index];
                 let mut changed = false;
                 if let Some(transition) = peer.sessions[path_index].receive(now, now_us, &heartbeat) {
@@ -560,21 +547,6 @@ pub async fn run_with(
         }
     }
     Ok(())
-}
-
-fn endpoint_index(endpoints: &mut Vec<Endpoint>, interface: &str, local: Ipv4Addr) -> usize {
-    if let Some(index) = endpoints
-        .iter()
-        .position(|e| e.interface == interface && e.local == local)
-    {
-        return index;
-    }
-    endpoints.push(Endpoint {
-        interface: interface.to_owned(),
-        local,
-        socket: None,
-    });
-    endpoints.len() - 1
 }
 
 fn log_transition(plan: &PeerPlan, path: usize, from: SessionState, to: SessionState, cause: &str) {
@@ -967,41 +939,94 @@ fn publish_peer(bus: &BusClient, peer: &PeerState) {
     let _ = bus.publish(&topics::peer_topic(peer.plan.id), &body, true);
 }
 
-/// A UDP socket on the path's own address and interface. The device is bound before the
-/// address, so several interfaces may share one address (a hub's tunnels all carry its tunnel
-/// address).
-fn bind(interface: &str, local: Ipv4Addr, port: u16) -> std::io::Result<UdpSocket> {
+/// A UDP socket on the path's own address and interface, connected to the peer's end: the
+/// kernel drops what comes from anywhere else. The device is bound before the address, and
+/// the address is shared (`SO_REUSEADDR`): several interfaces may carry one address (a hub's
+/// tunnels all carry its tunnel address), and several peers may be reached from one.
+fn bind(path: &PathPlan, port: u16) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    socket.bind_device(Some(interface.as_bytes()))?;
-    socket.bind(&SocketAddr::V4(SocketAddrV4::new(local, port)).into())?;
+    socket.set_reuse_address(true)?;
+    socket.bind_device(Some(path.interface.as_bytes()))?;
+    // What the kernel grants (up to net.core.rmem_max) is enough: this only makes it larger.
+    let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
+    socket.bind(&SocketAddr::V4(SocketAddrV4::new(path.local, port)).into())?;
+    socket.connect(&SocketAddr::V4(SocketAddrV4::new(path.remote, port)).into())?;
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket.into())
 }
 
-fn spawn_receiver(
+/// What a path's receiver needs.
+struct Receiver {
     socket: Arc<UdpSocket>,
-    endpoint: usize,
-    received: mpsc::UnboundedSender<Received>,
-) {
+    key: HeartbeatKey,
+    /// The peer's id, the path's code and this agent's id, as a heartbeat must say them.
+    expect: (u8, u8, u8),
+    /// (peer, path) indexes, for the main loop.
+    route: (usize, usize),
+    arrived: mpsc::Sender<Arrived>,
+    heartbeats: IntCounterVec,
+    interface: String,
+}
+
+/// Receives one path's heartbeats in a task of its own: verifies each (a flood of forged ones
+/// costs this task, not the loop that judges the paths) and passes the good ones on. It ends
+/// only when the agent does; a receive error is counted, said at most every 10 s, and waited
+/// out.
+fn spawn_receiver(receiver: Receiver) {
     tokio::spawn(async move {
+        let Receiver {
+            socket,
+            key,
+            expect,
+            route,
+            arrived,
+            heartbeats,
+            interface,
+        } = receiver;
         let mut buffer = [0u8; 256];
+        let mut last_warning: Option<Instant> = None;
         loop {
-            let Ok((n, source)) = socket.recv_from(&mut buffer).await else {
-                return;
+            let n = match socket.recv(&mut buffer).await {
+                Ok(n) => n,
+                // An ICMP refusal of an earlier send (the peer's agent not running): nothing
+                // to read, nothing wrong here.
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(error) => {
+                    heartbeats.with_label_values(&["receive_error"]).inc();
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        last_warning = Some(Instant::now());
+                        tracing::warn!(%interface, %error, "receiving heartbeats failed; trying again");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
-            let SocketAddr::V4(source) = source else {
+            let at = Instant::now();
+            let heartbeat = match packet::decode(&buffer[..n], &key) {
+                Ok(heartbeat) => heartbeat,
+                Err(error) => {
+                    heartbeats.with_label_values(&["rejected"]).inc();
+                    tracing::debug!(%interface, %error, "heartbeat rejected");
+                    continue;
+                }
+            };
+            if (heartbeat.from, heartbeat.path, heartbeat.to) != expect {
+                heartbeats.with_label_values(&["misaddressed"]).inc();
                 continue;
-            };
-            if received
-                .send(Received {
-                    endpoint,
-                    source: *source.ip(),
-                    bytes: buffer[..n].to_vec(),
-                })
-                .is_err()
-            {
-                return;
+            }
+            let (peer, path) = route;
+            match arrived.try_send(Arrived {
+                peer,
+                path,
+                heartbeat,
+                at,
+            }) {
+                Ok(()) => heartbeats.with_label_values(&["accepted"]).inc(),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    heartbeats.with_label_values(&["dropped"]).inc();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
     });

@@ -5,7 +5,7 @@
 //! Invariant: `decode` accepts a datagram only if its tag verifies under the site key (HMAC-
 //! SHA-256, first 16 bytes, checked in constant time); nothing in an unauthenticated datagram
 //! is ever looked at beyond its length and magic. Replay protection is the session's job
-//! (sequence numbers only grow).
+//! (an epoch believed only when fresh, a counter that only grows: see `session`).
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -60,8 +60,8 @@ pub struct Heartbeat {
     pub path: u8,
     /// The sender's view of this path's session.
     pub state: SessionState,
-    /// Grows with every heartbeat the sender sends on this path, also across restarts (it is
-    /// derived from the sender's clock), so replays and reordering are refused.
+    /// The sender's epoch (random at each start, high 32 bits) and a counter that grows with
+    /// every heartbeat (low 32 bits): no clock in it, so a clock that steps changes nothing.
     pub seq: u64,
     /// The sender's monotonic send time, in microseconds, for the peer to echo.
     pub sent_us: u64,

@@ -6,12 +6,53 @@
 //! peer's sessions: the peer is alive while any path is Up, so a peer reachable over only one
 //! path is never declared dead.
 //!
-//! Invariants: a heartbeat whose sequence does not grow is ignored (replay or reordering);
-//! every transition is reported once, with the time it happened.
+//! Sequences and freshness. A heartbeat's sequence is the sender's epoch (random at each
+//! start) and a counter; neither comes from a clock, so a sender whose wall clock steps (field
+//! boxes without an RTC, after NTP or GPS) is believed as before. Within an epoch the counter
+//! must grow (replays and reordering are ignored). A new epoch (the sender restarted, or this
+//! session is new) is believed only once its heartbeat echoes a send time of ours from the
+//! last [`FRESH_WINDOW`]: a heartbeat recorded an hour ago cannot. Until then its send time is
+//! echoed, so the sender can prove itself with its next heartbeat.
+//!
+//! Invariants: every transition is reported once, with the time it happened; nothing a
+//! heartbeat says is believed before its epoch is.
 
 use std::time::{Duration, Instant};
 
 use crate::packet::{Heartbeat, SessionState};
+
+/// How old an echoed send time of ours may be for a new epoch to be believed (and for the
+/// round trip to be measured from it).
+pub const FRESH_WINDOW: Duration = Duration::from_secs(5);
+
+/// A sender's heartbeat sequence: its epoch in the high 32 bits, a counter in the low 32.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence {
+    epoch: u32,
+    counter: u32,
+}
+
+impl Sequence {
+    /// A sequence for this start of the sender (`epoch`: random).
+    pub fn new(epoch: u32) -> Self {
+        Self { epoch, counter: 0 }
+    }
+
+    /// The next sequence number (a counter past 2³² − 1, 6.8 years at 50 ms, starts a new
+    /// epoch).
+    pub fn advance(&mut self) -> u64 {
+        self.counter = self.counter.wrapping_add(1);
+        if self.counter == 0 {
+            self.epoch = self.epoch.wrapping_add(1);
+            self.counter = 1;
+        }
+        (u64::from(self.epoch) << 32) | u64::from(self.counter)
+    }
+}
+
+fn epoch_and_counter(seq: u64) -> (u32, u32) {
+    ((seq >> 32) as u32, seq as u32)
+}
 
 /// What a path session reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +86,9 @@ pub struct PathSession {
     remote_multiplier: u8,
     remote_state: SessionState,
     last_rx: Option<Instant>,
-    last_seq: u64,
+    /// The sender's epoch this session believes, and its last counter.
+    epoch: Option<u32>,
+    last_counter: u32,
     /// The peer's last `sent_us` and when it arrived, to echo back.
     echo: Option<(u64, Instant)>,
     rtt: Option<Duration>,
@@ -71,7 +114,8 @@ impl PathSession {
             remote_multiplier: detect_multiplier,
             remote_state: SessionState::Down,
             last_rx: None,
-            last_seq: 0,
+            epoch: None,
+            last_counter: 0,
             echo: None,
             rtt: None,
         }
@@ -118,10 +162,23 @@ impl PathSession {
         now_us: u64,
         heartbeat: &Heartbeat,
     ) -> Option<Transition> {
-        if heartbeat.seq <= self.last_seq {
+        let (epoch, counter) = epoch_and_counter(heartbeat.seq);
+        let fresh_echo = heartbeat.echo_us > 0
+            && heartbeat.echo_us <= now_us
+            && now_us - heartbeat.echo_us <= FRESH_WINDOW.as_micros() as u64;
+        if self.epoch == Some(epoch) {
+            if counter <= self.last_counter {
+                return None;
+            }
+        } else if fresh_echo {
+            self.epoch = Some(epoch);
+        } else {
+            // A new start of the sender, or an old heartbeat replayed: only its send time is
+            // echoed, for the sender to prove itself fresh with its next heartbeat.
+            self.echo = Some((heartbeat.sent_us, now));
             return None;
         }
-        self.last_seq = heartbeat.seq;
+        self.last_counter = counter;
         self.last_rx = Some(now);
         self.remote_state = heartbeat.state;
         if heartbeat.interval_ms > 0 {
@@ -131,8 +188,8 @@ impl PathSession {
             self.remote_multiplier = heartbeat.detect_multiplier;
         }
         self.echo = Some((heartbeat.sent_us, now));
-        if heartbeat.echo_us > 0 {
-            let total = now_us.saturating_sub(heartbeat.echo_us);
+        if fresh_echo {
+            let total = now_us - heartbeat.echo_us;
             let held = u64::from(heartbeat.echo_delay_us);
             self.rtt = Some(Duration::from_micros(total.saturating_sub(held)));
         }
@@ -159,8 +216,8 @@ impl PathSession {
         None
     }
 
-    /// The heartbeat to send now. `seq` must grow across restarts (derive it from the wall
-    /// clock); `now_us` is the monotonic clock the echo is measured on.
+    /// The heartbeat to send now: `seq` from this sender's [`Sequence`]; `now_us` the
+    /// monotonic clock the echo is measured on (never 0, which means "nothing to echo").
     pub fn heartbeat(&self, from: u8, seq: u64, now: Instant, now_us: u64) -> Heartbeat {
         let (echo_us, echo_delay_us) = match self.echo {
             Some((sent_us, received)) => (
@@ -251,8 +308,14 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Sequence `counter` of epoch `epoch`.
+    fn seq(epoch: u32, counter: u32) -> u64 {
+        (u64::from(epoch) << 32) | u64::from(counter)
+    }
+
     /// Two ends of one path exchanging heartbeats every `INTERVAL` while `up(t)` says the path
-    /// carries them; returns each end's transitions with their times.
+    /// carries them; returns each end's transitions with their times. Both clocks read `t`
+    /// (plus 1 µs: 0 means "nothing to echo").
     fn exchange(
         a: &mut PathSession,
         b: &mut PathSession,
@@ -260,16 +323,15 @@ mod tests {
         duration: Duration,
         up: impl Fn(Duration) -> bool,
     ) -> Vec<(Duration, char, Transition)> {
+        let (mut seq_a, mut seq_b) = (Sequence::new(0xa), Sequence::new(0xb));
         let mut log = Vec::new();
-        let mut seq = 0;
         let mut t = Duration::ZERO;
         while t <= duration {
             let now = start + t;
-            let now_us = t.as_micros() as u64;
+            let now_us = t.as_micros() as u64 + 1;
             if t.as_millis().is_multiple_of(INTERVAL.as_millis()) && up(t) {
-                seq += 1;
-                let from_a = a.heartbeat(1, seq, now, now_us);
-                let from_b = b.heartbeat(2, seq, now, now_us);
+                let from_a = a.heartbeat(1, seq_a.advance(), now, now_us);
+                let from_b = b.heartbeat(2, seq_b.advance(), now, now_us);
                 if let Some(tr) = b.receive(now, now_us, &from_a) {
                     log.push((t, 'b', tr));
                 }
@@ -321,13 +383,13 @@ mod tests {
         let mut a = PathSession::new(2, 0, INTERVAL, 3, start);
         let mut b = PathSession::new(1, 0, INTERVAL, 3, start);
         exchange(&mut a, &mut b, start, ms(200), |_| true);
-        let stale = b.heartbeat(2, 1, start, 0);
+        let stale = b.heartbeat(2, seq(0xb, 1), start + ms(205), 205_001);
         assert_eq!(
-            a.receive(start + ms(210), 210_000, &stale),
+            a.receive(start + ms(210), 210_001, &stale),
             None,
             "old sequence ignored"
         );
-        let mut down = b.heartbeat(2, 1_000, start + ms(220), 220_000);
+        let mut down = b.heartbeat(2, seq(0xb, 1_000), start + ms(220), 220_001);
         down.state = SessionState::Down;
         let transition = a.receive(start + ms(220), 220_000, &down).unwrap();
         assert_eq!(
@@ -343,11 +405,87 @@ mod tests {
         let mut b = PathSession::new(1, 0, INTERVAL, 3, start);
         // a sends at 1 ms; b receives it at 4 ms, holds it 20 ms, answers at 24 ms; a gets it
         // at 27 ms: 26 ms in all, 20 of them held, 6 on the wire.
-        let from_a = a.heartbeat(1, 1, start + ms(1), 1_000);
+        let from_a = a.heartbeat(1, seq(0xa, 1), start + ms(1), 1_000);
         b.receive(start + ms(4), 4_000, &from_a);
-        let from_b = b.heartbeat(2, 1, start + ms(24), 24_000);
+        let from_b = b.heartbeat(2, seq(0xb, 1), start + ms(24), 24_000);
         a.receive(start + ms(27), 27_000, &from_b);
         assert_eq!(a.rtt(), Some(ms(6)));
+    }
+
+    #[test]
+    fn the_sequence_needs_no_clock_and_wraps_into_a_new_epoch() {
+        let mut sequence = Sequence::new(7);
+        assert_eq!(sequence.advance(), seq(7, 1));
+        assert_eq!(sequence.advance(), seq(7, 2));
+        let mut old = Sequence {
+            epoch: 7,
+            counter: u32::MAX - 1,
+        };
+        assert_eq!(old.advance(), seq(7, u32::MAX));
+        assert_eq!(old.advance(), seq(8, 1));
+    }
+
+    /// Finding 10: the sequence was the sender's wall clock, so a sender whose clock stepped
+    /// back (or that restarted with its clock behind) was ignored until the clock caught up:
+    /// path down, peer dead, while it was alive. Now its new epoch is believed as soon as it
+    /// echoes us.
+    #[test]
+    fn heartbeats_and_the_clock_a_restarted_sender_with_any_clock_is_believed_at_once() {
+        let start = Instant::now();
+        let mut a = PathSession::new(2, 0, INTERVAL, 3, start);
+        let mut b = PathSession::new(1, 0, INTERVAL, 3, start);
+        exchange(&mut a, &mut b, start, ms(200), |_| true);
+        assert_eq!(a.state(), SessionState::Up);
+        // b restarts at 210 ms: a new session, an epoch below the old one, its clock 10 ms
+        // after its start.
+        let mut b = PathSession::new(1, 0, INTERVAL, 3, start + ms(210));
+        let (mut a_seq, mut b_seq) = (Sequence::new(0xa), Sequence::new(0x1));
+        for _ in 0..10 {
+            a_seq.advance();
+        }
+        let mut log = Vec::new();
+        for t in (250..=500).step_by(50) {
+            let now = start + ms(t);
+            let (a_us, b_us) = (t * 1000 + 1, (t - 200) * 1000);
+            let from_a = a.heartbeat(1, a_seq.advance(), now, a_us);
+            let from_b = b.heartbeat(2, b_seq.advance(), now, b_us);
+            log.extend(b.receive(now, b_us, &from_a).map(|tr| (t, 'b', tr)));
+            log.extend(a.receive(now, a_us, &from_b).map(|tr| (t, 'a', tr)));
+        }
+        assert_eq!(
+            (a.state(), b.state()),
+            (SessionState::Up, SessionState::Up),
+            "{log:?}"
+        );
+        // a heard the restart (b said down) and came back up with it.
+        assert!(
+            log.iter()
+                .any(|(_, end, tr)| *end == 'a' && tr.reason == TransitionReason::PeerSaysDown),
+            "{log:?}"
+        );
+    }
+
+    /// Finding 10: after a receiver restart, hour-old heartbeats were believed. A new session
+    /// believes no epoch whose heartbeat does not echo one of its own recent send times.
+    #[test]
+    fn heartbeats_and_the_clock_hour_old_heartbeats_are_refused_after_a_receiver_restart() {
+        let start = Instant::now();
+        let mut a = PathSession::new(2, 0, INTERVAL, 3, start);
+        let mut b = PathSession::new(1, 0, INTERVAL, 3, start);
+        exchange(&mut a, &mut b, start, ms(200), |_| true);
+        // Recorded: b's heartbeats, echoing a's clock of then.
+        let recorded: Vec<Heartbeat> = (300..310)
+            .map(|n| b.heartbeat(2, seq(0xb, n), start + ms(200), 200_001))
+            .collect();
+        // An hour later a restarts (its clock runs on) and hears them all again.
+        let later = start + Duration::from_secs(3600);
+        let later_us = 3_600_000_001;
+        let mut restarted = PathSession::new(2, 0, INTERVAL, 3, later);
+        for heartbeat in &recorded {
+            assert_eq!(restarted.receive(later, later_us, heartbeat), None);
+        }
+        assert_eq!(restarted.state(), SessionState::Down);
+        assert_eq!(restarted.rtt(), None);
     }
 
     #[test]

@@ -300,3 +300,124 @@ fn the_vpn_follows_the_uplink_when_uplink_monitor_moves_traffic() {
         .unwrap_or_default();
     assert!(last_vpn.contains("to=up"), "the VPN path is not up:\n{log}");
 }
+
+/// Finding 10: heartbeat sequences were the sender's wall clock, so a peer whose clock stepped
+/// back (here: restarted an hour behind) was ignored while alive; and a flood of forged
+/// heartbeats on one path, verified in the loop that judges every path, made the peer flap.
+#[test]
+fn heartbeats_and_the_clock_a_peer_an_hour_behind_is_believed_and_a_forged_flood_downs_nothing() {
+    let Some((mut lab, site, mut agents)) = start("csf-clock", "", false) else {
+        return;
+    };
+    for agent in &agents {
+        wait(agent, "peer liveness changed peer=");
+    }
+    let watcher = agents.remove(0);
+    let old = agents.remove(0);
+    old.kill().unwrap();
+    wait(&watcher, "peer liveness changed peer=2 alive=false");
+    // Appliance 2's agent comes back with its wall clock an hour behind (the monotonic clock
+    // is the kernel's, as after a GPS or NTP step).
+    let config = lab.dir().join("site.toml");
+    let restarted = lab
+        .spawn(
+            &site.areas[1].appliance,
+            "env",
+            &[
+                "FAKETIME_DONT_FAKE_MONOTONIC=1",
+                "faketime",
+                "-f",
+                "-1h",
+                env!("CARGO_BIN_EXE_cross-site-failover"),
+                "--config",
+                config.to_str().unwrap(),
+                "--appliance",
+                &lab::appliance_name(2),
+            ],
+        )
+        .unwrap();
+    wait(&restarted, "peer liveness changed peer=1 alive=true");
+    wait(&watcher, "peer liveness changed peer=2 alive=true");
+
+    // Forged heartbeats (right magic and version, wrong tag) on the wifi path from appliance
+    // 2's wifi address, 4 s from another port, then 4 s from the heartbeat port itself.
+    let mut flood = |port: &str| {
+        let before = watcher.log().lines().count();
+        let flood = lab
+            .spawn(
+                &site.areas[1].appliance,
+                "python3",
+                &[
+                    "-c",
+                    FORGED_FLOOD,
+                    "10.254.12.2",
+                    port,
+                    "10.254.12.1",
+                    "47840",
+                    "4",
+                ],
+            )
+            .unwrap();
+        wait(&flood, "flooded");
+        eprintln!("from port {port}: {}", flood.log().trim());
+        let log = watcher.log();
+        log.lines()
+            .skip(before)
+            .map(str::to_owned)
+            .collect::<Vec<String>>()
+    };
+    let went_down = |lines: &[String], what: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains(what) && (l.contains("to=down") || l.contains("alive=false")))
+            .count()
+    };
+    // From anywhere but the peer's heartbeat port the kernel drops them: the path socket is
+    // connected to it. (Before, each reached the agent's loop: the path flapped.)
+    let during = flood("47841");
+    assert_eq!(
+        (
+            went_down(&during, "path=wifi2"),
+            went_down(&during, "path=cab2"),
+            went_down(&during, "peer=2 alive")
+        ),
+        (0, 0, 0),
+        "{during:#?}"
+    );
+    // Forged from the peer's own address and port, each costs a check of its tag. The
+    // receiver of that path alone pays: the other paths and the peer never go down (the
+    // flooded path may, when the flood outruns the checks: as a jammer could).
+    let during = flood("47840");
+    assert_eq!(
+        (
+            went_down(&during, "path=cab2"),
+            went_down(&during, "peer=2 alive")
+        ),
+        (0, 0),
+        "{during:#?}"
+    );
+    eprintln!(
+        "the wifi path went down {} times under a flood from its peer's address and port",
+        went_down(&during, "path=wifi2")
+    );
+}
+
+/// Sends forged heartbeats from argv[1] port argv[2] to argv[3] port argv[4], as fast as it
+/// can for argv[5] seconds; says how many.
+const FORGED_FLOOD: &str = r#"
+import socket, struct, sys, time
+src, sport, dst, dport, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+s.bind((src, 0))
+payload = b"FNHB" + bytes([1]) + bytes(55)
+datagram = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+sent, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    for _ in range(100):
+        try:
+            s.sendto(datagram, (dst, 0))
+            sent += 1
+        except OSError:
+            pass
+print("flooded", sent, "datagrams", flush=True)
+"#;
