@@ -80,7 +80,7 @@ pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
         )?;
     }
 
-    step("fuzz: bus frame decoder, DNS and DHCP request paths, site file loader");
+    step("fuzz: bus frames and broker, DNS and DHCP request paths, DHCP peer API, site file");
     fuzz(fuzz_seconds)?;
 
     step("the host is as the tests found it");
@@ -187,12 +187,24 @@ fn examples() -> anyhow::Result<Vec<std::path::PathBuf>> {
     Ok(found)
 }
 
+/// Every fuzz target, as `fuzz/Cargo.toml` names them.
+pub const FUZZ_TARGETS: [&str; 6] = [
+    "bus_frame",
+    "bus_broker",
+    "dns_request",
+    "dhcp_request",
+    "peer_request",
+    "site_file",
+];
+
 /// libFuzzer needs unstable compiler flags; the stable toolchain accepts them with
 /// RUSTC_BOOTSTRAP, which keeps CI on the one toolchain the machine has.
 fn fuzz(seconds: u32) -> anyhow::Result<()> {
-    // The bus frame decoder, whereami's request path (parse, decide), dhcp-takeover's (decode,
-    // decide, encode) and the site file's loader.
-    for target in ["bus_frame", "dns_request", "dhcp_request", "site_file"] {
+    // The bus frame decoder and the broker's handling of frames, whereami's request path
+    // (parse, decide), dhcp-takeover's (decode, decide, encode) and its peer API's request
+    // parsing, and the site file's loader. Each starts from its corpus, kept in the
+    // repository (what a run finds is added to it there).
+    for target in FUZZ_TARGETS {
         let corpus = root().join("fuzz/corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         let max_time = format!("-max_total_time={seconds}");

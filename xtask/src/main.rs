@@ -25,8 +25,8 @@ struct Args {
 enum Command {
     /// The whole check: test peers, fmt, clippy, all tests with the lab required, examples, fuzz.
     Ci {
-        /// Seconds for each fuzz target.
-        #[arg(long, default_value_t = 30)]
+        /// Seconds for each fuzz target (at least 2 minutes each in CI).
+        #[arg(long, default_value_t = 120)]
         fuzz_seconds: u32,
     },
     /// A three-area site in network namespaces with every agent that exists so far.

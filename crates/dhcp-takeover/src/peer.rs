@@ -153,9 +153,11 @@ impl Freshness {
     /// Takes a request with `params` at `now` (ms), or says why not.
     pub fn check(&mut self, params: &SyncParams, now: u64) -> Result<(), Stale> {
         let window = FRESH_WINDOW.as_millis() as u64;
-        let skew = params.ts as i64 - now as i64;
-        if skew.unsigned_abs() > window {
-            return Err(Stale::Clock(skew));
+        if params.ts.abs_diff(now) > window {
+            let skew = i128::from(params.ts) - i128::from(now);
+            return Err(Stale::Clock(
+                skew.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
+            ));
         }
         if self.seen.len() >= Self::MAX_REMEMBERED {
             self.seen

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fieldnet::bus::{Broker, BrokerOptions, BusClient};
+use fieldnet::bus::{Broker, BrokerOptions, BusClient, Publishers};
 use serde_json::json;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,8 @@ fn start_broker(socket: &Path) -> CancellationToken {
     let options = BrokerOptions {
         max_line_bytes: 65536,
         queue_depth: 1024,
+        // The test process plays uplink-monitor.
+        publishers: Publishers::Anyone,
     };
     let broker = Broker::bind(socket, options, &registry).unwrap();
     let shutdown = CancellationToken::new();

@@ -43,6 +43,11 @@ async fn run(config: fieldnet::config::Config, socket: Option<PathBuf>) -> anyho
     let options = BrokerOptions {
         max_line_bytes: config.bus.max_line_bytes,
         queue_depth: config.bus.queue_depth,
+        publishers: if config.bus.trust_any_publisher {
+            fieldnet::bus::Publishers::Anyone
+        } else {
+            fieldnet::bus::Publishers::Owners
+        },
     };
     let broker = Broker::bind(&socket, options, &registry)?;
     let (metrics_at, http) = obs::serve_http(

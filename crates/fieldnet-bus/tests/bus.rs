@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fieldnet::bus::topics::{AgentsAlive, TOPIC_AGENTS};
-use fieldnet::bus::{Broker, BrokerOptions, BusClient, BusEvent, Envelope};
+use fieldnet::bus::{Broker, BrokerOptions, BusClient, BusEvent, Envelope, Publishers};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
@@ -27,7 +27,16 @@ impl Drop for TestBroker {
     }
 }
 
+/// A broker for tests that play agents from the test process.
 fn start_broker(max_line_bytes: usize, queue_depth: usize) -> TestBroker {
+    start_broker_for(max_line_bytes, queue_depth, Publishers::Anyone)
+}
+
+fn start_broker_for(
+    max_line_bytes: usize,
+    queue_depth: usize,
+    publishers: Publishers,
+) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("bus.sock");
     let registry = fieldnet::obs::new_registry();
@@ -36,6 +45,7 @@ fn start_broker(max_line_bytes: usize, queue_depth: usize) -> TestBroker {
         BrokerOptions {
             max_line_bytes,
             queue_depth,
+            publishers,
         },
         &registry,
     )
@@ -359,6 +369,7 @@ async fn client_publishes_while_broker_is_down_and_catches_up() {
     let options = BrokerOptions {
         max_line_bytes: 65536,
         queue_depth: 1024,
+        publishers: Publishers::Anyone,
     };
     let broker = Broker::bind(&socket, options, &registry).unwrap();
     let shutdown = CancellationToken::new();
@@ -390,6 +401,7 @@ area = "a"
 [bus]
 socket = "{socket}"
 metrics_listen = "127.0.0.1:0"
+trust_any_publisher = true
 "#,
         key = "ab".repeat(32),
         socket = socket.display()
@@ -627,4 +639,89 @@ fn sigterm_stops_cleanly_and_removes_the_socket() {
     };
     assert_eq!(exit.code(), Some(0));
     assert!(!socket.exists(), "socket file removed on exit");
+}
+
+/// Audit finding 11: any process that could connect spoke as any agent (one fake `peer/2`
+/// marked an uplink `peer_down`), `from` was free text, the broker deleted a regular file
+/// given as its socket path, and nothing capped a client's prefixes.
+#[tokio::test]
+async fn bus_only_an_agent_speaks_for_it_and_no_file_of_yours_is_deleted() {
+    // A regular file where the socket should be: kept, and the broker does not start.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bus.sock");
+    std::fs::write(&file, "precious").unwrap();
+    let options = BrokerOptions {
+        max_line_bytes: 65536,
+        queue_depth: 64,
+        publishers: Publishers::Owners,
+    };
+    let error = Broker::bind(&file, options, &fieldnet::obs::new_registry()).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("is not a socket"),
+        "{error:#}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+
+    let broker = start_broker_for(65536, 64, Publishers::Owners);
+    let mut watcher = RawClient::connect(&broker.socket).await;
+    watcher.send(r#"{"op":"sub","prefix":""}"#).await;
+    watcher.sync().await;
+    // This test's program is not cross-site-failover: its `peer/2` is refused.
+    let mut forger = RawClient::connect(&broker.socket).await;
+    forger
+        .send(r#"{"op":"pub","topic":"peer/2","retain":true,"body":{"alive":false}}"#)
+        .await;
+    let refused = forger.next().await.expect("an error before the close");
+    assert_eq!(refused["op"], "error");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("published only by cross-site-failover"),
+        "{message}"
+    );
+    assert!(forger.next().await.is_none(), "closed");
+    // Nor may it say hello as an agent, or publish an agent's announcement.
+    for line in [
+        r#"{"op":"hello","name":"dhcp-takeover","pid":1}"#,
+        r#"{"op":"pub","topic":"agent/whereami","retain":true,"body":{}}"#,
+        r#"{"op":"pub","topic":"bus/agents","retain":true,"body":{}}"#,
+    ] {
+        let mut impostor = RawClient::connect(&broker.socket).await;
+        impostor.send(line).await;
+        let refused = impostor.next().await.expect("an error before the close");
+        assert_eq!(refused["op"], "error", "{line}");
+    }
+    // A topic nobody owns is anyone's, and `from` is what the broker knows.
+    let mut honest = RawClient::connect(&broker.socket).await;
+    honest
+        .send(r#"{"op":"hello","name":"probe","pid":1}"#)
+        .await;
+    honest
+        .send(r#"{"op":"pub","topic":"site/note","from":"dhcp-takeover","body":1}"#)
+        .await;
+    let note = loop {
+        let message = watcher.next_msg().await;
+        assert!(
+            !message["topic"].as_str().unwrap().starts_with("peer/"),
+            "{message}"
+        );
+        if message["topic"] == "site/note" {
+            break message;
+        }
+    };
+    assert_eq!(note["from"], "probe");
+    // At most 64 prefixes per client.
+    for n in 0..64 {
+        honest
+            .send(&format!(r#"{{"op":"sub","prefix":"p{n}/"}}"#))
+            .await;
+    }
+    honest.sync().await;
+    honest.send(r#"{"op":"sub","prefix":"one-more/"}"#).await;
+    loop {
+        let frame = honest.next().await.expect("an error before the close");
+        if frame["op"] == "error" {
+            assert!(frame["message"].as_str().unwrap().contains("64 prefixes"));
+            break;
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fieldnet::bus::frame::{self, Envelope, Frame};
+use fieldnet::bus::frame::{self, Frame};
 use fieldnet::bus::topics::DnsState;
 use lab::{Lab, LabProcess, Netns, SiteSpec};
 
@@ -188,17 +188,22 @@ fn bus_exchange(socket: &std::path::Path, frames: &[Frame]) -> Vec<Frame> {
         .collect()
 }
 
-/// Publishes a retained `body` (JSON; `null` clears) on `topic` through the broker at `socket`.
+/// Publishes a retained `body` (JSON; `null` clears) on `topic` through the broker at `socket`,
+/// with fieldctl: the broker takes `dhcp/` topics only from dhcp-takeover and the operator's
+/// tool.
 fn publish(socket: &std::path::Path, topic: &str, body: &str) {
-    let envelope = Envelope {
-        v: frame::VERSION,
-        topic: topic.to_owned(),
-        ts: 0,
-        from: "test".to_owned(),
-        retain: true,
-        body: serde_json::from_str(body).unwrap(),
-    };
-    bus_exchange(socket, &[Frame::Pub(envelope)]);
+    let fieldctl = lab::sibling_binary(env!("CARGO_BIN_EXE_whereami"), "fieldctl", "fieldctl");
+    let output = std::process::Command::new(fieldctl)
+        .arg("--socket")
+        .arg(socket)
+        .args(["publish", "--retain", topic, body])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "fieldctl publish {topic}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The retained `dns/state`, read from the broker at `socket`.

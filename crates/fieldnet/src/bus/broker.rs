@@ -8,6 +8,14 @@
 //! subscription fails loudly and the connection is closed; control frames (`pong`, `lagged`,
 //! the retained snapshot, `error`) never compete with published messages for queue room; a bad
 //! or oversize line costs only its own connection.
+//!
+//! Who speaks: each connection's process is known by its credentials (`SO_PEERCRED`, then
+//! `/proc/<pid>/exe`): an agent's topics ([`topics::OWNERS`], `agent/<name>`) are taken only
+//! from that agent's program or fieldctl, an agent's name in `hello` only from its program, and
+//! `from` is what the broker knows, not what the client says ([`Publishers::Anyone`] lifts
+//! this, for tests that play an agent). Caps: [`MAX_CONNECTIONS`], [`MAX_PREFIXES`] per
+//! client, [`MAX_RETAINED`] topics; past one, the line is refused with an `error`. The socket
+//! path is unlinked only if it is a socket.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,7 +33,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Envelope, Frame};
-use super::topics::{AgentPresence, AgentsAlive, TOPIC_AGENTS};
+use super::topics::{self, AgentPresence, AgentsAlive, TOPIC_AGENTS};
 use super::unix_millis;
 
 /// Limits of one broker.
@@ -33,7 +41,28 @@ use super::unix_millis;
 pub struct BrokerOptions {
     pub max_line_bytes: usize,
     pub queue_depth: usize,
+    pub publishers: Publishers,
 }
+
+/// Who may publish an agent's topics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Publishers {
+    /// The agent's own program, and fieldctl; told apart by the connecting process's
+    /// credentials.
+    #[default]
+    Owners,
+    /// Any process that can connect (`[bus] trust_any_publisher`: tests that play an agent).
+    Anyone,
+}
+
+/// Clients connected at once; more are refused.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Prefixes one client may subscribe to.
+pub const MAX_PREFIXES: usize = 64;
+/// Retained topics the broker keeps (a /16's leases and more); a new one past it is refused.
+pub const MAX_RETAINED: usize = 100_000;
+/// The operator's tool, which may publish any topic.
+const TOOL: &str = "fieldctl";
 
 /// The broker's metrics, registered in the registry `main` passes down.
 #[derive(Debug, Clone)]
@@ -167,6 +196,9 @@ struct Shared {
     options: BrokerOptions,
     metrics: Metrics,
     next_id: AtomicU64,
+    /// Clients connected now.
+    connected: AtomicUsize,
+    refusals: crate::obs::Refusals,
 }
 
 /// A bound broker, ready to serve.
@@ -193,7 +225,13 @@ impl Broker {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         // A socket left by a killed broker would make bind fail; a live broker would answer.
-        if path.exists() {
+        if let Ok(metadata) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt as _;
+            anyhow::ensure!(
+                metadata.file_type().is_socket(),
+                "{} exists and is not a socket; refusing to remove it (is bus.socket right?)",
+                path.display()
+            );
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 anyhow::bail!("{}: another broker is already listening", path.display());
             }
@@ -209,6 +247,8 @@ impl Broker {
             options,
             metrics: Metrics::register(registry)?,
             next_id: AtomicU64::new(1),
+            connected: AtomicUsize::new(0),
+            refusals: crate::obs::Refusals::new("the bus broker", Duration::from_secs(10)),
         });
         Ok(Self {
             listener,
@@ -225,9 +265,17 @@ impl Broker {
                 () = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
+                        if self.shared.connected.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+                            self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+                            self.shared.refusals.refused("over the connection cap", "");
+                            continue;
+                        }
                         let shared = self.shared.clone();
                         let shutdown = shutdown.clone();
-                        connections.spawn(async move { serve_client(shared, stream, shutdown).await });
+                        connections.spawn(async move {
+                            serve_client(Arc::clone(&shared), stream, shutdown).await;
+                            shared.connected.fetch_sub(1, Ordering::Relaxed);
+                        });
                     }
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
@@ -244,21 +292,44 @@ impl Broker {
     }
 }
 
+/// The program of the process at the other end of `stream` (the file name of its
+/// executable), when the kernel says.
+fn program_of(stream: &UnixStream) -> Option<String> {
+    let pid = stream.peer_cred().ok()?.pid()?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.to_str()?;
+    // An executable replaced since it started (an upgrade) reads "name (deleted)".
+    Some(name.trim_end_matches(" (deleted)").to_owned())
+}
+
+/// Why `program` may not publish `topic`, if it may not.
+fn may_not_publish(options: &BrokerOptions, program: Option<&str>, topic: &str) -> Option<String> {
+    if options.publishers == Publishers::Anyone || program == Some(TOOL) {
+        return None;
+    }
+    let owner = topics::owner_of(topic)?;
+    (program != Some(owner)).then(|| {
+        format!(
+            "{topic:?} is published only by {owner} (this is {}); the connection is closed",
+            program.unwrap_or("an unknown program")
+        )
+    })
+}
+
 async fn serve_client(shared: Arc<Shared>, stream: UnixStream, shutdown: CancellationToken) {
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let program = program_of(&stream);
     let (read_half, write_half) = stream.into_split();
-    let (queue, outgoing) = mpsc::unbounded_channel::<Out>();
-    let out = Outgoing {
-        queue,
-        counts: Arc::new(OutCounts::default()),
-    };
-    shared.metrics.clients.inc();
-    let writer = tokio::spawn(write_lines(write_half, outgoing, Arc::clone(&out.counts)));
+    let (session, outgoing) = Session::new(&shared, program);
+    let writer = tokio::spawn(write_lines(
+        write_half,
+        outgoing,
+        Arc::clone(&session.out.counts),
+    ));
+    let mut session = session;
     let mut lines = FramedRead::new(
         read_half,
         LinesCodec::new_with_max_length(shared.options.max_line_bytes),
     );
-    let mut name: Option<String> = None;
     let ending = loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => break None,
@@ -281,35 +352,88 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancell
                 break None;
             }
         };
+        if let Err(ending) = session.on_line(&shared, &line) {
+            break Some(ending);
+        }
+    };
+    session.close(&shared, ending);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+}
+
+/// One client's side of the broker: who it is, and its queue.
+struct Session {
+    id: u64,
+    /// Its program, from its credentials.
+    program: Option<String>,
+    /// The name it said hello with.
+    name: Option<String>,
+    out: Outgoing,
+}
+
+impl Session {
+    fn new(shared: &Shared, program: Option<String>) -> (Self, mpsc::UnboundedReceiver<Out>) {
+        let (queue, outgoing) = mpsc::unbounded_channel::<Out>();
+        shared.metrics.clients.inc();
+        let session = Self {
+            id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+            program,
+            name: None,
+            out: Outgoing {
+                queue,
+                counts: Arc::new(OutCounts::default()),
+            },
+        };
+        (session, outgoing)
+    }
+
+    /// One line from the client: `Err` says why the connection closes.
+    fn on_line(&mut self, shared: &Shared, line: &str) -> Result<(), String> {
         if line.trim().is_empty() {
-            continue;
+            return Ok(());
         }
         let frame = match frame::decode(line.as_bytes()) {
             Ok(frame) => frame,
-            Err(error) => break Some(format!("{error}; the connection is closed")),
+            Err(error) => return Err(format!("{error}; the connection is closed")),
         };
         match frame {
             Frame::Hello { name: hello, pid } => {
+                if shared.options.publishers == Publishers::Owners
+                    && topics::is_agent_name(&hello)
+                    && self.program.as_deref() != Some(hello.as_str())
+                {
+                    shared.refusals.refused("hello as another agent", &hello);
+                    return Err(format!(
+                        "only {hello} may say hello as {hello}; the connection is closed"
+                    ));
+                }
                 let mut state = shared.state.lock().unwrap();
                 state.agents.insert(
-                    id,
+                    self.id,
                     AgentPresence {
                         name: hello.clone(),
                         pid,
                         since: unix_millis(),
                     },
                 );
-                name = Some(hello);
-                publish_agents(&shared, &mut state);
+                self.name = Some(hello);
+                publish_agents(shared, &mut state);
             }
             Frame::Sub { prefix } => {
                 let mut state = shared.state.lock().unwrap();
                 let state = &mut *state;
-                let subscriber = state.subscribers.entry(id).or_insert_with(|| Subscriber {
-                    prefixes: Vec::new(),
-                    out: out.clone(),
-                });
+                let subscriber = state
+                    .subscribers
+                    .entry(self.id)
+                    .or_insert_with(|| Subscriber {
+                        prefixes: Vec::new(),
+                        out: self.out.clone(),
+                    });
                 if !subscriber.prefixes.contains(&prefix) {
+                    if subscriber.prefixes.len() >= MAX_PREFIXES {
+                        return Err(format!(
+                            "more than {MAX_PREFIXES} prefixes; the connection is closed"
+                        ));
+                    }
                     // The retained values are queued under the same lock that registers the
                     // prefix, so nothing newer on a topic can overtake its retained value.
                     let snapshot: Vec<Arc<str>> = state
@@ -322,7 +446,7 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancell
                     if !snapshot.is_empty()
                         && subscriber.out.control(Out::Snapshot(snapshot)).is_err()
                     {
-                        break Some(format!(
+                        return Err(format!(
                             "subscribing to {prefix:?}: the client has not read its queue; the connection is closed"
                         ));
                     }
@@ -331,45 +455,131 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancell
             }
             Frame::Unsub { prefix } => {
                 let mut state = shared.state.lock().unwrap();
-                if let Some(subscriber) = state.subscribers.get_mut(&id) {
+                if let Some(subscriber) = state.subscribers.get_mut(&self.id) {
                     subscriber.prefixes.retain(|p| p != &prefix);
                 }
             }
             Frame::Pub(mut envelope) => {
+                if let Some(refusal) =
+                    may_not_publish(&shared.options, self.program.as_deref(), &envelope.topic)
+                {
+                    shared
+                        .refusals
+                        .refused("a topic of another agent", &envelope.topic);
+                    return Err(refusal);
+                }
                 if envelope.ts == 0 {
                     envelope.ts = unix_millis();
                 }
-                if envelope.from.is_empty() {
-                    envelope.from = name.clone().unwrap_or_default();
+                if shared.options.publishers == Publishers::Owners {
+                    // Who published is what the broker knows, not what the line says.
+                    envelope.from = self
+                        .name
+                        .clone()
+                        .or_else(|| self.program.clone())
+                        .unwrap_or_default();
+                } else if envelope.from.is_empty() {
+                    envelope.from = self.name.clone().unwrap_or_default();
                 }
                 let mut state = shared.state.lock().unwrap();
-                publish(&shared, &mut state, envelope);
+                let new_retained = envelope.retain
+                    && !envelope.body.is_null()
+                    && !state.retained.contains_key(&envelope.topic);
+                if new_retained && state.retained.len() >= MAX_RETAINED {
+                    shared
+                        .refusals
+                        .refused("over the retained cap", &envelope.topic);
+                    return Err(format!(
+                        "{MAX_RETAINED} retained topics already; {:?} is refused and the connection is closed",
+                        envelope.topic
+                    ));
+                }
+                publish(shared, &mut state, envelope);
             }
             Frame::Ping => {
                 // Dropped only when the client has stopped reading its control frames.
-                let _ = out.control(Out::Control(frame::encode(&Frame::Pong).into()));
+                let _ = self
+                    .out
+                    .control(Out::Control(frame::encode(&Frame::Pong).into()));
             }
             Frame::Msg(_) | Frame::Lagged { .. } | Frame::Error { .. } | Frame::Pong => {
-                break Some("only hello, sub, unsub, pub and ping are sent to the broker; the connection is closed".to_owned());
+                return Err("only hello, sub, unsub, pub and ping are sent to the broker; the connection is closed".to_owned());
             }
         }
-    };
-    {
-        let mut state = shared.state.lock().unwrap();
-        state.subscribers.remove(&id);
-        if state.agents.remove(&id).is_some() {
-            publish_agents(&shared, &mut state);
+        Ok(())
+    }
+
+    /// The client is gone (or sent `ending`, which it is told): it stops being an agent and
+    /// a subscriber.
+    fn close(self, shared: &Shared, ending: Option<String>) {
+        {
+            let mut state = shared.state.lock().unwrap();
+            state.subscribers.remove(&self.id);
+            if state.agents.remove(&self.id).is_some() {
+                publish_agents(shared, &mut state);
+            }
         }
+        if let Some(message) = ending {
+            shared.metrics.protocol_errors.inc();
+            tracing::info!(client = self.id, name = self.name.as_deref().unwrap_or("-"), %message, "dropping client");
+            let line: Arc<str> = frame::encode(&Frame::Error { message }).into();
+            let _ = self.out.control(Out::Control(line));
+        }
+        shared.metrics.clients.dec();
     }
-    if let Some(message) = ending {
-        shared.metrics.protocol_errors.inc();
-        tracing::info!(client = id, name = name.as_deref().unwrap_or("-"), %message, "dropping client");
-        let line: Arc<str> = frame::encode(&Frame::Error { message }).into();
-        let _ = out.control(Out::Control(line));
+}
+
+/// Feeds `data`, split into lines (the first byte of each picks the client), to a broker
+/// without sockets, as two clients take turns (an unknown program, dhcp-takeover): the fuzz
+/// target of the broker's frame handling.
+/// A client whose line is refused is replaced by a new one of the same program.
+#[doc(hidden)]
+pub fn fuzz_lines(data: &[u8]) {
+    let shared = Shared {
+        state: Mutex::new(State::default()),
+        options: BrokerOptions {
+            max_line_bytes: 4096,
+            queue_depth: 16,
+            publishers: Publishers::Owners,
+        },
+        metrics: Metrics::register(&Registry::new()).expect("fresh registry"),
+        next_id: AtomicU64::new(1),
+        connected: AtomicUsize::new(0),
+        refusals: crate::obs::Refusals::new("fuzz", Duration::from_secs(3600)),
+    };
+    let programs = [None, Some("dhcp-takeover")];
+    let mut sessions: Vec<(Session, mpsc::UnboundedReceiver<Out>)> = programs
+        .iter()
+        .map(|p| Session::new(&shared, p.map(str::to_owned)))
+        .collect();
+    for line in data.split(|b| *b == b'\n') {
+        let Some((&turn, line)) = line.split_first() else {
+            continue;
+        };
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        let index = usize::from(turn) % sessions.len();
+        let (session, outgoing) = &mut sessions[index];
+        if let Err(ending) = session.on_line(&shared, line) {
+            let fresh = Session::new(&shared, programs[index].map(str::to_owned));
+            let (old, _) = std::mem::replace(&mut sessions[index], fresh);
+            old.close(&shared, Some(ending));
+        } else {
+            // What a client is sent is read, as a client would.
+            while outgoing.try_recv().is_ok() {}
+        }
+        let state = shared.state.lock().unwrap();
+        assert!(state.retained.len() <= MAX_RETAINED);
+        // No client here is any other agent: nothing of another agent's is kept.
+        assert!(state.retained.keys().all(|topic| matches!(
+            topics::owner_of(topic),
+            None | Some("dhcp-takeover" | "fieldnet-bus")
+        )));
     }
-    drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-    shared.metrics.clients.dec();
+    for (session, _) in sessions {
+        session.close(&shared, None);
+    }
 }
 
 fn publish(shared: &Shared, state: &mut State, envelope: Envelope) {

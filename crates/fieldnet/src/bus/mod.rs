@@ -9,7 +9,7 @@ pub mod client;
 pub mod frame;
 pub mod topics;
 
-pub use broker::{Broker, BrokerOptions};
+pub use broker::{Broker, BrokerOptions, Publishers};
 pub use client::{BusClient, BusEvent, Subscription};
 pub use frame::{Envelope, Frame, FrameError};
 

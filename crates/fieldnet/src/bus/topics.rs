@@ -3,6 +3,37 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Which program alone publishes under each prefix (besides fieldctl, the operator's tool):
+/// the broker checks the connecting process's credentials against it. `agent/<name>` is
+/// `name`'s; everything else is anyone's.
+pub const OWNERS: &[(&str, &str)] = &[
+    ("bus/", "fieldnet-bus"),
+    ("uplink/", "uplink-monitor"),
+    ("peer/", "cross-site-failover"),
+    ("hub/", "cross-site-failover"),
+    ("dhcp/", "dhcp-takeover"),
+    ("dns/", "whereami"),
+    ("imds/", "imds-endpoint"),
+    ("inventory/", "inventory"),
+];
+
+/// The program that alone may publish `topic`, if any.
+pub fn owner_of(topic: &str) -> Option<&str> {
+    if let Some(name) = topic.strip_prefix("agent/") {
+        return Some(name.split('/').next().unwrap_or(name));
+    }
+    OWNERS
+        .iter()
+        .find(|(prefix, _)| topic.starts_with(prefix))
+        .map(|(_, owner)| *owner)
+}
+
+/// Whether `name` is an agent's name (its program's), which only that program may say hello
+/// as.
+pub fn is_agent_name(name: &str) -> bool {
+    OWNERS.iter().any(|(_, owner)| *owner == name)
+}
+
 /// Retained, published by the broker itself: the named clients connected right now.
 pub const TOPIC_AGENTS: &str = "bus/agents";
 

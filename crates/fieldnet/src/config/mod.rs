@@ -296,6 +296,9 @@ pub struct Bus {
     pub max_line_bytes: usize,
     pub queue_depth: usize,
     pub metrics_listen: SocketAddr,
+    /// Any process that can connect may publish any agent's topics (tests that play an
+    /// agent); otherwise only that agent's program and fieldctl may.
+    pub trust_any_publisher: bool,
 }
 
 /// Per-agent sections. Each agent's issue grows its own struct.

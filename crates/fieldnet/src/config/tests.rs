@@ -726,6 +726,22 @@ fn every_problem_is_reported_not_just_the_first() {
     assert!(keys.contains(&"networks[0].gateway"), "{error}");
 }
 
+/// Audit finding 13: type errors stopped at the first, although every problem is promised.
+#[test]
+fn every_type_error_is_reported_at_once() {
+    let text = TWO.replacen("id = 1", "id = \"one\"", 1).replacen(
+        "gateway = \"10.101.0.1\"",
+        "gateway = \"10.101.0.1\"\ncolour = \"blue\"",
+        1,
+    ) + "\n[bus]\nqueue_depth = \"deep\"\n";
+    let error = error_of(&text);
+    let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys.len(), 3, "{error}");
+    assert!(keys.contains(&"appliances[0].id"), "{error}");
+    assert!(keys.iter().any(|k| k.starts_with("networks[0]")), "{error}");
+    assert!(keys.contains(&"bus.queue_depth"), "{error}");
+}
+
 #[test]
 fn the_machine_is_found_by_host_name_or_as_named_and_never_guessed() {
     let two = site(TWO);

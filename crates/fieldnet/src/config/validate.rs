@@ -42,21 +42,48 @@ pub(super) fn parse(text: &str, file: &str) -> Result<SiteConfig, ConfigError> {
             message: error.message().trim().to_owned(),
         }])
     })?;
-    let wire: WireSiteFile = toml::from_str(text).map_err(|error| {
-        let offset = error.span().map_or(0, |span| span.start);
-        let key = key_at(&document, offset).to_string();
+    // serde stops at the first key of a wrong type or name: a wrong value is replaced by one
+    // of the expected type, an unknown key's line blanked (never adding or removing a line,
+    // so line numbers keep), and the rest read again, to report every such key at once. The
+    // checks below need the whole file; they run once the types are right.
+    let mut patched = text.to_owned();
+    let mut type_problems = Vec::new();
+    let wire: WireSiteFile = loop {
+        let error = match toml::from_str(&patched) {
+            Ok(wire) => break wire,
+            Err(error) => error,
+        };
+        let span = error.span().unwrap_or(0..0);
+        let key = DeTable::parse(&patched)
+            .map_or_else(
+                |_| key_at(&document, span.start),
+                |now| key_at(&now, span.start),
+            )
+            .to_string();
         // serde quotes the value it refused: never the site key.
         let message = if key == "site.key" {
             "must be the key as a string of hex digits in quotes (better: 'key_file')".to_owned()
         } else {
             explain_serde(error.message())
         };
-        fail(vec![Problem {
-            line: line_of(text, offset),
+        let problem = Problem {
+            line: line_of(&patched, span.start),
             key,
             message,
-        }])
-    })?;
+        };
+        if type_problems.last() == Some(&problem) {
+            // The stand-in did not satisfy serde either: said once is enough.
+            return Err(fail(type_problems));
+        }
+        let patch = set_aside(&mut patched, error.message(), span.clone());
+        type_problems.push(problem);
+        if !patch || type_problems.len() >= MAX_TYPE_PROBLEMS || DeTable::parse(&patched).is_err() {
+            return Err(fail(type_problems));
+        }
+    };
+    if !type_problems.is_empty() {
+        return Err(fail(type_problems));
+    }
     // The same text as plain tables, for laying a machine's overrides over the site's sections.
     let raw: toml::Table = toml::from_str(text).map_err(|error| {
         fail(vec![Problem {
@@ -88,6 +115,56 @@ pub(super) fn parse(text: &str, file: &str) -> Result<SiteConfig, ConfigError> {
         })
         .collect();
     Err(fail(problems))
+}
+
+/// Keys of a wrong type or name reported at most in one go.
+const MAX_TYPE_PROBLEMS: usize = 100;
+
+/// Sets aside what serde refused at `span` (with `message`) so the rest can be read: a value
+/// of the wrong type becomes a value of the expected one, an unknown key's line is blanked.
+/// `false` when neither applies (a missing key, a table header): nothing more can be read.
+fn set_aside(text: &mut String, message: &str, span: std::ops::Range<usize>) -> bool {
+    let start = span.start.min(text.len());
+    let end = span.end.clamp(start, text.len());
+    if message.starts_with("invalid type") || message.starts_with("invalid value") {
+        let expected = message.rsplit("expected ").next().unwrap_or_default();
+        let stand_in = if ["i64", "u8", "u16", "u32", "u64", "integer"]
+            .iter()
+            .any(|t| expected.contains(t))
+        {
+            "0"
+        } else if expected.contains("f64") || expected.contains("float") {
+            "0.0"
+        } else if expected.contains("bool") {
+            "false"
+        } else if expected.contains("string") {
+            "\"\""
+        } else if expected.contains("sequence") || expected.contains("array") {
+            "[]"
+        } else if expected.contains("map") || expected.contains("struct") {
+            "{}"
+        } else {
+            return false;
+        };
+        if end == start {
+            return false;
+        }
+        // A value over several lines keeps its line breaks, as blank lines.
+        let lines = text[start..end].matches('\n').count();
+        text.replace_range(start..end, &format!("{stand_in}{}", "\n".repeat(lines)));
+        return true;
+    }
+    if !message.starts_with("unknown field") {
+        return false;
+    }
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[line_start..line_end].trim_start();
+    if line.is_empty() || line.starts_with('[') || line.starts_with('#') {
+        return false;
+    }
+    text.replace_range(line_start..line_end, "");
+    true
 }
 
 /// serde's messages are fine, but name the valid keys in a friendlier order.
@@ -224,6 +301,7 @@ impl Checker {
             max_line_bytes: max_line_bytes?,
             queue_depth: queue_depth?,
             metrics_listen: metrics_listen?,
+            trust_any_publisher: wire.trust_any_publisher.unwrap_or(false),
         })
     }
 

@@ -229,6 +229,7 @@ pub struct WireBus {
     pub max_line_bytes: Option<i64>,
     pub queue_depth: Option<i64>,
     pub metrics_listen: Option<String>,
+    pub trust_any_publisher: Option<bool>,
 }
 
 /// The part every agent section shares; agent issues add their own keys here.
