@@ -18,22 +18,22 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use dhcproto::v4::MessageType;
 use fieldnet::bus::{BusClient, BusEvent, topics};
 use fieldnet::config::Config;
 use ipnet::Ipv4Net;
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::Registry;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::commit::{Committed, Job, commit_loop};
 use crate::decide::{self, Decision, Destination, Reply, Server};
 use crate::lease::{Lease, Leases};
+pub use crate::metrics::Metrics;
 use crate::peer::{self, PeerKey, SyncReply, Synced};
 use crate::plan::Plan;
 use crate::probe::{ArpProber, Claimed};
@@ -50,158 +50,15 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// The part of `/healthz` that the lease store makes unhealthy.
 const STORE_HEALTH: &str = "lease store";
 
-/// Most records in one group commit.
-const MAX_BATCH: usize = 1024;
-/// Under load (a lease queued within this long of the previous sync's end), the committer
-/// waits this long for more leases, so one sync covers them (PostgreSQL's `commit_delay`).
-/// On a fast disk each sync costs the server more CPU than the leases it stores; a lone lease
-/// never waits.
-const COMMIT_DELAY: Duration = Duration::from_millis(1);
 /// How often who-serves-what is re-decided (besides after every peer reply).
 const COORDINATE: Duration = Duration::from_millis(50);
 /// Route protocol of dhcp-takeover's routes to a taken network (`ip route` shows `proto 203`).
 pub const ROUTE_PROTOCOL: u8 = 203;
 
-#[derive(Debug, Clone)]
-pub struct Metrics {
-    messages: IntCounterVec,
-    replies: IntCounterVec,
-    ignored: IntCounterVec,
-    probes: IntCounterVec,
-    leases: IntGaugeVec,
-    pool: IntGaugeVec,
-    serving: IntGaugeVec,
-    commit_seconds: Histogram,
-    commit_failures: IntCounter,
-    syncs: IntCounterVec,
-    takeovers: IntCounterVec,
-}
-
-impl Metrics {
-    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
-        let metrics = Self {
-            messages: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_messages_total",
-                    "DHCP messages received, by type",
-                ),
-                &["type"],
-            )?,
-            replies: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_replies_total",
-                    "DHCP replies sent, by type (offer, ack, nak)",
-                ),
-                &["type"],
-            )?,
-            ignored: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_ignored_total",
-                    "Requests answered with nothing, by reason",
-                ),
-                &["reason"],
-            )?,
-            probes: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_probes_total",
-                    "Conflict checks before offering, by result (free, in_use)",
-                ),
-                &["result"],
-            )?,
-            leases: IntGaugeVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_leases",
-                    "Bound leases, by network and device class",
-                ),
-                &["network", "class"],
-            )?,
-            pool: IntGaugeVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_pool_addresses",
-                    "Dynamic addresses per network: total, and used (bound, offered or quarantined)",
-                ),
-                &["network", "state"],
-            )?,
-            serving: IntGaugeVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_serving",
-                    "1 for each network this appliance can serve, by state (own, waiting, taken, handing_back, standby)",
-                ),
-                &["network", "state"],
-            )?,
-            commit_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "fieldnet_dhcp_takeover_commit_seconds",
-                    "Time to store one batch of leases durably",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
-                ]),
-            )?,
-            commit_failures: IntCounter::new(
-                "fieldnet_dhcp_takeover_commit_failures_total",
-                "Batches the lease log could not store (their requests were not acknowledged)",
-            )?,
-            syncs: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_peer_syncs_total",
-                    "Pulls of a peer's lease changes, by peer and result (ok, failed)",
-                ),
-                &["peer", "result"],
-            )?,
-            takeovers: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_transitions_total",
-                    "Takeover transitions, by network and action (serve, pause, withdraw)",
-                ),
-                &["network", "action"],
-            )?,
-        };
-        registry.register(Box::new(metrics.syncs.clone()))?;
-        registry.register(Box::new(metrics.takeovers.clone()))?;
-        registry.register(Box::new(metrics.messages.clone()))?;
-        registry.register(Box::new(metrics.replies.clone()))?;
-        registry.register(Box::new(metrics.ignored.clone()))?;
-        registry.register(Box::new(metrics.probes.clone()))?;
-        registry.register(Box::new(metrics.leases.clone()))?;
-        registry.register(Box::new(metrics.pool.clone()))?;
-        registry.register(Box::new(metrics.serving.clone()))?;
-        registry.register(Box::new(metrics.commit_seconds.clone()))?;
-        registry.register(Box::new(metrics.commit_failures.clone()))?;
-        Ok(metrics)
-    }
-}
-
 /// A datagram from a network's socket.
 struct Packet {
     network: String,
     bytes: Vec<u8>,
-}
-
-/// Work for the committer thread.
-// Store is the one sent per lease; boxing it to shrink the rare Compact would cost an
-// allocation per lease for nothing.
-#[allow(clippy::large_enum_variant)]
-enum Job {
-    /// A lease on its way to the disk, with the reply that waits for it.
-    Store { lease: Lease, reply: Option<Reply> },
-    /// Rewrite the log from these live records (everything queued before is in them).
-    Compact(Vec<Lease>),
-    /// Everything pulled from a peer up to this change is queued before this mark: once the
-    /// batch holding it is durable, so is all of that.
-    Mark(Synced),
-}
-
-/// A batch back from the committer.
-struct Committed {
-    stored: Vec<(Lease, Option<Reply>)>,
-    marks: Vec<Synced>,
-    result: std::io::Result<()>,
-    seconds: f64,
-    /// Records in the log file now.
-    log_records: usize,
-    /// Whether this batch ended with a compaction (done or failed).
-    compacted: bool,
 }
 
 /// One network's edge: own, or a leg into another appliance's network.
@@ -672,77 +529,6 @@ async fn receive(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-/// The committer thread: takes every queued lease, stores them with one sync and hands the
-/// batch back; a compaction job (sent by the agent, which holds the live records) rewrites the
-/// log after the leases queued before it.
-fn commit_loop(
-    mut log: LeaseLog,
-    jobs: std::sync::mpsc::Receiver<Job>,
-    done: mpsc::UnboundedSender<Committed>,
-) {
-    let mut next = jobs.recv().ok();
-    let mut last_sync_end: Option<Instant> = None;
-    // An append failed since the last compaction: a snapshot taken meanwhile may hold records
-    // that were never stored, so that compaction is skipped (the agent asks again later).
-    let mut failed_since_compaction = false;
-    while let Some(first) = next.take() {
-        if last_sync_end.is_some_and(|end| end.elapsed() < COMMIT_DELAY) {
-            // Sleeping, not waiting on the queue: each lease queued meanwhile would wake us.
-            std::thread::sleep(COMMIT_DELAY);
-        }
-        let mut stored = Vec::new();
-        let mut marks = Vec::new();
-        let mut compaction = None;
-        let mut job = Some(first);
-        while let Some(current) = job.take() {
-            match current {
-                Job::Store { lease, reply } => stored.push((lease, reply)),
-                Job::Mark(mark) => marks.push(mark),
-                Job::Compact(live) => {
-                    compaction = Some(live);
-                    break;
-                }
-            }
-            if stored.len() < MAX_BATCH {
-                job = jobs.try_recv().ok();
-            }
-        }
-        let records: Vec<Lease> = stored.iter().map(|(lease, _)| lease.clone()).collect();
-        let started = Instant::now();
-        let result = if records.is_empty() {
-            Ok(())
-        } else {
-            log.append(&records)
-        };
-        let seconds = started.elapsed().as_secs_f64();
-        if !records.is_empty() {
-            last_sync_end = Some(Instant::now());
-        }
-        failed_since_compaction |= result.is_err();
-        let compacted = compaction.is_some();
-        if let Some(live) = compaction {
-            if failed_since_compaction {
-                tracing::info!("compaction skipped: an append failed since it was asked for");
-            } else if let Err(error) = log.compact(live.iter()) {
-                tracing::warn!(%error, "compacting the lease log (it keeps growing; nothing is lost)");
-            }
-            failed_since_compaction = false;
-        }
-        let batch = Committed {
-            stored,
-            marks,
-            result,
-            seconds,
-            log_records: log.records(),
-            compacted,
-        };
-        if done.send(batch).is_err() {
-            return;
-        }
-        next = jobs.recv().ok();
     }
 }
 
