@@ -7,8 +7,7 @@
 //! is ever looked at beyond its length and magic. Replay protection is the session's job
 //! (an epoch believed only when fresh, a counter that only grows: see `session`).
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use fieldnet::auth::SiteAuth;
 
 /// `FNHB`: fieldnet heartbeat.
 const MAGIC: [u8; 4] = *b"FNHB";
@@ -88,25 +87,13 @@ pub enum PacketError {
 }
 
 /// The site key as the heartbeat code needs it.
-#[derive(Clone)]
-pub struct HeartbeatKey(Vec<u8>);
-
-impl std::fmt::Debug for HeartbeatKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HeartbeatKey({} bytes)", self.0.len())
-    }
-}
+#[derive(Clone, Debug)]
+pub struct HeartbeatKey(SiteAuth);
 
 impl HeartbeatKey {
     pub fn new(site_key: &[u8]) -> Self {
-        Self(site_key.to_vec())
-    }
-
-    fn mac(&self) -> Hmac<Sha256> {
         // Domain separation: the same site key authenticates other protocols too.
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(b"fieldnet heartbeat v1\0");
-        mac
+        Self(SiteAuth::new(site_key, b"fieldnet heartbeat v1\0"))
     }
 }
 
@@ -126,9 +113,7 @@ pub fn encode(heartbeat: &Heartbeat, key: &HeartbeatKey) -> [u8; PACKET_LEN] {
     packet[28..36].copy_from_slice(&heartbeat.echo_us.to_be_bytes());
     packet[36..40].copy_from_slice(&heartbeat.echo_delay_us.to_be_bytes());
     // 40..44 reserved, zero.
-    let mut mac = key.mac();
-    mac.update(&packet[..BODY_LEN]);
-    let tag = mac.finalize().into_bytes();
+    let tag = key.0.tag(&[&packet[..BODY_LEN]]);
     packet[BODY_LEN..].copy_from_slice(&tag[..TAG_LEN]);
     packet
 }
@@ -141,10 +126,12 @@ pub fn decode(datagram: &[u8], key: &HeartbeatKey) -> Result<Heartbeat, PacketEr
     if datagram[4] != VERSION {
         return Err(PacketError::Version(datagram[4]));
     }
-    let mut mac = key.mac();
-    mac.update(&datagram[..BODY_LEN]);
-    mac.verify_truncated_left(&datagram[BODY_LEN..])
-        .map_err(|_| PacketError::BadTag)?;
+    if !key
+        .0
+        .verify(&[&datagram[..BODY_LEN]], &datagram[BODY_LEN..])
+    {
+        return Err(PacketError::BadTag);
+    }
     let u64_at = |at: usize| u64::from_be_bytes(datagram[at..at + 8].try_into().expect("8 bytes"));
     Ok(Heartbeat {
         from: datagram[5],
@@ -185,6 +172,15 @@ mod tests {
         let packet = encode(&sample(), &key);
         assert_eq!(packet.len(), PACKET_LEN);
         assert_eq!(decode(&packet, &key), Ok(sample()));
+    }
+
+    /// The tag is HMAC-SHA-256 over the domain and the body, cut to 16 bytes (computed
+    /// independently, with Python's hmac): builds of either side interoperate.
+    #[test]
+    fn the_tag_is_the_documented_hmac() {
+        let packet = encode(&sample(), &HeartbeatKey::new(&[7; 32]));
+        let tag: String = packet[BODY_LEN..].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(tag, "d2fff1e46e3a847d35ac0a0741400934");
     }
 
     #[test]

@@ -23,9 +23,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
+use fieldnet::auth::SiteAuth;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::lease::Lease;
 
@@ -46,57 +45,40 @@ pub const SYNC_PATH: &str = "/dhcp/v1/sync";
 pub const NUDGE_PATH: &str = "/dhcp/v1/nudge";
 
 /// The site key as the peer API uses it.
-#[derive(Clone)]
-pub struct PeerKey(Vec<u8>);
-
-impl std::fmt::Debug for PeerKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PeerKey({} bytes)", self.0.len())
-    }
-}
+#[derive(Clone, Debug)]
+pub struct PeerKey(SiteAuth);
 
 impl PeerKey {
     pub fn new(site_key: &[u8]) -> Self {
-        Self(site_key.to_vec())
-    }
-
-    /// Domain separation: the same site key signs heartbeats and other protocols.
-    fn mac(&self, part: &[u8]) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(b"fieldnet dhcp v1\0");
-        mac.update(part);
-        mac.update(b"\0");
-        mac
+        Self(SiteAuth::new(site_key, b"fieldnet dhcp v1\0"))
     }
 
     /// The tag of a request for `path_and_query`.
     pub fn sign_request(&self, path_and_query: &str) -> String {
-        let mut mac = self.mac(b"request");
-        mac.update(path_and_query.as_bytes());
-        hex(&mac.finalize().into_bytes())
+        hex(&self.0.tag(&[b"request\0", path_and_query.as_bytes()]))
     }
 
     pub fn verify_request(&self, path_and_query: &str, tag: &str) -> bool {
-        let mut mac = self.mac(b"request");
-        mac.update(path_and_query.as_bytes());
-        unhex(tag).is_some_and(|tag| mac.verify_slice(&tag).is_ok())
+        unhex(tag).is_some_and(|tag| {
+            tag.len() == 32
+                && self
+                    .0
+                    .verify(&[b"request\0", path_and_query.as_bytes()], &tag)
+        })
     }
 
     /// The tag of a reply with `body` to the request that carried `nonce`.
     pub fn sign_reply(&self, nonce: &str, body: &[u8]) -> String {
-        let mut mac = self.mac(b"reply");
-        mac.update(nonce.as_bytes());
-        mac.update(b"\0");
-        mac.update(body);
-        hex(&mac.finalize().into_bytes())
+        hex(&self.0.tag(&[b"reply\0", nonce.as_bytes(), b"\0", body]))
     }
 
     pub fn verify_reply(&self, nonce: &str, body: &[u8], tag: &str) -> bool {
-        let mut mac = self.mac(b"reply");
-        mac.update(nonce.as_bytes());
-        mac.update(b"\0");
-        mac.update(body);
-        unhex(tag).is_some_and(|tag| mac.verify_slice(&tag).is_ok())
+        unhex(tag).is_some_and(|tag| {
+            tag.len() == 32
+                && self
+                    .0
+                    .verify(&[b"reply\0", nonce.as_bytes(), b"\0", body], &tag)
+        })
     }
 }
 
@@ -286,6 +268,20 @@ pub fn addresses(paths: &[(String, Ipv4Addr)], active: Option<&str>) -> Vec<Ipv4
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request's tag is HMAC-SHA-256 over the domain, "request\0" and the path (computed
+    /// independently, with Python's hmac): builds of either side interoperate.
+    #[test]
+    fn the_request_tag_is_the_documented_hmac() {
+        let key = PeerKey::new(&[7; 32]);
+        let path = "/dhcp/v1/sync?from=2&nonce=0011223344556677&ts=5";
+        assert_eq!(
+            key.sign_request(path),
+            "717e66661bf2eaa3eb13acd85984344e7631a9948d9fee0421f3d64e2e9e958a"
+        );
+        assert!(key.verify_request(path, &key.sign_request(path)));
+        assert!(!key.verify_request(path, &key.sign_request(path)[..32]), "cut short");
+    }
 
     #[test]
     fn requests_verify_only_unaltered_under_the_site_key() {

@@ -5,6 +5,7 @@
 //! hex bytes, `rt`
 //! runs an agent process, `cli` holds the flags every binary shares.
 
+pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
