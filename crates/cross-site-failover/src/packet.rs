@@ -179,7 +179,10 @@ mod tests {
     #[test]
     fn the_tag_is_the_documented_hmac() {
         let packet = encode(&sample(), &HeartbeatKey::new(&[7; 32]));
-        let tag: String = packet[BODY_LEN..].iter().map(|b| format!("{b:02x}")).collect();
+        let tag: String = packet[BODY_LEN..]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(tag, "d2fff1e46e3a847d35ac0a0741400934");
     }
 

@@ -280,7 +280,10 @@ mod tests {
             "717e66661bf2eaa3eb13acd85984344e7631a9948d9fee0421f3d64e2e9e958a"
         );
         assert!(key.verify_request(path, &key.sign_request(path)));
-        assert!(!key.verify_request(path, &key.sign_request(path)[..32]), "cut short");
+        assert!(
+            !key.verify_request(path, &key.sign_request(path)[..32]),
+            "cut short"
+        );
     }
 
     #[test]
