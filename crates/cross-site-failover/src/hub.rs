@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use fieldnet::config::HubRole;
 
+use crate::tunnel::TunnelVerdict;
+
 /// Which hub the VPC route-table entries for the site networks point at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteOwner {
@@ -94,6 +96,25 @@ impl HubPair {
     pub fn writes_routes(&self) -> bool {
         self.role == HubRole::Standby
     }
+}
+
+/// One tunnel's latest health, as the hub reports it to AWS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TunnelReport {
+    pub interface: String,
+    pub peer: String,
+    pub verdict: TunnelVerdict,
+    pub rtt: Option<Duration>,
+    /// The WireGuard state could be read (a failed read is a failed collection).
+    pub collected: bool,
+}
+
+/// What the hub's AWS side acts on (`hub_aws`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubView {
+    pub partner_up: bool,
+    pub owner: RouteOwner,
+    pub tunnels: Vec<TunnelReport>,
 }
 
 /// The hub's rule for one area: its own appliance's tunnel while that is up, else the tunnel of

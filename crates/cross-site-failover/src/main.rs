@@ -1,4 +1,4 @@
-//! `cross-site-failover`: wiring only; the agent lives in the library (`agent::run`).
+//! `cross-site-failover`: wiring only; the agent lives in the library (`edge::agent::run`).
 
 use std::process::ExitCode;
 
@@ -25,10 +25,10 @@ fn main() -> ExitCode {
         &args.common,
         |config| config.agents.cross_site_failover.common.metrics_listen,
         |config, registry, health, shutdown| {
-            let options = cross_site_failover::agent::Options {
+            let options = cross_site_failover::edge::agent::Options {
                 dry_run: args.dry_run,
             };
-            cross_site_failover::agent::run_with(config, registry, health, shutdown, options)
+            cross_site_failover::edge::agent::run_with(config, registry, health, shutdown, options)
         },
     )
 }

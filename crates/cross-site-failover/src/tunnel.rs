@@ -64,6 +64,16 @@ pub struct TunnelObservation {
     pub data_plane_up: bool,
 }
 
+/// What the edge read of one tunnel's interface and WireGuard state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelReading {
+    pub interface: String,
+    pub interface_up: bool,
+    pub handshake_age: Option<Duration>,
+    /// The WireGuard state could be read.
+    pub collected: bool,
+}
+
 /// A tunnel's health, the first failing layer named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelVerdict {
@@ -107,60 +117,6 @@ pub fn newest_handshake_age(peers: &[WgPeer], now: SystemTime) -> Option<Duratio
         .max()?;
     let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
     Some(Duration::from_secs(now.saturating_sub(newest)))
-}
-
-/// Reads the interface's peers with `wg show <if> dump` (2 s at most).
-pub async fn read_wireguard(interface: &str) -> anyhow::Result<Vec<WgPeer>> {
-    use anyhow::Context as _;
-    let output = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::process::Command::new("wg")
-            .args(["show", interface, "dump"])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .with_context(|| format!("`wg show {interface} dump` took over 2 s"))?
-    .with_context(|| format!("running `wg show {interface} dump` (wireguard-tools)"))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "`wg show {interface} dump`: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    parse_dump(&String::from_utf8_lossy(&output.stdout)).map_err(|e| anyhow::anyhow!(e))
-}
-
-/// Sets every peer's endpoint on `interface` again, to the same address. WireGuard (the kernel
-/// module and wireguard-go alike) remembers the source address, and wireguard-go the interface,
-/// it last sent from; after the uplinks change, that is the dead uplink's, and the tunnel stays
-/// silent until something resets it. Setting the endpoint forgets the cached source, so the
-/// next packet takes the new default route. Returns how many peers were reset.
-pub async fn reset_endpoints(interface: &str) -> anyhow::Result<usize> {
-    let mut reset = 0;
-    for peer in read_wireguard(interface).await? {
-        let Some(endpoint) = &peer.endpoint else {
-            continue;
-        };
-        let output = tokio::process::Command::new("wg")
-            .args([
-                "set",
-                interface,
-                "peer",
-                &peer.public_key,
-                "endpoint",
-                endpoint,
-            ])
-            .kill_on_drop(true)
-            .output()
-            .await?;
-        anyhow::ensure!(
-            output.status.success(),
-            "`wg set {interface} peer … endpoint {endpoint}`: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        reset += 1;
-    }
-    Ok(reset)
 }
 
 #[cfg(test)]

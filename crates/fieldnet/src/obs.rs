@@ -43,6 +43,92 @@ pub fn new_registry() -> Registry {
     Registry::new()
 }
 
+/// How every agent registers its metrics: each one created under its documented name and put
+/// in the registry `main` passed down, in one call. An agent's `Metrics::register` is then a
+/// list of names, helps and labels.
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics<'a>(pub &'a Registry);
+
+impl Metrics<'_> {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        metric: prometheus::Result<M>,
+    ) -> anyhow::Result<M> {
+        let metric = metric?;
+        self.0.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
+
+    pub fn counter(&self, name: &str, help: &str) -> anyhow::Result<prometheus::IntCounter> {
+        self.add(prometheus::IntCounter::new(name, help))
+    }
+
+    pub fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> anyhow::Result<prometheus::IntCounterVec> {
+        self.add(prometheus::IntCounterVec::new(
+            prometheus::Opts::new(name, help),
+            labels,
+        ))
+    }
+
+    pub fn gauge(&self, name: &str, help: &str) -> anyhow::Result<prometheus::IntGauge> {
+        self.add(prometheus::IntGauge::new(name, help))
+    }
+
+    pub fn gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> anyhow::Result<prometheus::IntGaugeVec> {
+        self.add(prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(name, help),
+            labels,
+        ))
+    }
+
+    /// Gauges of fractional values (seconds, ratios).
+    pub fn float_gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> anyhow::Result<prometheus::GaugeVec> {
+        self.add(prometheus::GaugeVec::new(
+            prometheus::Opts::new(name, help),
+            labels,
+        ))
+    }
+
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+    ) -> anyhow::Result<prometheus::Histogram> {
+        self.add(prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(name, help).buckets(buckets),
+        ))
+    }
+
+    pub fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> anyhow::Result<prometheus::HistogramVec> {
+        self.add(prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(name, help).buckets(buckets),
+            labels,
+        ))
+    }
+}
+
 /// What `/healthz` reports: healthy unless some part of the agent says otherwise.
 #[derive(Debug, Clone, Default)]
 pub struct Health {

@@ -15,8 +15,7 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::HubView;
-use crate::hub::RouteOwner;
+use crate::hub::{HubView, RouteOwner};
 use crate::tunnel::TunnelVerdict;
 
 /// After a failed pass, the next one comes this soon (the client already retried each call).
@@ -328,7 +327,7 @@ mod tests {
     use fieldnet_aws::{HealthCheckStatus, RouteEntry};
 
     use super::*;
-    use crate::agent::TunnelReport;
+    use crate::hub::TunnelReport;
 
     /// AWS as a few maps; can fail the next writes, or change the wanted state mid-pass.
     #[derive(Default)]
