@@ -11,6 +11,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use fieldnet::bus::topics;
 use lab::{EchoServer, Lab, LabProcess, SiteSpec, Stream};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -123,7 +124,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let cut = running.lab.link_down(&a2, "cab1")?;
         for index in 0..2 {
-            running.wait_count(index, "to=wifi reason=pathdown", run);
+            running.wait_count(index, "to=wifi reason=path_down", run);
         }
         std::thread::sleep(Duration::from_millis(500));
         cable.push(stream.finish().longest_gap);
@@ -132,7 +133,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let silent = running.lab.blackhole(&a2, "wifi1")?;
         for index in 0..2 {
-            running.wait_count(index, "to=vpn reason=pathdown", run);
+            running.wait_count(index, "to=vpn reason=path_down", run);
         }
         std::thread::sleep(Duration::from_millis(500));
         wifi.push(stream.finish().longest_gap);
@@ -168,7 +169,7 @@ fn main() -> anyhow::Result<()> {
     let socket = lab::bus_socket(running.lab.dir(), 1);
     let mut death = Vec::new();
     for run in 1..=runs {
-        let mut bus = Subscriber::new(&socket, "peer/2")?;
+        let mut bus = Subscriber::new(&socket, &topics::peer_topic(2))?;
         bus.wait_alive(true)?;
         let killed = Instant::now();
         running.agent(1).kill()?;
@@ -251,14 +252,18 @@ impl Subscriber {
         })
     }
 
-    /// Reads messages until one says `alive` is `want`.
+    /// Reads messages until the peer's verdict is alive (`want`) or not.
     fn wait_alive(&mut self, want: bool) -> anyhow::Result<()> {
         let mut line = String::new();
         loop {
             line.clear();
             anyhow::ensure!(self.lines.read_line(&mut line)? > 0, "bus closed");
             let frame: serde_json::Value = serde_json::from_str(&line)?;
-            if frame["op"] == "msg" && frame["body"]["alive"] == want {
+            if frame["op"] != "msg" {
+                continue;
+            }
+            let liveness: topics::PeerLiveness = serde_json::from_value(frame["body"].clone())?;
+            if (liveness.verdict == topics::PeerVerdict::Alive) == want {
                 return Ok(());
             }
         }

@@ -25,6 +25,16 @@ pub enum ChoiceReason {
     Failback,
 }
 
+impl From<ChoiceReason> for fieldnet::bus::topics::PathReason {
+    fn from(reason: ChoiceReason) -> Self {
+        match reason {
+            ChoiceReason::Initial => Self::Initial,
+            ChoiceReason::PathDown => Self::PathDown,
+            ChoiceReason::Failback => Self::Failback,
+        }
+    }
+}
+
 /// A change of path for one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Switch {

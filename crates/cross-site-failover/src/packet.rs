@@ -47,6 +47,16 @@ impl SessionState {
     }
 }
 
+impl From<SessionState> for fieldnet::bus::topics::PathState {
+    fn from(state: SessionState) -> Self {
+        match state {
+            SessionState::Down => Self::Down,
+            SessionState::Init => Self::Init,
+            SessionState::Up => Self::Up,
+        }
+    }
+}
+
 /// One heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {

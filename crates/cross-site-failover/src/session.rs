@@ -242,14 +242,9 @@ impl PathSession {
     }
 }
 
-/// A peer's liveness over all its paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    /// Never heard from since start.
-    Unknown,
-    Alive,
-    Dead,
-}
+/// A peer's liveness over all its paths: `Unknown` (never heard from since start), `Alive`,
+/// `Dead`, the bus's own words.
+pub use fieldnet::bus::topics::PeerVerdict as Liveness;
 
 /// Combines a peer's path sessions into one verdict.
 #[derive(Debug, Clone)]

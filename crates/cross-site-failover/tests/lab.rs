@@ -85,7 +85,7 @@ fn cable_cut_moves_the_routes_to_wifi_and_back_after_the_hold() {
     let cut = lab.link_down(&site.areas[1].appliance, "cab1").unwrap();
     for agent in &agents {
         wait(agent, "routes to peer moved peer=");
-        wait(agent, "to=wifi reason=pathdown");
+        wait(agent, "to=wifi reason=path_down");
     }
     std::thread::sleep(Duration::from_millis(500));
     let report = stream.finish();
@@ -174,7 +174,7 @@ fn cable_cut_then_wifi_blackholed_moves_to_the_vpn_through_the_hub_and_back_to_c
     std::thread::sleep(Duration::from_millis(500));
     let cable = lab.link_down(&site.areas[1].appliance, "cab1").unwrap();
     for agent in &agents {
-        wait(agent, "to=wifi reason=pathdown");
+        wait(agent, "to=wifi reason=path_down");
     }
     std::thread::sleep(Duration::from_millis(500));
     check(cable_stream.finish(), "cable cut");
@@ -184,7 +184,7 @@ fn cable_cut_then_wifi_blackholed_moves_to_the_vpn_through_the_hub_and_back_to_c
     std::thread::sleep(Duration::from_millis(500));
     let wifi = lab.blackhole(&site.areas[1].appliance, "wifi1").unwrap();
     for agent in &agents {
-        wait(agent, "to=vpn reason=pathdown");
+        wait(agent, "to=vpn reason=path_down");
     }
     std::thread::sleep(Duration::from_millis(500));
     check(wifi_stream.finish(), "wifi blackholed");

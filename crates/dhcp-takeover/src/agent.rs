@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use dhcproto::v4::MessageType;
-use fieldnet::bus::{BusClient, BusEvent, topics};
-use fieldnet::config::Config;
+use fieldnet::bus::topics::{self, DhcpNetworkState};
+use fieldnet::bus::{BusClient, BusEvent};
+use fieldnet::config::{Config, PathKind};
 use ipnet::Ipv4Net;
 use prometheus::Registry;
 use tokio::net::UdpSocket;
@@ -77,7 +78,7 @@ struct Peers {
     /// Per peer: wake its task to nudge it (we have news).
     news: BTreeMap<u8, Arc<Notify>>,
     /// Per peer: the path the bus says is active.
-    active: BTreeMap<u8, watch::Sender<Option<String>>>,
+    active: BTreeMap<u8, watch::Sender<Option<PathKind>>>,
     /// What has been stored durably from each peer.
     synced: BTreeMap<u8, Synced>,
 }
@@ -283,7 +284,7 @@ pub async fn run(
             paths: configured
                 .paths
                 .iter()
-                .map(|path| (path.kind.as_str().to_owned(), path.remote))
+                .map(|path| (path.kind, path.remote))
                 .collect(),
             port: settings.peer_port,
             active: active_rx,
@@ -340,7 +341,7 @@ pub async fn run(
     for network in &adopted {
         coordinator.adopt(network);
     }
-    let mut liveness = bus.subscribe("peer/");
+    let mut liveness = bus.subscribe(topics::TOPIC_PEERS);
 
     let mut agent = Agent {
         server,
@@ -390,7 +391,7 @@ pub async fn run(
                 Some(BusEvent::Lagged { .. }) | None => {
                     // Retained: subscribing again reads every peer's current state.
                     drop(liveness);
-                    liveness = bus.subscribe("peer/");
+                    liveness = bus.subscribe(topics::TOPIC_PEERS);
                 }
             },
             () = until(next_deadline) => agent.on_tick(),
@@ -418,7 +419,12 @@ pub async fn run(
         .coordinator
         .states()
         .into_iter()
-        .filter(|(_, state)| matches!(*state, "taken" | "handing_back" | "adopted"))
+        .filter(|(_, state)| {
+            matches!(
+                state,
+                DhcpNetworkState::Taken | DhcpNetworkState::HandingBack | DhcpNetworkState::Adopted
+            )
+        })
         .map(|(network, _)| network)
         .collect();
     for network in taken {
@@ -795,7 +801,7 @@ impl Agent {
                     .sum();
                 topics::DhcpNetwork {
                     owner: self.edges.get(&name).map_or(self.me, |edge| edge.owner),
-                    state: state.to_owned(),
+                    state,
                     leases: bound as u64,
                     pool_used: used.get(&name).copied().unwrap_or(0) as u64,
                     pool_total: self
@@ -903,17 +909,14 @@ impl Agent {
 
     /// `peer/<id>` from cross-site-failover: the bus's verdict and the active path.
     fn on_liveness(&mut self, topic: &str, body: &serde_json::Value) {
-        let Some(id) = topic
-            .strip_prefix("peer/")
-            .and_then(|id| id.parse::<u8>().ok())
-        else {
+        let Some(id) = topics::parse_peer_topic(topic) else {
             return;
         };
         let state: Option<topics::PeerState> = serde_json::from_value(body.clone()).ok();
-        let verdict = state.as_ref().and_then(|s| match s.verdict.as_str() {
-            "alive" => Some(true),
-            "dead" => Some(false),
-            _ => None,
+        let verdict = state.as_ref().and_then(|s| match s.verdict {
+            topics::PeerVerdict::Alive => Some(true),
+            topics::PeerVerdict::Dead => Some(false),
+            topics::PeerVerdict::Unknown => None,
         });
         self.coordinator.bus(id, verdict);
         if let Some(active) = self.peers.active.get(&id) {
@@ -941,7 +944,7 @@ impl Agent {
         for (network, state) in self.coordinator.states() {
             self.metrics
                 .serving
-                .with_label_values(&[network.as_str(), state])
+                .with_label_values(&[network.as_str(), state.as_str()])
                 .set(1);
         }
         // Our status changed: the peers should hear it now, not at their next pull.

@@ -24,6 +24,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use fieldnet::auth::SiteAuth;
+use fieldnet::config::PathKind;
 use serde::{Deserialize, Serialize};
 
 use crate::lease::Lease;
@@ -251,10 +252,10 @@ impl PeerStatus {
 
 /// The addresses a peer is tried on, most likely first: the path the bus says is active,
 /// then the others in configured order.
-pub fn addresses(paths: &[(String, Ipv4Addr)], active: Option<&str>) -> Vec<Ipv4Addr> {
+pub fn addresses(paths: &[(PathKind, Ipv4Addr)], active: Option<PathKind>) -> Vec<Ipv4Addr> {
     let mut ordered: Vec<Ipv4Addr> = paths
         .iter()
-        .filter(|(kind, _)| Some(kind.as_str()) == active)
+        .filter(|(kind, _)| Some(*kind) == active)
         .map(|(_, address)| *address)
         .collect();
     for (_, address) in paths {
@@ -380,11 +381,14 @@ mod tests {
     #[test]
     fn the_active_path_is_tried_first() {
         let paths = [
-            ("cable".to_owned(), Ipv4Addr::new(10, 255, 12, 2)),
-            ("wifi".to_owned(), Ipv4Addr::new(10, 254, 12, 2)),
+            (PathKind::Cable, Ipv4Addr::new(10, 255, 12, 2)),
+            (PathKind::Wifi, Ipv4Addr::new(10, 254, 12, 2)),
         ];
         assert_eq!(addresses(&paths, None), [paths[0].1, paths[1].1]);
-        assert_eq!(addresses(&paths, Some("wifi")), [paths[1].1, paths[0].1]);
+        assert_eq!(
+            addresses(&paths, Some(PathKind::Wifi)),
+            [paths[1].1, paths[0].1]
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use fieldnet::config::PathKind;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -320,10 +321,10 @@ pub struct PeerLink {
     pub me: u8,
     pub peer: u8,
     /// Path kind and the peer's address on it, in configured order.
-    pub paths: Vec<(String, Ipv4Addr)>,
+    pub paths: Vec<(PathKind, Ipv4Addr)>,
     pub port: u16,
     /// The path the bus says carries traffic to the peer.
-    pub active: watch::Receiver<Option<String>>,
+    pub active: watch::Receiver<Option<PathKind>>,
     /// Woken when the peer nudges us: pull now.
     pub nudged: Arc<Notify>,
     /// Woken when we have news for the peer: nudge it.
@@ -395,8 +396,8 @@ pub async fn run_peer(
 }
 
 fn candidates(link: &PeerLink, working: Option<Ipv4Addr>) -> Vec<Ipv4Addr> {
-    let active = link.active.borrow().clone();
-    let mut addresses = peer::addresses(&link.paths, active.as_deref());
+    let active = *link.active.borrow();
+    let mut addresses = peer::addresses(&link.paths, active);
     if let Some(working) = working
         && let Some(at) = addresses.iter().position(|a| *a == working)
     {

@@ -26,6 +26,8 @@
 
 use std::collections::BTreeMap;
 
+use fieldnet::bus::topics::DhcpNetworkState;
+
 use crate::peer::{PeerStatus, Served, Synced};
 
 /// Our own check: a peer is silent after this long without a sync reply.
@@ -349,20 +351,20 @@ impl Coordinator {
 
     /// The state of every network this appliance can answer: `own`, `waiting`, `taken`,
     /// `handing_back`, `adopted` or `standby`, for metrics and `fieldctl`.
-    pub fn states(&self) -> Vec<(String, &'static str)> {
+    pub fn states(&self) -> Vec<(String, DhcpNetworkState)> {
         let own = self.own.iter().map(|(network, state)| {
             let word = match state {
-                OwnState::Serving => "own",
-                OwnState::Waiting => "waiting",
+                OwnState::Serving => DhcpNetworkState::Own,
+                OwnState::Waiting => DhcpNetworkState::Waiting,
             };
             (network.clone(), word)
         });
         let taken = self.taken.iter().map(|(network, (_, state))| {
             let word = match state {
-                TakenState::Idle => "standby",
-                TakenState::Serving => "taken",
-                TakenState::Releasing { .. } => "handing_back",
-                TakenState::Adopted => "adopted",
+                TakenState::Idle => DhcpNetworkState::Standby,
+                TakenState::Serving => DhcpNetworkState::Taken,
+                TakenState::Releasing { .. } => DhcpNetworkState::HandingBack,
+                TakenState::Adopted => DhcpNetworkState::Adopted,
             };
             (network.clone(), word)
         });
@@ -589,7 +591,10 @@ mod tests {
             "{actions:?}"
         );
         assert!(c.status(100, Vec::new()).serves("NETWORK2"));
-        assert!(c.states().contains(&("NETWORK2".to_owned(), "adopted")));
+        assert!(
+            c.states()
+                .contains(&("NETWORK2".to_owned(), DhcpNetworkState::Adopted))
+        );
         // The bus says the owner is dead and our own check agrees: answered again.
         c.bus(2, Some(false));
         let actions = c.tick(CONFIRM_MS + 1, 0);
@@ -597,7 +602,10 @@ mod tests {
             actions.contains(&serve("NETWORK2", Role::Taken)),
             "{actions:?}"
         );
-        assert!(c.states().contains(&("NETWORK2".to_owned(), "taken")));
+        assert!(
+            c.states()
+                .contains(&("NETWORK2".to_owned(), DhcpNetworkState::Taken))
+        );
     }
 
     /// An adopted network whose owner turns out to be serving it is withdrawn at once.

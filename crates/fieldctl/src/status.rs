@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use fieldnet::bus::frame::{self, Envelope, Frame};
 use fieldnet::bus::topics::{
-    AgentsAlive, DhcpState, DnsState, PeerState, TOPIC_AGENTS, TOPIC_DHCP_STATE, TOPIC_DNS_STATE,
-    TOPIC_UPLINK_ACTIVE, UplinkActive, UplinkState,
+    AgentsAlive, DhcpNetworkState, DhcpState, DnsRole, DnsState, PathState, PeerState, PeerVerdict,
+    TOPIC_AGENTS, TOPIC_DHCP_STATE, TOPIC_DNS_STATE, TOPIC_PEERS, TOPIC_UPLINK_ACTIVE,
+    UplinkActive, UplinkReason, UplinkState, UpstreamHealth, parse_peer_topic,
 };
 use fieldnet::config::{Machine, MachineRole};
 use futures_util::StreamExt as _;
@@ -95,7 +96,7 @@ pub async fn run(socket: &Path, machine: Option<&Machine>, json: bool) -> ExitCo
                 TOPIC_AGENTS,
                 "agent/",
                 "uplink/",
-                "peer/",
+                TOPIC_PEERS,
                 TOPIC_DNS_STATE,
                 TOPIC_DHCP_STATE,
             ],
@@ -169,7 +170,7 @@ pub async fn run(socket: &Path, machine: Option<&Machine>, json: bool) -> ExitCo
         .iter()
         .filter_map(|(topic, envelope)| {
             Some((
-                topic.strip_prefix("peer/")?.to_owned(),
+                parse_peer_topic(topic)?.to_string(),
                 envelope.body_as().ok()?,
             ))
         })
@@ -228,24 +229,28 @@ pub fn peer_lines(peers: &[(String, PeerState)], now: u64) -> Vec<String> {
     if peers.is_empty() {
         return Vec::new();
     }
-    let alive = peers.iter().filter(|(_, p)| p.alive).count();
+    let alive = peers
+        .iter()
+        .filter(|(_, p)| p.verdict == PeerVerdict::Alive)
+        .count();
     let mut lines = vec![format!("peers      {alive} of {} answering", peers.len())];
     for (id, peer) in peers {
         let paths: Vec<String> = peer
             .paths
             .iter()
-            .map(|path| match (path.state.as_str(), path.rtt_ms) {
-                ("up", Some(rtt)) => format!("{} up {rtt:.1} ms", path.kind),
+            .map(|path| match (path.state, path.rtt_ms) {
+                (PathState::Up, Some(rtt)) => format!("{} up {rtt:.1} ms", path.kind),
                 (state, _) => format!("{} {state}", path.kind),
             })
             .collect();
-        let verdict = match (peer.verdict.as_str(), &peer.active_path) {
-            ("alive", Some(path)) => format!("alive, routes via {path}"),
-            ("dead", _) => format!(
+        let verdict = match (peer.verdict, &peer.active_path) {
+            (PeerVerdict::Alive, Some(path)) => format!("alive, routes via {path}"),
+            (PeerVerdict::Alive, None) => "alive".to_owned(),
+            (PeerVerdict::Dead, _) => format!(
                 "DEAD for {}",
                 human_duration(now.saturating_sub(peer.since))
             ),
-            (verdict, _) => verdict.to_owned(),
+            (PeerVerdict::Unknown, _) => "not heard from yet".to_owned(),
         };
         lines.push(
             format!("  appliance {id:<4} {verdict:<26} {}", paths.join(", "))
@@ -260,14 +265,14 @@ pub fn peer_lines(peers: &[(String, PeerState)], now: u64) -> Vec<String> {
 pub fn dns_lines(state: &DnsState, now: u64) -> Vec<String> {
     let upstreams = &state.upstreams;
     let ago = |at: Option<u64>| at.map(|t| human_duration(now.saturating_sub(t)));
-    let health = match upstreams.health.as_str() {
-        "none" => "no upstream configured: only local names resolve".to_owned(),
-        "unknown" => format!(
+    let health = match upstreams.health {
+        UpstreamHealth::None => "no upstream configured: only local names resolve".to_owned(),
+        UpstreamHealth::Unknown => format!(
             "upstreams {} (not asked yet)",
             upstreams.addresses.join(", ")
         ),
-        "ok" => format!("upstreams {} answering", upstreams.addresses.join(", ")),
-        _ => format!(
+        UpstreamHealth::Ok => format!("upstreams {} answering", upstreams.addresses.join(", ")),
+        UpstreamHealth::Failing => format!(
             "upstreams {} NOT ANSWERING (last answer {}); cached names still resolve",
             upstreams.addresses.join(", "),
             ago(upstreams.last_answer).map_or_else(|| "never".to_owned(), |a| format!("{a} ago")),
@@ -278,12 +283,12 @@ pub fn dns_lines(state: &DnsState, now: u64) -> Vec<String> {
         state.local_names
     )];
     for network in &state.networks {
-        let served = match (network.role.as_str(), network.listening) {
-            ("own", true) => "answered here",
-            ("own", false) => "NOT ANSWERED: its address is not up here",
-            ("takeover", true) => "TAKEN OVER from its appliance, answered here",
-            ("takeover", false) => "TAKEN OVER, waiting for its address",
-            _ => "answered by its own appliance",
+        let served = match (network.role, network.listening) {
+            (DnsRole::Own, true) => "answered here",
+            (DnsRole::Own, false) => "NOT ANSWERED: its address is not up here",
+            (DnsRole::Takeover, true) => "TAKEN OVER from its appliance, answered here",
+            (DnsRole::Takeover, false) => "TAKEN OVER, waiting for its address",
+            (DnsRole::Peer, _) => "answered by its own appliance",
         };
         lines.push(format!(
             "  {:<16} {:<10} {served}",
@@ -297,24 +302,26 @@ pub fn dns_lines(state: &DnsState, now: u64) -> Vec<String> {
 pub fn dhcp_lines(state: &DhcpState) -> Vec<String> {
     let mut lines = vec!["dhcp       (`fieldctl leases` lists the leases)".to_owned()];
     for network in &state.networks {
-        let served = match network.state.as_str() {
-            "own" => "answered here".to_owned(),
-            "waiting" => {
+        let served = match network.state {
+            DhcpNetworkState::Own => "answered here".to_owned(),
+            DhcpNetworkState::Waiting => {
                 "WAITING: the appliance holding it hands it back once it has our leases".to_owned()
             }
-            "taken" => format!(
+            DhcpNetworkState::Taken => format!(
                 "TAKEN OVER: appliance {} is dead, answered here",
                 network.owner
             ),
-            "handing_back" => format!(
+            DhcpNetworkState::HandingBack => format!(
                 "HANDING BACK to appliance {}: not answering, gateway kept until it has our leases",
                 network.owner
             ),
-            "adopted" => format!(
+            DhcpNetworkState::Adopted => format!(
                 "ADOPTED after a restart: gateway kept, answered again once appliance {} is confirmed dead",
                 network.owner
             ),
-            _ => format!("standby (appliance {} answers it)", network.owner),
+            DhcpNetworkState::Standby => {
+                format!("standby (appliance {} answers it)", network.owner)
+            }
         };
         // As dhcp-takeover warns: 90 % of the pool leased or offered.
         let near_full =
@@ -344,11 +351,11 @@ pub fn uplink_lines(
     let mut lines = Vec::new();
     match active {
         Some(active) => {
-            let why = match (active.reason.as_str(), &active.previous) {
-                ("adopted", _) => "kept from before the agent started".to_owned(),
-                ("initial", _) => "chosen at start".to_owned(),
-                (reason, Some(previous)) => format!("{previous} was left: {}", explain(reason)),
-                (reason, None) => explain(reason).to_owned(),
+            let why = match (active.reason, &active.previous) {
+                (reason, Some(previous)) if explain(reason).1 => {
+                    format!("{previous} was left: {}", explain(reason).0)
+                }
+                (reason, _) => explain(reason).0.to_owned(),
             };
             lines.push(format!(
                 "uplinks    traffic on {} for {} ({why})",
@@ -390,16 +397,22 @@ pub fn uplink_lines(
     lines
 }
 
-fn explain(reason: &str) -> &'static str {
+/// Why traffic is on an uplink, in plain words, and whether it is about the uplink that was
+/// left.
+fn explain(reason: UplinkReason) -> (&'static str, bool) {
     match reason {
-        "link_down" => "its link went down",
-        "silent" => "it stopped answering",
-        "peer_down" => "the appliance it belongs to is down",
-        "suppressed" => "it kept flapping",
-        "captive" => "it answers pings but not the web check (a login page or no service)",
-        "better" => "another uplink was clearly better",
-        "preferred" => "the preferred uplink was back and stable",
-        _ => "no reason given",
+        UplinkReason::Initial => ("chosen at start", false),
+        UplinkReason::Adopted => ("kept from before the agent started", false),
+        UplinkReason::LinkDown => ("its link went down", true),
+        UplinkReason::Silent => ("it stopped answering", true),
+        UplinkReason::PeerDown => ("the appliance it belongs to is down", true),
+        UplinkReason::Suppressed => ("it kept flapping", true),
+        UplinkReason::Captive => (
+            "it answers pings but not the web check (a login page or no service)",
+            true,
+        ),
+        UplinkReason::Better => ("another uplink was clearly better", true),
+        UplinkReason::Preferred => ("the preferred uplink was back and stable", true),
     }
 }
 
@@ -421,6 +434,11 @@ pub fn human_duration(millis: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value of the bus vocabulary from its wire word.
+    fn word<T: std::str::FromStr<Err: std::fmt::Debug>>(word: &str) -> T {
+        word.parse().unwrap()
+    }
 
     /// Audit finding 15: `fieldctl status` listed as "not connected" agents that are not
     /// configured or do not exist. Expected now: what exists and has work on the machine.
@@ -456,18 +474,17 @@ mod tests {
     #[test]
     fn peers_read_in_plain_words() {
         let path = |kind: &str, state: &str, rtt| fieldnet::bus::topics::PeerPathState {
-            kind: kind.into(),
+            kind: word(kind),
             interface: format!("{kind}2"),
-            state: state.into(),
+            state: word(state),
             rtt_ms: rtt,
         };
         let peers = vec![
             (
                 "2".to_owned(),
                 PeerState {
-                    alive: true,
-                    verdict: "alive".into(),
-                    active_path: Some("wifi".into()),
+                    verdict: word("alive"),
+                    active_path: Some(word("wifi")),
                     paths: vec![path("cable", "down", None), path("wifi", "up", Some(7.25))],
                     since: 0,
                 },
@@ -475,9 +492,8 @@ mod tests {
             (
                 "3".to_owned(),
                 PeerState {
-                    alive: false,
-                    verdict: "dead".into(),
-                    active_path: Some("cable".into()),
+                    verdict: word("dead"),
+                    active_path: Some(word("cable")),
                     paths: vec![path("cable", "down", None)],
                     since: 1_000,
                 },
@@ -499,14 +515,14 @@ mod tests {
     fn uplinks_read_in_plain_words() {
         let active = UplinkActive {
             name: "north-4g-b".into(),
-            reason: "silent".into(),
+            reason: word("silent"),
             previous: Some("north-4g-a".into()),
             since: 1_000,
         };
         let states = [
             UplinkState {
                 name: "north-4g-a".into(),
-                health: "silent".into(),
+                health: word("silent"),
                 active: false,
                 suppressed: false,
                 score: None,
@@ -516,7 +532,7 @@ mod tests {
             },
             UplinkState {
                 name: "north-4g-b".into(),
-                health: "up".into(),
+                health: word("up"),
                 active: true,
                 suppressed: false,
                 score: Some(52.0),
@@ -543,7 +559,7 @@ mod tests {
         let network = |name: &str, role: &str, listening: bool| DnsNetwork {
             name: name.into(),
             area: format!("area-{name}"),
-            role: role.into(),
+            role: word(role),
             listening,
         };
         let mut state = DnsState {
@@ -554,7 +570,7 @@ mod tests {
             ],
             upstreams: DnsUpstreams {
                 addresses: vec!["192.0.2.53:53".into()],
-                health: "ok".into(),
+                health: word("ok"),
                 last_answer: Some(1_000),
                 last_failure: None,
                 failures: 0,
@@ -570,7 +586,7 @@ mod tests {
         assert!(lines[2].ends_with("answered by its own appliance"));
         assert!(lines[3].contains("TAKEN OVER from its appliance, answered here"));
 
-        state.upstreams.health = "failing".into();
+        state.upstreams.health = word("failing");
         let lines = dns_lines(&state, 181_000);
         assert!(
             lines[0].contains("NOT ANSWERING (last answer 3m00s ago); cached names still resolve"),
@@ -584,7 +600,7 @@ mod tests {
         use fieldnet::bus::topics::DhcpNetwork;
         let network = |name: &str, state: &str, owner: u8| DhcpNetwork {
             name: name.into(),
-            state: state.into(),
+            state: word(state),
             owner,
             leases: 12,
             pool_used: 13,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fieldnet::bus::BusClient;
-use fieldnet::bus::topics::{self, UplinkActive, UplinkState};
+use fieldnet::bus::topics::{self, UplinkActive, UplinkReason, UplinkState};
 use fieldnet::config::{Config, PathKind, ProbeTarget, UplinkKind};
 use fieldnet::obs::Health as AgentHealth;
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
@@ -267,7 +267,7 @@ pub async fn run(
         sockets.push(Probes { icmp, udp });
     }
     watch_links(events_tx)?;
-    let mut peers = bus.subscribe("peer/");
+    let mut peers = bus.subscribe(topics::TOPIC_PEERS);
 
     let mut edge = Edge {
         kernel,
@@ -301,7 +301,7 @@ pub async fn run(
     edge.active = adopted;
     if let Some(uplink) = adopted {
         tracing::info!(uplink = %edge.routes[uplink].name, "adopting the kernel's default route");
-        edge.publish_active(uplink, None, "adopted");
+        edge.publish_active(uplink, None, UplinkReason::Adopted);
     }
     let outputs = monitor.step(Instant::now(), Input::Adopt { uplink: adopted });
     edge.execute(&mut monitor, outputs).await;
@@ -351,11 +351,11 @@ fn peer_input(event: &fieldnet::bus::BusEvent) -> Option<Input> {
     let fieldnet::bus::BusEvent::Message(envelope) = event else {
         return None;
     };
-    let peer: u8 = envelope.topic.strip_prefix("peer/")?.parse().ok()?;
+    let peer = topics::parse_peer_topic(&envelope.topic)?;
     let liveness: topics::PeerLiveness = envelope.body_as().ok()?;
     Some(Input::Peer {
         peer,
-        alive: liveness.alive,
+        alive: liveness.verdict == topics::PeerVerdict::Alive,
     })
 }
 
@@ -719,7 +719,7 @@ impl Edge {
         self.metrics
             .last_switch
             .set(fieldnet::bus::unix_millis() as i64 / 1000);
-        self.publish_active(uplink, previous, reason.as_str());
+        self.publish_active(uplink, previous, reason.into());
         if let Some(previous) = previous.filter(|p| self.routes[*p].local) {
             let mark = self.routes[previous].mark;
             let name = self.routes[previous].name.clone();
@@ -740,10 +740,10 @@ impl Edge {
         }
     }
 
-    fn publish_active(&self, uplink: usize, previous: Option<usize>, reason: &str) {
+    fn publish_active(&self, uplink: usize, previous: Option<usize>, reason: UplinkReason) {
         let body = UplinkActive {
             name: self.routes[uplink].name.clone(),
-            reason: reason.to_owned(),
+            reason,
             previous: previous.map(|p| self.routes[p].name.clone()),
             since: fieldnet::bus::unix_millis(),
         };
@@ -754,7 +754,7 @@ impl Edge {
         let view = &monitor.view(Instant::now())[uplink];
         let body = UplinkState {
             name: view.name.clone(),
-            health: view.health.as_str().to_owned(),
+            health: view.health,
             active: view.active,
             suppressed: view.suppressed,
             score: view.score,

@@ -34,37 +34,11 @@ const CAPTIVE_AFTER: u32 = 2;
 /// Probes a target may have outstanding; older ones are written off as lost.
 const MAX_PENDING: usize = 64;
 
-/// An uplink's health as the monitor sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Health {
-    /// Not yet enough evidence either way (just started, or link just came back).
-    Unknown,
-    /// Answering probes.
-    Up,
-    /// The kernel reports the link down (carrier lost, interface or address gone).
-    LinkDown,
-    /// Link up, but every target silent for longer than its patience.
-    Silent,
-    /// For a remote uplink: the appliance that owns it is dead.
-    PeerDown,
-    /// Probes are answered but the HTTP check is not: a captive portal or a router's own
-    /// "no service" page (link up, no internet).
-    Captive,
-}
-
-impl Health {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Unknown => "unknown",
-            Health::Up => "up",
-            Health::LinkDown => "link_down",
-            Health::Silent => "silent",
-            Health::PeerDown => "peer_down",
-            Health::Captive => "captive",
-        }
-    }
-}
+/// An uplink's health, in the bus's own words: `Unknown` (not yet enough evidence either way),
+/// `Up`, `LinkDown` (the kernel reports the link down), `Silent` (every target silent longer
+/// than its patience), `PeerDown` (a remote uplink whose appliance is dead), `Captive` (probes
+/// answered, the HTTP check not: a login page or a router's "no service" page).
+pub use fieldnet::bus::topics::UplinkHealth as Health;
 
 /// Why traffic moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -99,6 +73,21 @@ impl SwitchReason {
             SwitchReason::Captive => "captive",
             SwitchReason::Better => "better",
             SwitchReason::Preferred => "preferred",
+        }
+    }
+}
+
+impl From<SwitchReason> for fieldnet::bus::topics::UplinkReason {
+    fn from(reason: SwitchReason) -> Self {
+        match reason {
+            SwitchReason::Initial => Self::Initial,
+            SwitchReason::LinkDown => Self::LinkDown,
+            SwitchReason::Silent => Self::Silent,
+            SwitchReason::PeerDown => Self::PeerDown,
+            SwitchReason::Suppressed => Self::Suppressed,
+            SwitchReason::Captive => Self::Captive,
+            SwitchReason::Better => Self::Better,
+            SwitchReason::Preferred => Self::Preferred,
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
-use fieldnet::bus::topics::{self, DnsNetwork, Lease, Takeover};
+use fieldnet::bus::topics::{self, DnsNetwork, DnsRole, Lease, Takeover};
 
 use fieldnet::names::dns_label;
 
@@ -119,14 +119,14 @@ pub fn network_roles(
         .map(|network| {
             let inside = |gateway: &&Ipv4Addr| network.subnet.contains(*gateway);
             let (role, gateway) = match (own.iter().find(inside), takeovers.values().find(inside)) {
-                (Some(gateway), _) => ("own", Some(gateway)),
-                (None, Some(gateway)) => ("takeover", Some(gateway)),
-                (None, None) => ("peer", None),
+                (Some(gateway), _) => (DnsRole::Own, Some(gateway)),
+                (None, Some(gateway)) => (DnsRole::Takeover, Some(gateway)),
+                (None, None) => (DnsRole::Peer, None),
             };
             DnsNetwork {
                 name: network.name.clone(),
                 area: network.area.clone(),
-                role: role.to_owned(),
+                role,
                 listening: gateway.is_some_and(|g| listening.contains(&IpAddr::V4(*g))),
             }
         })
@@ -245,7 +245,7 @@ mod tests {
         let own = ["10.101.0.1".parse().unwrap()];
         let takeovers = BTreeMap::from([("NETWORK3".to_owned(), "10.103.0.1".parse().unwrap())]);
         let listening = ["10.101.0.1".parse().unwrap()];
-        let roles: Vec<(String, bool)> = network_roles(
+        let roles: Vec<(DnsRole, bool)> = network_roles(
             &[network(1), network(2), network(3)],
             &own,
             &takeovers,
@@ -257,9 +257,9 @@ mod tests {
         assert_eq!(
             roles,
             [
-                ("own".to_owned(), true),
-                ("peer".to_owned(), false),
-                ("takeover".to_owned(), false)
+                (DnsRole::Own, true),
+                (DnsRole::Peer, false),
+                (DnsRole::Takeover, false)
             ]
         );
     }

@@ -15,7 +15,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::{Resolver, TokioResolver};
 
-use fieldnet::bus::topics::DnsUpstreams;
+use fieldnet::bus::topics::{DnsUpstreams, UpstreamHealth};
 
 use crate::cache::{Cache, Entry, Hit};
 
@@ -127,12 +127,11 @@ impl Forwarder {
         DnsUpstreams {
             addresses: self.upstreams.iter().map(ToString::to_string).collect(),
             health: match (self.resolver.is_some(), health.last_ok) {
-                (false, _) => "none",
-                (true, None) => "unknown",
-                (true, Some(true)) => "ok",
-                (true, Some(false)) => "failing",
-            }
-            .to_owned(),
+                (false, _) => UpstreamHealth::None,
+                (true, None) => UpstreamHealth::Unknown,
+                (true, Some(true)) => UpstreamHealth::Ok,
+                (true, Some(false)) => UpstreamHealth::Failing,
+            },
             last_answer: health.last_answer,
             last_failure: health.last_failure,
             failures: health.failures,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use fieldnet::bus::frame::{self, Frame};
-use fieldnet::bus::topics::DnsState;
+use fieldnet::bus::topics::{DnsRole, DnsState, UpstreamHealth};
 use lab::{Lab, LabProcess, Netns, SiteSpec};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -352,19 +352,19 @@ fn dhcp_clients_get_names_takeover_addresses_are_served_and_big_answers_go_over_
         |_, answers| values(answers) == ["\"NETWORK1\""],
     );
     let state = dns_state(&socket).expect("dns/state published");
-    let roles: Vec<(String, String, bool)> = state
+    let roles: Vec<(String, DnsRole, bool)> = state
         .networks
         .iter()
-        .map(|n| (n.name.clone(), n.role.clone(), n.listening))
+        .map(|n| (n.name.clone(), n.role, n.listening))
         .collect();
     assert_eq!(
         roles,
         [
-            ("NETWORK1".to_owned(), "own".to_owned(), true),
-            ("NETWORK2".to_owned(), "takeover".to_owned(), true)
+            ("NETWORK1".to_owned(), DnsRole::Own, true),
+            ("NETWORK2".to_owned(), DnsRole::Takeover, true)
         ]
     );
-    assert_eq!(state.upstreams.health, "none");
+    assert_eq!(state.upstreams.health, UpstreamHealth::None);
     // Handed back: no longer answered there.
     publish(&socket, "dhcp/takeover/NETWORK2", "null");
     wait(&server, "no longer answering DNS");

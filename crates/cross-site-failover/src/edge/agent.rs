@@ -307,7 +307,10 @@ impl Edge {
                 }
                 self.metrics
                     .switches
-                    .with_label_values(&[owner.id.to_string().as_str(), "hub"])
+                    .with_label_values(&[
+                        owner.id.to_string().as_str(),
+                        topics::PathReason::Hub.as_str(),
+                    ])
                     .inc();
                 tracing::info!(
                     area_of = owner.id,
@@ -405,10 +408,10 @@ impl Edge {
         let plan = peer.plan();
         let started = Instant::now();
         route_networks(&self.handle, plan.id, &plan.networks, &plan.paths[path]).await;
-        let reason = format!("{:?}", switch.reason).to_lowercase();
+        let reason = topics::PathReason::from(switch.reason).as_str();
         self.metrics
             .switches
-            .with_label_values(&[plan.id.to_string().as_str(), reason.as_str()])
+            .with_label_values(&[plan.id.to_string().as_str(), reason])
             .inc();
         tracing::info!(
             peer = plan.id,
@@ -464,17 +467,16 @@ fn publish_peer(bus: &BusClient, peer: &Peer) {
         .iter()
         .zip(peer.sessions())
         .map(|(path, session)| topics::PeerPathState {
-            kind: path.kind.as_str().to_owned(),
+            kind: path.kind,
             interface: path.interface.clone(),
-            state: session.state().as_str().to_owned(),
+            state: session.state().into(),
             rtt_ms: session.rtt().map(|r| r.as_secs_f64() * 1000.0),
         })
         .collect();
     let verdict = peer.liveness().verdict();
     let body = topics::PeerState {
-        alive: verdict == Liveness::Alive,
-        verdict: format!("{verdict:?}").to_lowercase(),
-        active_path: peer.active_path().map(|kind| kind.as_str().to_owned()),
+        verdict,
+        active_path: peer.active_path(),
         paths,
         since: fieldnet::bus::unix_millis()
             .saturating_sub(peer.liveness().since().elapsed().as_millis() as u64),

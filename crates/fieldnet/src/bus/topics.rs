@@ -1,7 +1,191 @@
 //! Typed bodies of the bus topics. Every topic an agent publishes is named and typed here, so
 //! publisher and subscribers agree at compile time; `docs/bus.md` lists them for humans.
+//!
+//! Every word with a fixed set of values (a reason, a health, a state) is an enum here, written
+//! on the wire in snake_case; metric labels and logs use the same words (`as_str`). A test
+//! checks that docs/bus.md names every value.
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::config::PathKind;
+
+/// A word that is not one of a vocabulary's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{word:?} is not a {vocabulary} (see docs/bus.md)")]
+pub struct UnknownWord {
+    pub vocabulary: &'static str,
+    pub word: String,
+}
+
+/// An enum of the bus vocabulary: serde with the given wire words, `as_str` for metric labels
+/// and logs, `ALL` for the docs check.
+macro_rules! vocabulary {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$variant_meta:meta])* $variant:ident = $word:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $( $(#[$variant_meta])* #[serde(rename = $word)] $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The wire word, also the metric label.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $word, )+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownWord;
+
+            fn from_str(word: &str) -> Result<Self, UnknownWord> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|value| value.as_str() == word)
+                    .ok_or_else(|| UnknownWord {
+                        vocabulary: stringify!($name),
+                        word: word.to_owned(),
+                    })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+vocabulary! {
+    /// Why traffic moved to an uplink.
+    pub enum UplinkReason {
+        /// Chosen at start, nothing being active before.
+        Initial = "initial",
+        /// The default route already pointed at it when the agent started.
+        Adopted = "adopted",
+        /// The previous uplink's link went down.
+        LinkDown = "link_down",
+        /// The previous uplink stopped answering.
+        Silent = "silent",
+        /// The appliance the previous (remote) uplink belongs to died.
+        PeerDown = "peer_down",
+        /// The previous uplink was dampened for flapping.
+        Suppressed = "suppressed",
+        /// The previous uplink failed the HTTP check (a login page, or no service).
+        Captive = "captive",
+        /// This one scored clearly better for the hold time.
+        Better = "better",
+        /// The preferred uplink was back and stable.
+        Preferred = "preferred",
+    }
+}
+
+vocabulary! {
+    /// An uplink's health.
+    pub enum UplinkHealth {
+        /// Not yet enough evidence either way.
+        Unknown = "unknown",
+        Up = "up",
+        /// The kernel reports the link down.
+        LinkDown = "link_down",
+        /// Link up, every probe target silent.
+        Silent = "silent",
+        /// A remote uplink whose appliance is dead.
+        PeerDown = "peer_down",
+        /// Probes answered, the HTTP check not.
+        Captive = "captive",
+    }
+}
+
+vocabulary! {
+    /// A peer's liveness over all its paths.
+    pub enum PeerVerdict {
+        /// Never heard from since start.
+        Unknown = "unknown",
+        /// Some path is up.
+        Alive = "alive",
+        /// Every path went down after it had been alive.
+        Dead = "dead",
+    }
+}
+
+vocabulary! {
+    /// A heartbeat session on one path.
+    pub enum PathState {
+        Down = "down",
+        /// Heard from, handshake not complete.
+        Init = "init",
+        Up = "up",
+    }
+}
+
+vocabulary! {
+    /// Why the routes to a peer (or, on a hub, an area) moved to a path.
+    pub enum PathReason {
+        /// The first path to come up.
+        Initial = "initial",
+        /// The path in use went down.
+        PathDown = "path_down",
+        /// A more preferred path has been up for the failback hold.
+        Failback = "failback",
+        /// On a hub: the area's tunnel changed.
+        Hub = "hub",
+    }
+}
+
+vocabulary! {
+    /// What dhcp-takeover does with a network.
+    pub enum DhcpNetworkState {
+        /// Answering its own network.
+        Own = "own",
+        /// Its own, held by a peer until handed back.
+        Waiting = "waiting",
+        /// Answering for a dead peer.
+        Taken = "taken",
+        /// Giving a taken network back to its owner.
+        HandingBack = "handing_back",
+        /// Held when the agent restarted: gateway kept, not answering yet.
+        Adopted = "adopted",
+        /// A leg of another appliance's network, not answering.
+        Standby = "standby",
+    }
+}
+
+vocabulary! {
+    /// A site network as whereami serves it.
+    pub enum DnsRole {
+        /// One of this appliance's networks.
+        Own = "own",
+        /// A dead peer's network, served here for now.
+        Takeover = "takeover",
+        /// Served by its own appliance; its askers still get the right answer here.
+        Peer = "peer",
+    }
+}
+
+vocabulary! {
+    /// The upstream resolvers' health.
+    pub enum UpstreamHealth {
+        /// The last question sent upstream was answered.
+        Ok = "ok",
+        Failing = "failing",
+        /// Nothing asked yet.
+        Unknown = "unknown",
+        /// No upstream configured.
+        None = "none",
+    }
+}
 
 /// Which program alone publishes under each prefix (besides fieldctl, the operator's tool):
 /// the broker checks the connecting process's credentials against it. `agent/<name>` is
@@ -74,9 +258,7 @@ pub const TOPIC_UPLINK_ACTIVE: &str = "uplink/active";
 pub struct UplinkActive {
     /// The uplink's name from the config.
     pub name: String,
-    /// Why traffic moved to it: `initial`, `adopted`, `link_down`, `silent`, `peer_down`,
-    /// `suppressed`, `better` or `preferred`.
-    pub reason: String,
+    pub reason: UplinkReason,
     /// The uplink it replaced, if any.
     pub previous: Option<String>,
     /// Since when, in milliseconds since the Unix epoch.
@@ -92,8 +274,7 @@ pub fn uplink_state_topic(name: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UplinkState {
     pub name: String,
-    /// `unknown`, `up`, `link_down`, `silent` or `peer_down`.
-    pub health: String,
+    pub health: UplinkHealth,
     pub active: bool,
     /// Dampened for flapping.
     pub suppressed: bool,
@@ -106,24 +287,30 @@ pub struct UplinkState {
 }
 
 /// Retained, one per peer appliance: `peer/<id>` (published by cross-site-failover).
+pub const TOPIC_PEERS: &str = "peer/";
+
 pub fn peer_topic(id: u8) -> String {
-    format!("peer/{id}")
+    format!("{TOPIC_PEERS}{id}")
 }
 
-/// Body of `peer/<id>`: the least every subscriber relies on.
+/// The peer's id in a `peer/<id>` topic.
+pub fn parse_peer_topic(topic: &str) -> Option<u8> {
+    topic.strip_prefix(TOPIC_PEERS)?.parse().ok()
+}
+
+/// Body of `peer/<id>`: the least every subscriber relies on (the rest of [`PeerState`] is
+/// ignored when read as this).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerLiveness {
-    pub alive: bool,
+    pub verdict: PeerVerdict,
 }
 
-/// The full body cross-site-failover publishes on `peer/<id>` (a superset of [`PeerLiveness`]).
+/// The full body cross-site-failover publishes on `peer/<id>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerState {
-    pub alive: bool,
-    /// `unknown` (never heard since start), `alive` or `dead`.
-    pub verdict: String,
-    /// The path carrying the routes to the peer's networks: `cable`, `wifi` or `vpn`.
-    pub active_path: Option<String>,
+    pub verdict: PeerVerdict,
+    /// The path carrying the routes to the peer's networks.
+    pub active_path: Option<PathKind>,
     pub paths: Vec<PeerPathState>,
     /// Since when the verdict holds, in milliseconds since the Unix epoch.
     pub since: u64,
@@ -132,10 +319,9 @@ pub struct PeerState {
 /// One path to a peer, in [`PeerState`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerPathState {
-    pub kind: String,
+    pub kind: PathKind,
     pub interface: String,
-    /// `down`, `init` or `up`.
-    pub state: String,
+    pub state: PathState,
     pub rtt_ms: Option<f64>,
 }
 
@@ -199,10 +385,7 @@ pub struct DhcpState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DhcpNetwork {
     pub name: String,
-    /// `own` (answering its own network), `waiting` (own, held by a peer until handed back),
-    /// `taken` (answering for a dead peer), `handing_back`, `adopted` (held when the agent
-    /// restarted: gateway kept, not answering yet) or `standby` (a leg, not answering).
-    pub state: String,
+    pub state: DhcpNetworkState,
     /// The appliance whose network it is.
     pub owner: u8,
     /// Bound leases on it, as this appliance knows them.
@@ -230,9 +413,7 @@ pub struct DnsState {
 pub struct DnsNetwork {
     pub name: String,
     pub area: String,
-    /// `own` (one of this appliance's networks), `takeover` (a dead peer's, served here for
-    /// now) or `peer` (served by its own appliance; its askers still get the right answer here).
-    pub role: String,
+    pub role: DnsRole,
     /// Listening on the network's gateway address now.
     pub listening: bool,
 }
@@ -241,12 +422,107 @@ pub struct DnsNetwork {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DnsUpstreams {
     pub addresses: Vec<String>,
-    /// `ok` (the last question sent upstream was answered), `failing`, `unknown` (nothing asked
-    /// yet) or `none` (no upstream configured).
-    pub health: String,
+    pub health: UpstreamHealth,
     /// Milliseconds since the Unix epoch.
     pub last_answer: Option<u64>,
     pub last_failure: Option<u64>,
     /// Questions no upstream answered, since start.
     pub failures: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_words_are_snake_case_and_read_back() {
+        for reason in UplinkReason::ALL {
+            let json = serde_json::to_string(reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+            assert_eq!(
+                serde_json::from_str::<UplinkReason>(&json).unwrap(),
+                *reason
+            );
+        }
+        assert_eq!(PathReason::PathDown.as_str(), "path_down");
+        assert_eq!(DhcpNetworkState::HandingBack.to_string(), "handing_back");
+        assert!(serde_json::from_str::<PeerVerdict>("\"Alive\"").is_err());
+        assert_eq!("peer_down".parse(), Ok(UplinkHealth::PeerDown));
+        assert!("Up".parse::<UplinkHealth>().is_err());
+        // Padding applies, as in fieldctl's columns.
+        assert_eq!(format!("[{:<6}]", UplinkHealth::Up), "[up    ]");
+    }
+
+    #[test]
+    fn a_peer_topic_reads_back_and_nothing_else_does() {
+        assert_eq!(parse_peer_topic(&peer_topic(7)), Some(7));
+        for topic in ["peer/", "peer/x", "peer/256", "peers/1", "uplink/1"] {
+            assert_eq!(parse_peer_topic(topic), None, "{topic}");
+        }
+    }
+
+    #[test]
+    fn a_peer_state_reads_as_its_liveness() {
+        let state = PeerState {
+            verdict: PeerVerdict::Dead,
+            active_path: Some(PathKind::Wifi),
+            paths: vec![PeerPathState {
+                kind: PathKind::Wifi,
+                interface: "wl0".to_owned(),
+                state: PathState::Init,
+                rtt_ms: None,
+            }],
+            since: 1,
+        };
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(json["active_path"], "wifi");
+        assert_eq!(json["paths"][0]["state"], "init");
+        let liveness: PeerLiveness = serde_json::from_value(json).unwrap();
+        assert_eq!(liveness.verdict, PeerVerdict::Dead);
+    }
+
+    /// docs/bus.md names every value of every enum, in backquotes.
+    #[test]
+    fn docs_bus_md_lists_every_value() {
+        let docs = include_str!("../../../../docs/bus.md");
+        let mut missing = Vec::new();
+        let mut check = |enum_name: &str, words: Vec<&'static str>| {
+            for word in words {
+                if !docs.contains(&format!("`{word}`")) {
+                    missing.push(format!("{enum_name}::{word}"));
+                }
+            }
+        };
+        check(
+            "UplinkReason",
+            UplinkReason::ALL.iter().map(|v| v.as_str()).collect(),
+        );
+        check(
+            "UplinkHealth",
+            UplinkHealth::ALL.iter().map(|v| v.as_str()).collect(),
+        );
+        check(
+            "PeerVerdict",
+            PeerVerdict::ALL.iter().map(|v| v.as_str()).collect(),
+        );
+        check(
+            "PathState",
+            PathState::ALL.iter().map(|v| v.as_str()).collect(),
+        );
+        check(
+            "PathReason",
+            PathReason::ALL.iter().map(|v| v.as_str()).collect(),
+        );
+        check(
+            "DhcpNetworkState",
+            DhcpNetworkState::ALL.iter().map(|v| v.as_str()).collect(),
+        );
+        check("DnsRole", DnsRole::ALL.iter().map(|v| v.as_str()).collect());
+        check(
+            "UpstreamHealth",
+            UpstreamHealth::ALL.iter().map(|v| v.as_str()).collect(),
+        );
+        check("PathKind", vec!["cable", "wifi", "vpn"]);
+        assert!(missing.is_empty(), "docs/bus.md does not name: {missing:?}");
+    }
 }

@@ -253,7 +253,11 @@ pub struct Peer {
     pub paths: Vec<PeerPath>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// On the bus as `cable`, `wifi`, `vpn` (`bus::topics`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum PathKind {
     Cable,
     Wifi,
@@ -267,6 +271,23 @@ impl PathKind {
             PathKind::Wifi => "wifi",
             PathKind::Vpn => "vpn",
         }
+    }
+}
+
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PathKind {
+    type Err = String;
+
+    fn from_str(word: &str) -> Result<Self, String> {
+        [PathKind::Cable, PathKind::Wifi, PathKind::Vpn]
+            .into_iter()
+            .find(|kind| kind.as_str() == word)
+            .ok_or_else(|| format!("{word:?} is not a path kind (cable, wifi or vpn)"))
     }
 }
 
