@@ -12,6 +12,7 @@
 //!
 //! See `docs/lab.md` for the design and the site address plan.
 
+mod bus;
 mod clean;
 mod command;
 mod config;
@@ -30,6 +31,7 @@ mod process;
 mod site;
 mod stream;
 
+pub use bus::BusWatch;
 pub use clean::{clean_all, clean_stale, lab_namespaces};
 pub use config::{
     HUB_NAMES, HubSettings, SiteFile, appliance_name, bus_socket, lease_store, sibling_binary,

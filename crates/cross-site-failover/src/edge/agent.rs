@@ -270,7 +270,12 @@ impl Edge {
                     %cause,
                     "path session changed"
                 );
+                // Every path change reaches the bus at once (other changes go at the next
+                // report, within a second).
                 self.path_metrics(&peers[peer]);
+                if plan.role == PeerRole::Appliance {
+                    publish_peer(&self.bus, &peers[peer]);
+                }
             }
             Output::Liveness { peer, verdict } => {
                 let plan = peers[peer].plan();
