@@ -18,10 +18,13 @@ pub fn run_bench(name: &str) -> anyhow::Result<String> {
             ensure_root("failover")?;
             step("failover bench (about 20 minutes with the 10-minute soak)");
             let table = release_example(
-                &["uplink-monitor"],
+                &["uplink-monitor", "fieldnet-bus"],
                 "failover-bench",
                 &["10".as_ref()],
-                &[("UPLINK_MONITOR_BIN", release.join("uplink-monitor"))],
+                &[
+                    ("UPLINK_MONITOR_BIN", release.join("uplink-monitor")),
+                    ("FIELDNET_BUS_BIN", release.join("fieldnet-bus")),
+                ],
             )?;
             let anchors = "\nAnchors (published figures, not measured here): the original field build switched in 4 s; \
                 OpenWrt mwan3 takes 60–146 s at its defaults, pfSense dpinger ~14 s, keepalived 3.6 s, BFD 0.9 s.\n";

@@ -10,6 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use fieldnet::bus::topics::UplinkReason;
 use lab::StreamReport;
 use support::*;
 
@@ -28,7 +29,7 @@ fn main() -> anyhow::Result<()> {
             .lab
             .link_down(&uplink.router, &uplink.router_lan_if)
             .unwrap();
-        (fault, "reason=link_down")
+        (fault, UplinkReason::LinkDown)
     });
     rows.push(row(
         "carrier loss (link down at the appliance port)",
@@ -42,7 +43,7 @@ fn main() -> anyhow::Result<()> {
             .lab
             .blackhole(&uplink.router, &uplink.router_wan_if)
             .unwrap();
-        (fault, "reason=silent")
+        (fault, UplinkReason::Silent)
     });
     rows.push(row(
         "router's WAN side dead, carrier up (silent blackhole)",
@@ -56,7 +57,7 @@ fn main() -> anyhow::Result<()> {
             .lab
             .loss(&uplink.router, &uplink.router_wan_if, 100)
             .unwrap();
-        (fault, "reason=silent")
+        (fault, UplinkReason::Silent)
     });
     rows.push(row(
         "100 % loss toward all targets on that uplink only",
@@ -75,7 +76,7 @@ fn main() -> anyhow::Result<()> {
         let stream = running.stream();
         std::thread::sleep(Duration::from_millis(500));
         let faults = running.cut_local_uplinks();
-        running.wait_for_log("to=a2-up1");
+        running.bus.wait_active("a2-up1", None, None);
         outages.push(settle_and_finish(stream).longest_gap);
         drop(faults);
     }
@@ -106,7 +107,7 @@ fn env_secs(name: &str, default: u64) -> u64 {
 fn repeat(
     runs: usize,
     label: &str,
-    inject: impl Fn(&Running) -> (lab::Fault, &'static str),
+    inject: impl Fn(&Running) -> (lab::Fault, UplinkReason),
 ) -> Vec<Duration> {
     (0..runs)
         .map(|_| {
@@ -114,9 +115,9 @@ fn repeat(
             let stream = running.stream();
             std::thread::sleep(Duration::from_millis(500));
             let (fault, reason) = inject(&running);
-            running.wait_for_log(&format!(
-                "default route moved from=a1-up1 to=a1-up2 {reason}"
-            ));
+            running
+                .bus
+                .wait_active("a1-up2", Some("a1-up1"), Some(reason));
             let report: StreamReport = settle_and_finish(stream);
             drop(fault);
             report.longest_gap
@@ -149,12 +150,8 @@ fn latency(runs: usize) -> (String, String, String, String) {
         let site = delay_site("bench-latency").expect("lab");
         let raised = Instant::now();
         let slow = site.slow_first_uplink();
-        site.agent
-            .wait_for_log(
-                "default route moved from=up0 to=up1 reason=better",
-                PATIENCE,
-            )
-            .expect("switch");
+        site.bus
+            .wait_active("up1", Some("up0"), Some(UplinkReason::Better));
         switch_after.push(raised.elapsed());
         std::thread::sleep(Duration::from_secs(5));
         let log = site.agent.log();

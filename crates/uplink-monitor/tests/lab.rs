@@ -8,6 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use fieldnet::bus::topics::UplinkReason;
 use support::*;
 
 #[test]
@@ -27,7 +28,9 @@ fn carrier_loss_moves_the_default_route_and_the_flow_survives() {
         .lab
         .link_down(&area.uplinks[0].router, &area.uplinks[0].router_lan_if)
         .unwrap();
-    running.wait_for_log("default route moved from=a1-up1 to=a1-up2 reason=link_down");
+    running
+        .bus
+        .wait_active("a1-up2", Some("a1-up1"), Some(UplinkReason::LinkDown));
     let report = settle_and_finish(stream);
     assert!(
         running.default_route().contains("dev wan1"),
@@ -51,7 +54,9 @@ fn silent_blackhole_with_carrier_up_is_detected_by_probes() {
         .lab
         .blackhole(&area.uplinks[0].router, &area.uplinks[0].router_wan_if)
         .unwrap();
-    running.wait_for_log("default route moved from=a1-up1 to=a1-up2 reason=silent");
+    running
+        .bus
+        .wait_active("a1-up2", Some("a1-up1"), Some(UplinkReason::Silent));
     let report = settle_and_finish(stream);
     assert_recovered(&report, "blackhole");
     assert!(
@@ -72,7 +77,9 @@ fn total_loss_towards_the_targets_on_one_uplink_moves_traffic() {
         .lab
         .loss(&area.uplinks[0].router, &area.uplinks[0].router_wan_if, 100)
         .unwrap();
-    running.wait_for_log("default route moved from=a1-up1 to=a1-up2 reason=silent");
+    running
+        .bus
+        .wait_active("a1-up2", Some("a1-up1"), Some(UplinkReason::Silent));
     let report = settle_and_finish(stream);
     assert_recovered(&report, "100 % loss");
 }
@@ -137,7 +144,9 @@ fn sigkill_and_restart_lose_no_packet() {
     running.agent = None;
     std::thread::sleep(Duration::from_millis(300));
     running.start_agent();
-    running.wait_for_log("adopting the kernel's default route uplink=a1-up1");
+    running
+        .bus
+        .wait_active("a1-up1", None, Some(UplinkReason::Adopted));
     std::thread::sleep(Duration::from_millis(500));
     let report = stream.finish();
     assert_eq!(report.received, report.sent, "{report:?}");
@@ -152,7 +161,7 @@ fn with_every_local_uplink_dead_traffic_flows_through_another_area() {
     let stream = running.stream();
     std::thread::sleep(Duration::from_millis(500));
     let _cuts = running.cut_local_uplinks();
-    running.wait_for_log("to=a2-up1");
+    running.bus.wait_active("a2-up1", None, None);
     let report = settle_and_finish(stream);
     assert!(
         running.default_route().contains("dev cab2"),
@@ -169,12 +178,8 @@ fn latency_raised_to_400_ms_moves_traffic_after_the_hold_time_without_flapping()
     };
     let raised = Instant::now();
     let _slow = site.slow_first_uplink();
-    site.agent
-        .wait_for_log(
-            "default route moved from=up0 to=up1 reason=better",
-            PATIENCE,
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    site.bus
+        .wait_active("up1", Some("up0"), Some(UplinkReason::Better));
     let switched = raised.elapsed();
     // Not before the hold time: a better uplink must stay better that long.
     assert!(
@@ -214,7 +219,9 @@ fn an_uplink_probed_only_over_udp_is_judged_and_its_blackhole_detected() {
         .lab
         .blackhole(&area.uplinks[0].router, &area.uplinks[0].router_wan_if)
         .unwrap();
-    running.wait_for_log("default route moved from=a1-up1 to=a1-up2 reason=silent");
+    running
+        .bus
+        .wait_active("a1-up2", Some("a1-up1"), Some(UplinkReason::Silent));
     assert!(
         running.default_route().contains("dev wan1"),
         "{}",
@@ -247,7 +254,9 @@ fn a_captive_portal_that_still_answers_pings_is_detected_by_the_http_check() {
             b"table ip portal {\n  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n    iifname \"lan\" tcp dport 80 dnat to 192.168.8.1:8080\n  }\n}\n",
         )
         .unwrap();
-    running.wait_for_log("default route moved from=a1-up1 to=a1-up2 reason=captive");
+    running
+        .bus
+        .wait_active("a1-up2", Some("a1-up1"), Some(UplinkReason::Captive));
     assert!(
         running
             .agent()
@@ -283,7 +292,9 @@ fn the_throughput_test_moves_traffic_off_an_uplink_far_below_the_minimum() {
         .unwrap();
     // The download also queues the probes behind it, so the latency may move traffic before
     // the measured shortfall does; either way the thin uplink is left for the wide one.
-    running.wait_for_log("default route moved from=a1-up1 to=a1-up2 reason=better");
+    running
+        .bus
+        .wait_active("a1-up2", Some("a1-up1"), Some(UplinkReason::Better));
     running.wait_for_log("throughput measured uplink=a1-up1");
     running.wait_for_log("throughput measured uplink=a1-up2");
     let log = running.agent().log();
@@ -314,7 +325,7 @@ fn a_remote_uplink_follows_its_live_path_when_the_cable_is_cut() {
         return;
     };
     let _cuts = running.cut_local_uplinks();
-    running.wait_for_log("to=a2-up1");
+    running.bus.wait_active("a2-up1", None, None);
     assert!(
         running.default_route().contains("dev cab2"),
         "{}",

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lab::{Direction, EchoServer, Lab, LabProcess, Netns, Site, SiteSpec, Stream, StreamReport};
+use fieldnet::bus::topics::{self, UplinkActive, UplinkHealth, UplinkReason, UplinkState};
+use lab::{
+    BusWatch, Direction, EchoServer, Lab, LabProcess, Netns, Site, SiteSpec, Stream, StreamReport,
+};
 
 /// The agent under test: the test build's binary, or `UPLINK_MONITOR_BIN` (the bench passes
 /// its release build).
@@ -18,7 +21,63 @@ pub fn agent_binary() -> String {
         .expect("UPLINK_MONITOR_BIN names the uplink-monitor binary")
 }
 
+/// The broker: `FIELDNET_BUS_BIN` (the bench passes its release build), or the one beside the
+/// agent.
+pub fn bus_binary() -> String {
+    std::env::var("FIELDNET_BUS_BIN")
+        .unwrap_or_else(|_| lab::sibling_binary(&agent_binary(), "fieldnet-bus", "fieldnet-bus"))
+}
+
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The broker on the agent's appliance, and waits on what uplink-monitor publishes there.
+pub struct Bus {
+    pub process: LabProcess,
+    pub socket: PathBuf,
+}
+
+impl Bus {
+    pub fn start(lab: &mut Lab, ns: &Netns, args: &[&str], socket: PathBuf) -> Self {
+        Self {
+            process: lab.spawn(ns, &bus_binary(), args).unwrap(),
+            socket,
+        }
+    }
+
+    fn watch(&self, prefix: &str) -> BusWatch {
+        BusWatch::subscribe(&self.socket, prefix, PATIENCE).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Waits until every uplink named is up.
+    pub fn wait_ready(&self, uplinks: &[&str]) {
+        for name in uplinks {
+            self.watch(&topics::uplink_state_topic(name))
+                .wait_for::<UplinkState>(&format!("{name} up"), PATIENCE, |_, state| {
+                    state.health == UplinkHealth::Up
+                })
+                .unwrap_or_else(|e| panic!("{e:#}"));
+        }
+    }
+
+    /// Waits until traffic is on `to`, moved there from `from` (when given) for `reason` (when
+    /// given), and returns what was published.
+    pub fn wait_active(
+        &self,
+        to: &str,
+        from: Option<&str>,
+        reason: Option<UplinkReason>,
+    ) -> UplinkActive {
+        let what = format!("traffic on {to} (from {from:?}, {reason:?})");
+        self.watch(topics::TOPIC_UPLINK_ACTIVE)
+            .wait_for::<UplinkActive>(&what, PATIENCE, |_, active| {
+                active.name == to
+                    && from.is_none_or(|from| active.previous.as_deref() == Some(from))
+                    && reason.is_none_or(|reason| active.reason == reason)
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .1
+    }
+}
 pub const STREAM_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A site with uplink-monitor running on appliance 1 (and, with `both`, on appliance 2).
@@ -26,6 +85,7 @@ pub struct Running {
     pub lab: Lab,
     pub site: Site,
     pub agent: Option<LabProcess>,
+    pub bus: Bus,
     pub config: PathBuf,
     pub echo: EchoServer,
     /// A connectivity-check endpoint answering 204 on 192.0.2.1:80.
@@ -55,25 +115,25 @@ pub fn start_with(label: &str, areas: u8, uplinks: u8, extra: &str) -> Option<Ru
     let echo = EchoServer::start(&site.internet, "192.0.2.1:7".parse().unwrap()).unwrap();
     let check =
         lab::HttpResponder::start(&site.internet, "192.0.2.1:80".parse().unwrap(), 204).unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--appliance",
+        &lab::appliance_name(1),
+    ];
+    let socket = lab::bus_socket(lab.dir(), 1);
+    let bus = Bus::start(&mut lab, &site.areas[0].appliance, &args, socket);
     let mut running = Running {
         lab,
         site,
         agent: None,
+        bus,
         config,
         echo,
         check,
     };
     running.start_agent();
     Some(running)
-}
-
-pub fn wait_ready(agent: &LabProcess, uplinks: &[&str]) {
-    for name in uplinks {
-        let needle = format!("uplink health changed uplink={name} from=unknown to=up");
-        agent
-            .wait_for_log(&needle, PATIENCE)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-    }
 }
 
 impl Running {
@@ -93,7 +153,7 @@ impl Running {
             )
             .unwrap();
         let names: Vec<&str> = area.uplinks.iter().map(|u| u.name.as_str()).collect();
-        wait_ready(&agent, &names);
+        self.bus.wait_ready(&names);
         self.agent = Some(agent);
     }
 
@@ -189,6 +249,7 @@ pub struct DelaySite {
     pub client: Netns,
     pub links: Vec<lab::DelayLink>,
     pub agent: LabProcess,
+    pub bus: Bus,
 }
 
 pub fn delay_site(label: &str) -> Option<DelaySite> {
@@ -283,19 +344,17 @@ pub fn delay_site(label: &str) -> Option<DelaySite> {
         ),
     )
     .unwrap();
-    let agent = lab
-        .spawn(
-            &appliance,
-            &agent_binary(),
-            &["--config", config.to_str().unwrap(), "--appliance", "app"],
-        )
-        .unwrap();
-    wait_ready(&agent, &["up0", "up1"]);
+    let args = ["--config", config.to_str().unwrap(), "--appliance", "app"];
+    let socket = lab.dir().join("bus.sock");
+    let bus = Bus::start(&mut lab, &appliance, &args, socket);
+    let agent = lab.spawn(&appliance, &agent_binary(), &args).unwrap();
+    bus.wait_ready(&["up0", "up1"]);
     Some(DelaySite {
         lab,
         appliance,
         client,
         links,
         agent,
+        bus,
     })
 }
