@@ -15,7 +15,10 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use lab::{AckCapture, AddressAudit, EchoServer, Lab, LabProcess, Site, SiteSpec, Stream};
+use fieldnet::bus::topics::{self, DhcpNetworkState, DhcpState, Takeover};
+use lab::{
+    AckCapture, AddressAudit, BusWatch, EchoServer, Lab, LabProcess, Site, SiteSpec, Stream,
+};
 
 const CLIENTS: usize = 50;
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -36,22 +39,48 @@ fn start(lab: &mut Lab, site: &Site, id: u8, bins: &Binaries) -> anyhow::Result<
     let args = ["--config", &config, "--appliance", &lab::appliance_name(id)];
     let ns = &site.area(id).expect("area").appliance;
     let bus = lab.spawn(ns, &bins.bus, &args)?;
-    bus.wait_for_log("listening", PATIENCE)?;
     let crosser = lab.spawn(ns, &bins.crosser, &args)?;
     let dhcp = lab.spawn(ns, &bins.dhcp, &args)?;
     Ok(vec![dhcp, crosser, bus])
 }
 
-/// Waits until `needle` appears `count` times in `process`'s log.
-fn wait_count(process: &LabProcess, needle: &str, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if process.log().matches(needle).count() >= count {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    anyhow::bail!("'{needle}' ×{count} never logged:\n{}", process.log())
+/// Waits until appliance `id`'s dhcp-takeover says `network` is in `state` (`dhcp/state`).
+fn wait_network(lab: &Lab, id: u8, network: &str, state: DhcpNetworkState) -> anyhow::Result<()> {
+    BusWatch::subscribe(
+        &lab::bus_socket(lab.dir(), id),
+        topics::TOPIC_DHCP_STATE,
+        PATIENCE,
+    )?
+    .wait_for::<DhcpState>(&format!("{network} {state}"), PATIENCE, |_, dhcp| {
+        dhcp.networks
+            .iter()
+            .any(|n| n.name == network && n.state == state)
+    })?;
+    Ok(())
+}
+
+/// A watch on `dhcp/takeover/<network>` at appliance `id`'s broker: set when the network is
+/// taken over there, cleared when handed back.
+fn watch_takeover(lab: &Lab, id: u8, network: &str) -> anyhow::Result<BusWatch> {
+    BusWatch::subscribe(
+        &lab::bus_socket(lab.dir(), id),
+        &topics::takeover_topic(network),
+        PATIENCE,
+    )
+}
+
+/// Waits on `watch` until the network is taken over (at or after `since`, in milliseconds
+/// since the epoch), or handed back.
+fn wait_takeover(watch: &mut BusWatch, taken: bool, since: u64) -> anyhow::Result<()> {
+    watch.wait_for::<Option<Takeover>>(
+        &format!("taken over: {taken}"),
+        PATIENCE,
+        |_, takeover| match takeover {
+            Some(takeover) => taken && takeover.since >= since,
+            None => !taken,
+        },
+    )?;
+    Ok(())
 }
 
 fn median(values: &mut [Duration]) -> Duration {
@@ -77,9 +106,9 @@ fn main() -> anyhow::Result<()> {
     let a2 = area2.appliance.clone();
     let dir = lab.dir().to_owned();
 
-    let one = start(&mut lab, &site, 1, &bins)?;
+    let _one = start(&mut lab, &site, 1, &bins)?;
     let mut two = start(&mut lab, &site, 2, &bins)?;
-    wait_count(&two[0], "serving DHCP on own network", 1)?;
+    wait_network(&lab, 2, "NETWORK2", DhcpNetworkState::Own)?;
 
     let hook = lab::udhcpc_hook(&dir)?;
     let mut clients = Vec::new();
@@ -155,6 +184,8 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(3));
         let streams = start_streams()?;
         let cut = Instant::now();
+        let cut_ms = fieldnet::bus::unix_millis();
+        let mut taken = watch_takeover(&lab, 1, "NETWORK2")?;
         cuts.push(cut);
         for process in two.drain(..) {
             process.kill_now()?;
@@ -173,7 +204,7 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(Instant::now() < deadline, "the gateway never answered");
         }
         gateway_times.push(cut.elapsed());
-        wait_count(&one[0], "network taken over", round)?;
+        wait_takeover(&mut taken, true, cut_ms)?;
         std::thread::sleep(Duration::from_secs(3));
         for stream in streams {
             takeover_gaps.push(stream.finish().longest_gap);
@@ -183,9 +214,9 @@ fn main() -> anyhow::Result<()> {
         power.undo()?;
         let back = Instant::now();
         two = start(&mut lab, &site, 2, &bins)?;
-        wait_count(&one[0], "network handed back", round)?;
+        wait_takeover(&mut taken, false, 0)?;
         handbacks.push(back.elapsed());
-        wait_count(&two[0], "serving DHCP on own network", 1)?;
+        wait_network(&lab, 2, "NETWORK2", DhcpNetworkState::Own)?;
         std::thread::sleep(Duration::from_secs(3));
         for stream in streams {
             handback_gaps.push(stream.finish().longest_gap);

@@ -6,7 +6,8 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lab::{Lab, LabProcess, Netns, Site, SiteSpec};
+use fieldnet::bus::topics::{self, DhcpNetworkState, DhcpState, Takeover};
+use lab::{BusWatch, Lab, LabProcess, Netns, Site, SiteSpec};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -659,6 +660,8 @@ struct Appliance {
     bus: LabProcess,
     crosser: LabProcess,
     dhcp: LabProcess,
+    /// Its broker's socket: the tests wait on what dhcp-takeover publishes there.
+    socket: PathBuf,
 }
 
 impl Appliance {
@@ -674,8 +677,6 @@ impl Appliance {
         let bus = lab
             .spawn(ns, &sibling("fieldnet-bus", "fieldnet-bus"), &args)
             .unwrap();
-        bus.wait_for_log("listening", PATIENCE)
-            .unwrap_or_else(|e| panic!("{e:#}"));
         let crosser = lab
             .spawn(
                 ns,
@@ -684,7 +685,40 @@ impl Appliance {
             )
             .unwrap();
         let dhcp = Self::start_dhcp(lab, site, config, id);
-        Self { bus, crosser, dhcp }
+        let socket = lab::bus_socket(lab.dir(), id);
+        Self {
+            bus,
+            crosser,
+            dhcp,
+            socket,
+        }
+    }
+
+    fn watch(&self, prefix: &str) -> BusWatch {
+        BusWatch::subscribe(&self.socket, prefix, PATIENCE).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Waits until dhcp-takeover says `network` is in `state` on `dhcp/state`.
+    fn wait_network(&self, network: &str, state: DhcpNetworkState) {
+        self.watch(topics::TOPIC_DHCP_STATE)
+            .wait_for::<DhcpState>(&format!("{network} {state}"), PATIENCE, |_, dhcp| {
+                dhcp.networks
+                    .iter()
+                    .any(|n| n.name == network && n.state == state)
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// Waits until `network` is taken over here (`dhcp/takeover/<network>` set, published at or
+    /// after `since`, in milliseconds since the epoch), or handed back (cleared).
+    fn wait_takeover(&self, network: &str, taken: bool, since: u64) {
+        let what = format!("{network} taken over: {taken}");
+        self.watch(&topics::takeover_topic(network))
+            .wait_for::<Option<Takeover>>(&what, PATIENCE, |_, takeover| match takeover {
+                Some(takeover) => taken && takeover.since >= since,
+                None => !taken,
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Starts appliance `id`'s dhcp-takeover.
@@ -790,9 +824,7 @@ fn peer_api_is_closed_to_lan_devices_and_takes_a_signed_request_once() {
     let config = write_config(&lab, &site, "", "");
     let one = Appliance::start(&mut lab, &site, &config, 1);
     let _two = Appliance::start(&mut lab, &site, &config, 2);
-    one.dhcp
-        .wait_for_log("serving DHCP on own network", PATIENCE)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    one.wait_network("NETWORK1", DhcpNetworkState::Own);
     let key = peer::PeerKey::new(&[0x5a; 32]);
     let signed = |from: u8, ts: u64| {
         let query = peer::sync_query(from, 0, 0, &peer::nonce(), ts);
@@ -866,9 +898,7 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
     let config = write_config(&lab, &site, "lease_time_s = 20\n", "");
     let one = Appliance::start(&mut lab, &site, &config, 1);
     let two = Appliance::start(&mut lab, &site, &config, 2);
-    two.dhcp
-        .wait_for_log("serving DHCP on own network", PATIENCE)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    two.wait_network("NETWORK2", DhcpNetworkState::Own);
 
     // Real clients (udhcpc) in area 2, with a hook script that applies the lease.
     let hook_path = lab::udhcpc_hook(&dir).unwrap();
@@ -943,11 +973,10 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
     // Power cut on appliance 2: its processes die, its host stack goes silent, its LAN switch
     // keeps switching.
     let died = Instant::now();
+    let died_ms = fieldnet::bus::unix_millis();
     two.kill();
     let power = lab.power_off(&a2).unwrap();
-    one.dhcp
-        .wait_for_log("network taken over", PATIENCE)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    one.wait_takeover("NETWORK2", true, died_ms);
     let taken_after = died.elapsed();
     // The gateway answers again, from appliance 1's leg, for a client that kept its lease.
     let old = &area2.clients[0].ns;
@@ -982,12 +1011,8 @@ fn a_dead_appliances_network_is_taken_over_and_handed_back_without_a_duplicate_a
     // Power back: appliance 2 gets its leases (including the taker's), then its network.
     power.undo().unwrap();
     let two = Appliance::start(&mut lab, &site, &config, 2);
-    two.dhcp
-        .wait_for_log("serving DHCP on own network", PATIENCE)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    one.dhcp
-        .wait_for_log("network handed back", PATIENCE)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    two.wait_network("NETWORK2", DhcpNetworkState::Own);
+    one.wait_network("NETWORK2", DhcpNetworkState::Standby);
     let taken_by_one: Vec<std::net::Ipv4Addr> = (6..8).filter_map(address_of).collect();
     let table = lease_table(&a2, 1);
     for address in &taken_by_one {
@@ -1058,14 +1083,11 @@ fn a_restart_during_a_takeover_keeps_the_taken_network() {
     let config = write_config(&lab, &site, "", "");
     let mut one = Appliance::start(&mut lab, &site, &config, 1);
     let two = Appliance::start(&mut lab, &site, &config, 2);
-    two.dhcp
-        .wait_for_log("serving DHCP on own network", PATIENCE)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    two.wait_network("NETWORK2", DhcpNetworkState::Own);
+    let killed_ms = fieldnet::bus::unix_millis();
     two.kill();
     let _power = lab.power_off(&a2).unwrap();
-    one.dhcp
-        .wait_for_log("network taken over", PATIENCE)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    one.wait_takeover("NETWORK2", true, killed_ms);
     let all = |ns: &Netns| ns.ip_output(&["-4", "-o", "addr", "show"]).unwrap();
     assert!(all(&a1).contains("10.102.0.1/"), "{}", all(&a1));
 
@@ -1090,16 +1112,15 @@ fn a_restart_during_a_takeover_keeps_the_taken_network() {
         })
     };
     one.dhcp.kill_now().unwrap();
+    let restarted_ms = fieldnet::bus::unix_millis();
     one.dhcp = Appliance::start_dhcp(&mut lab, &site, &config, 1);
-    for line in [
-        "a takeover left by the previous run: adopted",
-        "serving DHCP on own network",
-        "network taken over",
-    ] {
-        one.dhcp
-            .wait_for_log(line, PATIENCE)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-    }
+    // Adopted is a moment's state, said in the log (dhcp/state is sampled once a second);
+    // the takeover that follows is the restarted process's own (published after it started).
+    one.dhcp
+        .wait_for_log("a takeover left by the previous run: adopted", PATIENCE)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    one.wait_takeover("NETWORK2", true, restarted_ms);
+    one.wait_network("NETWORK1", DhcpNetworkState::Own);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (missing, looks) = watcher.join().unwrap();
     assert_eq!(
