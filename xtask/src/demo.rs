@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lab::{Lab, Netns, Site};
+use fieldnet::bus::topics::{self, DhcpNetworkState, PathKind, PeerVerdict};
+use lab::{BusWatch, Lab, Netns, Site};
 
 use crate::util::{cmd, root, step};
 
@@ -269,27 +270,44 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         );
         if hub { &mut hubs } else { &mut appliances }.push(agents);
     }
-    for (area, agents) in site.areas.iter().zip(&appliances) {
-        let monitor = agents.get(Program::UplinkMonitor);
+    for (area, machine) in site.areas.iter().zip(&site.machines) {
+        // What each agent says on the appliance's bus.
         for uplink in &area.uplinks {
-            monitor.wait_for_log(
-                &format!("uplink={} from=unknown to=up", uplink.name),
-                Duration::from_secs(20),
+            on_bus::<topics::UplinkState>(
+                machine,
+                &topics::uplink_state_topic(&uplink.name),
+                &format!("{} up", uplink.name),
+                |state| state.health == topics::UplinkHealth::Up,
             )?;
         }
-        let crosser = agents.get(Program::CrossSiteFailover);
         for other in site.areas.iter().filter(|other| other.id != area.id) {
-            crosser.wait_for_log(
-                &format!("peer liveness changed peer={}", other.id),
-                Duration::from_secs(20),
+            on_bus::<topics::PeerState>(
+                machine,
+                &topics::peer_topic(other.id),
+                &format!("appliance {} alive", other.id),
+                |peer| peer.verdict == PeerVerdict::Alive,
             )?;
         }
-        agents
-            .get(Program::Whereami)
-            .wait_for_log("answering DNS", Duration::from_secs(20))?;
-        agents
-            .get(Program::DhcpTakeover)
-            .wait_for_log("serving DHCP on own network", Duration::from_secs(20))?;
+        on_bus::<topics::DnsState>(
+            machine,
+            topics::TOPIC_DNS_STATE,
+            "DNS answered on the own network",
+            |dns| {
+                dns.networks
+                    .iter()
+                    .any(|n| n.role == topics::DnsRole::Own && n.listening)
+            },
+        )?;
+        on_bus::<topics::DhcpState>(
+            machine,
+            topics::TOPIC_DHCP_STATE,
+            "DHCP answered on the own network",
+            |dhcp| {
+                dhcp.networks
+                    .iter()
+                    .any(|n| n.owner == area.id && n.state == DhcpNetworkState::Own)
+            },
+        )?;
         println!(
             "appliance {}: uplink-monitor probes its {} {} and the others' through them; heartbeats every 50 ms to {} appliances over cable, wifi and the VPN; DNS and DHCP on {}",
             area.id,
@@ -382,11 +400,23 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     let first = &north.uplinks[0];
     let moved_from = |name: &str| format!("default route moved from={name} to=");
     let north_monitor = appliances[0].get(Program::UplinkMonitor);
+    let left = |name: &str| {
+        let name = name.to_owned();
+        move || {
+            on_bus::<topics::UplinkActive>(
+                north_machine,
+                topics::TOPIC_UPLINK_ACTIVE,
+                &format!("traffic off {name}"),
+                |active| active.previous.as_deref() == Some(name.as_str()),
+            )
+        }
+    };
     let cut = failover(
         &client.ns,
         echo.address,
         north_monitor,
         &moved_from(&first.name),
+        left(&first.name),
         || {
             println!(
                 "Now the cable between north and its router {} is pulled.",
@@ -405,6 +435,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         echo.address,
         north_monitor,
         &moved_from(&second.name),
+        left(&second.name),
         || {
             println!(
                 "Router {}'s connection to the internet goes dead; its cable stays plugged in.",
@@ -438,11 +469,22 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         .context("stage's cable to north")?
         .ifname
         .clone();
+    let routed_via = |path: PathKind| {
+        move || {
+            on_bus::<topics::PeerState>(
+                north_machine,
+                &topics::peer_topic(stage.id),
+                &format!("routes to stage via {path}"),
+                |peer| peer.active_path == Some(path),
+            )
+        }
+    };
     let cable = failover(
         &client.ns,
         far.address,
         north_crosser,
         &format!("routes to peer moved peer={} from=cable to=wifi", stage.id),
+        routed_via(PathKind::Wifi),
         || {
             println!("The cable between the two areas is cut.");
             lab.link_down(&stage.appliance, &stage_cable)
@@ -464,6 +506,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         far.address,
         north_crosser,
         &format!("routes to peer moved peer={} from=wifi to=vpn", stage.id),
+        routed_via(PathKind::Vpn),
         || {
             println!(
                 "With the cable still cut, the wifi bridge goes silent: its link stays up, nothing gets through."
@@ -522,10 +565,21 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     println!("stage's power is cut: every agent on it dies, its switch keeps switching.");
     let cut = std::time::Instant::now();
+    let cut_ms = fieldnet::bus::unix_millis();
     appliances.remove(1).kill()?;
     let power = lab.power_off(&stage.appliance)?;
     let taker = appliances[0].get(Program::DhcpTakeover);
-    taker.wait_for_log("network taken over", Duration::from_secs(20))?;
+    let patience = Duration::from_secs(30);
+    let mut taken = BusWatch::subscribe(
+        &north_machine.bus_socket(),
+        &topics::takeover_topic(&network),
+        patience,
+    )?;
+    taken.wait_for::<Option<topics::Takeover>>(
+        "north takes the network",
+        patience,
+        |_, taken| taken.as_ref().is_some_and(|t| t.since >= cut_ms),
+    )?;
     println!(
         "  north took {network} over {:.1} s after the cut: {}",
         cut.elapsed().as_secs_f64(),
@@ -571,10 +625,22 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         &[Program::CrossSiteFailover, Program::DhcpTakeover],
         &[],
     )?;
-    taker.wait_for_log("network handed back", Duration::from_secs(30))?;
-    restarted
-        .get(Program::DhcpTakeover)
-        .wait_for_log("serving DHCP on own network", Duration::from_secs(30))?;
+    // The takeover cleared on north's bus: handed back.
+    taken.wait_for::<Option<topics::Takeover>>(
+        "the network handed back",
+        patience,
+        |_, taken| taken.is_none(),
+    )?;
+    on_bus::<topics::DhcpState>(
+        stage_machine,
+        topics::TOPIC_DHCP_STATE,
+        "stage answers its network",
+        |dhcp| {
+            dhcp.networks
+                .iter()
+                .any(|n| n.name == network && n.state == DhcpNetworkState::Own)
+        },
+    )?;
     println!(
         "  handed back {:.1} s after power-on (agents' start included): {}",
         back.elapsed().as_secs_f64(),
@@ -759,13 +825,15 @@ fn ask_whereami(ns: &Netns, server: &str, name: &str) -> anyhow::Result<(String,
     Ok((reply.status, answer))
 }
 
-/// Streams from `client` while `inject` breaks something, waits until `agent` logs `needle`
-/// (the move it made), and tells what the device saw. Returns the fault, still in force.
+/// Streams from `client` while `inject` breaks something, waits until `moved` sees the move
+/// on the bus, and tells what the device saw and `agent`'s last log line with `needle` (the
+/// move in its words). Returns the fault, still in force.
 fn failover(
     client: &Netns,
     echo: std::net::SocketAddr,
     agent: &lab::LabProcess,
     needle: &str,
+    moved: impl FnOnce() -> anyhow::Result<()>,
     inject: impl FnOnce() -> anyhow::Result<lab::Fault>,
 ) -> anyhow::Result<lab::Fault> {
     let stream = lab::Stream::start(
@@ -776,7 +844,7 @@ fn failover(
     )?;
     std::thread::sleep(Duration::from_millis(700));
     let fault = inject()?;
-    agent.wait_for_log(needle, Duration::from_secs(20))?;
+    moved()?;
     std::thread::sleep(Duration::from_millis(700));
     let report = stream.finish();
     println!("  {}", last_line(&agent.log(), needle));
@@ -787,6 +855,22 @@ fn failover(
         report.sent
     );
     Ok(fault)
+}
+
+/// Waits until a message under `prefix` on `machine`'s bus, read as `T`, satisfies `check`.
+fn on_bus<T: serde::de::DeserializeOwned>(
+    machine: &lab::Machine,
+    prefix: &str,
+    what: &str,
+    mut check: impl FnMut(&T) -> bool,
+) -> anyhow::Result<()> {
+    let patience = Duration::from_secs(20);
+    BusWatch::subscribe(&machine.bus_socket(), prefix, patience)?.wait_for::<T>(
+        what,
+        patience,
+        |_, body| check(body),
+    )?;
+    Ok(())
 }
 
 /// The last log line containing `needle`, without its timestamp.

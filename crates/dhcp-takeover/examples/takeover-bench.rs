@@ -39,6 +39,9 @@ fn start(lab: &mut Lab, site: &Site, id: u8, bins: &Binaries) -> anyhow::Result<
     let args = ["--config", &config, "--appliance", &lab::appliance_name(id)];
     let ns = &site.area(id).expect("area").appliance;
     let bus = lab.spawn(ns, &bins.bus, &args)?;
+    // The agents start once the broker takes connections (a subscription is the proof), so
+    // none waits out a reconnect backoff.
+    BusWatch::subscribe(&lab::bus_socket(lab.dir(), id), "bus/", PATIENCE)?;
     let crosser = lab.spawn(ns, &bins.crosser, &args)?;
     let dhcp = lab.spawn(ns, &bins.dhcp, &args)?;
     Ok(vec![dhcp, crosser, bus])

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use fieldnet::bus::frame::{self, Frame};
-use fieldnet::bus::topics::{DnsRole, DnsState, UpstreamHealth};
+use fieldnet::bus::topics::{DnsRole, DnsState, TOPIC_DNS_STATE, UpstreamHealth};
 use lab::{Lab, LabProcess, Netns, SiteSpec};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -206,6 +206,17 @@ fn publish(socket: &std::path::Path, topic: &str, body: &str) {
     );
 }
 
+/// Waits until some network in whereami's `dns/state` satisfies `check`.
+fn wait_dns(
+    watch: &mut lab::BusWatch,
+    what: &str,
+    check: impl Fn(&fieldnet::bus::topics::DnsNetwork) -> bool,
+) {
+    watch
+        .wait_for::<DnsState>(what, PATIENCE, |_, state| state.networks.iter().any(&check))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 /// The retained `dns/state`, read from the broker at `socket`.
 fn dns_state(socket: &std::path::Path) -> Option<DnsState> {
     let prefix = fieldnet::bus::topics::TOPIC_DNS_STATE.to_owned();
@@ -265,15 +276,16 @@ fn dhcp_clients_get_names_takeover_addresses_are_served_and_big_answers_go_over_
         "fieldnet-bus",
         "fieldnet-bus",
     );
-    let bus = lab
+    let _bus = lab
         .spawn(
             &area.appliance,
             &broker,
             &["--config", &config, "--appliance", &appliance],
         )
         .unwrap();
-    wait(&bus, "listening");
     let socket = lab::bus_socket(lab.dir(), 1);
+    // Subscribing waits for the broker to listen; what whereami says comes on it.
+    let mut dns = lab::BusWatch::subscribe(&socket, TOPIC_DNS_STATE, PATIENCE).unwrap();
     let server = lab
         .spawn(
             &area.appliance,
@@ -281,7 +293,9 @@ fn dhcp_clients_get_names_takeover_addresses_are_served_and_big_answers_go_over_
             &["--config", &config, "--appliance", &appliance],
         )
         .unwrap();
-    wait(&server, "answering DNS");
+    wait_dns(&mut dns, "NETWORK1 answered", |n| {
+        n.name == "NETWORK1" && n.role == DnsRole::Own && n.listening
+    });
     let client = &area.clients[0].ns;
     let gateway = "10.101.0.1";
 
@@ -342,7 +356,9 @@ fn dhcp_clients_get_names_takeover_addresses_are_served_and_big_answers_go_over_
         "dhcp/takeover/NETWORK2",
         r#"{"network":"NETWORK2","gateway":"10.102.0.1","owner":2,"since":1}"#,
     );
-    wait(&server, "network taken over");
+    wait_dns(&mut dns, "NETWORK2 answered here", |n| {
+        n.name == "NETWORK2" && n.role == DnsRole::Takeover && n.listening
+    });
     dig_until(
         client,
         "10.102.0.1",
@@ -367,7 +383,9 @@ fn dhcp_clients_get_names_takeover_addresses_are_served_and_big_answers_go_over_
     assert_eq!(state.upstreams.health, UpstreamHealth::None);
     // Handed back: no longer answered there.
     publish(&socket, "dhcp/takeover/NETWORK2", "null");
-    wait(&server, "no longer answering DNS");
+    wait_dns(&mut dns, "NETWORK2 no longer answered here", |n| {
+        n.name == "NETWORK2" && n.role == DnsRole::Peer && !n.listening
+    });
     let (status, _) = dig(client, "10.102.0.1", &format!("whereami.{ZONE}"), "TXT");
     assert_eq!(status, "no answer");
     let (_, answers) = dig(client, gateway, &format!("old.{ZONE}"), "A");
