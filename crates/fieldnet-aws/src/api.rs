@@ -6,55 +6,11 @@ use std::future::Future;
 use reqwest::Method;
 
 use crate::client::Client;
+use crate::cloudwatch::{self, MetricDatum};
+use crate::ec2::{self, RouteEntry, RouteTarget};
 use crate::error::AwsError;
+use crate::route53::{self, HealthCheckStatus};
 use crate::service::Service;
-use crate::{cloudwatch, ec2, route53};
-
-/// One route of an EC2 route table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteEntry {
-    pub route_table_id: String,
-    /// Destination CIDR (IPv4 or IPv6).
-    pub destination: String,
-    pub instance_id: Option<String>,
-    pub network_interface_id: Option<String>,
-    pub gateway_id: Option<String>,
-    /// "active" or "blackhole".
-    pub state: Option<String>,
-}
-
-/// Where ReplaceRoute points a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteTarget {
-    Instance(String),
-    NetworkInterface(String),
-}
-
-/// One CloudWatch data point.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricDatum {
-    pub name: String,
-    pub value: f64,
-    /// A CloudWatch unit: "Count", "Milliseconds", "None"...
-    pub unit: String,
-    pub dimensions: Vec<(String, String)>,
-}
-
-/// What Route53's checkers last saw of a health check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthCheckStatus {
-    /// Checkers that reported.
-    pub observers: usize,
-    /// Checkers whose last report starts with "Success".
-    pub healthy: usize,
-}
-
-impl HealthCheckStatus {
-    /// Healthy by a strict majority of at least one checker.
-    pub fn is_healthy(&self) -> bool {
-        self.observers > 0 && self.healthy * 2 > self.observers
-    }
-}
 
 /// The calls fieldnet makes, behind a trait so decision logic is tested without AWS.
 pub trait AwsApi: Send + Sync + 'static {

@@ -3,7 +3,15 @@
 //! and no batch holds a value CloudWatch rejects (NaN, infinities), so one bad value cannot
 //! lose the others.
 
-use crate::api::MetricDatum;
+/// One CloudWatch data point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricDatum {
+    pub name: String,
+    pub value: f64,
+    /// A CloudWatch unit: "Count", "Milliseconds", "None"...
+    pub unit: String,
+    pub dimensions: Vec<(String, String)>,
+}
 
 /// Most metric data one PutMetricData call may carry.
 pub const MAX_METRIC_DATA_PER_CALL: usize = 1000;

@@ -1,8 +1,27 @@
 //! EC2 route-table calls on the wire: request parameters of DescribeRouteTables and
 //! ReplaceRoute, and the reading of their answers. Pure functions, no I/O.
 
-use crate::api::{RouteEntry, RouteTarget};
 use crate::xml;
+
+/// One route of an EC2 route table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub route_table_id: String,
+    /// Destination CIDR (IPv4 or IPv6).
+    pub destination: String,
+    pub instance_id: Option<String>,
+    pub network_interface_id: Option<String>,
+    pub gateway_id: Option<String>,
+    /// "active" or "blackhole".
+    pub state: Option<String>,
+}
+
+/// Where ReplaceRoute points a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    Instance(String),
+    NetworkInterface(String),
+}
 
 /// Parameters of DescribeRouteTables for exactly these tables (`RouteTableId.N`, from 1).
 pub(crate) fn describe_route_tables_params(route_tables: &[String]) -> Vec<(String, String)> {

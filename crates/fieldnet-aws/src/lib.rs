@@ -5,7 +5,7 @@
 //! identity, ECS, EC2 instance metadata) or are fixed for tests. [`Client::query`] speaks the
 //! query protocol (EC2, CloudWatch, STS) and [`Client::rest_xml`] the REST-XML one (Route53);
 //! [`AwsApi`] names the calls fieldnet makes, so decision logic can be tested against a double
-//! and `--dry-run` can swap in [`DryRun`]. [`testing`] starts a real moto server and a
+//! and `--dry-run` can swap in [`DryRun`]. `testing` (feature `testing`) starts a real moto server and a
 //! fault-injecting proxy for tests of this crate and of its users.
 //!
 //! Invariants:
@@ -30,14 +30,17 @@ mod ec2;
 mod error;
 mod route53;
 mod service;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod xml;
 
-pub use api::{AwsApi, DryRun, HealthCheckStatus, MetricDatum, RouteEntry, RouteTarget};
+pub use api::{AwsApi, DryRun};
 pub use client::{
     Client, ClientConfig, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BASE_BACKOFF, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BACKOFF,
 };
-pub use cloudwatch::MAX_METRIC_DATA_PER_CALL;
+pub use cloudwatch::{MAX_METRIC_DATA_PER_CALL, MetricDatum};
+pub use ec2::{RouteEntry, RouteTarget};
 pub use error::AwsError;
+pub use route53::HealthCheckStatus;
 pub use service::Service;

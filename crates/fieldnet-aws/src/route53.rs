@@ -2,8 +2,23 @@
 //! of GetHealthCheckStatus. Pure functions, no I/O. Invariant: a health-check ID is
 //! percent-encoded into the path, so no ID can reach another resource.
 
-use crate::api::HealthCheckStatus;
 use crate::xml;
+
+/// What Route53's checkers last saw of a health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckStatus {
+    /// Checkers that reported.
+    pub observers: usize,
+    /// Checkers whose last report starts with "Success".
+    pub healthy: usize,
+}
+
+impl HealthCheckStatus {
+    /// Healthy by a strict majority of at least one checker.
+    pub fn is_healthy(&self) -> bool {
+        self.observers > 0 && self.healthy * 2 > self.observers
+    }
+}
 
 const API_PREFIX: &str = "/2013-04-01/healthcheck/";
 
