@@ -112,7 +112,7 @@ fn ensure_root(bench: &str) -> anyhow::Result<()> {
         crate::util::is_root(),
         "the {bench} bench builds lab sites: run it as root"
     );
-    crate::ci::install_missing_peers()
+    crate::peers::install_missing_peers()
 }
 
 /// Builds `packages` (binaries and examples) in release mode, runs `example` with `args` and

@@ -95,7 +95,7 @@ pub fn run(fast: bool) -> anyhow::Result<()> {
     let demo = Demo { interrupted, fast };
 
     step("tools the lab needs");
-    crate::ci::install_missing_peers()?;
+    crate::peers::install_missing_peers()?;
 
     step("building fieldnet");
     let mut args = vec!["build", "--quiet", "--locked"];

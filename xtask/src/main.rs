@@ -8,6 +8,9 @@ mod ci;
 mod demo;
 mod host;
 mod labcmd;
+mod peers;
+#[cfg(test)]
+mod shape;
 mod util;
 
 use std::process::ExitCode;

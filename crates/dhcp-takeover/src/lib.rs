@@ -2,19 +2,16 @@
 //! acknowledged and (with the takeover work) replicated to the peers, so the lowest-numbered
 //! live appliance can serve a dead peer's network from them.
 //!
-//! `lease` (records and their table), `plan` (pools, classes, reservations, options) and
-//! `decide` (RFC 2131 decisions) are pure; `store` is the durable lease log and `commit` its group-commit thread; `probe` checks an
-//! address is unused (ARP); `metrics` are registered once; `agent` binds the sockets and runs
-//! it all.
+//! At the top, pure: `lease` (records and their table), `plan` (pools, classes, reservations,
+//! options), `decide` (RFC 2131 decisions), `takeover` (who serves which network), `peer` (the
+//! peer API's messages and signatures) and `summary` (the counts and states published each
+//! second). Under `edge`: the sockets, the lease log and its committer, the ARP prober, the
+//! peer API and netlink, run together by `edge::agent`.
 
-pub mod agent;
-mod commit;
 pub mod decide;
 pub mod lease;
-mod metrics;
 pub mod peer;
 pub mod plan;
-pub mod probe;
-pub mod replicate;
-pub mod store;
 pub mod takeover;
+
+pub mod edge;

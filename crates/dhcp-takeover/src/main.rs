@@ -20,6 +20,6 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         &args.common,
         |config| config.agents.dhcp_takeover.common.metrics_listen,
-        dhcp_takeover::agent::run,
+        dhcp_takeover::edge::agent::run,
     )
 }

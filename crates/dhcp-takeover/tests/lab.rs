@@ -488,12 +488,12 @@ fn sigkill_during_a_perfdhcp_run_loses_no_acknowledged_lease() {
 struct StoreRead {
     records: usize,
     torn_bytes: u64,
-    damage: Option<dhcp_takeover::store::Damage>,
+    damage: Option<dhcp_takeover::edge::store::Damage>,
 }
 
 /// The lease table a store in `dir` holds, as the server reads it at start.
 fn stored_leases(dir: &Path) -> (dhcp_takeover::lease::Leases, StoreRead) {
-    let opened = dhcp_takeover::store::LeaseLog::open(dir).unwrap();
+    let opened = dhcp_takeover::edge::store::LeaseLog::open(dir).unwrap();
     let read = StoreRead {
         records: opened.leases.len(),
         torn_bytes: opened.torn_bytes,

@@ -20,6 +20,6 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         &args.common,
         |config| config.agents.uplink_monitor.common.metrics_listen,
-        uplink_monitor::agent::run,
+        uplink_monitor::edge::agent::run,
     )
 }

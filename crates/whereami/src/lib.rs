@@ -3,19 +3,15 @@
 //! the site zone are answered locally; everything else is forwarded through a cache that serves
 //! stale answers while the uplinks are down.
 //!
-//! `answer` (who is asking what → the answer), `cache`, `packet` (the answer cache) and `dhcp`
-//! (what the bus's leases and takeovers change) are pure; `forward` asks the upstreams;
-//! `server` is the hickory request handler; `respond` runs one request through it; `udp` serves
-//! UDP from the answer cache; `tcp` serves TCP under caps; `agent`
+//! At the top, pure: `answer` (who is asking what → the answer), `cache`, `packet` (the answer
+//! cache) and `dhcp` (what the bus's leases and takeovers change). Under `edge`, what touches
+//! sockets, the resolver and the runtime: `forward` asks the upstreams, `server` is the hickory
+//! request handler, `respond` runs one request through it, `udp` and `tcp` serve, and `agent`
 //! binds the LAN addresses, follows the bus and runs it all.
 
-pub mod agent;
 pub mod answer;
 pub mod cache;
 pub mod dhcp;
-pub mod forward;
 pub mod packet;
-pub mod respond;
-pub mod server;
-pub mod tcp;
-pub mod udp;
+
+pub mod edge;

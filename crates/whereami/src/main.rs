@@ -20,6 +20,6 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         &args.common,
         |config| config.agents.whereami.common.metrics_listen,
-        whereami::agent::run,
+        whereami::edge::agent::run,
     )
 }

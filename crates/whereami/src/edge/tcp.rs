@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{Handler, Metrics};
+use crate::edge::server::{Handler, Metrics};
 
 /// Connections open at once from one address.
 pub const PER_CLIENT: u32 = 8;
@@ -180,7 +180,7 @@ async fn connection(stream: TcpStream, from: SocketAddr, handler: Handler) {
             let responses = responses.clone();
             tokio::spawn(async move {
                 if let Some((response, _)) =
-                    crate::respond::respond(&handler, message, from, Protocol::Tcp).await
+                    crate::edge::respond::respond(&handler, message, from, Protocol::Tcp).await
                 {
                     let _ = responses.send(response).await;
                 }

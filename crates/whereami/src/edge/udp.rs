@@ -1,7 +1,7 @@
 //! DNS over UDP: one thread per listening socket takes every datagram waiting in one call
 //! (`recvmmsg`), answers what the answer cache holds straight away and sends those answers in
 //! one call (`sendmmsg`); everything else goes to the hickory handler in a Tokio task of its
-//! own, whose response may then be kept in the cache. TCP is [`crate::tcp`], with the same
+//! own, whose response may then be kept in the cache. TCP is [`crate::edge::tcp`], with the same
 //! handler.
 //!
 //! Each datagram's interface comes with it (`IP_PKTINFO`): one from a site address arriving on
@@ -27,8 +27,8 @@ use hickory_server::net::xfer::Protocol;
 use ipnet::Ipv4Net;
 use tokio_util::sync::CancellationToken;
 
+use crate::edge::server::{Handler, MAX_UDP_PAYLOAD};
 use crate::packet::{self, MAX_KEY};
-use crate::server::{Handler, MAX_UDP_PAYLOAD};
 
 /// Largest request read; longer ones are cut (and then fail to parse).
 const MAX_REQUEST: usize = 4096;
@@ -233,42 +233,6 @@ fn arrived_on(message: &nix::sys::socket::RecvMsg<'_, '_, SockaddrStorage>) -> O
     })
 }
 
-/// The interfaces a site asker's query never arrives on: this appliance's uplinks, by index
-/// (looked up again by [`refresh`](Self::refresh), as a modem's interface comes and goes).
-#[derive(Debug, Default)]
-pub struct Uplinks {
-    names: Vec<String>,
-    indexes: std::sync::RwLock<Arc<[u32]>>,
-}
-
-impl Uplinks {
-    pub fn new(names: Vec<String>) -> Self {
-        let uplinks = Self {
-            names,
-            indexes: std::sync::RwLock::new(Arc::from([])),
-        };
-        uplinks.refresh();
-        uplinks
-    }
-
-    /// Looks the interfaces up again; one that is not there is skipped.
-    pub fn refresh(&self) {
-        let indexes: Vec<u32> = self
-            .names
-            .iter()
-            .filter_map(|name| nix::net::if_::if_nametoindex(name.as_str()).ok())
-            .collect();
-        let mut current = self.indexes.write().unwrap_or_else(|p| p.into_inner());
-        if **current != *indexes {
-            *current = Arc::from(indexes);
-        }
-    }
-
-    fn indexes(&self) -> Arc<[u32]> {
-        Arc::clone(&self.indexes.read().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
 fn socket_addr(address: SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = address.as_sockaddr_in() {
         return Some(SocketAddr::V4((*v4).into()));
@@ -282,7 +246,7 @@ fn send(socket: &std::net::UdpSocket, bytes: &[u8], to: SocketAddr) -> std::io::
     socket.send_to(bytes, to).map(drop)
 }
 
-/// The full path ([`respond`](crate::respond::respond)): the response goes out and, if it may,
+/// The full path ([`respond`](crate::edge::respond::respond)): the response goes out and, if it may,
 /// into the answer cache under `key`.
 async fn answer_fully(
     handler: Handler,
@@ -292,7 +256,7 @@ async fn answer_fully(
     key: Option<Vec<u8>>,
 ) {
     let Some((response, answered)) =
-        crate::respond::respond(&handler, packet, source, Protocol::Udp).await
+        crate::edge::respond::respond(&handler, packet, source, Protocol::Udp).await
     else {
         return;
     };

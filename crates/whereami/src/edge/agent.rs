@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::answer::Views;
 use crate::dhcp::{DhcpMessage, Leases, NameChange, network_roles};
-use crate::forward::Forwarder;
+use crate::edge::forward::Forwarder;
+use crate::edge::server::{Handler, Metrics, State};
 use crate::packet::AnswerCache;
-use crate::server::{Handler, Metrics, State};
 
 /// How often addresses that could not be bound are tried again, expired leases dropped and
 /// `dns/state` compared with what was last published.
@@ -36,7 +36,7 @@ const DHCP_PREFIX: &str = "dhcp/";
 struct Listener {
     /// Stops the TCP listener and its connections.
     tcp: CancellationToken,
-    udp: crate::udp::UdpListener,
+    udp: crate::edge::udp::UdpListener,
 }
 
 impl Listener {
@@ -56,7 +56,7 @@ struct Agent {
     takeovers: BTreeMap<String, Ipv4Addr>,
     listeners: BTreeMap<SocketAddr, Listener>,
     /// DNS-over-TCP connections, over every listener.
-    connections: crate::tcp::Connections,
+    connections: crate::edge::tcp::Connections,
     leases: Leases,
     bus: BusClient,
     published: Option<topics::DnsState>,
@@ -87,7 +87,7 @@ pub async fn run(
         )?,
         metrics: metrics.clone(),
         answers: AnswerCache::new(usize::try_from(settings.cache_size).unwrap_or(usize::MAX)),
-        uplinks: crate::udp::Uplinks::new(
+        uplinks: crate::edge::uplinks::Uplinks::new(
             config
                 .uplinks
                 .iter()
@@ -105,7 +105,7 @@ pub async fn run(
         own: config.own_networks().map(|n| n.gateway).collect(),
         takeovers: BTreeMap::new(),
         listeners: BTreeMap::new(),
-        connections: crate::tcp::Connections::new(metrics.clone()),
+        connections: crate::edge::tcp::Connections::new(metrics.clone()),
         leases: Leases::default(),
         bus: bus.clone(),
         published: None,
@@ -279,13 +279,13 @@ impl Agent {
     }
 }
 
-/// Serves `address`: UDP in a thread of ours ([`crate::udp`]), TCP in a task
-/// ([`crate::tcp`]).
+/// Serves `address`: UDP in a thread of ours ([`crate::edge::udp`]), TCP in a task
+/// ([`crate::edge::tcp`]).
 fn listen(
     address: SocketAddr,
     state: &Arc<State>,
     networks: &[ipnet::Ipv4Net],
-    connections: &crate::tcp::Connections,
+    connections: &crate::edge::tcp::Connections,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Listener> {
     let udp = std::net::UdpSocket::bind(address)?;
@@ -296,13 +296,13 @@ fn listen(
         state: Arc::clone(state),
     };
     let stop_tcp = shutdown.child_token();
-    tokio::spawn(crate::tcp::serve(
+    tokio::spawn(crate::edge::tcp::serve(
         tcp,
         handler.clone(),
         connections.clone(),
         stop_tcp.clone(),
     ));
-    let udp = crate::udp::spawn(
+    let udp = crate::edge::udp::spawn(
         udp,
         handler,
         networks.to_vec(),

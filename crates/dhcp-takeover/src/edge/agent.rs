@@ -31,15 +31,15 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::commit::{Committed, Job, commit_loop};
 use crate::decide::{self, Decision, Destination, Reply, Server};
+use crate::edge::commit::{Committed, Job, commit_loop};
+pub use crate::edge::metrics::Metrics;
+use crate::edge::probe::{ArpProber, Claimed};
+use crate::edge::replicate::{self, PeerEvent, PeerLink, SyncAsk};
+use crate::edge::store::{self, LeaseLog};
 use crate::lease::{Lease, Leases};
-pub use crate::metrics::Metrics;
 use crate::peer::{self, PeerKey, SyncReply, Synced};
 use crate::plan::Plan;
-use crate::probe::{ArpProber, Claimed};
-use crate::replicate::{self, PeerEvent, PeerLink, SyncAsk};
-use crate::store::{self, LeaseLog};
 use crate::takeover::{Action, Coordinator, Role};
 
 const SERVER_PORT: u16 = 67;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::decide::Reply;
+use crate::edge::store::LeaseLog;
 use crate::lease::Lease;
 use crate::peer::Synced;
-use crate::store::LeaseLog;
 
 /// Most records in one group commit.
 pub(crate) const MAX_BATCH: usize = 1024;

@@ -13,7 +13,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::answer::{Decision, Views};
-use crate::forward::{Forwarder, Source};
+use crate::edge::forward::{Forwarder, Source};
 use crate::packet::{AnswerCache, Validity};
 
 /// Largest UDP answer offered to EDNS clients.
@@ -111,7 +111,7 @@ pub struct State {
     pub metrics: Metrics,
     pub answers: AnswerCache,
     /// The uplinks, where no site asker's query arrives.
-    pub uplinks: crate::udp::Uplinks,
+    pub uplinks: crate::edge::uplinks::Uplinks,
 }
 
 /// What answering one request produced, beyond the response itself.

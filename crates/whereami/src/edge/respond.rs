@@ -13,7 +13,7 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 
-use crate::server::{Answered, Handler};
+use crate::edge::server::{Answered, Handler};
 
 /// The response to `packet` from `source` over `protocol`, with what answering it produced
 /// (`None` for a FORMERR to an undecodable request); `None` for no response at all (under

@@ -17,10 +17,10 @@ use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::egress::{self, Egress};
-use crate::kernel::{Kernel, RULE_PRIORITY_BASE};
+use crate::edge::egress::{self, Egress};
+use crate::edge::kernel::{Kernel, RULE_PRIORITY_BASE};
+use crate::edge::probe::{ProbeReply, ProbeSocket, UdpProbeSocket};
 use crate::monitor::{Health, Input, Monitor, Output, SwitchReason, UplinkSpec};
-use crate::probe::{ProbeReply, ProbeSocket, UdpProbeSocket};
 use fieldnet::net::NextHop;
 
 /// Longest the loop sleeps without a tick.
@@ -535,7 +535,7 @@ impl Edge {
     /// Throughput from interface counters. Reported, not scored: the probes already measure
     /// what congestion does (latency, jitter, loss), and scoring on traffic would count against
     /// the uplink for carrying it.
-    fn sample_counters(&mut self, index: usize, facts: &crate::kernel::LinkFacts) {
+    fn sample_counters(&mut self, index: usize, facts: &crate::edge::kernel::LinkFacts) {
         let now = Instant::now();
         if let Some((then, rx, tx)) = self.counters[index] {
             let seconds = now.duration_since(then).as_secs_f64();
@@ -653,7 +653,7 @@ impl Edge {
         let results = self.checks.clone();
         let capacity = self.metrics.capacity.clone();
         tokio::spawn(async move {
-            let kbps = crate::httpcheck::throughput(&test, mark, device.as_deref()).await;
+            let kbps = crate::edge::httpcheck::throughput(&test, mark, device.as_deref()).await;
             match kbps {
                 Some(kbps) => {
                     capacity.with_label_values(&[name.as_str()]).set(kbps);
@@ -673,7 +673,7 @@ impl Edge {
         let (mark, device) = (route.mark, route.local.then(|| route.interface.clone()));
         let results = self.checks.clone();
         tokio::spawn(async move {
-            let ok = crate::httpcheck::run(&check, mark, device.as_deref()).await;
+            let ok = crate::edge::httpcheck::run(&check, mark, device.as_deref()).await;
             let _ = results.send(Input::HttpResult { uplink, ok });
         });
     }

@@ -1,0 +1,85 @@
+//! The test peers (Debian packages and Python programs the tests, benches and the demo drive),
+//! installed when missing: CI's first step, and the demo's and the benches' too.
+
+use std::process::Command;
+
+use crate::util::{cmd, cmd_with, have};
+
+/// Debian packages the tests drive, by the program that shows each is installed.
+const DEBIAN_PEERS: &[(&str, &str)] = &[
+    // DNS: the client, the resolvers whereami is compared with and forwards to, the load tool.
+    ("dig", "bind9-dnsutils"),
+    ("dnsmasq", "dnsmasq-base"),
+    ("unbound", "unbound"),
+    ("dnsperf", "dnsperf"),
+    // DHCP: three clients, the load tool (perfdhcp) and the server dhcp-takeover is compared with.
+    ("dhclient", "isc-dhcp-client"),
+    ("udhcpc", "udhcpc"),
+    ("dhcpcd", "dhcpcd-base"),
+    ("perfdhcp", "kea-admin"),
+    ("kea-dhcp4", "kea-dhcp4-server"),
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("tc", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("socat", "socat"),
+    ("conntrack", "conntrack"),
+    // A process with its wall clock stepped (heartbeats must not care).
+    ("faketime", "faketime"),
+    // The lab's VPN: userspace WireGuard (this kernel has no WireGuard module) and `wg`.
+    ("wg", "wireguard-tools"),
+    ("wireguard-go", "wireguard-go"),
+];
+
+/// Python packages the tests drive, by the program that shows each is installed.
+const PYTHON_PEERS: &[(&str, &str)] = &[
+    // moto's server stands in for AWS (EC2, Route53, CloudWatch, STS) in hub-mode tests.
+    ("moto_server", "moto[server]"),
+];
+
+/// Installs every peer that is missing (nothing when all are there).
+pub fn install_missing_peers() -> anyhow::Result<()> {
+    for (program, package) in PYTHON_PEERS {
+        if !have(program) {
+            println!("installing {package} (pip)");
+            cmd("python3", &["-m", "pip", "install", "--quiet", package])?;
+        }
+    }
+    let mut missing: Vec<&str> = DEBIAN_PEERS
+        .iter()
+        .filter(|(program, _)| !have(program))
+        .map(|(_, package)| *package)
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        println!("all present");
+        return Ok(());
+    }
+    println!("installing {}", missing.join(" "));
+    // Packages with services (unbound) must not start them: the tests run their own, in lab
+    // namespaces. A policy-rc.d that says "no" is the Debian way; ours is removed afterwards.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = install_debian(&missing);
+    if own_policy {
+        std::fs::remove_file(policy)?;
+    }
+    installed
+}
+
+fn install_debian(missing: &[&str]) -> anyhow::Result<()> {
+    cmd("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(missing);
+    cmd_with(
+        Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
