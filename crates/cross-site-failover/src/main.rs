@@ -24,11 +24,11 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         &args.common,
         |config| config.agents.cross_site_failover.common.metrics_listen,
-        |config, registry, health, shutdown| {
+        |context| {
             let options = cross_site_failover::edge::agent::Options {
                 dry_run: args.dry_run,
             };
-            cross_site_failover::edge::agent::run_with(config, registry, health, shutdown, options)
+            cross_site_failover::edge::agent::run_with(context, options)
         },
     )
 }

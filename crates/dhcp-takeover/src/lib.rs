@@ -12,6 +12,7 @@ pub mod decide;
 pub mod lease;
 pub mod peer;
 pub mod plan;
+pub mod summary;
 pub mod takeover;
 
 pub mod edge;

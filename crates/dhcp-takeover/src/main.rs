@@ -1,4 +1,4 @@
-//! `dhcp-takeover`: wiring only; the agent lives in the library (`agent::run`).
+//! `dhcp-takeover`: wiring only; the agent lives in the library (`edge::agent::run`).
 
 use std::process::ExitCode;
 

@@ -1,6 +1,7 @@
 //! The life of an agent process, the same for every agent: runtime, signals, metrics listener,
 //! a bus announcement, readiness, a bounded shutdown. An agent's `main` parses its flags and
-//! hands its `run` to [`run_agent`]; `run` calls [`ready`] once it serves.
+//! hands its `run` to [`run_agent`], which announces the agent on the bus and hands `run` one
+//! [`AgentContext`]; `run` calls [`ready`] once it serves.
 //!
 //! Invariant: `/healthz` reports "starting" until the agent says it is ready, so systemd and a
 //! monitoring system see the same thing.
@@ -18,12 +19,24 @@ use crate::cli::{CommonArgs, exit_code};
 use crate::config::Config;
 use crate::obs::{self, Health};
 
+/// What every agent's `run` is handed: its config, the registry its metrics go in, its
+/// `/healthz`, the shutdown signal and its bus connection (already announced).
+#[derive(Debug)]
+pub struct AgentContext {
+    pub config: Config,
+    pub registry: Registry,
+    pub health: Health,
+    pub shutdown: CancellationToken,
+    pub bus: BusClient,
+}
+
 /// The health part that stays unhealthy until [`ready`].
 const STARTUP: &str = "startup";
 
 /// Loads the config (honouring `--check-config`), then runs `run` on a single-threaded runtime
-/// with logs, the metrics listener on `metrics_listen(&config)`, and signal handling; maps the
-/// outcome to the exit code.
+/// with logs, the metrics listener on `metrics_listen(&config)`, signal handling and the bus
+/// (`agent/<name>` published, with the address the metrics listener got); maps the outcome to
+/// the exit code.
 pub fn run_agent<F, Fut>(
     name: &'static str,
     version: &'static str,
@@ -32,7 +45,7 @@ pub fn run_agent<F, Fut>(
     run: F,
 ) -> ExitCode
 where
-    F: FnOnce(Config, Registry, Health, CancellationToken) -> Fut,
+    F: FnOnce(AgentContext) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     obs::init_tracing();
@@ -57,7 +70,15 @@ where
         let router = obs::router(registry.clone(), health.clone());
         let (metrics_at, http) = obs::serve_http(listen, router, shutdown.clone()).await?;
         tracing::info!(metrics = %metrics_at, "metrics listening");
-        let result = run(config, registry, health, shutdown.clone()).await;
+        let bus = announce(&config, name, version, metrics_at)?;
+        let context = AgentContext {
+            config,
+            registry,
+            health,
+            shutdown: shutdown.clone(),
+            bus,
+        };
+        let result = run(context).await;
         obs::notify_stopping();
         shutdown.cancel();
         let _ = http.await;
@@ -72,7 +93,7 @@ pub fn ready(health: &Health, shutdown: &CancellationToken) {
 }
 
 /// Connects to the bus as `name` and publishes the retained `agent/<name>` announcement.
-pub fn announce(
+fn announce(
     config: &Config,
     name: &str,
     version: &str,

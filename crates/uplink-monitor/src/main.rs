@@ -1,4 +1,4 @@
-//! `uplink-monitor`: wiring only; the agent lives in the library (`agent::run`).
+//! `uplink-monitor`: wiring only; the agent lives in the library (`edge::agent::run`).
 
 use std::process::ExitCode;
 

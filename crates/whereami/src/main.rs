@@ -1,4 +1,4 @@
-//! `whereami`: wiring only; the agent lives in the library (`agent::run`).
+//! `whereami`: wiring only; the agent lives in the library (`edge::agent::run`).
 
 use std::process::ExitCode;
 

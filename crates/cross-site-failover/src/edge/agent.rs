@@ -17,12 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fieldnet::bus::{BusClient, BusEvent, topics};
-use fieldnet::config::{Config, PathKind};
+use fieldnet::config::PathKind;
+use fieldnet::rt::AgentContext;
 use ipnet::Ipv4Net;
-use prometheus::Registry;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 use super::heartbeats::{self, ARRIVALS, Arrived};
 use super::metrics::Metrics;
@@ -47,30 +46,20 @@ pub struct Options {
     pub dry_run: bool,
 }
 
-pub async fn run(
-    config: Config,
-    registry: Registry,
-    health: fieldnet::obs::Health,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    run_with(config, registry, health, shutdown, Options::default()).await
+pub async fn run(context: AgentContext) -> anyhow::Result<()> {
+    run_with(context, Options::default()).await
 }
 
-pub async fn run_with(
-    config: Config,
-    registry: Registry,
-    health: fieldnet::obs::Health,
-    shutdown: CancellationToken,
-    options: Options,
-) -> anyhow::Result<()> {
+pub async fn run_with(context: AgentContext, options: Options) -> anyhow::Result<()> {
+    let AgentContext {
+        config,
+        registry,
+        health,
+        shutdown,
+        bus,
+    } = context;
     let settings = config.agents.cross_site_failover.clone();
     let metrics = Metrics::register(&registry)?;
-    let bus = fieldnet::rt::announce(
-        &config,
-        "cross-site-failover",
-        env!("CARGO_PKG_VERSION"),
-        settings.common.metrics_listen,
-    )?;
     let handle = fieldnet::net::connect()?;
     // Heartbeat sequences and send times start at random each run: see `session`.
     let seed = Seed {

@@ -15,37 +15,36 @@
 //! Invariant: no ACK leaves before its lease is durable; a lease the log could not store is
 //! never acknowledged (the client asks again).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dhcproto::v4::MessageType;
 use fieldnet::bus::topics::{self, DhcpNetworkState};
 use fieldnet::bus::{BusClient, BusEvent};
-use fieldnet::config::{Config, PathKind};
+use fieldnet::rt::AgentContext;
 use ipnet::Ipv4Net;
-use prometheus::Registry;
 use tokio::net::UdpSocket;
-use tokio::sync::{Notify, mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
-use crate::decide::{self, Decision, Destination, Reply, Server};
+use crate::decide::{self, Decision, Reply, Server};
 use crate::edge::commit::{Committed, Job, commit_loop};
+use crate::edge::dhcp::{self, Packet, type_label};
 pub use crate::edge::metrics::Metrics;
 use crate::edge::probe::{ArpProber, Claimed};
-use crate::edge::replicate::{self, PeerEvent, PeerLink, SyncAsk};
+use crate::edge::replicate::{self, Peers};
+pub use crate::edge::routes::ROUTE_PROTOCOL;
+
+mod peers;
+mod takeover;
+use crate::edge::routes::{Leg, withdraw_address};
 use crate::edge::store::{self, LeaseLog};
 use crate::lease::{Lease, Leases};
-use crate::peer::{self, PeerKey, SyncReply, Synced};
 use crate::plan::Plan;
-use crate::takeover::{Action, Coordinator, Role};
+use crate::summary::{self, NearFull, NearFullPools};
+use crate::takeover::Coordinator;
 
-const SERVER_PORT: u16 = 67;
-const CLIENT_PORT: u16 = 68;
-/// Largest DHCP datagram read (a full Ethernet frame's worth).
-const MAX_DATAGRAM: usize = 1500;
 /// How often offers and leases are expired and the gauges updated.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// The part of `/healthz` that the lease store makes unhealthy.
@@ -53,15 +52,6 @@ const STORE_HEALTH: &str = "lease store";
 
 /// How often who-serves-what is re-decided (besides after every peer reply).
 const COORDINATE: Duration = Duration::from_millis(50);
-/// Route protocol of dhcp-takeover's routes to a taken network (`ip route` shows `proto 203`).
-pub const ROUTE_PROTOCOL: u8 = 203;
-
-/// A datagram from a network's socket.
-struct Packet {
-    network: String,
-    bytes: Vec<u8>,
-}
-
 /// One network's edge: own, or a leg into another appliance's network.
 struct Edge {
     socket: Arc<UdpSocket>,
@@ -71,16 +61,6 @@ struct Edge {
     subnet: Ipv4Net,
     /// The appliance whose network it is.
     owner: u8,
-}
-
-/// The peers as the agent reaches them.
-struct Peers {
-    /// Per peer: wake its task to nudge it (we have news).
-    news: BTreeMap<u8, Arc<Notify>>,
-    /// Per peer: the path the bus says is active.
-    active: BTreeMap<u8, watch::Sender<Option<PathKind>>>,
-    /// What has been stored durably from each peer.
-    synced: BTreeMap<u8, Synced>,
 }
 
 struct Agent {
@@ -102,23 +82,19 @@ struct Agent {
     /// `/healthz`: unhealthy while the lease store fails.
     health: fieldnet::obs::Health,
     /// Served networks whose pool is near full now.
-    near_full: BTreeSet<String>,
+    near_full: NearFullPools,
 }
 
-pub async fn run(
-    config: Config,
-    registry: Registry,
-    health: fieldnet::obs::Health,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(context: AgentContext) -> anyhow::Result<()> {
+    let AgentContext {
+        config,
+        registry,
+        health,
+        shutdown,
+        bus,
+    } = context;
     let settings = config.agents.dhcp_takeover.clone();
     let metrics = Metrics::register(&registry)?;
-    let bus = fieldnet::rt::announce(
-        &config,
-        "dhcp-takeover",
-        env!("CARGO_PKG_VERSION"),
-        settings.common.metrics_listen,
-    )?;
     let store::Opened {
         log,
         leases: records,
@@ -190,7 +166,7 @@ pub async fn run(
             .iter()
             .find(|area| area.name == network.area)
             .map_or(config.appliance.id, |area| area.appliance);
-        let opened = bind(&interface).and_then(|socket| {
+        let opened = dhcp::bind(&interface).and_then(|socket| {
             let prober = ArpProber::open(&interface, claims_tx.clone())
                 .with_context(|| format!("opening an ARP socket on {interface}"))?;
             Ok((socket, prober))
@@ -204,7 +180,7 @@ pub async fn run(
             }
         };
         let socket = Arc::new(socket);
-        tokio::spawn(receive(
+        tokio::spawn(dhcp::receive(
             Arc::clone(&socket),
             network.name.clone(),
             packets_tx.clone(),
@@ -237,7 +213,7 @@ pub async fn run(
                         tracing::warn!(network = %network.name, error = format!("{error:#}"), "reading the leg's addresses");
                     }
                     // Nothing held: clear any route or announcement left behind.
-                    withdraw_address(&netlink, &edge).await;
+                    withdraw_address(&netlink, &edge.leg()).await;
                     let _ = bus.publish(
                         &topics::takeover_topic(&network.name),
                         &serde_json::Value::Null,
@@ -259,70 +235,11 @@ pub async fn run(
 
     // The peers: the API they ask, and a task per peer that asks them.
     let me = config.appliance.id;
-    let key = PeerKey::new(&config.site.key.bytes()?);
-    let (asks_tx, mut asks) = mpsc::channel::<SyncAsk>(64);
-    let (events_tx, mut events) = mpsc::channel::<PeerEvent>(64);
-    let client = reqwest::Client::builder()
-        .timeout(peer::REQUEST_TIMEOUT)
-        .connect_timeout(peer::REQUEST_TIMEOUT)
-        .no_proxy()
-        .build()
-        .context("building the peer HTTP client")?;
-    let mut peers = Peers {
-        news: BTreeMap::new(),
-        active: BTreeMap::new(),
-        synced: BTreeMap::new(),
-    };
-    let mut nudged = BTreeMap::new();
-    for configured in &config.peers {
-        let (active_tx, active_rx) = watch::channel(None);
-        let news = Arc::new(Notify::new());
-        let nudge = Arc::new(Notify::new());
-        let link = PeerLink {
-            me,
-            peer: configured.id,
-            paths: configured
-                .paths
-                .iter()
-                .map(|path| (path.kind, path.remote))
-                .collect(),
-            port: settings.peer_port,
-            active: active_rx,
-            nudged: Arc::clone(&nudge),
-            news: Arc::clone(&news),
-        };
-        tokio::spawn(replicate::run_peer(
-            link,
-            key.clone(),
-            client.clone(),
-            events_tx.clone(),
-            shutdown.clone(),
-        ));
-        nudged.insert(configured.id, nudge);
-        peers.news.insert(configured.id, news);
-        peers.active.insert(configured.id, active_tx);
-    }
-    let access = replicate::PeerAccess {
-        locals: config
-            .peers
-            .iter()
-            .flat_map(|peer| peer.paths.iter().map(|path| path.local))
-            .collect(),
-        peers: config
-            .peers
-            .iter()
-            .map(|peer| (peer.id, peer.paths.iter().map(|path| path.remote).collect()))
-            .collect(),
-    };
-    replicate::serve(
-        settings.peer_port,
-        access,
-        key,
-        asks_tx,
-        nudged,
-        shutdown.clone(),
-    )
-    .await?;
+    let replicate::Started {
+        peers,
+        mut asks,
+        mut events,
+    } = replicate::start(&config, settings.peer_port, &shutdown).await?;
 
     let own: Vec<String> = config.own_networks().map(|n| n.name.clone()).collect();
     let legs: Vec<(String, u8)> = edges
@@ -357,7 +274,7 @@ pub async fn run(
         me,
         state: None,
         health: health.clone(),
-        near_full: BTreeSet::new(),
+        near_full: NearFullPools::default(),
     };
     agent.coordinate().await;
     agent.housekeeping();
@@ -429,7 +346,7 @@ pub async fn run(
         .collect();
     for network in taken {
         if let Some(edge) = agent.edges.get(&network) {
-            withdraw_address(&agent.netlink, edge).await;
+            withdraw_address(&agent.netlink, &edge.leg()).await;
         }
         let _ = agent.bus.publish(
             &topics::takeover_topic(&network),
@@ -438,104 +355,6 @@ pub async fn run(
         );
     }
     Ok(())
-}
-
-/// The two halves of `subnet`: routes to them out of a leg are more specific than any route
-/// to the whole subnet (cross-site-failover's, towards the dead owner), so they win without
-/// touching it.
-fn halves(subnet: Ipv4Net) -> Vec<Ipv4Net> {
-    match subnet.prefix_len() {
-        32 => vec![subnet],
-        len => subnet
-            .subnets(len + 1)
-            .map(Iterator::collect)
-            .unwrap_or_default(),
-    }
-}
-
-/// Puts a taken network's gateway address on its leg, and routes its subnet out of the leg.
-async fn take_address(netlink: &rtnetlink::Handle, edge: &Edge) -> anyhow::Result<()> {
-    fieldnet::net::add_address(
-        netlink,
-        &edge.interface,
-        edge.gateway,
-        edge.subnet.prefix_len(),
-    )
-    .await?;
-    let index = fieldnet::net::link_index(netlink, &edge.interface).await?;
-    for half in halves(edge.subnet) {
-        fieldnet::net::replace_link_route(
-            netlink,
-            fieldnet::net::TABLE_MAIN,
-            half,
-            index,
-            ROUTE_PROTOCOL,
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Removes a taken network's routes and gateway address from its leg (nothing if absent).
-async fn withdraw_address(netlink: &rtnetlink::Handle, edge: &Edge) {
-    for half in halves(edge.subnet) {
-        if let Err(error) =
-            fieldnet::net::delete_route(netlink, fieldnet::net::TABLE_MAIN, half, ROUTE_PROTOCOL)
-                .await
-        {
-            tracing::warn!(%half, error = format!("{error:#}"), "removing a takeover route");
-        }
-    }
-    if let Err(error) = fieldnet::net::remove_address(netlink, &edge.interface, edge.gateway).await
-    {
-        tracing::warn!(interface = %edge.interface, error = format!("{error:#}"), "removing a takeover address");
-    }
-}
-
-/// A UDP socket on 0.0.0.0:67 bound to `interface`, allowed to broadcast.
-fn bind(interface: &str) -> anyhow::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_broadcast(true)?;
-    socket
-        .bind_device(Some(interface.as_bytes()))
-        .with_context(|| format!("binding the DHCP socket to {interface}"))?;
-    socket.set_nonblocking(true)?;
-    socket
-        .bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SERVER_PORT)).into())
-        .with_context(|| format!("binding 0.0.0.0:{SERVER_PORT} on {interface}"))?;
-    Ok(UdpSocket::from_std(socket.into())?)
-}
-
-async fn receive(
-    socket: Arc<UdpSocket>,
-    network: String,
-    packets: mpsc::Sender<Packet>,
-    shutdown: CancellationToken,
-) {
-    let mut buffer = vec![0_u8; MAX_DATAGRAM];
-    loop {
-        let received = tokio::select! {
-            () = shutdown.cancelled() => return,
-            received = socket.recv_from(&mut buffer) => received,
-        };
-        match received {
-            Ok((length, _from)) => {
-                let packet = Packet {
-                    network: network.clone(),
-                    bytes: buffer[..length].to_vec(),
-                };
-                if packets.send(packet).await.is_err() {
-                    return;
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%network, %error, "receiving DHCP");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
 }
 
 /// Sleeps until `deadline` (milliseconds since the epoch), or for ever without one.
@@ -552,20 +371,6 @@ fn now_ms() -> u64 {
     fieldnet::bus::unix_millis()
 }
 
-fn type_label(kind: Option<MessageType>) -> &'static str {
-    match kind {
-        Some(MessageType::Discover) => "discover",
-        Some(MessageType::Offer) => "offer",
-        Some(MessageType::Request) => "request",
-        Some(MessageType::Decline) => "decline",
-        Some(MessageType::Ack) => "ack",
-        Some(MessageType::Nak) => "nak",
-        Some(MessageType::Release) => "release",
-        Some(MessageType::Inform) => "inform",
-        _ => "other",
-    }
-}
-
 /// Sends `reply` on its network's socket.
 fn send_now(edges: &BTreeMap<String, Edge>, reply: &Reply) -> std::io::Result<()> {
     let Some(edge) = edges.get(&reply.network) else {
@@ -574,14 +379,17 @@ fn send_now(edges: &BTreeMap<String, Edge>, reply: &Reply) -> std::io::Result<()
             format!("no DHCP socket for {}", reply.network),
         ));
     };
-    let to = match reply.to {
-        Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
-        Destination::Client(address) => SocketAddrV4::new(address, CLIENT_PORT),
-        Destination::Relay(address) => SocketAddrV4::new(address, SERVER_PORT),
-    };
-    edge.socket
-        .try_send_to(&decide::encode(&reply.message), to.into())
-        .map(|_| ())
+    dhcp::send(&edge.socket, reply)
+}
+
+impl Edge {
+    fn leg(&self) -> Leg<'_> {
+        Leg {
+            interface: &self.interface,
+            gateway: self.gateway,
+            subnet: self.subnet,
+        }
+    }
 }
 
 impl Agent {
@@ -738,82 +546,52 @@ impl Agent {
     }
 
     /// Every second: the bus made to match the bound leases (published, or cleared once they
-    /// ended), and the gauges.
+    /// ended), the gauges, the near-full warnings and `dhcp/state`.
     fn housekeeping(&mut self) {
-        let now = now_ms();
-        // Counted under borrowed names: this runs over every lease every second.
-        let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-        let mut used: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut changed = Vec::new();
-        for lease in self.server.visible_leases() {
-            let bound = lease.is_bound(now);
-            if bound {
-                *counts
-                    .entry((&lease.network, lease.class.as_deref().unwrap_or_default()))
-                    .or_default() += 1;
-            }
-            if lease.blocks(now) {
-                *used.entry(&lease.network).or_default() += 1;
-            }
-            if bound != self.published.contains(&lease.address) {
-                changed.push(lease.clone());
-            }
-        }
-        let counts: BTreeMap<(String, String), i64> = counts
-            .into_iter()
-            .map(|((network, class), count)| ((network.to_owned(), class.to_owned()), count))
+        let held: Vec<(String, usize)> = self
+            .server
+            .serving()
+            .iter()
+            .map(|network| (network.clone(), self.server.held_on(network)))
             .collect();
-        let mut used: BTreeMap<String, i64> = used
-            .into_iter()
-            .map(|(network, count)| (network.to_owned(), count))
-            .collect();
-        // Held offers are in use too: a flood of DISCOVERs shows as a full pool.
-        for network in self.server.serving().clone() {
-            let held = self.server.held_on(&network) as i64;
-            *used.entry(network).or_default() += held;
-        }
-        self.warn_near_full(&used);
-        for lease in changed {
-            self.publish(&lease);
+        let summary = summary::summarise(
+            now_ms(),
+            self.server.visible_leases(),
+            held,
+            &self.published,
+        );
+        for lease in &summary.changed {
+            self.publish(lease);
         }
         self.metrics.leases.reset();
-        for ((network, class), count) in &counts {
+        for ((network, class), count) in &summary.bound {
             self.metrics
                 .leases
                 .with_label_values(&[network.as_str(), class.as_str()])
-                .set(*count);
+                .set(*count as i64);
         }
-        for network in self.server.serving() {
+        for network in self.server.serving().clone() {
+            let in_use = summary.used_on(&network);
+            let total = self.pool_total(&network);
             self.metrics
                 .pool
                 .with_label_values(&[network.as_str(), "used"])
-                .set(used.get(network).copied().unwrap_or(0));
-        }
-        let networks = self
-            .coordinator
-            .states()
-            .into_iter()
-            .map(|(name, state)| {
-                let bound: i64 = counts
-                    .iter()
-                    .filter(|((network, _), _)| *network == name)
-                    .map(|(_, count)| *count)
-                    .sum();
-                topics::DhcpNetwork {
-                    owner: self.edges.get(&name).map_or(self.me, |edge| edge.owner),
-                    state,
-                    leases: bound as u64,
-                    pool_used: used.get(&name).copied().unwrap_or(0) as u64,
-                    pool_total: self
-                        .server
-                        .plan()
-                        .network(&name)
-                        .map_or(0, |plan| u64::from(plan.pool_size())),
-                    name,
+                .set(in_use as i64);
+            match self.near_full.update(&network, in_use, total) {
+                Some(NearFull::Became) => {
+                    tracing::warn!(%network, in_use, total, "DHCP pool near full (leases and held offers)");
                 }
-            })
-            .collect();
-        let state = topics::DhcpState { networks };
+                Some(NearFull::Ended) => {
+                    tracing::info!(%network, in_use, total, "DHCP pool no longer near full");
+                }
+                None => {}
+            }
+        }
+        let state = summary.state(
+            self.coordinator.states(),
+            |network| self.edges.get(network).map_or(self.me, |edge| edge.owner),
+            |network| self.pool_total(network),
+        );
         if self.state.as_ref() != Some(&state)
             && self
                 .bus
@@ -823,195 +601,11 @@ impl Agent {
             self.state = Some(state);
         }
     }
-}
 
-impl Agent {
-    /// Says once, at WARN, when a served pool becomes near full (and at INFO when it is not).
-    fn warn_near_full(&mut self, used: &BTreeMap<String, i64>) {
-        for network in self.server.serving().clone() {
-            let total = self
-                .server
-                .plan()
-                .network(&network)
-                .map_or(0, |plan| u64::from(plan.pool_size()));
-            let in_use = used.get(&network).copied().unwrap_or(0).max(0) as u64;
-            let near = total > 0 && in_use * 100 >= total * decide::NEAR_FULL_PERCENT;
-            if near && self.near_full.insert(network.clone()) {
-                tracing::warn!(%network, in_use, total, "DHCP pool near full (leases and held offers)");
-            } else if !near && self.near_full.remove(&network) {
-                tracing::info!(%network, in_use, total, "DHCP pool no longer near full");
-            }
-        }
-    }
-}
-
-impl Agent {
-    /// Wakes every peer's task to nudge its peer: something here changed.
-    fn tell_peers(&self) {
-        for news in self.peers.news.values() {
-            news.notify_one();
-        }
-    }
-
-    /// A peer asks for our changes since its cursor: answered from the lease table.
-    fn on_ask(&mut self, ask: SyncAsk) {
-        let since = if ask.params.epoch == self.coordinator.epoch() {
-            ask.params.since.min(self.server.leases().cursor())
-        } else {
-            0
-        };
-        // Only what is on disk here: a record that could still be taken back never leaves.
-        let changes = self.server.changed_since(since, peer::MAX_RECORDS);
-        let synced = self.peers.synced.values().copied().collect();
-        let reply = SyncReply {
-            from: self.me,
-            epoch: self.coordinator.epoch(),
-            cursor: changes.cursor,
-            records: changes.records,
-            more: changes.more,
-            status: self.coordinator.status(now_ms(), synced),
-        };
-        let _ = ask.answer.send(reply);
-    }
-
-    /// A peer answered (or did not): its records go to the log, then a mark saying up to where.
-    fn on_peer(&mut self, event: PeerEvent) {
-        match event {
-            PeerEvent::Reply { peer, reply } => {
-                self.metrics
-                    .syncs
-                    .with_label_values(&[peer.to_string().as_str(), "ok"])
-                    .inc();
-                self.coordinator.reply(peer, now_ms(), reply.status);
-                for lease in reply.records {
-                    if self.server.learn(lease.clone()) {
-                        let _ = self.commits.send(Job::Store { lease, reply: None });
-                    }
-                }
-                let mark = Synced {
-                    peer,
-                    epoch: reply.epoch,
-                    cursor: reply.cursor,
-                };
-                if self.peers.synced.get(&peer) != Some(&mark) {
-                    let _ = self.commits.send(Job::Mark(mark));
-                }
-            }
-            PeerEvent::Failed { peer, error } => {
-                self.metrics
-                    .syncs
-                    .with_label_values(&[peer.to_string().as_str(), "failed"])
-                    .inc();
-                tracing::debug!(peer, %error, "no sync reply from a peer");
-            }
-        }
-    }
-
-    /// `peer/<id>` from cross-site-failover: the bus's verdict and the active path.
-    fn on_liveness(&mut self, topic: &str, body: &serde_json::Value) {
-        let Some(id) = topics::parse_peer_topic(topic) else {
-            return;
-        };
-        let state: Option<topics::PeerState> = serde_json::from_value(body.clone()).ok();
-        let verdict = state.as_ref().and_then(|s| match s.verdict {
-            topics::PeerVerdict::Alive => Some(true),
-            topics::PeerVerdict::Dead => Some(false),
-            topics::PeerVerdict::Unknown => None,
-        });
-        self.coordinator.bus(id, verdict);
-        if let Some(active) = self.peers.active.get(&id) {
-            let path = state.and_then(|s| s.active_path);
-            active.send_if_modified(|current| {
-                let changed = *current != path;
-                *current = path;
-                changed
-            });
-        }
-    }
-
-    /// Re-decides who serves what, and carries it out.
-    async fn coordinate(&mut self) {
-        let actions = self
-            .coordinator
-            .tick(now_ms(), self.server.leases().cursor());
-        if actions.is_empty() {
-            return;
-        }
-        for action in actions {
-            self.carry_out(action).await;
-        }
-        self.metrics.serving.reset();
-        for (network, state) in self.coordinator.states() {
-            self.metrics
-                .serving
-                .with_label_values(&[network.as_str(), state.as_str()])
-                .set(1);
-        }
-        // Our status changed: the peers should hear it now, not at their next pull.
-        self.tell_peers();
-    }
-
-    async fn carry_out(&mut self, action: Action) {
-        let (network, word) = match &action {
-            Action::Serve { network, .. } => (network.clone(), "serve"),
-            Action::Pause { network } => (network.clone(), "pause"),
-            Action::Withdraw { network } => (network.clone(), "withdraw"),
-        };
-        self.metrics
-            .takeovers
-            .with_label_values(&[network.as_str(), word])
-            .inc();
-        let Some(edge) = self.edges.get(&network) else {
-            return;
-        };
-        match action {
-            Action::Serve {
-                role: Role::Own, ..
-            } => {
-                self.server.serve(&network, true);
-                tracing::info!(%network, "serving DHCP on own network");
-            }
-            Action::Serve {
-                role: Role::Taken, ..
-            } => {
-                if let Err(error) = take_address(&self.netlink, edge).await {
-                    // Serving without the gateway address would hand out leases whose router
-                    // is unreachable: keep trying on the next decision instead.
-                    tracing::error!(%network, error = format!("{error:#}"), "cannot add the taken network's gateway address");
-                    return;
-                }
-                self.server.serve_for_peer(&network);
-                let body = topics::Takeover {
-                    network: network.clone(),
-                    gateway: edge.gateway,
-                    owner: edge.owner,
-                    since: now_ms(),
-                };
-                let _ = self
-                    .bus
-                    .publish(&topics::takeover_topic(&network), &body, true);
-                tracing::warn!(%network, owner = edge.owner, gateway = %edge.gateway, "owner dead: network taken over");
-            }
-            Action::Pause { .. } => {
-                self.server.serve(&network, false);
-                tracing::info!(%network, "owner is back: stopped answering, waiting for it to store our leases");
-            }
-            Action::Withdraw { .. } => {
-                self.server.serve(&network, false);
-                withdraw_address(&self.netlink, edge).await;
-                let _ = self.bus.publish(
-                    &topics::takeover_topic(&network),
-                    &serde_json::Value::Null,
-                    true,
-                );
-                tracing::info!(%network, owner = edge.owner, "network handed back");
-            }
-        }
-        // Whoever answers now tells the clients where the gateway is.
-        if self.server.serving().contains(&network)
-            && let Err(error) = edge.prober.ask(edge.gateway, edge.gateway)
-        {
-            tracing::warn!(%network, %error, "sending gratuitous ARP");
-        }
+    fn pool_total(&self, network: &str) -> u64 {
+        self.server
+            .plan()
+            .network(network)
+            .map_or(0, |plan| u64::from(plan.pool_size()))
     }
 }

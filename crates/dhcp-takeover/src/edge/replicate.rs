@@ -21,11 +21,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use fieldnet::config::PathKind;
+use fieldnet::config::{Config, PathKind};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::peer::{self, PeerKey, SyncParams, SyncReply};
+use crate::peer::{self, PeerKey, SyncParams, SyncReply, Synced};
 
 /// A peer asks for changes: the agent answers on `answer`.
 #[derive(Debug)]
@@ -313,6 +313,98 @@ async fn nudge(
         }
         None => StatusCode::NOT_FOUND,
     }
+}
+
+/// The peers as the agent reaches them.
+#[derive(Debug)]
+pub struct Peers {
+    /// Per peer: wake its task to nudge it (we have news).
+    pub news: BTreeMap<u8, Arc<Notify>>,
+    /// Per peer: the path the bus says is active.
+    pub active: BTreeMap<u8, watch::Sender<Option<PathKind>>>,
+    /// What has been stored durably from each peer.
+    pub synced: BTreeMap<u8, Synced>,
+}
+
+/// The peer side, started: the API listening and a task per peer.
+#[derive(Debug)]
+pub struct Started {
+    pub peers: Peers,
+    /// What peers ask the API, for the agent to answer.
+    pub asks: mpsc::Receiver<SyncAsk>,
+    /// What the peer tasks hear back.
+    pub events: mpsc::Receiver<PeerEvent>,
+}
+
+/// Starts the peer API on `port` (on this appliance's peer-path addresses) and one task per
+/// configured peer, each until `shutdown`.
+pub async fn start(
+    config: &Config,
+    port: u16,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Started> {
+    let me = config.appliance.id;
+    let key = PeerKey::new(&config.site.key.bytes()?);
+    let (asks_tx, asks) = mpsc::channel::<SyncAsk>(64);
+    let (events_tx, events) = mpsc::channel::<PeerEvent>(64);
+    let client = reqwest::Client::builder()
+        .timeout(peer::REQUEST_TIMEOUT)
+        .connect_timeout(peer::REQUEST_TIMEOUT)
+        .no_proxy()
+        .build()
+        .context("building the peer HTTP client")?;
+    let mut peers = Peers {
+        news: BTreeMap::new(),
+        active: BTreeMap::new(),
+        synced: BTreeMap::new(),
+    };
+    let mut nudged = BTreeMap::new();
+    for configured in &config.peers {
+        let (active_tx, active_rx) = watch::channel(None);
+        let news = Arc::new(Notify::new());
+        let nudge = Arc::new(Notify::new());
+        let link = PeerLink {
+            me,
+            peer: configured.id,
+            paths: configured
+                .paths
+                .iter()
+                .map(|path| (path.kind, path.remote))
+                .collect(),
+            port,
+            active: active_rx,
+            nudged: Arc::clone(&nudge),
+            news: Arc::clone(&news),
+        };
+        tokio::spawn(run_peer(
+            link,
+            key.clone(),
+            client.clone(),
+            events_tx.clone(),
+            shutdown.clone(),
+        ));
+        nudged.insert(configured.id, nudge);
+        peers.news.insert(configured.id, news);
+        peers.active.insert(configured.id, active_tx);
+    }
+    let access = PeerAccess {
+        locals: config
+            .peers
+            .iter()
+            .flat_map(|peer| peer.paths.iter().map(|path| path.local))
+            .collect(),
+        peers: config
+            .peers
+            .iter()
+            .map(|peer| (peer.id, peer.paths.iter().map(|path| path.remote).collect()))
+            .collect(),
+    };
+    serve(port, access, key, asks_tx, nudged, shutdown.clone()).await?;
+    Ok(Started {
+        peers,
+        asks,
+        events,
+    })
 }
 
 /// One peer as its task sees it.

@@ -12,10 +12,9 @@ use anyhow::Context as _;
 use fieldnet::bus::BusClient;
 use fieldnet::bus::topics::{self, UplinkActive, UplinkReason, UplinkState};
 use fieldnet::config::{Config, PathKind, ProbeTarget, UplinkKind};
-use fieldnet::obs::Health as AgentHealth;
+use fieldnet::rt::AgentContext;
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::edge::egress::{self, Egress};
 use crate::edge::kernel::{Kernel, RULE_PRIORITY_BASE};
@@ -201,12 +200,14 @@ impl Metrics {
 /// What the link watcher reports: something about links or addresses changed.
 struct LinkChanged;
 
-pub async fn run(
-    config: Config,
-    registry: Registry,
-    health: AgentHealth,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(context: AgentContext) -> anyhow::Result<()> {
+    let AgentContext {
+        config,
+        registry,
+        health,
+        shutdown,
+        bus,
+    } = context;
     let settings = config.agents.uplink_monitor.clone();
     let (specs, routes) = plan(&config)?;
     anyhow::ensure!(
@@ -215,12 +216,6 @@ pub async fn run(
     );
     let metrics = Metrics::register(&registry)?;
     let kernel = Kernel::connect()?;
-    let bus = fieldnet::rt::announce(
-        &config,
-        "uplink-monitor",
-        env!("CARGO_PKG_VERSION"),
-        settings.common.metrics_listen,
-    )?;
 
     // Egress: marks, masquerade, loose rp_filter for local uplinks.
     let egresses: Vec<Egress> = routes

@@ -15,8 +15,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fieldnet::bus::{BusClient, BusEvent, Subscription, topics};
-use fieldnet::config::{Config, UplinkKind};
-use prometheus::Registry;
+use fieldnet::config::UplinkKind;
+use fieldnet::rt::AgentContext;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -63,20 +63,16 @@ struct Agent {
     shutdown: CancellationToken,
 }
 
-pub async fn run(
-    config: Config,
-    registry: Registry,
-    health: fieldnet::obs::Health,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(context: AgentContext) -> anyhow::Result<()> {
+    let AgentContext {
+        config,
+        registry,
+        health,
+        shutdown,
+        bus,
+    } = context;
     let settings = config.agents.whereami.clone();
     let metrics = Metrics::register(&registry)?;
-    let bus = fieldnet::rt::announce(
-        &config,
-        "whereami",
-        env!("CARGO_PKG_VERSION"),
-        settings.common.metrics_listen,
-    )?;
     let state = Arc::new(State {
         views: RwLock::new(Views::from_config(&config)?),
         forwarder: Forwarder::new(
