@@ -12,4 +12,5 @@ pub mod config;
 pub mod names;
 pub mod net;
 pub mod obs;
+pub mod raw;
 pub mod rt;

@@ -68,7 +68,7 @@ async fn connect(
     device: Option<&str>,
 ) -> std::io::Result<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
-    crate::edge::probe::pin(std::os::fd::AsFd::as_fd(&socket), mark, device)?;
+    fieldnet::raw::pin(&socket, mark, device)?;
     socket.connect(address).await
 }
 

@@ -9,10 +9,10 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
+use std::sync::Arc;
 
 use fieldnet::config::ProbeTarget;
-use tokio::io::unix::AsyncFd;
+use fieldnet::raw::{RawSocket, pin};
 use tokio::sync::mpsc;
 
 /// ICMP echo request and reply types.
@@ -33,7 +33,7 @@ pub struct ProbeReply {
 /// One uplink's probe socket.
 #[derive(Debug)]
 pub struct ProbeSocket {
-    socket: std::sync::Arc<AsyncFd<OwnedFd>>,
+    socket: Arc<RawSocket>,
     identifier: u16,
 }
 
@@ -45,24 +45,7 @@ impl ProbeSocket {
         device: Option<&str>,
         replies: mpsc::UnboundedSender<ProbeReply>,
     ) -> io::Result<Self> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        pin(fd.as_fd(), mark, device)?;
-        // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until dropped, so the
-        // descriptor stays open and the same for the AsyncFd's whole life.
-        let socket = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
-        let socket = std::sync::Arc::new(socket);
+        let socket = Arc::new(RawSocket::icmp(mark, device)?);
         // Distinct per process and uplink, so two monitors (or a restart overlap) never
         // take each other's replies.
         let identifier = (std::process::id() as u16)
@@ -74,103 +57,28 @@ impl ProbeSocket {
 
     /// Sends one echo request. An error (no route, interface gone) is the caller's loss.
     pub fn send(&self, target: Ipv4Addr, seq: u16) -> io::Result<()> {
-        let packet = echo_request(self.identifier, seq);
-        let address = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(target).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: the buffer and address are valid for the duration of the call and their
-        // lengths are passed alongside.
-        let sent = unsafe {
-            libc::sendto(
-                self.socket.get_ref().as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                libc::MSG_DONTWAIT,
-                (&raw const address).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// Pins a socket to one uplink: its firewall mark (so the uplink's rule and table route it)
-/// and, for a local uplink, its interface.
-pub fn pin(fd: BorrowedFd<'_>, mark: u32, device: Option<&str>) -> io::Result<()> {
-    set_option(fd, libc::SOL_SOCKET, libc::SO_MARK, &mark.to_ne_bytes())?;
-    if let Some(device) = device {
-        set_option(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            device.as_bytes(),
-        )?;
-    }
-    Ok(())
-}
-
-fn set_option(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &[u8],
-) -> io::Result<()> {
-    // SAFETY: `value` is valid for `value.len()` bytes for the duration of the call.
-    let result = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            value.as_ptr().cast(),
-            value.len() as libc::socklen_t,
-        )
-    };
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+        self.socket
+            .send_to_ipv4(&echo_request(self.identifier, seq), target)
     }
 }
 
 async fn receive(
-    socket: std::sync::Arc<AsyncFd<OwnedFd>>,
+    socket: Arc<RawSocket>,
     uplink: usize,
     identifier: u16,
     replies: mpsc::UnboundedSender<ProbeReply>,
 ) {
     let mut buffer = [0u8; 1500];
     loop {
-        let Ok(mut ready) = socket.readable().await else {
-            return;
-        };
-        // SAFETY: the buffer is valid for its length; a raw socket delivers whole datagrams.
-        let received = unsafe {
-            libc::recv(
-                socket.get_ref().as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if received < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::WouldBlock {
-                ready.clear_ready();
-                continue;
+        let received = match socket.recv(&mut buffer).await {
+            Ok(received) => received,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                tracing::warn!(uplink, %error, "probe socket failed");
+                return;
             }
-            tracing::warn!(uplink, %error, "probe socket failed");
-            return;
-        }
-        if let Some((from, id, seq)) = parse_echo_reply(&buffer[..received as usize])
+        };
+        if let Some((from, id, seq)) = parse_echo_reply(&buffer[..received])
             && id == identifier
             && replies
                 .send(ProbeReply {
@@ -200,7 +108,7 @@ impl UdpProbeSocket {
     ) -> io::Result<Self> {
         let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
         socket.set_nonblocking(true)?;
-        pin(socket.as_fd(), mark, device)?;
+        pin(&socket, mark, device)?;
         let socket = std::sync::Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let receiving = socket.clone();
         tokio::spawn(async move {
