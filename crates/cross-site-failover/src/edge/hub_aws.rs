@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use fieldnet::config::{Config, HubMode, HubRole};
 use fieldnet_aws::{AwsApi, AwsError, MetricDatum, RouteTarget};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, Registry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -29,24 +29,20 @@ struct Metrics {
 
 impl Metrics {
     fn register(registry: &Registry) -> anyhow::Result<Self> {
-        let calls = IntCounterVec::new(
-            Opts::new(
-                "fieldnet_cross_site_aws_calls_total",
-                "AWS calls by API action and outcome (after the client's own retries)",
-            ),
+        let m = fieldnet::obs::Metrics(registry);
+        let calls = m.counters(
+            "fieldnet_cross_site_aws_calls_total",
+            "AWS calls by API action and outcome (after the client's own retries)",
             &["call", "outcome"],
         )?;
-        let owner = IntGauge::new(
+        let owner = m.gauge(
             "fieldnet_cross_site_route_owner_standby",
             "1 while this hub wants the VPC routes on the standby",
         )?;
-        let partner_up = IntGauge::new(
+        let partner_up = m.gauge(
             "fieldnet_cross_site_hub_partner_up",
             "1 while the partner hub counts as up",
         )?;
-        registry.register(Box::new(calls.clone()))?;
-        registry.register(Box::new(owner.clone()))?;
-        registry.register(Box::new(partner_up.clone()))?;
         Ok(Self {
             calls,
             owner,

@@ -1,8 +1,6 @@
 //! dhcp-takeover's metrics, registered once in the registry `main` passes down.
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -21,95 +19,22 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &Registry) -> anyhow::Result<Self> {
+        let m = fieldnet::obs::Metrics(registry);
         let metrics = Self {
-            messages: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_messages_total",
-                    "DHCP messages received, by type",
-                ),
-                &["type"],
-            )?,
-            replies: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_replies_total",
-                    "DHCP replies sent, by type (offer, ack, nak)",
-                ),
-                &["type"],
-            )?,
-            ignored: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_ignored_total",
-                    "Requests answered with nothing, by reason",
-                ),
-                &["reason"],
-            )?,
-            probes: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_probes_total",
-                    "Conflict checks before offering, by result (free, in_use)",
-                ),
-                &["result"],
-            )?,
-            leases: IntGaugeVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_leases",
-                    "Bound leases, by network and device class",
-                ),
-                &["network", "class"],
-            )?,
-            pool: IntGaugeVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_pool_addresses",
-                    "Dynamic addresses per network: total, and used (bound, offered or quarantined)",
-                ),
-                &["network", "state"],
-            )?,
-            serving: IntGaugeVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_serving",
-                    "1 for each network this appliance can serve, by state (own, waiting, taken, handing_back, standby)",
-                ),
-                &["network", "state"],
-            )?,
-            commit_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "fieldnet_dhcp_takeover_commit_seconds",
-                    "Time to store one batch of leases durably",
-                )
-                .buckets(vec![
+            messages: m.counters("fieldnet_dhcp_takeover_messages_total", "DHCP messages received, by type", &["type"])?,
+            replies: m.counters("fieldnet_dhcp_takeover_replies_total", "DHCP replies sent, by type (offer, ack, nak)", &["type"])?,
+            ignored: m.counters("fieldnet_dhcp_takeover_ignored_total", "Requests answered with nothing, by reason", &["reason"])?,
+            probes: m.counters("fieldnet_dhcp_takeover_probes_total", "Conflict checks before offering, by result (free, in_use)", &["result"])?,
+            leases: m.gauges("fieldnet_dhcp_takeover_leases", "Bound leases, by network and device class", &["network", "class"])?,
+            pool: m.gauges("fieldnet_dhcp_takeover_pool_addresses", "Dynamic addresses per network: total, and used (bound, offered or quarantined)", &["network", "state"])?,
+            serving: m.gauges("fieldnet_dhcp_takeover_serving", "1 for each network this appliance can serve, by state (own, waiting, taken, handing_back, standby)", &["network", "state"])?,
+            commit_seconds: m.histogram("fieldnet_dhcp_takeover_commit_seconds", "Time to store one batch of leases durably", vec![
                     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
-                ]),
-            )?,
-            commit_failures: IntCounter::new(
-                "fieldnet_dhcp_takeover_commit_failures_total",
-                "Batches the lease log could not store (their requests were not acknowledged)",
-            )?,
-            syncs: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_peer_syncs_total",
-                    "Pulls of a peer's lease changes, by peer and result (ok, failed)",
-                ),
-                &["peer", "result"],
-            )?,
-            takeovers: IntCounterVec::new(
-                Opts::new(
-                    "fieldnet_dhcp_takeover_transitions_total",
-                    "Takeover transitions, by network and action (serve, pause, withdraw)",
-                ),
-                &["network", "action"],
-            )?,
+                ])?,
+            commit_failures: m.counter("fieldnet_dhcp_takeover_commit_failures_total", "Batches the lease log could not store (their requests were not acknowledged)")?,
+            syncs: m.counters("fieldnet_dhcp_takeover_peer_syncs_total", "Pulls of a peer's lease changes, by peer and result (ok, failed)", &["peer", "result"])?,
+            takeovers: m.counters("fieldnet_dhcp_takeover_transitions_total", "Takeover transitions, by network and action (serve, pause, withdraw)", &["network", "action"])?,
         };
-        registry.register(Box::new(metrics.syncs.clone()))?;
-        registry.register(Box::new(metrics.takeovers.clone()))?;
-        registry.register(Box::new(metrics.messages.clone()))?;
-        registry.register(Box::new(metrics.replies.clone()))?;
-        registry.register(Box::new(metrics.ignored.clone()))?;
-        registry.register(Box::new(metrics.probes.clone()))?;
-        registry.register(Box::new(metrics.leases.clone()))?;
-        registry.register(Box::new(metrics.pool.clone()))?;
-        registry.register(Box::new(metrics.serving.clone()))?;
-        registry.register(Box::new(metrics.commit_seconds.clone()))?;
-        registry.register(Box::new(metrics.commit_failures.clone()))?;
         Ok(metrics)
     }
 }

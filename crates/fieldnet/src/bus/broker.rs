@@ -77,32 +77,23 @@ struct Metrics {
 
 impl Metrics {
     fn register(registry: &Registry) -> anyhow::Result<Self> {
-        let gauge = |name: &str, help: &str| -> anyhow::Result<IntGauge> {
-            let metric = IntGauge::new(name, help)?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
-        };
-        let counter = |name: &str, help: &str| -> anyhow::Result<IntCounter> {
-            let metric = IntCounter::new(name, help)?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
-        };
+        let m = crate::obs::Metrics(registry);
         Ok(Self {
-            clients: gauge("fieldnet_bus_clients", "Connected bus clients")?,
-            published: counter("fieldnet_bus_published_total", "Messages published")?,
-            delivered: counter(
+            clients: m.gauge("fieldnet_bus_clients", "Connected bus clients")?,
+            published: m.counter("fieldnet_bus_published_total", "Messages published")?,
+            delivered: m.counter(
                 "fieldnet_bus_delivered_total",
                 "Messages queued to subscribers",
             )?,
-            dropped: counter(
+            dropped: m.counter(
                 "fieldnet_bus_dropped_total",
                 "Messages dropped for subscribers that read too slowly",
             )?,
-            protocol_errors: counter(
+            protocol_errors: m.counter(
                 "fieldnet_bus_protocol_errors_total",
                 "Connections dropped for a malformed or oversize line",
             )?,
-            retained: gauge("fieldnet_bus_retained_topics", "Retained topics held")?,
+            retained: m.gauge("fieldnet_bus_retained_topics", "Retained topics held")?,
         })
     }
 }

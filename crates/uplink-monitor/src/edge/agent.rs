@@ -13,11 +13,12 @@ use fieldnet::bus::BusClient;
 use fieldnet::bus::topics::{self, UplinkActive, UplinkReason, UplinkState};
 use fieldnet::config::{Config, PathKind, ProbeTarget, UplinkKind};
 use fieldnet::rt::AgentContext;
-use prometheus::{GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::GaugeVec;
 use tokio::sync::mpsc;
 
 use crate::edge::egress::{self, Egress};
 use crate::edge::kernel::{Kernel, RULE_PRIORITY_BASE};
+use crate::edge::metrics::Metrics;
 use crate::edge::probe::{ProbeReply, ProbeSocket, UdpProbeSocket};
 use crate::monitor::{Health, Input, Monitor, Output, SwitchReason, UplinkSpec};
 use fieldnet::net::NextHop;
@@ -97,104 +98,6 @@ pub fn plan(config: &Config) -> anyhow::Result<(Vec<UplinkSpec>, Vec<UplinkRoute
         });
     }
     Ok((specs, routes))
-}
-
-struct Metrics {
-    latency: GaugeVec,
-    jitter: GaugeVec,
-    loss: GaugeVec,
-    score: GaugeVec,
-    up: GaugeVec,
-    active: GaugeVec,
-    probes_sent: IntCounterVec,
-    probes_lost: IntCounterVec,
-    switches: IntCounterVec,
-    last_switch: IntGauge,
-    errors: IntCounterVec,
-    throughput: GaugeVec,
-    capacity: GaugeVec,
-}
-
-impl Metrics {
-    fn register(registry: &Registry) -> anyhow::Result<Self> {
-        let gauge = |name: &str, help: &str| -> anyhow::Result<GaugeVec> {
-            let metric = GaugeVec::new(Opts::new(name, help), &["uplink"])?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
-        };
-        let counter = |name: &str, help: &str, label: &str| -> anyhow::Result<IntCounterVec> {
-            let metric = IntCounterVec::new(Opts::new(name, help), &[label])?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
-        };
-        let last_switch = IntGauge::new(
-            "fieldnet_uplink_monitor_last_switch_timestamp_seconds",
-            "Unix time of the last change of active uplink (0: none since start)",
-        )?;
-        registry.register(Box::new(last_switch.clone()))?;
-        Ok(Self {
-            latency: gauge(
-                "fieldnet_uplink_monitor_latency_milliseconds",
-                "Smoothed round trip of the best target",
-            )?,
-            jitter: gauge(
-                "fieldnet_uplink_monitor_jitter_milliseconds",
-                "Smoothed round-trip variation",
-            )?,
-            loss: gauge(
-                "fieldnet_uplink_monitor_loss_ratio",
-                "Recent probe loss, 0 to 1",
-            )?,
-            score: gauge(
-                "fieldnet_uplink_monitor_score",
-                "Uplink score, lower is better",
-            )?,
-            up: gauge(
-                "fieldnet_uplink_monitor_up",
-                "1 when the uplink answers probes",
-            )?,
-            active: gauge(
-                "fieldnet_uplink_monitor_active",
-                "1 for the uplink carrying the default route",
-            )?,
-            probes_sent: counter(
-                "fieldnet_uplink_monitor_probes_sent_total",
-                "Probes sent",
-                "uplink",
-            )?,
-            probes_lost: counter(
-                "fieldnet_uplink_monitor_probes_lost_total",
-                "Probes unanswered",
-                "uplink",
-            )?,
-            switches: counter(
-                "fieldnet_uplink_monitor_switches_total",
-                "Changes of active uplink",
-                "reason",
-            )?,
-            last_switch,
-            errors: counter(
-                "fieldnet_uplink_monitor_errors_total",
-                "Failed kernel operations",
-                "operation",
-            )?,
-            capacity: gauge(
-                "fieldnet_uplink_monitor_capacity_kilobits_per_second",
-                "Last result of the active throughput test",
-            )?,
-            throughput: {
-                let metric = GaugeVec::new(
-                    Opts::new(
-                        "fieldnet_uplink_monitor_throughput_bits_per_second",
-                        "Traffic through the uplink's interface, from its counters",
-                    ),
-                    &["uplink", "direction"],
-                )?;
-                registry.register(Box::new(metric.clone()))?;
-                metric
-            },
-        })
-    }
 }
 
 /// What the link watcher reports: something about links or addresses changed.

@@ -6,4 +6,5 @@ pub mod agent;
 pub mod egress;
 pub mod httpcheck;
 pub mod kernel;
+mod metrics;
 pub mod probe;

@@ -10,7 +10,7 @@ use hickory_proto::op::{Edns, Metadata, ResponseCode};
 use hickory_proto::rr::Record;
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::answer::{Decision, Views};
 use crate::edge::forward::{Forwarder, Source};
@@ -39,57 +39,34 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &Registry) -> anyhow::Result<Metrics> {
-        let queries = IntCounterVec::new(
-            Opts::new(
-                "fieldnet_whereami_queries_total",
-                "Queries by the asker's network (view), type and result (rcode, or where a forwarded answer came from)",
-            ),
-            &["view", "type", "result"],
-        )?;
-        let upstream_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "fieldnet_whereami_upstream_seconds",
-                "Time the upstream resolvers took (misses of the cache)",
-            )
-            .buckets(vec![
+        let m = fieldnet::obs::Metrics(registry);
+        let queries = m.counters("fieldnet_whereami_queries_total", "Queries by the asker's network (view), type and result (rcode, or where a forwarded answer came from)", &["view", "type", "result"])?;
+        let upstream_seconds = m.histogram(
+            "fieldnet_whereami_upstream_seconds",
+            "Time the upstream resolvers took (misses of the cache)",
+            vec![
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
-            ]),
+            ],
         )?;
-        let cache_hits = IntCounter::new(
+        let cache_hits = m.counter(
             "fieldnet_whereami_cache_hits_total",
             "Forwarded questions answered from the cache, without asking upstream",
         )?;
-        let upstream_failures = IntCounter::new(
+        let upstream_failures = m.counter(
             "fieldnet_whereami_upstream_failures_total",
             "Questions no upstream answered (timeout, unreachable, failure)",
         )?;
-        let answer_cache_hits = IntCounter::new(
-            "fieldnet_whereami_answer_cache_hits_total",
-            "UDP queries answered from the answer cache of finished responses (local and forwarded)",
-        )?;
-        let spoofed = IntCounter::new(
-            "fieldnet_whereami_spoofed_total",
-            "UDP queries from a site address that arrived on an uplink (forged), dropped unanswered",
-        )?;
-        let tcp_connections = IntGauge::new(
+        let answer_cache_hits = m.counter("fieldnet_whereami_answer_cache_hits_total", "UDP queries answered from the answer cache of finished responses (local and forwarded)")?;
+        let spoofed = m.counter("fieldnet_whereami_spoofed_total", "UDP queries from a site address that arrived on an uplink (forged), dropped unanswered")?;
+        let tcp_connections = m.gauge(
             "fieldnet_whereami_tcp_connections",
             "DNS-over-TCP connections open now",
         )?;
-        let tcp_refused = IntCounterVec::new(
-            Opts::new(
-                "fieldnet_whereami_tcp_refused_total",
-                "DNS-over-TCP connections closed at once: over the cap per client or in total",
-            ),
+        let tcp_refused = m.counters(
+            "fieldnet_whereami_tcp_refused_total",
+            "DNS-over-TCP connections closed at once: over the cap per client or in total",
             &["reason"],
         )?;
-        registry.register(Box::new(spoofed.clone()))?;
-        registry.register(Box::new(tcp_connections.clone()))?;
-        registry.register(Box::new(tcp_refused.clone()))?;
-        registry.register(Box::new(queries.clone()))?;
-        registry.register(Box::new(upstream_seconds.clone()))?;
-        registry.register(Box::new(cache_hits.clone()))?;
-        registry.register(Box::new(upstream_failures.clone()))?;
-        registry.register(Box::new(answer_cache_hits.clone()))?;
         Ok(Metrics {
             queries,
             upstream_seconds,
