@@ -9,7 +9,8 @@ use ipnet::Ipv4Net;
 use super::super::wire::{WireDhcpOptions, WireDhcpTakeover, WireNetwork};
 use super::super::*;
 use super::site::NetworkDhcp;
-use super::{Checker, METRICS_PORT_DHCP_TAKEOVER, is_host};
+use super::values::is_host;
+use super::{Checker, METRICS_PORT_DHCP_TAKEOVER};
 
 impl Checker {
     pub(super) fn dhcp_takeover(
