@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use fieldnet::config::{ProbeTarget, UplinkMonitorConfig};
+use fieldnet::config::UplinkMonitorConfig;
 
 use crate::dampening::Dampening;
 use crate::score::{TargetStats, UplinkFigures, clearly_better};
@@ -111,8 +111,15 @@ pub enum Input {
         target: usize,
         seq: u16,
     },
-    /// The kernel's view of the uplink's link: carrier, interface present, address present.
+    /// The kernel's view of a local uplink's link: carrier, interface present, address present.
     Link { uplink: usize, up: bool },
+    /// The carrier of one path (by its index in [`UplinkSpec::paths`]) to a remote uplink's
+    /// appliance. The uplink goes by the first path that has carrier, and is down without one.
+    PathLink {
+        uplink: usize,
+        path: usize,
+        up: bool,
+    },
     /// For remote uplinks: whether the owning appliance is alive.
     Peer { peer: u8, alive: bool },
     /// The outcome of an HTTP check the monitor asked for.
@@ -139,6 +146,13 @@ pub enum Output {
         previous: Option<usize>,
         reason: SwitchReason,
     },
+    /// Send a remote uplink's traffic (its own table, and the default route when
+    /// `carries_default`) by path `path` from now on.
+    UsePath {
+        uplink: usize,
+        path: usize,
+        carries_default: bool,
+    },
     /// An uplink's health changed (for logs, metrics and the bus).
     HealthChanged {
         uplink: usize,
@@ -155,6 +169,9 @@ pub struct UplinkSpec {
     pub metered: bool,
     /// For a remote uplink, the appliance that owns it.
     pub peer: Option<u8>,
+    /// For a remote uplink, how many paths lead to its appliance, preferred first (none for a
+    /// local uplink). Traffic goes by the first at start.
+    pub paths: usize,
 }
 
 #[derive(Debug)]
@@ -177,6 +194,9 @@ struct Uplink {
     targets: Vec<Target>,
     health: Health,
     link_up: bool,
+    /// A remote uplink's paths: whether each has carrier, and the one traffic goes by.
+    path_up: Vec<bool>,
+    path: usize,
     peer_alive: bool,
     /// When the uplink last came back after having been down or silent; `None` if it has
     /// been fine since start. A recovered uplink must prove itself before taking traffic back.
@@ -249,6 +269,8 @@ impl Monitor {
                         last_reply: None,
                     })
                     .collect(),
+                path_up: vec![true; spec.paths],
+                path: 0,
                 spec,
                 health: Health::Unknown,
                 link_up: true,
@@ -288,13 +310,9 @@ impl Monitor {
         self.active
     }
 
-    pub fn target(&self, target: usize) -> ProbeTarget {
-        self.settings.targets[target]
-    }
-
-    /// Which target answered, if it is one of ours.
-    pub fn target_index(&self, answered: ProbeTarget) -> Option<usize> {
-        self.settings.targets.iter().position(|t| *t == answered)
+    /// The path a remote uplink's traffic goes by (0 for a local uplink).
+    pub fn path(&self, uplink: usize) -> usize {
+        self.uplinks.get(uplink).map_or(0, |u| u.path)
     }
 
     pub fn uplink_name(&self, uplink: usize) -> &str {
@@ -331,21 +349,8 @@ impl Monitor {
                     self.uplinks[uplink].probes_lost += 1;
                 }
             }
-            Input::Link { uplink, up } => {
-                if let Some(u) = self.uplinks.get_mut(uplink)
-                    && u.link_up != up
-                {
-                    u.link_up = up;
-                    if up {
-                        // Evidence starts afresh: the link is back, replies will tell.
-                        u.watched_since = now;
-                        u.unanswered = 0;
-                        for target in &mut u.targets {
-                            target.pending.clear();
-                        }
-                    }
-                }
-            }
+            Input::Link { uplink, up } => self.link(now, uplink, up),
+            Input::PathLink { uplink, path, up } => self.path_link(now, uplink, path, up, &mut out),
             Input::HttpResult { .. } => {}
             Input::ThroughputResult { uplink, kbps } => {
                 if let Some(u) = self.uplinks.get_mut(uplink) {
@@ -378,6 +383,55 @@ impl Monitor {
         self.decide(now, &mut out);
         self.probe(now, &mut out);
         out
+    }
+
+    fn link(&mut self, now: Instant, uplink: usize, up: bool) {
+        if let Some(u) = self.uplinks.get_mut(uplink)
+            && u.link_up != up
+        {
+            u.link_up = up;
+            if up {
+                // Evidence starts afresh: the link is back, replies will tell.
+                u.watched_since = now;
+                u.unanswered = 0;
+                for target in &mut u.targets {
+                    target.pending.clear();
+                }
+            }
+        }
+    }
+
+    /// A remote uplink keeps to the first of its paths with carrier: when that changes, its
+    /// traffic moves there (the default route too, if it carries it); with none, it is down
+    /// and stays on the path it had.
+    fn path_link(
+        &mut self,
+        now: Instant,
+        uplink: usize,
+        path: usize,
+        up: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let active = self.active == Some(uplink);
+        let Some(u) = self.uplinks.get_mut(uplink) else {
+            return;
+        };
+        let Some(known) = u.path_up.get_mut(path) else {
+            return;
+        };
+        *known = up;
+        let live = u.path_up.iter().position(|&up| up);
+        if let Some(live) = live
+            && live != u.path
+        {
+            u.path = live;
+            out.push(Output::UsePath {
+                uplink,
+                path: live,
+                carries_default: active,
+            });
+        }
+        self.link(now, uplink, live.is_some());
     }
 
     fn reply(&mut self, now: Instant, uplink: usize, target: usize, seq: u16) {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use fieldnet::config::*;
 
 use super::*;
+use crate::settle::{Effects, settle};
 
 const STEP: Duration = Duration::from_millis(5);
 
@@ -45,6 +46,7 @@ fn uplinks(preferences: &[u32]) -> Vec<UplinkSpec> {
             preference,
             metered: false,
             peer: None,
+            paths: 0,
         })
         .collect()
 }
@@ -72,17 +74,94 @@ impl<F: FnMut(usize, usize, Duration) -> Option<Duration>> World for Fn<F> {
     }
 }
 
+/// The monitor and the simulated world it runs in: the test's [`World`] decides each probe's
+/// fate, the [`Rig`] carries the monitor's outputs out in it through the agent's own loop
+/// ([`settle`]), in virtual time.
 struct Sim {
     monitor: Monitor,
+    rig: Rig,
+    /// The adoption, settled when the world first runs.
+    adopt: Option<Input>,
+}
+
+/// The simulated edge: what is in flight, the links, and the switches seen.
+struct Rig {
     start: Instant,
     now: Instant,
-    in_flight: Vec<(Instant, usize, usize, u16)>,
-    http_in_flight: Vec<(Instant, usize, bool)>,
-    throughput_in_flight: Vec<(Instant, usize, Option<f64>)>,
-    /// Outputs of the adopting step, carried out when the world first runs.
-    initial: Vec<Output>,
+    /// What the world will answer, and when: probe replies, HTTP checks, throughput tests.
+    in_flight: Vec<(Instant, Input)>,
     links: Vec<bool>,
     switches: Vec<(Duration, usize, SwitchReason)>,
+    /// Remote uplinks moved to another path: (when, uplink, path, with the default route).
+    paths: Vec<(Duration, usize, usize, bool)>,
+}
+
+impl Rig {
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+}
+
+/// The rig with the world it runs in, for one settling.
+struct InWorld<'a, W> {
+    rig: &'a mut Rig,
+    world: &'a mut W,
+}
+
+impl<W: World> Effects for InWorld<'_, W> {
+    async fn carry_out(&mut self, _monitor: &Monitor, output: Output) -> Option<Input> {
+        let rig = &mut *self.rig;
+        match output {
+            Output::SendProbe {
+                uplink,
+                target,
+                seq,
+            } => {
+                if rig.links[uplink]
+                    && let Some(rtt) = self.world.rtt(uplink, target, rig.elapsed())
+                {
+                    let reply = Input::Reply {
+                        uplink,
+                        target,
+                        seq,
+                    };
+                    rig.in_flight.push((rig.now + rtt, reply));
+                }
+            }
+            Output::Activate { uplink, reason, .. } => {
+                rig.switches.push((rig.elapsed(), uplink, reason))
+            }
+            Output::UsePath {
+                uplink,
+                path,
+                carries_default,
+            } => rig
+                .paths
+                .push((rig.elapsed(), uplink, path, carries_default)),
+            Output::HealthChanged { .. } => {}
+            Output::ThroughputTest { uplink } => {
+                let kbps = self.world.kbps(uplink, rig.elapsed());
+                let result = Input::ThroughputResult { uplink, kbps };
+                rig.in_flight.push((rig.now + secs(2), result));
+            }
+            Output::HttpCheck { uplink } => {
+                let ok = self.world.http_ok(uplink, rig.elapsed());
+                let result = Input::HttpResult { uplink, ok };
+                rig.in_flight.push((rig.now + ms(50), result));
+            }
+        }
+        None
+    }
+}
+
+/// Runs a future that never waits (the rig answers at once) to its end.
+fn at_once<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("the simulated world never waits"),
+    }
 }
 
 impl Sim {
@@ -93,117 +172,54 @@ impl Sim {
     ) -> Self {
         let start = Instant::now();
         let count = specs.len();
-        let mut monitor = Monitor::new(monitor_settings, specs, start);
-        let mut sim = Self {
-            monitor: Monitor::new(settings(1), Vec::new(), start),
-            start,
-            now: start,
-            in_flight: Vec::new(),
-            http_in_flight: Vec::new(),
-            throughput_in_flight: Vec::new(),
-            initial: Vec::new(),
-            links: vec![true; count],
-            switches: Vec::new(),
-        };
-        let outputs = monitor.step(start, Input::Adopt { uplink: adopt });
-        sim.monitor = monitor;
-        assert!(
-            outputs
-                .iter()
-                .all(|o| !matches!(o, Output::Activate { .. }))
-        );
-        sim.initial = outputs;
-        sim
-    }
-
-    fn elapsed(&self) -> Duration {
-        self.now - self.start
-    }
-
-    fn run(&mut self, world: &mut impl World, duration: Duration) {
-        let initial = std::mem::take(&mut self.initial);
-        self.apply(world, initial);
-        let end = self.now + duration;
-        while self.now < end {
-            self.now += STEP;
-            let t = self.elapsed();
-            for uplink in 0..self.links.len() {
-                let up = world.link_up(uplink, t);
-                if up != self.links[uplink] {
-                    self.links[uplink] = up;
-                    let outputs = self.monitor.step(self.now, Input::Link { uplink, up });
-                    self.apply(world, outputs);
-                }
-            }
-            let now = self.now;
-            let (due, later): (Vec<_>, Vec<_>) =
-                self.in_flight.drain(..).partition(|(at, ..)| *at <= now);
-            self.in_flight = later;
-            for (_, uplink, target, seq) in due {
-                let outputs = self.monitor.step(
-                    now,
-                    Input::Reply {
-                        uplink,
-                        target,
-                        seq,
-                    },
-                );
-                self.apply(world, outputs);
-            }
-            let (due, later): (Vec<_>, Vec<_>) = self
-                .http_in_flight
-                .drain(..)
-                .partition(|(at, ..)| *at <= now);
-            self.http_in_flight = later;
-            for (_, uplink, ok) in due {
-                let outputs = self.monitor.step(now, Input::HttpResult { uplink, ok });
-                self.apply(world, outputs);
-            }
-            let (due, later): (Vec<_>, Vec<_>) = self
-                .throughput_in_flight
-                .drain(..)
-                .partition(|(at, ..)| *at <= now);
-            self.throughput_in_flight = later;
-            for (_, uplink, kbps) in due {
-                let outputs = self
-                    .monitor
-                    .step(now, Input::ThroughputResult { uplink, kbps });
-                self.apply(world, outputs);
-            }
-            let outputs = self.monitor.step(now, Input::Tick);
-            self.apply(world, outputs);
+        Self {
+            monitor: Monitor::new(monitor_settings, specs, start),
+            rig: Rig {
+                start,
+                now: start,
+                in_flight: Vec::new(),
+                links: vec![true; count],
+                switches: Vec::new(),
+                paths: Vec::new(),
+            },
+            adopt: Some(Input::Adopt { uplink: adopt }),
         }
     }
 
-    fn apply(&mut self, world: &mut impl World, outputs: Vec<Output>) {
-        for output in outputs {
-            match output {
-                Output::SendProbe {
-                    uplink,
-                    target,
-                    seq,
-                } => {
-                    if !self.links[uplink] {
-                        continue;
-                    }
-                    if let Some(rtt) = world.rtt(uplink, target, self.elapsed()) {
-                        self.in_flight.push((self.now + rtt, uplink, target, seq));
-                    }
-                }
-                Output::Activate { uplink, reason, .. } => {
-                    self.switches.push((self.elapsed(), uplink, reason))
-                }
-                Output::HealthChanged { .. } => {}
-                Output::ThroughputTest { uplink } => {
-                    let kbps = world.kbps(uplink, self.elapsed());
-                    self.throughput_in_flight
-                        .push((self.now + secs(2), uplink, kbps));
-                }
-                Output::HttpCheck { uplink } => {
-                    let ok = world.http_ok(uplink, self.elapsed());
-                    self.http_in_flight.push((self.now + ms(50), uplink, ok));
+    /// Steps `input` through the agent's loop, in the world.
+    fn settle(&mut self, world: &mut impl World, input: Input) {
+        let now = self.rig.now;
+        let mut effects = InWorld {
+            rig: &mut self.rig,
+            world,
+        };
+        at_once(settle(&mut self.monitor, &mut effects, &|| now, input));
+    }
+
+    fn run(&mut self, world: &mut impl World, duration: Duration) {
+        if let Some(adopt) = self.adopt.take() {
+            self.settle(world, adopt);
+            assert!(self.rig.switches.is_empty(), "adopting never switches");
+        }
+        let end = self.rig.now + duration;
+        while self.rig.now < end {
+            self.rig.now += STEP;
+            let now = self.rig.now;
+            let t = self.rig.elapsed();
+            for uplink in 0..self.rig.links.len() {
+                let up = world.link_up(uplink, t);
+                if up != self.rig.links[uplink] {
+                    self.rig.links[uplink] = up;
+                    self.settle(world, Input::Link { uplink, up });
                 }
             }
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.rig.in_flight.drain(..).partition(|(at, _)| *at <= now);
+            self.rig.in_flight = later;
+            for (_, answer) in due {
+                self.settle(world, answer);
+            }
+            self.settle(world, Input::Tick);
         }
     }
 }
@@ -234,13 +250,13 @@ fn first_choice_waits_for_every_verdict_and_picks_the_best() {
     sim.run(&mut world, secs(2));
     // Uplink 1 is preferred by 10 points, uplink 0 faster by 5 ms: preference wins.
     assert_eq!(
-        sim.switches,
-        [(sim.switches[0].0, 1, SwitchReason::Initial)]
+        sim.rig.switches,
+        [(sim.rig.switches[0].0, 1, SwitchReason::Initial)]
     );
     assert!(
-        sim.switches[0].0 <= ms(400),
+        sim.rig.switches[0].0 <= ms(400),
         "decided at {:?}",
-        sim.switches[0].0
+        sim.rig.switches[0].0
     );
 }
 
@@ -251,17 +267,21 @@ fn restart_adopts_the_kernel_route_and_never_blips() {
     let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(1));
     let mut world = Fn(|_, _, _| Some(ms(30)));
     sim.run(&mut world, ms(2900));
-    assert!(sim.switches.is_empty(), "{:?}", sim.switches);
+    assert!(sim.rig.switches.is_empty(), "{:?}", sim.rig.switches);
     sim.run(&mut world, secs(5));
     assert_eq!(
-        sim.switches.iter().map(|s| (s.1, s.2)).collect::<Vec<_>>(),
+        sim.rig
+            .switches
+            .iter()
+            .map(|s| (s.1, s.2))
+            .collect::<Vec<_>>(),
         [(0, SwitchReason::Preferred)]
     );
 
     // Adopting the preferred one: nothing at all happens.
     let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(0));
     sim.run(&mut world, secs(60));
-    assert!(sim.switches.is_empty(), "{:?}", sim.switches);
+    assert!(sim.rig.switches.is_empty(), "{:?}", sim.rig.switches);
 }
 
 #[test]
@@ -277,7 +297,7 @@ fn carrier_loss_switches_at_once() {
     }
     let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(0));
     sim.run(&mut Cut, secs(10));
-    assert_eq!(sim.switches, [(secs(5), 1, SwitchReason::LinkDown)]);
+    assert_eq!(sim.rig.switches, [(secs(5), 1, SwitchReason::LinkDown)]);
 }
 
 #[test]
@@ -289,8 +309,8 @@ fn silence_on_every_target_switches_within_the_dead_time_but_one_dead_target_doe
         (!dead).then_some(ms(1))
     });
     sim.run(&mut world, secs(10));
-    assert_eq!(sim.switches.len(), 1, "{:?}", sim.switches);
-    let (at, uplink, reason) = sim.switches[0];
+    assert_eq!(sim.rig.switches.len(), 1, "{:?}", sim.rig.switches);
+    let (at, uplink, reason) = sim.rig.switches[0];
     assert_eq!((uplink, reason), (1, SwitchReason::Silent));
     let detection = at - secs(6);
     assert!(
@@ -310,8 +330,8 @@ fn high_latency_moves_traffic_after_the_hold_time_without_flapping() {
         })
     });
     sim.run(&mut world, secs(120));
-    assert_eq!(sim.switches.len(), 1, "{:?}", sim.switches);
-    let (at, uplink, reason) = sim.switches[0];
+    assert_eq!(sim.rig.switches.len(), 1, "{:?}", sim.rig.switches);
+    let (at, uplink, reason) = sim.rig.switches[0];
     assert_eq!((uplink, reason), (1, SwitchReason::Better));
     // The 400 ms replies first arrive at 10.4 s; the score needs a few samples to cross the
     // margin, then the hold time runs.
@@ -328,8 +348,12 @@ fn ten_minutes_of_ten_percent_loss_everywhere_never_switches() {
         let mut sim = Sim::new(settings(3), uplinks(&[10, 20, 30]), Some(0));
         let mut world = Fn(|_, _, _| (!rng.chance(10)).then_some(ms(40)));
         sim.run(&mut world, secs(600));
-        assert!(sim.switches.is_empty(), "seed {seed}: {:?}", sim.switches);
-        let view = sim.monitor.view(sim.now);
+        assert!(
+            sim.rig.switches.is_empty(),
+            "seed {seed}: {:?}",
+            sim.rig.switches
+        );
+        let view = sim.monitor.view(sim.rig.now);
         let loss = view[0].probes_lost as f64 / view[0].probes_sent as f64;
         assert!(
             (0.08..0.12).contains(&loss),
@@ -353,13 +377,13 @@ fn a_flapping_uplink_is_dampened_and_traffic_ends_on_the_stable_one() {
     }
     let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(0));
     sim.run(&mut Flap, secs(70));
-    assert!(sim.switches.len() <= 3, "{:?}", sim.switches);
-    assert_eq!(sim.monitor.active(), Some(1), "{:?}", sim.switches);
-    assert!(sim.monitor.view(sim.now)[0].suppressed);
+    assert!(sim.rig.switches.len() <= 3, "{:?}", sim.rig.switches);
+    assert_eq!(sim.monitor.active(), Some(1), "{:?}", sim.rig.switches);
+    assert!(sim.monitor.view(sim.rig.now)[0].suppressed);
     // Once it has settled, been reused and proved stable, the preferred uplink gets traffic back.
     sim.run(&mut Flap, secs(120));
-    assert_eq!(sim.monitor.active(), Some(0), "{:?}", sim.switches);
-    assert!(sim.switches.len() <= 4, "{:?}", sim.switches);
+    assert_eq!(sim.monitor.active(), Some(0), "{:?}", sim.rig.switches);
+    assert!(sim.rig.switches.len() <= 4, "{:?}", sim.rig.switches);
 }
 
 #[test]
@@ -369,12 +393,12 @@ fn failback_waits_until_the_preferred_uplink_is_stable() {
     let mut world =
         Fn(|uplink, _, t| (uplink != 0 || t < secs(5) || t >= secs(15)).then_some(ms(20)));
     sim.run(&mut world, secs(80));
-    let moves: Vec<(usize, SwitchReason)> = sim.switches.iter().map(|s| (s.1, s.2)).collect();
+    let moves: Vec<(usize, SwitchReason)> = sim.rig.switches.iter().map(|s| (s.1, s.2)).collect();
     assert_eq!(
         moves,
         [(1, SwitchReason::Silent), (0, SwitchReason::Preferred)]
     );
-    let back = sim.switches[1].0;
+    let back = sim.rig.switches[1].0;
     assert!(
         back >= secs(15) + DEFAULT_FAILBACK_AFTER + DEFAULT_HOLD,
         "failed back at {back:?}"
@@ -411,10 +435,10 @@ fn all_local_uplinks_dead_uses_a_remote_one() {
     let mut sim = Sim::new(settings(3), specs, Some(0));
     let mut world = Fn(|uplink, _, t| (uplink == 2 || t < secs(5)).then_some(ms(25)));
     sim.run(&mut world, secs(10));
-    assert_eq!(sim.monitor.active(), Some(2), "{:?}", sim.switches);
+    assert_eq!(sim.monitor.active(), Some(2), "{:?}", sim.rig.switches);
     // And when the peer dies, its uplink is down at once.
     let outputs = sim.monitor.step(
-        sim.now,
+        sim.rig.now,
         Input::Peer {
             peer: 2,
             alive: false,
@@ -434,10 +458,10 @@ fn metered_standby_is_probed_slowly_and_not_called_dead_for_it() {
     let mut sim = Sim::new(settings(3), specs, Some(0));
     let mut world = Fn(|_, _, _| Some(ms(30)));
     sim.run(&mut world, secs(20));
-    let view = sim.monitor.view(sim.now);
+    let view = sim.monitor.view(sim.rig.now);
     assert!(view[1].probes_sent * 5 < view[0].probes_sent, "{view:?}");
     assert_eq!(view[1].health, Health::Up);
-    assert!(sim.switches.is_empty());
+    assert!(sim.rig.switches.is_empty());
 }
 
 #[test]
@@ -462,12 +486,12 @@ fn a_captive_uplink_that_answers_pings_is_left_after_two_failed_http_checks() {
     });
     let mut sim = Sim::new(check_settings, uplinks(&[10, 20]), Some(0));
     sim.run(&mut Portal, secs(40));
-    assert_eq!(sim.switches.len(), 1, "{:?}", sim.switches);
-    let (at, uplink, reason) = sim.switches[0];
+    assert_eq!(sim.rig.switches.len(), 1, "{:?}", sim.rig.switches);
+    let (at, uplink, reason) = sim.rig.switches[0];
     assert_eq!((uplink, reason), (1, SwitchReason::Captive));
     // Checks every 5 s: failures at 20 and 25 s.
     assert!(at >= secs(25) && at <= secs(26), "switched at {at:?}");
-    assert_eq!(sim.monitor.view(sim.now)[0].health, Health::Captive);
+    assert_eq!(sim.monitor.view(sim.rig.now)[0].health, Health::Captive);
 }
 
 #[test]
@@ -497,12 +521,115 @@ fn an_uplink_measured_far_below_the_minimum_throughput_loses_traffic() {
     let mut sim = Sim::new(test_settings, uplinks(&[10, 20]), Some(0));
     sim.run(&mut Thin, secs(59));
     assert!(
-        sim.switches.is_empty(),
+        sim.rig.switches.is_empty(),
         "fast enough so far: {:?}",
-        sim.switches
+        sim.rig.switches
     );
-    assert_eq!(sim.monitor.view(sim.now)[1].capacity_kbps, Some(20_000.0));
+    assert_eq!(
+        sim.monitor.view(sim.rig.now)[1].capacity_kbps,
+        Some(20_000.0)
+    );
     sim.run(&mut Thin, secs(60));
-    let moves: Vec<(usize, SwitchReason)> = sim.switches.iter().map(|s| (s.1, s.2)).collect();
+    let moves: Vec<(usize, SwitchReason)> = sim.rig.switches.iter().map(|s| (s.1, s.2)).collect();
     assert_eq!(moves, [(1, SwitchReason::Better)]);
+}
+
+#[test]
+fn a_remote_uplink_goes_by_its_first_path_with_carrier_and_the_default_route_with_it() {
+    let mut specs = uplinks(&[10, 20]);
+    // Uplink 1 is the stage's modem, reached by cable, wifi or VPN (in that order).
+    specs[1].peer = Some(2);
+    specs[1].paths = 3;
+    let mut sim = Sim::new(settings(3), specs, Some(1));
+    let mut world = Fn(|_, _, _| Some(ms(30)));
+    sim.run(&mut world, secs(1));
+    let path = |uplink, path, up| Input::PathLink { uplink, path, up };
+    // The cable is cut, then the wifi: the uplink follows, and so does the default route it
+    // carries; it never counts as down while a path is left.
+    sim.settle(&mut world, path(1, 0, false));
+    sim.run(&mut world, secs(1));
+    sim.settle(&mut world, path(1, 1, false));
+    sim.run(&mut world, secs(1));
+    assert!(sim.rig.switches.is_empty(), "{:?}", sim.rig.switches);
+    assert_eq!(sim.monitor.view(sim.rig.now)[1].health, Health::Up);
+    // The VPN goes too: down at once, traffic leaves it, and it stays on the path it had.
+    sim.settle(&mut world, path(1, 2, false));
+    sim.run(&mut world, secs(1));
+    assert_eq!(sim.monitor.view(sim.rig.now)[1].health, Health::LinkDown);
+    // The wifi comes back first, then the cable: the uplink goes by each in turn, without
+    // the default route, which is elsewhere now.
+    sim.settle(&mut world, path(1, 1, true));
+    sim.settle(&mut world, path(1, 0, true));
+    // A path coming back that is not the first with carrier changes nothing.
+    sim.settle(&mut world, path(1, 2, true));
+    let moves: Vec<(usize, usize, bool)> = sim
+        .rig
+        .paths
+        .iter()
+        .map(|&(_, uplink, path, carries_default)| (uplink, path, carries_default))
+        .collect();
+    assert_eq!(
+        moves,
+        [(1, 1, true), (1, 2, true), (1, 1, false), (1, 0, false)]
+    );
+    assert_eq!(
+        sim.rig
+            .switches
+            .iter()
+            .map(|s| (s.1, s.2))
+            .collect::<Vec<_>>(),
+        [(0, SwitchReason::LinkDown)]
+    );
+    assert_eq!(sim.monitor.path(1), 0);
+}
+
+#[test]
+fn a_probe_that_cannot_be_sent_is_lost_at_once_through_the_loop() {
+    // The edge reports a send failure back into the loop: the monitor counts it lost at once
+    // (nothing is left outstanding), and an uplink whose every probe fails goes silent.
+    struct Unsendable<'a> {
+        rig: &'a mut Rig,
+    }
+    impl Effects for Unsendable<'_> {
+        async fn carry_out(&mut self, _: &Monitor, output: Output) -> Option<Input> {
+            match output {
+                Output::SendProbe {
+                    uplink: 0,
+                    target,
+                    seq,
+                } => Some(Input::SendFailed {
+                    uplink: 0,
+                    target,
+                    seq,
+                }),
+                Output::Activate { uplink, reason, .. } => {
+                    self.rig.switches.push((self.rig.elapsed(), uplink, reason));
+                    None
+                }
+                _ => None,
+            }
+        }
+    }
+    let mut sim = Sim::new(settings(3), uplinks(&[10, 20]), Some(0));
+    let start = sim.rig.now;
+    at_once(settle(
+        &mut sim.monitor,
+        &mut Unsendable { rig: &mut sim.rig },
+        &|| start,
+        Input::Adopt { uplink: Some(0) },
+    ));
+    for step in 1..=2000 {
+        let now = start + STEP * step;
+        sim.rig.now = now;
+        at_once(settle(
+            &mut sim.monitor,
+            &mut Unsendable { rig: &mut sim.rig },
+            &|| now,
+            Input::Tick,
+        ));
+    }
+    let view = sim.monitor.view(sim.rig.now);
+    assert!(view[0].probes_sent > 0);
+    assert_eq!(view[0].probes_lost, view[0].probes_sent, "{view:?}");
+    assert_eq!(view[0].health, Health::Silent, "{view:?}");
 }

@@ -21,6 +21,7 @@ use crate::edge::kernel::{Kernel, RULE_PRIORITY_BASE};
 use crate::edge::metrics::Metrics;
 use crate::edge::probe::{ProbeReply, ProbeSocket, UdpProbeSocket};
 use crate::monitor::{Health, Input, Monitor, Output, SwitchReason, UplinkSpec};
+use crate::settle::{Effects, settle};
 use fieldnet::net::NextHop;
 
 /// Longest the loop sleeps without a tick.
@@ -34,8 +35,8 @@ const REPORT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkRoute {
     pub name: String,
-    /// The interface traffic leaves by: the uplink's port, or the path to the owning peer in
-    /// use now (one of `paths`).
+    /// The interface traffic leaves by: the uplink's port, or the path to the owning peer the
+    /// monitor chose (one of `paths`; the first until it says otherwise).
     pub interface: String,
     pub gateway: Ipv4Addr,
     pub table: u32,
@@ -86,6 +87,7 @@ pub fn plan(config: &Config) -> anyhow::Result<(Vec<UplinkSpec>, Vec<UplinkRoute
             preference: uplink.preference,
             metered: uplink.metered,
             peer,
+            paths: paths.len(),
         });
         routes.push(UplinkRoute {
             name: uplink.name.clone(),
@@ -178,31 +180,38 @@ pub async fn run(context: AgentContext) -> anyhow::Result<()> {
         reported_sent: Vec::new(),
         reported_lost: Vec::new(),
         counters: Vec::new(),
-        http_check: config.agents.uplink_monitor.http_check.clone(),
-        active: None,
-        throughput_test: config.agents.uplink_monitor.throughput_test.clone(),
+        targets: settings.targets.clone(),
+        http_check: settings.http_check.clone(),
+        throughput_test: settings.throughput_test.clone(),
         checks: checks_tx,
     };
-    let now = Instant::now();
-    let mut monitor = Monitor::new(settings, specs, now);
-    edge.link_index = vec![None; edge.routes.len()];
-    edge.link_usable = vec![None; edge.routes.len()];
-    edge.reported_sent = vec![0; edge.routes.len()];
-    edge.reported_lost = vec![0; edge.routes.len()];
-    edge.counters = vec![None; edge.routes.len()];
-    let inputs = edge.resync_links().await;
-    for input in inputs {
-        let outputs = monitor.step(Instant::now(), input);
-        edge.execute(&mut monitor, outputs).await;
+    let count = edge.routes.len();
+    edge.link_index = vec![None; count];
+    edge.link_usable = edge
+        .routes
+        .iter()
+        .map(|route| vec![None; route.paths.len().max(1)])
+        .collect();
+    edge.reported_sent = vec![0; count];
+    edge.reported_lost = vec![0; count];
+    edge.counters = vec![None; count];
+    let clock = Instant::now;
+    let mut monitor = Monitor::new(settings, specs, clock());
+    for input in edge.resync_links().await {
+        settle(&mut monitor, &mut edge, &clock, input).await;
     }
     let adopted = edge.adopt().await;
-    edge.active = adopted;
     if let Some(uplink) = adopted {
         tracing::info!(uplink = %edge.routes[uplink].name, "adopting the kernel's default route");
         edge.publish_active(uplink, None, UplinkReason::Adopted);
     }
-    let outputs = monitor.step(Instant::now(), Input::Adopt { uplink: adopted });
-    edge.execute(&mut monitor, outputs).await;
+    settle(
+        &mut monitor,
+        &mut edge,
+        &clock,
+        Input::Adopt { uplink: adopted },
+    )
+    .await;
     fieldnet::rt::ready(&health, &shutdown);
 
     let mut resync = tokio::time::interval(RESYNC);
@@ -211,34 +220,23 @@ pub async fn run(context: AgentContext) -> anyhow::Result<()> {
         let deadline = monitor.next_deadline().map_or(MAX_TICK, |at| {
             at.saturating_duration_since(Instant::now()).min(MAX_TICK)
         });
-        let input = tokio::select! {
+        // Each fact becomes the monitor's inputs through the edge's own tables; each input is
+        // settled in turn (stepped, carried out, what that reports stepped again).
+        let inputs = tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(deadline) => Some(Input::Tick),
-            Some(reply) = replies.recv() => edge.reply_input(&monitor, reply),
-            Some(result) = checks.recv() => Some(result),
-            Some(LinkChanged) = events.recv() => {
-                for input in edge.resync_links().await {
-                    let outputs = monitor.step(Instant::now(), input);
-                    edge.execute(&mut monitor, outputs).await;
-                }
-                None
-            }
-            Some(event) = peers.recv() => peer_input(&event),
-            _ = resync.tick() => {
-                for input in edge.resync_links().await {
-                    let outputs = monitor.step(Instant::now(), input);
-                    edge.execute(&mut monitor, outputs).await;
-                }
-                None
-            }
+            () = tokio::time::sleep(deadline) => vec![Input::Tick],
+            Some(reply) = replies.recv() => edge.reply_input(reply).into_iter().collect(),
+            Some(result) = checks.recv() => vec![result],
+            Some(LinkChanged) = events.recv() => edge.resync_links().await,
+            Some(event) = peers.recv() => peer_input(&event).into_iter().collect(),
+            _ = resync.tick() => edge.resync_links().await,
             _ = report.tick() => {
                 edge.report(&monitor);
-                None
+                Vec::new()
             }
         };
-        if let Some(input) = input {
-            let outputs = monitor.step(Instant::now(), input);
-            edge.execute(&mut monitor, outputs).await;
+        for input in inputs {
+            settle(&mut monitor, &mut edge, &clock, input).await;
         }
     }
     // The default route stays as it is: traffic keeps flowing while the agent is away.
@@ -336,86 +334,101 @@ struct Edge {
     metrics: Metrics,
     bus: BusClient,
     link_index: Vec<Option<u32>>,
-    link_usable: Vec<Option<bool>>,
+    /// Per uplink, what the monitor was last told of its link: a local uplink's (one entry),
+    /// or each path's carrier for a remote one.
+    link_usable: Vec<Vec<Option<bool>>>,
     reported_sent: Vec<u64>,
     reported_lost: Vec<u64>,
     /// Last counter sample per uplink: (when, rx bytes, tx bytes).
     counters: Vec<Option<(Instant, u64, u64)>>,
+    /// The probe targets, by the index the monitor names them with.
+    targets: Vec<ProbeTarget>,
     http_check: Option<fieldnet::config::HttpCheck>,
-    /// The uplink the default route points at, as far as this edge has set or adopted it.
-    active: Option<usize>,
     throughput_test: Option<fieldnet::config::ThroughputTest>,
     /// Where finished HTTP checks report.
     checks: mpsc::UnboundedSender<Input>,
 }
 
 impl Edge {
-    /// Re-reads every uplink interface; returns inputs for those whose state changed, and
-    /// reinstalls an uplink's own table when its link comes (back) up.
+    /// Re-reads every uplink interface (each path of a remote uplink); returns inputs for
+    /// those whose state changed, and reinstalls an uplink's own table when the interface its
+    /// traffic goes by comes (back) up.
     async fn resync_links(&mut self) -> Vec<Input> {
         let mut inputs = Vec::new();
         for index in 0..self.routes.len() {
-            if !self.routes[index].local {
-                self.follow_live_path(index).await;
-            }
-            let facts = match self.kernel.link_facts(&self.routes[index].interface).await {
-                Ok(facts) => facts,
-                Err(error) => {
-                    tracing::warn!(uplink = %self.routes[index].name, %error, "reading link state");
-                    continue;
-                }
+            let route = &self.routes[index];
+            let interfaces: Vec<String> = if route.local {
+                vec![route.interface.clone()]
+            } else {
+                route
+                    .paths
+                    .iter()
+                    .map(|(interface, _)| interface.clone())
+                    .collect()
             };
-            if let Some(facts) = facts {
-                self.sample_counters(index, &facts);
-            }
-            // A remote uplink's path has no address requirement beyond carrier.
-            let usable = facts.is_some_and(|f| {
-                if self.routes[index].local {
-                    f.usable()
-                } else {
-                    f.carrier
+            for (path, interface) in interfaces.iter().enumerate() {
+                let facts = match self.kernel.link_facts(interface).await {
+                    Ok(facts) => facts,
+                    Err(error) => {
+                        tracing::warn!(uplink = %self.routes[index].name, %interface, %error, "reading link state");
+                        continue;
+                    }
+                };
+                let route = &self.routes[index];
+                // A remote uplink's path has no address requirement beyond carrier.
+                let usable =
+                    facts.is_some_and(|f| if route.local { f.usable() } else { f.carrier });
+                let in_use = *interface == route.interface;
+                if in_use {
+                    if let Some(facts) = facts {
+                        self.sample_counters(index, &facts);
+                    }
+                    self.link_index[index] = facts.map(|f| f.index);
                 }
-            });
-            self.link_index[index] = facts.map(|f| f.index);
-            if self.link_usable[index] != Some(usable) {
-                self.link_usable[index] = Some(usable);
-                if usable {
-                    self.install_table(index).await;
+                if self.link_usable[index][path] != Some(usable) {
+                    self.link_usable[index][path] = Some(usable);
+                    if usable && in_use {
+                        self.install_table(index).await;
+                    }
+                    inputs.push(if self.routes[index].local {
+                        Input::Link {
+                            uplink: index,
+                            up: usable,
+                        }
+                    } else {
+                        Input::PathLink {
+                            uplink: index,
+                            path,
+                            up: usable,
+                        }
+                    });
                 }
-                inputs.push(Input::Link {
-                    uplink: index,
-                    up: usable,
-                });
             }
         }
         inputs
     }
 
-    /// Keeps a remote uplink on the first of its paths whose link is up; when that changes,
-    /// its table and (if it carries traffic) the default route move with it.
-    async fn follow_live_path(&mut self, index: usize) {
-        let mut live = None;
-        for (interface, gateway) in &self.routes[index].paths {
-            if let Ok(Some(facts)) = self.kernel.link_facts(interface).await
-                && facts.carrier
-            {
-                live = Some((interface.clone(), *gateway, facts.index));
-                break;
-            }
-        }
-        let Some((interface, gateway, link)) = live else {
+    /// Moves a remote uplink's traffic to the path the monitor chose: its table, and the
+    /// default route when it carries it.
+    async fn use_path(&mut self, uplink: usize, path: usize, carries_default: bool) {
+        let Some((interface, gateway)) = self.routes[uplink].paths.get(path).cloned() else {
             return;
         };
-        let route = &mut self.routes[index];
-        if route.interface == interface {
-            return;
-        }
+        let link = match self.kernel.link_facts(&interface).await {
+            Ok(facts) => facts.map(|f| f.index),
+            Err(error) => {
+                tracing::warn!(uplink = %self.routes[uplink].name, %interface, %error, "reading link state");
+                None
+            }
+        };
+        let route = &mut self.routes[uplink];
         tracing::info!(uplink = %route.name, from = %route.interface, to = %interface, "remote uplink follows its live path");
         route.interface = interface;
         route.gateway = gateway;
-        self.link_index[index] = Some(link);
-        self.install_table(index).await;
-        if self.active == Some(index) {
+        self.link_index[uplink] = link;
+        self.counters[uplink] = None;
+        self.install_table(uplink).await;
+        if let (true, Some(link)) = (carries_default, link) {
             let hop = NextHop {
                 gateway,
                 interface: link,
@@ -425,7 +438,7 @@ impl Edge {
                     .errors
                     .with_label_values(&["default_route"])
                     .inc();
-                tracing::error!(uplink = %self.routes[index].name, error = format!("{error:#}"), "moving the default route to the live path");
+                tracing::error!(uplink = %self.routes[uplink].name, error = format!("{error:#}"), "moving the default route to the live path");
             }
         }
     }
@@ -489,53 +502,14 @@ impl Edge {
         })
     }
 
-    fn reply_input(&self, monitor: &Monitor, reply: ProbeReply) -> Option<Input> {
-        let target = monitor.target_index(reply.from)?;
+    /// A reply, as the monitor names it: the target by its index in the edge's own table.
+    fn reply_input(&self, reply: ProbeReply) -> Option<Input> {
+        let target = self.targets.iter().position(|t| *t == reply.from)?;
         Some(Input::Reply {
             uplink: reply.uplink,
             target,
             seq: reply.seq,
         })
-    }
-
-    async fn execute(&mut self, monitor: &mut Monitor, outputs: Vec<Output>) {
-        let mut pending = outputs;
-        while !pending.is_empty() {
-            let mut follow_up = Vec::new();
-            for output in pending {
-                match output {
-                    Output::SendProbe {
-                        uplink,
-                        target,
-                        seq,
-                    } => {
-                        if let Err(error) = self.sockets[uplink].send(monitor.target(target), seq) {
-                            tracing::trace!(uplink = %self.routes[uplink].name, %error, "probe not sent");
-                            follow_up.extend(monitor.step(
-                                Instant::now(),
-                                Input::SendFailed {
-                                    uplink,
-                                    target,
-                                    seq,
-                                },
-                            ));
-                        }
-                    }
-                    Output::Activate {
-                        uplink,
-                        previous,
-                        reason,
-                    } => self.activate(uplink, previous, reason).await,
-                    Output::HttpCheck { uplink } => self.spawn_http_check(uplink),
-                    Output::ThroughputTest { uplink } => self.spawn_throughput_test(uplink),
-                    Output::HealthChanged { uplink, from, to } => {
-                        tracing::info!(uplink = %self.routes[uplink].name, from = %from.as_str(), to = %to.as_str(), "uplink health changed");
-                        self.publish_state(monitor, uplink);
-                    }
-                }
-            }
-            pending = follow_up;
-        }
     }
 
     fn spawn_throughput_test(&self, uplink: usize) {
@@ -602,7 +576,6 @@ impl Edge {
                 return;
             }
         }
-        self.active = Some(uplink);
         tracing::info!(
             from = %previous.map(|p| self.routes[p].name.as_str()).unwrap_or("-"),
             to = %route.name,
@@ -697,6 +670,49 @@ impl Edge {
             self.reported_lost[index] = view.probes_lost;
             self.publish_state(monitor, index);
         }
+    }
+}
+
+impl Effects for Edge {
+    async fn carry_out(&mut self, monitor: &Monitor, output: Output) -> Option<Input> {
+        match output {
+            Output::SendProbe {
+                uplink,
+                target,
+                seq,
+            } => {
+                let sent = self
+                    .targets
+                    .get(target)
+                    .ok_or_else(|| std::io::Error::other("no such target"))
+                    .and_then(|address| self.sockets[uplink].send(*address, seq));
+                if let Err(error) = sent {
+                    tracing::trace!(uplink = %self.routes[uplink].name, %error, "probe not sent");
+                    return Some(Input::SendFailed {
+                        uplink,
+                        target,
+                        seq,
+                    });
+                }
+            }
+            Output::Activate {
+                uplink,
+                previous,
+                reason,
+            } => self.activate(uplink, previous, reason).await,
+            Output::UsePath {
+                uplink,
+                path,
+                carries_default,
+            } => self.use_path(uplink, path, carries_default).await,
+            Output::HttpCheck { uplink } => self.spawn_http_check(uplink),
+            Output::ThroughputTest { uplink } => self.spawn_throughput_test(uplink),
+            Output::HealthChanged { uplink, from, to } => {
+                tracing::info!(uplink = %self.routes[uplink].name, from = %from.as_str(), to = %to.as_str(), "uplink health changed");
+                self.publish_state(monitor, uplink);
+            }
+        }
+        None
     }
 }
 
