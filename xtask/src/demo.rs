@@ -321,16 +321,23 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
             area.network
         );
     }
-    let primary = hubs[0].get(Program::CrossSiteFailover);
+    let (hub_a_machine, hub_b_machine) = (
+        &site.machines[site.areas.len()],
+        &site.machines[site.areas.len() + 1],
+    );
     for area in &site.areas {
-        primary.wait_for_log(
-            &format!("hub routes moved area_of={}", area.id),
-            Duration::from_secs(30),
+        on_bus::<topics::HubRoutes>(
+            hub_a_machine,
+            topics::TOPIC_HUB_ROUTES,
+            &format!("hub-a routing area {}", area.id),
+            |routes| routes.areas.iter().any(|known| known.area == area.id),
         )?;
     }
-    hubs[1].get(Program::CrossSiteFailover).wait_for_log(
-        "peer liveness changed peer=0 alive=true",
-        Duration::from_secs(30),
+    on_bus::<topics::HubRoutes>(
+        hub_b_machine,
+        topics::TOPIC_HUB_ROUTES,
+        "hub-b seeing hub-a up",
+        |routes| routes.partner_up,
     )?;
     println!(
         "hub-a routes every area into its appliance's tunnel; hub-b watches hub-a over the VPC."
@@ -663,8 +670,21 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     );
     let died = std::time::Instant::now();
     hub_a.kill()?;
-    standby.wait_for_log("owner=standby", Duration::from_secs(20))?;
-    standby.wait_for_log("VPC route replaced", Duration::from_secs(20))?;
+    on_bus::<topics::HubRoutes>(
+        &site.machines[site.areas.len() + 1],
+        topics::TOPIC_HUB_ROUTES,
+        "hub-b taking the routes",
+        |routes| !routes.partner_up && routes.owner == topics::RouteOwner::Standby,
+    )?;
+    // The VPC route itself, as AWS has it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while route_target(&site.internet, &ids)? != ids.instances[1] {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the VPC route never moved to hub-b's instance"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     println!(
         "  hub-a died; {:.1} s later hub-b took the routes: {}",
         died.elapsed().as_secs_f64(),

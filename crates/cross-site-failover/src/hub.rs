@@ -13,21 +13,8 @@ use fieldnet::config::HubRole;
 
 use crate::tunnel::TunnelVerdict;
 
-/// Which hub the VPC route-table entries for the site networks point at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteOwner {
-    Primary,
-    Standby,
-}
-
-impl RouteOwner {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteOwner::Primary => "primary",
-            RouteOwner::Standby => "standby",
-        }
-    }
-}
+/// Which hub the VPC route-table entries for the site networks point at, in the bus's words.
+pub use fieldnet::bus::topics::RouteOwner;
 
 /// The pair as one hub sees it.
 #[derive(Debug, Clone)]

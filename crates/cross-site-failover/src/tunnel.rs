@@ -74,27 +74,8 @@ pub struct TunnelReading {
     pub collected: bool,
 }
 
-/// A tunnel's health, the first failing layer named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelVerdict {
-    Healthy,
-    InterfaceDown,
-    NoHandshake,
-    HandshakeStale,
-    DataPlaneDown,
-}
-
-impl TunnelVerdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TunnelVerdict::Healthy => "healthy",
-            TunnelVerdict::InterfaceDown => "interface-down",
-            TunnelVerdict::NoHandshake => "no-handshake",
-            TunnelVerdict::HandshakeStale => "handshake-stale",
-            TunnelVerdict::DataPlaneDown => "data-plane-down",
-        }
-    }
-}
+/// A tunnel's health, the first failing layer named, in the bus's own words.
+pub use fieldnet::bus::topics::TunnelVerdict;
 
 /// Judges a tunnel, lowest layer first.
 pub fn verdict(observation: &TunnelObservation) -> TunnelVerdict {

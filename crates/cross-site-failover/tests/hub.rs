@@ -4,22 +4,49 @@
 //! other request. The primary is killed and restarted; the VPC routes and the Route53 switch
 //! follow, and CloudWatch receives the tunnel metrics.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use fieldnet::bus::topics::{self, HubRoutes, RouteOwner, TunnelState, TunnelVerdict};
 use fieldnet_aws::testing::fixtures::{first_text, health_check_request, route_fixture};
 use fieldnet_aws::testing::{FaultProxy, Faults, MOTO_SERVER_PROGRAM, MotoServer};
 use fieldnet_aws::{AwsApi, Client, ClientConfig, Service};
-use lab::{INTERNET_BRIDGE, Lab, LabProcess, Netns, SiteSpec};
+use lab::{BusWatch, INTERNET_BRIDGE, Lab, LabProcess, Netns, SiteSpec};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const MOTO: &str = "203.0.113.1:5000";
 const REGION: &str = "us-east-1";
 const NETWORKS: [&str; 2] = ["10.101.0.0/24", "10.102.0.0/24"];
 
-fn wait(agent: &LabProcess, needle: &str) {
-    agent
-        .wait_for_log(needle, PATIENCE)
+/// Waits on the bus at `socket` for `hub/routes` to hold what `wanted` asks.
+fn wait_hub(socket: &Path, what: &str, wanted: impl Fn(&HubRoutes) -> bool) {
+    BusWatch::subscribe(socket, topics::TOPIC_HUB_ROUTES, PATIENCE)
+        .and_then(|mut watch| {
+            watch.wait_for::<HubRoutes>(what, PATIENCE, |_, routes| wanted(routes))
+        })
         .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Waits on the bus at `socket` for `tunnel/<interface>` to be judged healthy.
+fn wait_healthy(socket: &Path, interface: &str) {
+    BusWatch::subscribe(socket, &topics::tunnel_topic(interface), PATIENCE)
+        .and_then(|mut watch| {
+            watch.wait_for::<TunnelState>(&format!("{interface} healthy"), PATIENCE, |_, state| {
+                state.interface == interface && state.verdict == TunnelVerdict::Healthy
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The bus broker of the machine `name` (a hub or an appliance), from the site file.
+fn start_broker(lab: &mut Lab, ns: &Netns, config: &str, name: &str) -> LabProcess {
+    let binary = lab::sibling_binary(
+        env!("CARGO_BIN_EXE_cross-site-failover"),
+        "fieldnet-bus",
+        "fieldnet-bus",
+    );
+    lab.spawn(ns, &binary, &["--config", config, "--appliance", name])
+        .unwrap()
 }
 
 /// Runs `calls` against moto from inside `ns` (the test's own namespace cannot reach it).
@@ -216,6 +243,21 @@ fn the_standby_hub_takes_the_vpc_routes_and_switches_when_the_primary_dies_and_g
         .unwrap();
     let config = config.to_str().unwrap().to_owned();
     let [hub_a_name, hub_b_name] = lab::HUB_NAMES;
+    let hub_socket = |name: &str| -> PathBuf { lab.dir().join(format!("bus-{name}.sock")) };
+    let (primary_bus, standby_bus) = (hub_socket(hub_a_name), hub_socket(hub_b_name));
+    // Every machine runs its broker; the facts waited on below are read from it.
+    let mut brokers = vec![
+        start_broker(&mut lab, &hub_a, &config, hub_a_name),
+        start_broker(&mut lab, &hub_b, &config, hub_b_name),
+    ];
+    for area in &site.areas {
+        brokers.push(start_broker(
+            &mut lab,
+            &area.appliance,
+            &config,
+            &lab::appliance_name(area.id),
+        ));
+    }
     let primary = start_hub(&mut lab, &hub_a, &config, hub_a_name);
     let standby = start_hub(&mut lab, &hub_b, &config, hub_b_name);
     let binary = env!("CARGO_BIN_EXE_cross-site-failover");
@@ -241,14 +283,12 @@ fn the_standby_hub_takes_the_vpc_routes_and_switches_when_the_primary_dies_and_g
     for area in &site.areas {
         let vpn = area.vpn.as_ref().unwrap();
         // (An area may first ride the other tunnel, if the other appliance answered first.)
-        wait(&primary, &format!("hub routes moved area_of={0}", area.id));
-        wait(
-            &primary,
-            &format!(
-                "tunnel health changed tunnel={} peer=appliance-{} verdict=healthy",
-                vpn.hub_ifname, area.id
-            ),
+        wait_hub(
+            &primary_bus,
+            &format!("area {} routed", area.id),
+            |routes| routes.areas.iter().any(|known| known.area == area.id),
         );
+        wait_healthy(&primary_bus, &vpn.hub_ifname);
         let own_tunnel = format!("via {} dev {} proto 202", vpn.addr, vpn.hub_ifname);
         eventually(
             &format!("area {} routed into its own tunnel", area.id),
@@ -258,13 +298,11 @@ fn the_standby_hub_takes_the_vpc_routes_and_switches_when_the_primary_dies_and_g
             },
         );
     }
-    for appliance in &appliances {
-        wait(appliance, "peer=hub verdict=healthy");
+    for area in &site.areas {
+        let vpn = area.vpn.as_ref().unwrap();
+        wait_healthy(&lab::bus_socket(lab.dir(), area.id), &vpn.ifname);
     }
-    wait(
-        &standby,
-        "peer liveness changed peer=0 alive=true role=Partner",
-    );
+    wait_hub(&standby_bus, "the primary up", |routes| routes.partner_up);
 
     // CloudWatch receives the primary's tunnel metrics.
     let namespace_metrics = || {
@@ -294,10 +332,13 @@ fn the_standby_hub_takes_the_vpc_routes_and_switches_when_the_primary_dies_and_g
 
     // The primary dies: after the takeover time the standby points the routes at itself and
     // switches the primary's endpoint off, through the throttling proxy.
+    // (The whole machine: its broker goes too, and comes back with it.)
     primary.kill().unwrap();
-    wait(
-        &standby,
-        "hub partner changed partner_up=false owner=standby",
+    brokers[0].kill().unwrap();
+    wait_hub(
+        &standby_bus,
+        "the primary down, routes to the standby",
+        |routes| !routes.partner_up && routes.owner == RouteOwner::Standby,
     );
     eventually("routes on the standby, primary switched off", || {
         state()
@@ -314,12 +355,14 @@ fn the_standby_hub_takes_the_vpc_routes_and_switches_when_the_primary_dies_and_g
     );
 
     // It comes back: after the 3 s hold, the routes and its switch return.
+    brokers[0] = start_broker(&mut lab, &hub_a, &config, hub_a_name);
     let primary = start_hub(&mut lab, &hub_a, &config, hub_a_name);
-    wait(&primary, "hub routes moved area_of=1");
-    wait(
-        &standby,
-        "hub partner changed partner_up=true owner=primary",
-    );
+    wait_hub(&primary_bus, "area 1 routed", |routes| {
+        routes.areas.iter().any(|known| known.area == 1)
+    });
+    wait_hub(&standby_bus, "the primary back, routes to it", |routes| {
+        routes.partner_up && routes.owner == RouteOwner::Primary
+    });
     eventually("routes back on the primary, switched on", || {
         state()
             == (

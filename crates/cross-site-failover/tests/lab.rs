@@ -377,9 +377,29 @@ fn the_vpn_follows_the_uplink_when_uplink_monitor_moves_traffic() {
         );
     }
     let crosser = &agents[2];
-    // Tunnel health and endpoint resets are not on the bus: the log says them.
-    wait(crosser, "peer=hub verdict=healthy");
-    wait(crosser, "tunnel endpoint re-set for the new uplink");
+    let bus = lab::bus_socket(lab.dir(), 1);
+    let tunnel = site.areas[0].vpn.as_ref().unwrap().ifname.clone();
+    let endpoint_reset = |uplink: Option<&str>| {
+        BusWatch::subscribe(&bus, &topics::tunnel_endpoint_topic(&tunnel), PATIENCE)
+            .and_then(|mut watch| {
+                watch.wait_for::<topics::TunnelEndpoint>(
+                    &format!("{tunnel}'s endpoint re-set for {uplink:?}"),
+                    PATIENCE,
+                    |_, reset| uplink.is_none_or(|uplink| reset.uplink == uplink),
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    };
+    BusWatch::subscribe(&bus, &topics::tunnel_topic(&tunnel), PATIENCE)
+        .and_then(|mut watch| {
+            watch.wait_for::<topics::TunnelState>(
+                &format!("{tunnel} healthy"),
+                PATIENCE,
+                |_, state| state.verdict == topics::TunnelVerdict::Healthy,
+            )
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    endpoint_reset(None);
 
     // Appliance 1's first uplink loses its cable: uplink-monitor moves the default route, and
     // the tunnel to the hub must follow it at once.
@@ -397,7 +417,7 @@ fn the_vpn_follows_the_uplink_when_uplink_monitor_moves_traffic() {
         active.name == "a1-up2" && active.previous.as_deref() == Some("a1-up1")
     })
     .unwrap();
-    wait(crosser, "uplink=a1-up2");
+    endpoint_reset(Some("a1-up2"));
     std::thread::sleep(Duration::from_secs(2));
     let log = crosser.log();
     let last_vpn = log

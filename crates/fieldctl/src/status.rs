@@ -529,6 +529,8 @@ mod tests {
                 latency_ms: None,
                 jitter_ms: None,
                 loss: None,
+                via: "wan0".into(),
+                capacity_kbps: None,
             },
             UplinkState {
                 name: "north-4g-b".into(),
@@ -539,6 +541,8 @@ mod tests {
                 latency_ms: Some(41.25),
                 jitter_ms: Some(2.0),
                 loss: Some(0.01),
+                via: "wan1".into(),
+                capacity_kbps: Some(20_000.0),
             },
         ];
         let lines = uplink_lines(Some(&active), &states, 253_000);

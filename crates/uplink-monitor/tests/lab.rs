@@ -295,24 +295,26 @@ fn the_throughput_test_moves_traffic_off_an_uplink_far_below_the_minimum() {
     running
         .bus
         .wait_active("a1-up2", Some("a1-up1"), Some(UplinkReason::Better));
-    running.wait_for_log("throughput measured uplink=a1-up1");
-    running.wait_for_log("throughput measured uplink=a1-up2");
-    let log = running.agent().log();
-    let measured = |uplink: &str| -> u64 {
-        let line = log
-            .lines()
-            .find(|l| l.contains(&format!("throughput measured uplink={uplink}")))
-            .unwrap();
-        line.rsplit("kbps=").next().unwrap().trim().parse().unwrap()
+    let measured = |uplink: &str| -> f64 {
+        running
+            .bus
+            .wait_state(uplink, "a throughput measured", |state| {
+                state.capacity_kbps.is_some()
+            })
+            .capacity_kbps
+            .unwrap_or_default()
     };
+    let thin = measured("a1-up1");
     assert!(
-        measured("a1-up1") < 2000,
-        "the thin uplink measures near its 1 Mbit/s:\n{log}"
+        thin < 2000.0,
+        "the thin uplink measures near its 1 Mbit/s: {thin} kbit/s"
     );
+    let wide = measured("a1-up2");
     assert!(
-        measured("a1-up2") > 4000,
-        "the wide one above the minimum:\n{log}"
+        wide > 4000.0,
+        "the wide one above the minimum: {wide} kbit/s"
     );
+    let log = running.agent().log();
     assert!(
         !log.contains("to=silent"),
         "a slow uplink is not a dead one:\n{log}"
@@ -338,7 +340,9 @@ fn a_remote_uplink_follows_its_live_path_when_the_cable_is_cut() {
         .lab
         .link_down(&running.site.areas[1].appliance, "cab1")
         .unwrap();
-    running.wait_for_log("remote uplink follows its live path uplink=a2-up1 from=cab2 to=wifi2");
+    running
+        .bus
+        .wait_state("a2-up1", "going by wifi2", |state| state.via == "wifi2");
     let report = settle_and_finish(stream);
     assert!(
         running.default_route().contains("dev wifi2"),

@@ -25,14 +25,14 @@ use tokio::sync::{mpsc, watch};
 
 use super::heartbeats::{self, ARRIVALS, Arrived};
 use super::metrics::Metrics;
+use super::report;
 use super::tunnels;
 use crate::choice::Switch;
 use crate::failover::{Failover, Input, Output, Peer, Seed};
 use crate::hub::HubView;
-use crate::packet::{self, HeartbeatKey, SessionState};
+use crate::packet::{self, HeartbeatKey};
 use crate::plan::{PathPlan, PeerRole, Plan};
 use crate::session::{Liveness, TransitionReason};
-use crate::tunnel::TunnelVerdict;
 
 /// The route protocol number of cross-site-failover's routes (`ip route` shows `proto 202`).
 pub const ROUTE_PROTOCOL: u8 = 202;
@@ -98,8 +98,15 @@ pub async fn run_with(context: AgentContext, options: Options) -> anyhow::Result
         handle: handle.clone(),
         bus,
         metrics,
+        hub_routes: failover.hub_view().map(|view| topics::HubRoutes {
+            owner: view.owner,
+            partner_up: view.partner_up,
+            areas: Vec::new(),
+        }),
         hub_view,
     };
+    // Hub mode: the pair as it starts, before anything changes.
+    edge.publish_hub_routes(|_| {});
 
     // The tunnel to the hub rides whichever uplink is active; when that changes, WireGuard's
     // cached source address must be forgotten (see `tunnel::reset_endpoints`).
@@ -172,6 +179,8 @@ struct Edge {
     arrived: mpsc::Sender<Arrived>,
     /// Hub mode: what the AWS task acts on.
     hub_view: Option<watch::Sender<HubView>>,
+    /// Hub mode: what `hub/routes` says (the pair, and the tunnel carrying each area).
+    hub_routes: Option<topics::HubRoutes>,
 }
 
 impl Edge {
@@ -261,9 +270,9 @@ impl Edge {
                 );
                 // Every path change reaches the bus at once (other changes go at the next
                 // report, within a second).
-                self.path_metrics(&peers[peer]);
+                report::path_metrics(&self.metrics, &peers[peer]);
                 if plan.role == PeerRole::Appliance {
-                    publish_peer(&self.bus, &peers[peer]);
+                    report::publish_peer(&self.bus, &peers[peer]);
                 }
             }
             Output::Liveness { peer, verdict } => {
@@ -280,9 +289,9 @@ impl Edge {
                     .set(i64::from(verdict == Liveness::Alive));
             }
             Output::PeerReport { peer } => {
-                self.path_metrics(&peers[peer]);
+                report::path_metrics(&self.metrics, &peers[peer]);
                 if peers[peer].plan().role == PeerRole::Appliance {
-                    publish_peer(&self.bus, &peers[peer]);
+                    report::publish_peer(&self.bus, &peers[peer]);
                 }
             }
             Output::MoveRoutes { peer, path, switch } => {
@@ -313,9 +322,23 @@ impl Edge {
                     tunnel = %path.interface,
                     "hub routes moved"
                 );
+                let area = topics::HubArea {
+                    area: owner.id,
+                    via: peers[carrier].plan().id,
+                    tunnel: path.interface.clone(),
+                };
+                self.publish_hub_routes(|routes| {
+                    routes.areas.retain(|known| known.area != area.area);
+                    routes.areas.push(area);
+                    routes.areas.sort_by_key(|known| known.area);
+                });
             }
             Output::HubPartner { partner_up, owner } => {
                 tracing::info!(partner_up, owner = %owner.as_str(), "hub partner changed");
+                self.publish_hub_routes(|routes| {
+                    routes.owner = owner;
+                    routes.partner_up = partner_up;
+                });
             }
             Output::HubView(view) => {
                 if let Some(sender) = &self.hub_view {
@@ -328,44 +351,34 @@ impl Edge {
                 verdict,
                 changed,
             } => {
-                let watched = &failover.tunnels()[tunnel];
-                let labels = [watched.interface.as_str(), watched.peer.as_str()];
-                let metrics = &self.metrics;
-                metrics
-                    .tunnel_interface_up
-                    .with_label_values(&labels)
-                    .set(i64::from(observation.interface_up));
-                metrics.tunnel_handshake_age.with_label_values(&labels).set(
-                    observation
-                        .handshake_age
-                        .map_or(-1.0, |age| age.as_secs_f64()),
+                report::tunnel_judged(
+                    &self.metrics,
+                    &self.bus,
+                    &failover.tunnels()[tunnel],
+                    &observation,
+                    verdict,
+                    changed,
                 );
-                metrics
-                    .tunnel_data_plane_up
-                    .with_label_values(&labels)
-                    .set(i64::from(observation.data_plane_up));
-                metrics
-                    .tunnel_healthy
-                    .with_label_values(&labels)
-                    .set(i64::from(verdict == TunnelVerdict::Healthy));
-                if changed {
-                    tracing::info!(
-                        tunnel = %watched.interface,
-                        peer = %watched.peer,
-                        verdict = %verdict.as_str(),
-                        handshake_age_s = observation.handshake_age.map(|a| a.as_secs()),
-                        "tunnel health changed"
-                    );
-                }
             }
             Output::ResetTunnelEndpoints { uplink } => {
                 for watched in failover.tunnels() {
                     let interface = watched.interface.clone();
                     let uplink = uplink.clone();
+                    let bus = self.bus.clone();
                     tokio::spawn(async move {
                         match tunnels::reset_endpoints(&interface).await {
                             Ok(peers) => {
-                                tracing::info!(tunnel = %interface, %uplink, peers, "tunnel endpoint re-set for the new uplink")
+                                tracing::info!(tunnel = %interface, %uplink, peers, "tunnel endpoint re-set for the new uplink");
+                                let body = topics::TunnelEndpoint {
+                                    uplink,
+                                    peers,
+                                    since: fieldnet::bus::unix_millis(),
+                                };
+                                let _ = bus.publish(
+                                    &topics::tunnel_endpoint_topic(&interface),
+                                    &body,
+                                    true,
+                                );
                             }
                             Err(error) => {
                                 tracing::warn!(tunnel = %interface, error = format!("{error:#}"), "re-setting the tunnel endpoint")
@@ -378,24 +391,13 @@ impl Edge {
         None
     }
 
-    /// Path state and round trip of every path of `peer` (on changes and once a second; the
-    /// heartbeat loop does not pay for them on every tick).
-    fn path_metrics(&self, peer: &Peer) {
-        let plan = peer.plan();
-        let peer_label = plan.label();
-        for (path, session) in plan.paths.iter().zip(peer.sessions()) {
-            let labels = [peer_label.as_str(), path.label()];
-            self.metrics
-                .path_up
-                .with_label_values(&labels)
-                .set(i64::from(session.state() == SessionState::Up));
-            if let Some(rtt) = session.rtt() {
-                self.metrics
-                    .rtt_us
-                    .with_label_values(&labels)
-                    .set(rtt.as_micros() as i64);
-            }
-        }
+    /// Changes what `hub/routes` says and publishes it (hub mode only).
+    fn publish_hub_routes(&mut self, change: impl FnOnce(&mut topics::HubRoutes)) {
+        let Some(routes) = &mut self.hub_routes else {
+            return;
+        };
+        change(routes);
+        let _ = self.bus.publish(topics::TOPIC_HUB_ROUTES, &*routes, true);
     }
 
     async fn move_routes(&self, peer: &Peer, path: usize, switch: Switch) {
@@ -452,28 +454,4 @@ async fn route_networks(
         }
     }
     all
-}
-
-fn publish_peer(bus: &BusClient, peer: &Peer) {
-    let paths = peer
-        .plan()
-        .paths
-        .iter()
-        .zip(peer.sessions())
-        .map(|(path, session)| topics::PeerPathState {
-            kind: path.kind,
-            interface: path.interface.clone(),
-            state: session.state().into(),
-            rtt_ms: session.rtt().map(|r| r.as_secs_f64() * 1000.0),
-        })
-        .collect();
-    let verdict = peer.liveness().verdict();
-    let body = topics::PeerState {
-        verdict,
-        active_path: peer.active_path(),
-        paths,
-        since: fieldnet::bus::unix_millis()
-            .saturating_sub(peer.liveness().since().elapsed().as_millis() as u64),
-    };
-    let _ = bus.publish(&topics::peer_topic(peer.plan().id), &body, true);
 }

@@ -6,4 +6,5 @@ pub mod agent;
 mod heartbeats;
 pub mod hub_aws;
 mod metrics;
+mod report;
 mod tunnels;

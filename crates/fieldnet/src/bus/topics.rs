@@ -35,6 +35,8 @@ macro_rules! vocabulary {
         impl $name {
             /// Every value, in order.
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            /// Every value as written on the wire, in the order of [`Self::ALL`].
+            pub const WORDS: &'static [&'static str] = &[$($word,)+];
 
             /// The wire word, also the metric label.
             pub fn as_str(self) -> &'static str {
@@ -187,6 +189,26 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// What cross-site-failover's check of a tunnel found: its interface, its WireGuard
+    /// handshake, and a heartbeat's round trip through it.
+    pub enum TunnelVerdict {
+        Healthy = "healthy",
+        InterfaceDown = "interface_down",
+        NoHandshake = "no_handshake",
+        HandshakeStale = "handshake_stale",
+        DataPlaneDown = "data_plane_down",
+    }
+}
+
+vocabulary! {
+    /// Which hub of the pair the VPC routes point at.
+    pub enum RouteOwner {
+        Primary = "primary",
+        Standby = "standby",
+    }
+}
+
 /// Which program alone publishes under each prefix (besides fieldctl, the operator's tool):
 /// the broker checks the connecting process's credentials against it. `agent/<name>` is
 /// `name`'s; everything else is anyone's.
@@ -195,6 +217,7 @@ pub const OWNERS: &[(&str, &str)] = &[
     ("uplink/", "uplink-monitor"),
     ("peer/", "cross-site-failover"),
     ("hub/", "cross-site-failover"),
+    ("tunnel/", "cross-site-failover"),
     ("dhcp/", "dhcp-takeover"),
     ("dns/", "whereami"),
     ("imds/", "imds-endpoint"),
@@ -284,6 +307,13 @@ pub struct UplinkState {
     pub jitter_ms: Option<f64>,
     /// Recent loss fraction, 0 to 1.
     pub loss: Option<f64>,
+    /// The interface the uplink's traffic leaves by: its own port, or for a remote uplink the
+    /// path to its appliance in use now.
+    #[serde(default)]
+    pub via: String,
+    /// Its capacity as the last throughput test measured it, kilobits per second.
+    #[serde(default)]
+    pub capacity_kbps: Option<f64>,
 }
 
 /// Retained, one per peer appliance: `peer/<id>` (published by cross-site-failover).
@@ -323,6 +353,70 @@ pub struct PeerPathState {
     pub interface: String,
     pub state: PathState,
     pub rtt_ms: Option<f64>,
+}
+
+/// Retained, one per tunnel cross-site-failover watches: `tunnel/<interface>`, on every change of
+/// verdict.
+pub const TOPIC_TUNNELS: &str = "tunnel/";
+
+pub fn tunnel_topic(interface: &str) -> String {
+    format!("{TOPIC_TUNNELS}{interface}")
+}
+
+/// Body of `tunnel/<interface>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelState {
+    pub interface: String,
+    /// Who is at the other end (`hub`, `appliance-2`).
+    pub peer: String,
+    pub verdict: TunnelVerdict,
+    /// Seconds since the last WireGuard handshake; `None` without one.
+    pub handshake_age_s: Option<u64>,
+    /// A heartbeat made it through the tunnel lately.
+    pub data_plane_up: bool,
+    /// Since when the verdict holds, in milliseconds since the Unix epoch.
+    pub since: u64,
+}
+
+/// Retained, one per tunnel: `tunnel/<interface>/endpoint`, each time its peers' endpoints are
+/// set again because the active uplink changed.
+pub fn tunnel_endpoint_topic(interface: &str) -> String {
+    format!("{TOPIC_TUNNELS}{interface}/endpoint")
+}
+
+/// Body of `tunnel/<interface>/endpoint`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelEndpoint {
+    /// The uplink whose change it followed.
+    pub uplink: String,
+    /// Peers whose endpoint was set again.
+    pub peers: usize,
+    /// When, in milliseconds since the Unix epoch.
+    pub since: u64,
+}
+
+/// Retained, published by a hub's cross-site-failover: which tunnel carries each area's
+/// networks, and the pair's state.
+pub const TOPIC_HUB_ROUTES: &str = "hub/routes";
+
+/// Body of [`TOPIC_HUB_ROUTES`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubRoutes {
+    /// The hub the VPC routes should point at, as this hub sees it.
+    pub owner: RouteOwner,
+    pub partner_up: bool,
+    /// Each area whose networks are routed, in area order.
+    pub areas: Vec<HubArea>,
+}
+
+/// One area in [`HubRoutes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubArea {
+    /// The appliance whose area it is.
+    pub area: u8,
+    /// The appliance whose tunnel carries it (itself, or a neighbour when it is cut off).
+    pub via: u8,
+    pub tunnel: String,
 }
 
 /// Retained, one per DHCP lease: `dhcp/lease/<address>` (published by dhcp-takeover). A
@@ -485,44 +579,28 @@ mod tests {
     #[test]
     fn docs_bus_md_lists_every_value() {
         let docs = include_str!("../../../../docs/bus.md");
-        let mut missing = Vec::new();
-        let mut check = |enum_name: &str, words: Vec<&'static str>| {
-            for word in words {
-                if !docs.contains(&format!("`{word}`")) {
-                    missing.push(format!("{enum_name}::{word}"));
-                }
-            }
-        };
-        check(
-            "UplinkReason",
-            UplinkReason::ALL.iter().map(|v| v.as_str()).collect(),
-        );
-        check(
-            "UplinkHealth",
-            UplinkHealth::ALL.iter().map(|v| v.as_str()).collect(),
-        );
-        check(
-            "PeerVerdict",
-            PeerVerdict::ALL.iter().map(|v| v.as_str()).collect(),
-        );
-        check(
-            "PathState",
-            PathState::ALL.iter().map(|v| v.as_str()).collect(),
-        );
-        check(
-            "PathReason",
-            PathReason::ALL.iter().map(|v| v.as_str()).collect(),
-        );
-        check(
-            "DhcpNetworkState",
-            DhcpNetworkState::ALL.iter().map(|v| v.as_str()).collect(),
-        );
-        check("DnsRole", DnsRole::ALL.iter().map(|v| v.as_str()).collect());
-        check(
-            "UpstreamHealth",
-            UpstreamHealth::ALL.iter().map(|v| v.as_str()).collect(),
-        );
-        check("PathKind", vec!["cable", "wifi", "vpn"]);
+        let vocabularies: [(&str, &[&str]); 11] = [
+            ("UplinkReason", UplinkReason::WORDS),
+            ("UplinkHealth", UplinkHealth::WORDS),
+            ("PeerVerdict", PeerVerdict::WORDS),
+            ("PathState", PathState::WORDS),
+            ("PathReason", PathReason::WORDS),
+            ("DhcpNetworkState", DhcpNetworkState::WORDS),
+            ("DnsRole", DnsRole::WORDS),
+            ("UpstreamHealth", UpstreamHealth::WORDS),
+            ("TunnelVerdict", TunnelVerdict::WORDS),
+            ("RouteOwner", RouteOwner::WORDS),
+            ("PathKind", &["cable", "wifi", "vpn"]),
+        ];
+        let missing: Vec<String> = vocabularies
+            .iter()
+            .flat_map(|(name, words)| {
+                words
+                    .iter()
+                    .filter(|word| !docs.contains(&format!("`{word}`")))
+                    .map(move |word| format!("{name}::{word}"))
+            })
+            .collect();
         assert!(missing.is_empty(), "docs/bus.md does not name: {missing:?}");
     }
 }

@@ -632,6 +632,8 @@ impl Edge {
             latency_ms: view.latency_ms,
             jitter_ms: view.jitter_ms,
             loss: view.loss,
+            via: self.routes[uplink].interface.clone(),
+            capacity_kbps: view.capacity_kbps,
         };
         let _ = self
             .bus
@@ -704,7 +706,10 @@ impl Effects for Edge {
                 uplink,
                 path,
                 carries_default,
-            } => self.use_path(uplink, path, carries_default).await,
+            } => {
+                self.use_path(uplink, path, carries_default).await;
+                self.publish_state(monitor, uplink);
+            }
             Output::HttpCheck { uplink } => self.spawn_http_check(uplink),
             Output::ThroughputTest { uplink } => self.spawn_throughput_test(uplink),
             Output::HealthChanged { uplink, from, to } => {

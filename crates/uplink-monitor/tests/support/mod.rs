@@ -77,6 +77,21 @@ impl Bus {
             .unwrap_or_else(|e| panic!("{e:#}"))
             .1
     }
+
+    /// Waits for `uplink/<name>/state` to hold what `wanted` asks of it; that state.
+    pub fn wait_state(
+        &self,
+        name: &str,
+        what: &str,
+        wanted: impl Fn(&UplinkState) -> bool,
+    ) -> UplinkState {
+        self.watch(&topics::uplink_state_topic(name))
+            .wait_for::<UplinkState>(&format!("{name}: {what}"), PATIENCE, |_, state| {
+                wanted(state)
+            })
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .1
+    }
 }
 pub const STREAM_INTERVAL: Duration = Duration::from_millis(10);
 
