@@ -177,6 +177,7 @@ pub async fn run(context: AgentContext) -> anyhow::Result<()> {
         bus,
         link_index: Vec::new(),
         link_usable: Vec::new(),
+        path_links: Vec::new(),
         reported_sent: Vec::new(),
         reported_lost: Vec::new(),
         counters: Vec::new(),
@@ -188,6 +189,11 @@ pub async fn run(context: AgentContext) -> anyhow::Result<()> {
     let count = edge.routes.len();
     edge.link_index = vec![None; count];
     edge.link_usable = edge
+        .routes
+        .iter()
+        .map(|route| vec![None; route.paths.len().max(1)])
+        .collect();
+    edge.path_links = edge
         .routes
         .iter()
         .map(|route| vec![None; route.paths.len().max(1)])
@@ -337,6 +343,9 @@ struct Edge {
     /// Per uplink, what the monitor was last told of its link: a local uplink's (one entry),
     /// or each path's carrier for a remote one.
     link_usable: Vec<Vec<Option<bool>>>,
+    /// Per uplink, the index of each of its interfaces (each path's, for a remote one) as the
+    /// last re-read found it.
+    path_links: Vec<Vec<Option<u32>>>,
     reported_sent: Vec<u64>,
     reported_lost: Vec<u64>,
     /// Last counter sample per uplink: (when, rx bytes, tx bytes).
@@ -379,6 +388,7 @@ impl Edge {
                 let usable =
                     facts.is_some_and(|f| if route.local { f.usable() } else { f.carrier });
                 let in_use = *interface == route.interface;
+                self.path_links[index][path] = facts.map(|f| f.index);
                 if in_use {
                     if let Some(facts) = facts {
                         self.sample_counters(index, &facts);
@@ -414,13 +424,8 @@ impl Edge {
         let Some((interface, gateway)) = self.routes[uplink].paths.get(path).cloned() else {
             return;
         };
-        let link = match self.kernel.link_facts(&interface).await {
-            Ok(facts) => facts.map(|f| f.index),
-            Err(error) => {
-                tracing::warn!(uplink = %self.routes[uplink].name, %interface, %error, "reading link state");
-                None
-            }
-        };
+        // The re-read that reported the path's carrier found its index too.
+        let link = self.path_links[uplink].get(path).copied().flatten();
         let route = &mut self.routes[uplink];
         tracing::info!(uplink = %route.name, from = %route.interface, to = %interface, "remote uplink follows its live path");
         route.interface = interface;
