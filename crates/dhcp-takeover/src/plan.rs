@@ -53,6 +53,8 @@ pub struct Reservation {
     pub address: Ipv4Addr,
     pub network: String,
     pub hostname: Option<String>,
+    /// The device's class, over its MAC prefix's.
+    pub class: Option<String>,
 }
 
 impl NetworkPlan {
@@ -135,6 +137,7 @@ impl Plan {
                             address: r.address,
                             network: r.network.clone(),
                             hostname: r.hostname.clone(),
+                            class: r.class.clone(),
                         },
                     )
                 })
@@ -154,8 +157,12 @@ impl Plan {
         self.networks.iter().find(|n| n.subnet.contains(&address))
     }
 
-    /// The class of a device: the longest matching MAC prefix.
+    /// The class of a device: its reservation's, else the longest matching MAC prefix's (as
+    /// [`fieldnet::config::DhcpTakeoverConfig::class_of`], which imds-endpoint uses).
     pub fn class_of(&self, mac: Mac) -> Option<&str> {
+        if let Some(class) = self.reservations.get(&mac).and_then(|r| r.class.as_deref()) {
+            return Some(class);
+        }
         self.classes
             .iter()
             .flat_map(|class| class.prefixes.iter().map(move |p| (p, class)))

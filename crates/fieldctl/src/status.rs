@@ -47,7 +47,7 @@ fn expected_agents(machine: &Machine) -> Vec<&'static str> {
         ),
         ("whereami", agents.whereami.common.enabled && !hub),
         ("dhcp-takeover", agents.dhcp_takeover.common.enabled && !hub),
-        ("imds-endpoint", agents.imds_endpoint.enabled && !hub),
+        ("imds-endpoint", agents.imds_endpoint.common.enabled && !hub),
         ("inventory", agents.inventory.enabled && !hub),
     ]
     .into_iter()

@@ -76,6 +76,21 @@ pub const DEFAULT_CONFLICT_PROBE: Duration = Duration::from_millis(250);
 pub const DEFAULT_OFFER_HOLD: Duration = Duration::from_secs(30);
 /// TCP port of dhcp-takeover's peer API (lease replication, takeover and handback).
 pub const DEFAULT_DHCP_PEER_PORT: u16 = 47842;
+/// `[imds_endpoint]` defaults: EC2's address and hop limit, one-hour device sessions of which a
+/// device always gets at least 30 minutes, nothing served with less than 25 minutes left.
+pub const IMDS_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+pub const DEFAULT_IMDS_PORT: u16 = 80;
+pub const DEFAULT_IMDS_HOP_LIMIT: u8 = 1;
+pub const DEFAULT_IMDS_CACHE: &str = "/var/lib/fieldnet/imds/credentials.json";
+pub const DEFAULT_IMDS_SESSION: Duration = Duration::from_secs(3600);
+pub const DEFAULT_IMDS_MIN_VALIDITY: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_IMDS_REFUSE_BELOW: Duration = Duration::from_secs(25 * 60);
+/// The longest session a role can give (its `MaxSessionDuration` at most 12 h).
+pub const DEFAULT_IMDS_RESERVE: Duration = Duration::from_secs(12 * 3600);
+pub const DEFAULT_IMDS_TOKENS_PER_CLIENT: usize = 16;
+pub const DEFAULT_IMDS_REQUESTS_PER_SECOND: u32 = 200;
+/// AWS's shortest session; shorter ones are accepted only with a test endpoint.
+pub const AWS_MIN_SESSION: Duration = Duration::from_secs(900);
 /// Host addresses at the start of a subnet left out of the default pool, for appliances,
 /// routers and printers configured by hand.
 pub const DEFAULT_POOL_SKIP: u32 = 9;
@@ -329,7 +344,7 @@ pub struct Agents {
     pub cross_site_failover: CrossSiteFailoverConfig,
     pub whereami: WhereamiConfig,
     pub dhcp_takeover: DhcpTakeoverConfig,
-    pub imds_endpoint: AgentCommon,
+    pub imds_endpoint: ImdsEndpointConfig,
     pub inventory: AgentCommon,
 }
 
@@ -476,6 +491,87 @@ pub struct DhcpReservation {
     pub address: Ipv4Addr,
     pub network: String,
     pub hostname: Option<String>,
+    /// The device's class, over what its MAC prefix says.
+    pub class: Option<String>,
+}
+
+impl DhcpTakeoverConfig {
+    /// The class of the device with `mac`: its reservation's, else the class with the longest
+    /// matching MAC prefix.
+    pub fn class_of(&self, mac: [u8; 6]) -> Option<&str> {
+        if let Some(class) = self
+            .reservations
+            .iter()
+            .find(|reservation| reservation.mac == mac)
+            .and_then(|reservation| reservation.class.as_deref())
+        {
+            return Some(class);
+        }
+        self.classes
+            .iter()
+            .flat_map(|class| class.mac_prefixes.iter().map(move |p| (p, class)))
+            .filter(|(prefix, _)| mac.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, class)| class.name.as_str())
+    }
+}
+
+/// `[imds_endpoint]`: the EC2 metadata endpoint the area's devices get credentials from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImdsEndpointConfig {
+    pub common: AgentCommon,
+    /// TCP port on [`IMDS_ADDRESS`].
+    pub port: u16,
+    /// IP TTL of the token PUT's answer: 1 keeps it from crossing a router.
+    pub hop_limit: u8,
+    pub aws_region: String,
+    /// One endpoint URL for STS (a test server such as moto); `None` means AWS.
+    pub aws_endpoint: Option<String>,
+    /// The sessions kept across restarts (0600, written atomically).
+    pub cache: PathBuf,
+    /// Length of each device's own session.
+    pub session_duration: Duration,
+    /// Devices are always handed credentials valid at least this long, while any are.
+    pub min_validity: Duration,
+    /// Below this much validity nothing is handed out (a non-`Success` answer instead).
+    pub refuse_below: Duration,
+    /// Live IMDSv2 tokens one client may hold; the oldest goes first.
+    pub tokens_per_client: usize,
+    /// Requests one client may make per second (twice that in a burst).
+    pub requests_per_second: u32,
+    /// The role of each device class that gets credentials; a device in no listed class gets
+    /// none.
+    pub roles: Vec<ImdsRole>,
+}
+
+impl ImdsEndpointConfig {
+    pub fn role_of(&self, class: &str) -> Option<&ImdsRole> {
+        self.roles.iter().find(|role| role.class == class)
+    }
+}
+
+/// `[[imds_endpoint.roles]]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImdsRole {
+    pub class: String,
+    /// `arn:aws:iam::<account>:role/<path/><name>`.
+    pub role_arn: String,
+    /// Requests without an IMDSv2 token are answered for this class.
+    pub imdsv1: bool,
+    /// Length of the class's reserve session (the role's `MaxSessionDuration`).
+    pub reserve_duration: Duration,
+}
+
+impl ImdsRole {
+    /// The role's name: the ARN's last path segment.
+    pub fn role_name(&self) -> &str {
+        self.role_arn.rsplit('/').next().unwrap_or(&self.role_arn)
+    }
+
+    /// The 12-digit account of the ARN.
+    pub fn account_id(&self) -> &str {
+        self.role_arn.split(':').nth(4).unwrap_or_default()
+    }
 }
 
 /// Devices whose MAC starts with one of `mac_prefixes`: they get addresses from `ranges` (on

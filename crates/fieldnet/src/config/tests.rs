@@ -1040,6 +1040,103 @@ lease_time_s = 86400
 }
 
 #[test]
+fn imds_roles_belong_to_classes_and_the_durations_keep_their_order() {
+    let good = format!(
+        "{}
+[[networks.reservations]]
+mac = \"02:00:5e:10:00:01\"
+address = \"10.102.0.10\"
+class = \"tills\"
+
+[[dhcp_takeover.classes]]
+name = \"cameras\"
+mac_prefixes = [\"00:80:f0\"]
+
+[[dhcp_takeover.classes]]
+name = \"tills\"
+mac_prefixes = [\"00:11:22\"]
+
+[imds_endpoint]
+aws_region = \"eu-west-1\"
+
+[[imds_endpoint.roles]]
+class = \"cameras\"
+role_arn = \"arn:aws:iam::123456789012:role/field-cameras\"
+imdsv1 = true
+reserve_duration_s = 21600
+",
+        TWO.split("\n[[appliances]]").next().unwrap()
+    ) + &TWO[TWO.find("\n[[appliances]]").unwrap()..];
+    let parsed = site(&good);
+    let config = view(&parsed, "one");
+    let imds = &config.agents.imds_endpoint;
+    assert_eq!(imds.port, DEFAULT_IMDS_PORT);
+    assert_eq!(imds.hop_limit, 1);
+    assert_eq!(imds.session_duration, DEFAULT_IMDS_SESSION);
+    let role = imds.role_of("cameras").unwrap();
+    assert_eq!(
+        (role.role_name(), role.account_id()),
+        ("field-cameras", "123456789012")
+    );
+    assert!(role.imdsv1);
+    assert_eq!(role.reserve_duration, Duration::from_secs(21_600));
+    assert!(imds.role_of("tills").is_none());
+    let dhcp = &config.agents.dhcp_takeover;
+    // The reservation's class wins over the prefix; otherwise the prefix decides.
+    assert_eq!(dhcp.class_of([2, 0, 0x5e, 0x10, 0, 1]), Some("tills"));
+    assert_eq!(dhcp.class_of([0, 0x80, 0xf0, 1, 2, 3]), Some("cameras"));
+    assert_eq!(dhcp.class_of([0, 0x80, 0xf1, 1, 2, 3]), None);
+
+    let bad = good
+        .replace("class = \"tills\"", "class = \"printers\"")
+        .replace(
+            "class = \"cameras\"\nrole_arn",
+            "class = \"lights\"\nrole_arn",
+        )
+        .replace(":role/field-cameras", ":user/field-cameras");
+    let message = error_of(&bad).to_string();
+    for expected in [
+        "networks[1].reservations[0].class: 'printers' is not a class of [[dhcp_takeover.classes]]; known: cameras, tills",
+        "imds_endpoint.roles[0].class: 'lights' is not a class",
+        "imds_endpoint.roles[0].role_arn: 'arn:aws:iam::123456789012:user/field-cameras' is not a role ARN",
+    ] {
+        assert!(message.contains(expected), "{expected} not in:\n{message}");
+    }
+    let typo = good.replace("reserve_duration_s = 21600", "min_validity_s = 60");
+    let message = error_of(&typo).to_string();
+    assert!(
+        message.contains("imds_endpoint.roles[0].min_validity_s: unknown field"),
+        "{message}"
+    );
+    let short = good
+        .replace("reserve_duration_s = 21600", "reserve_duration_s = 1800")
+        .replace("[imds_endpoint]\naws_region = \"eu-west-1\"", "[imds_endpoint]\naws_region = \"eu-west-1\"\nsession_duration_s = 3600\nrefuse_below_s = 1800");
+    let message = error_of(&short).to_string();
+    for expected in [
+        "imds_endpoint.roles[0].reserve_duration_s: 1800 s is shorter than a device session (3600 s)",
+        "imds_endpoint.refuse_below_s: 1800 s must be shorter than min_validity_s (1800 s)",
+    ] {
+        assert!(message.contains(expected), "{expected} not in:\n{message}");
+    }
+    // Sessions shorter than AWS gives are for test servers only.
+    let quick = good.replace(
+        "[imds_endpoint]\naws_region = \"eu-west-1\"",
+        "[imds_endpoint]\naws_region = \"eu-west-1\"\nsession_duration_s = 60",
+    );
+    assert!(
+        error_of(&quick)
+            .to_string()
+            .contains("imds_endpoint.session_duration_s: 60 is out of range; valid: 900 to 43200")
+    );
+    let quick = quick.replace("session_duration_s = 60", "session_duration_s = 60\nmin_validity_s = 20\nrefuse_below_s = 5\naws_endpoint = \"http://192.0.2.5:5000\"");
+    let parsed = site(&quick);
+    assert_eq!(
+        view(&parsed, "one").agents.imds_endpoint.session_duration,
+        Duration::from_secs(60)
+    );
+}
+
+#[test]
 fn metrics_listeners_clash_by_name() {
     let text = format!("{MINIMAL}\n[whereami]\nmetrics_listen = \"127.0.0.1:9701\"\n");
     let shown = error_of(&text).to_string();

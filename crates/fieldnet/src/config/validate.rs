@@ -12,6 +12,7 @@ use toml::de::DeTable;
 
 mod dhcp;
 mod dns;
+mod imds;
 mod peers;
 mod site;
 mod uplinks;
@@ -330,6 +331,10 @@ impl Checker {
         let cross_site = self.cross_site_failover(&sections.cross_site_failover, hub_mode);
         let whereami = self.whereami(&sections.whereami);
         let dhcp_takeover = self.dhcp_takeover(&sections.dhcp_takeover, networks, dhcp);
+        let classes = dhcp_takeover
+            .as_ref()
+            .map_or(&[][..], |dhcp| dhcp.classes.as_slice());
+        let imds_endpoint = self.imds_endpoint(&sections.imds_endpoint, classes);
         let mut agent = |section: &str, wire: &WireAgent, port: u16| {
             self.common(section, wire.enabled, wire.metrics_listen.as_deref(), port)
         };
@@ -338,11 +343,7 @@ impl Checker {
             cross_site_failover: cross_site?,
             whereami: whereami?,
             dhcp_takeover: dhcp_takeover?,
-            imds_endpoint: agent(
-                "imds_endpoint",
-                &sections.imds_endpoint,
-                METRICS_PORT_IMDS_ENDPOINT,
-            )?,
+            imds_endpoint: imds_endpoint?,
             inventory: agent("inventory", &sections.inventory, METRICS_PORT_INVENTORY)?,
         };
         // Two agents on one port would fail at start-up, far from the file; say it here.
@@ -355,7 +356,7 @@ impl Checker {
             ("cross_site_failover", &agents.cross_site_failover.common),
             ("whereami", &agents.whereami.common),
             ("dhcp_takeover", &agents.dhcp_takeover.common),
-            ("imds_endpoint", &agents.imds_endpoint),
+            ("imds_endpoint", &agents.imds_endpoint.common),
             ("inventory", &agents.inventory),
         ] {
             if let Some(other) = by_listen.insert(common.metrics_listen, section) {

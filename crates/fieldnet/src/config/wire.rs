@@ -42,7 +42,7 @@ pub struct WireSiteFile {
     pub dhcp_takeover: WireDhcpTakeover,
     #[allow(dead_code)]
     #[serde(default)]
-    pub imds_endpoint: WireAgent,
+    pub imds_endpoint: WireImdsEndpoint,
     #[allow(dead_code)]
     #[serde(default)]
     pub inventory: WireAgent,
@@ -99,6 +99,8 @@ pub struct WireReservation {
     pub mac: String,
     pub address: String,
     pub hostname: Option<String>,
+    /// A device class of `[[dhcp_takeover.classes]]`, whatever the MAC's prefix says.
+    pub class: Option<String>,
 }
 
 /// `[[appliances]]`: one area's appliance.
@@ -134,7 +136,7 @@ pub struct WireAppliance {
     #[allow(dead_code)]
     pub dhcp_takeover: Option<WireDhcpTakeover>,
     #[allow(dead_code)]
-    pub imds_endpoint: Option<WireAgent>,
+    pub imds_endpoint: Option<WireImdsEndpoint>,
     #[allow(dead_code)]
     pub inventory: Option<WireAgent>,
 }
@@ -217,7 +219,7 @@ pub struct WireHubMachine {
     #[allow(dead_code)]
     pub dhcp_takeover: Option<WireDhcpTakeover>,
     #[allow(dead_code)]
-    pub imds_endpoint: Option<WireAgent>,
+    pub imds_endpoint: Option<WireImdsEndpoint>,
     #[allow(dead_code)]
     pub inventory: Option<WireAgent>,
 }
@@ -330,6 +332,37 @@ pub struct WireClass {
     pub ranges: Vec<String>,
     #[serde(flatten)]
     pub options: WireDhcpOptions,
+}
+
+/// `[imds_endpoint]`: the common agent keys plus the metadata endpoint, the sessions and the
+/// roles of the device classes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireImdsEndpoint {
+    pub enabled: Option<bool>,
+    pub metrics_listen: Option<String>,
+    pub port: Option<i64>,
+    pub hop_limit: Option<i64>,
+    pub aws_region: Option<String>,
+    pub aws_endpoint: Option<String>,
+    pub cache: Option<String>,
+    pub session_duration_s: Option<i64>,
+    pub min_validity_s: Option<i64>,
+    pub refuse_below_s: Option<i64>,
+    pub tokens_per_client: Option<i64>,
+    pub requests_per_second: Option<i64>,
+    #[serde(default)]
+    pub roles: Vec<WireImdsRole>,
+}
+
+/// `[[imds_endpoint.roles]]`: the IAM role the devices of one class get.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireImdsRole {
+    pub class: String,
+    pub role_arn: String,
+    pub imdsv1: Option<bool>,
+    pub reserve_duration_s: Option<i64>,
 }
 
 /// `[cross_site_failover]`: the common agent keys plus heartbeats and path failback. Hub mode

@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use super::super::wire::{WireDhcpOptions, WireDhcpTakeover, WireNetwork};
 use super::super::*;
 use super::site::NetworkDhcp;
-use super::values::is_host;
+use super::values::{is_host, list};
 use super::{Checker, METRICS_PORT_DHCP_TAKEOVER};
 
 impl Checker {
@@ -157,6 +157,17 @@ impl Checker {
                 }
             }
         }
+        for (key, class) in &dhcp.reservation_classes {
+            if !classes.iter().any(|known| &known.name == class) {
+                self.problem(
+                    key.clone(),
+                    format!(
+                        "'{class}' is not a class of [[dhcp_takeover.classes]]; known: {}",
+                        list(classes.iter().map(|known| known.name.as_str()))
+                    ),
+                );
+            }
+        }
         Some(DhcpTakeoverConfig {
             common: common?,
             store: store?,
@@ -295,11 +306,16 @@ impl Checker {
                 );
                 continue;
             }
+            if let Some(class) = &reservation.class {
+                dhcp.reservation_classes
+                    .push((key.key("class"), class.clone()));
+            }
             dhcp.reservations.push(DhcpReservation {
                 mac,
                 address,
                 network: network.name.clone(),
                 hostname,
+                class: reservation.class.clone(),
             });
         }
     }

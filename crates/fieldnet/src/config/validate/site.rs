@@ -22,6 +22,8 @@ mod views;
 pub(in crate::config) struct NetworkDhcp {
     pub pools: Vec<DhcpPool>,
     pub reservations: Vec<DhcpReservation>,
+    /// Each reservation's `class` and where it is written, checked once the classes are known.
+    pub reservation_classes: Vec<(KeyPath, String)>,
 }
 
 /// One machine's agent sections: the site-wide ones with its overrides laid over them.
@@ -31,7 +33,7 @@ pub(super) struct Sections {
     pub cross_site_failover: WireCrossSiteFailover,
     pub whereami: WireWhereami,
     pub dhcp_takeover: WireDhcpTakeover,
-    pub imds_endpoint: WireAgent,
+    pub imds_endpoint: WireImdsEndpoint,
     pub inventory: WireAgent,
 }
 

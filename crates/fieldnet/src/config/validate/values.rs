@@ -191,6 +191,33 @@ impl Checker {
         }
     }
 
+    /// An AWS region name such as eu-west-1.
+    pub(super) fn aws_region(&mut self, value: &str, path: &KeyPath) -> bool {
+        let ok = !value.is_empty()
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            self.problem(
+                path.clone(),
+                format!("'{value}' is not an AWS region such as eu-west-1"),
+            );
+        }
+        ok
+    }
+
+    /// One URL for every AWS service (a test server), or none: AWS itself.
+    pub(super) fn aws_endpoint(&mut self, value: Option<&str>, path: &KeyPath) -> bool {
+        let ok = value.is_none_or(|url| url.starts_with("http://") || url.starts_with("https://"));
+        if !ok {
+            self.problem(
+                path.clone(),
+                "must be a URL such as http://127.0.0.1:5000 (omit it to use AWS itself)",
+            );
+        }
+        ok
+    }
+
     pub(super) fn ipv4(&mut self, value: &str, path: &KeyPath) -> Option<Ipv4Addr> {
         match value.parse::<Ipv4Addr>() {
             Ok(address) => Some(address),

@@ -134,20 +134,7 @@ impl Checker {
             DEFAULT_RECONCILE_INTERVAL,
             "reconcile_interval_ms",
         );
-        let region_ok = !wire.aws_region.is_empty()
-            && wire
-                .aws_region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !region_ok {
-            self.problem(
-                path.key("aws_region"),
-                format!(
-                    "'{}' is not an AWS region such as eu-west-1",
-                    wire.aws_region
-                ),
-            );
-        }
+        let region_ok = self.aws_region(&wire.aws_region, &path.key("aws_region"));
         let endpoint_ok =
             self.aws_endpoint(wire.aws_endpoint.as_deref(), &path.key("aws_endpoint"));
         let mut tables_ok = true;
@@ -368,17 +355,5 @@ impl Checker {
                 agents,
             },
         })
-    }
-
-    /// An AWS endpoint URL, or none (AWS itself).
-    fn aws_endpoint(&mut self, value: Option<&str>, path: &KeyPath) -> bool {
-        let ok = value.is_none_or(|url| url.starts_with("http://") || url.starts_with("https://"));
-        if !ok {
-            self.problem(
-                path.clone(),
-                "must be a URL such as http://127.0.0.1:5000 (omit it to use AWS itself)",
-            );
-        }
-        ok
     }
 }
