@@ -30,6 +30,7 @@ mod ec2;
 mod error;
 mod route53;
 mod service;
+mod sts;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod xml;
@@ -44,3 +45,4 @@ pub use ec2::{RouteEntry, RouteTarget};
 pub use error::AwsError;
 pub use route53::HealthCheckStatus;
 pub use service::Service;
+pub use sts::{AssumeRole, Session, format_time, parse_time, sts_name};

@@ -13,6 +13,10 @@ pub enum Service {
     CloudWatch,
     /// STS (query protocol): caller identity, role assumption.
     Sts,
+    /// SQS (query protocol): what the site's devices send (tests of imds-endpoint).
+    Sqs,
+    /// SNS (query protocol): what the site's devices publish (tests of imds-endpoint).
+    Sns,
 }
 
 /// The region every Route53 request is signed for, since Route53 is a global service.
@@ -26,6 +30,8 @@ impl Service {
             Service::Route53 => "Route53",
             Service::CloudWatch => "CloudWatch",
             Service::Sts => "STS",
+            Service::Sqs => "SQS",
+            Service::Sns => "SNS",
         }
     }
 
@@ -36,6 +42,8 @@ impl Service {
             Service::Route53 => "2013-04-01",
             Service::CloudWatch => "2010-08-01",
             Service::Sts => "2011-06-15",
+            Service::Sqs => "2012-11-05",
+            Service::Sns => "2010-03-31",
         }
     }
 
@@ -46,6 +54,8 @@ impl Service {
             Service::Route53 => "route53",
             Service::CloudWatch => "monitoring",
             Service::Sts => "sts",
+            Service::Sqs => "sqs",
+            Service::Sns => "sns",
         }
     }
 
@@ -53,7 +63,9 @@ impl Service {
     pub fn signing_region(self, region: &str) -> &str {
         match self {
             Service::Route53 => ROUTE53_SIGNING_REGION,
-            Service::Ec2 | Service::CloudWatch | Service::Sts => region,
+            Service::Ec2 | Service::CloudWatch | Service::Sts | Service::Sqs | Service::Sns => {
+                region
+            }
         }
     }
 
@@ -64,6 +76,8 @@ impl Service {
             Service::Ec2 => format!("https://ec2.{region}.amazonaws.com"),
             Service::CloudWatch => format!("https://monitoring.{region}.amazonaws.com"),
             Service::Sts => format!("https://sts.{region}.amazonaws.com"),
+            Service::Sqs => format!("https://sqs.{region}.amazonaws.com"),
+            Service::Sns => format!("https://sns.{region}.amazonaws.com"),
         }
     }
 }
