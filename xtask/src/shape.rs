@@ -17,6 +17,7 @@ pub const AGENTS: &[&str] = &[
     "cross-site-failover",
     "whereami",
     "dhcp-takeover",
+    "imds-endpoint",
 ];
 
 /// What a pure module does not name: the async runtime, sockets, netlink, HTTP, files, libc

@@ -1,0 +1,3 @@
+//! The edges of imds-endpoint: HTTP on 169.254.169.254 (`http`), the kernel's neighbour table
+//! and the address itself (`kernel`), STS (`sts`), the cache file (`store`), metrics, and the
+//! agent that joins them to the bus (`agent`).
