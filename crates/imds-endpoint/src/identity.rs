@@ -222,6 +222,11 @@ impl Identity {
         }
     }
 
+    /// The devices forgotten, in MAC order.
+    pub fn forgotten(&self) -> impl Iterator<Item = Mac> + '_ {
+        self.forgotten.iter().copied()
+    }
+
     pub fn is_forgotten(&self, mac: Mac) -> bool {
         self.forgotten.contains(&mac)
     }

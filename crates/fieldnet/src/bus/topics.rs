@@ -209,6 +209,18 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// How STS answered imds-endpoint lately.
+    pub enum StsHealth {
+        /// The last call gave a session.
+        Ok = "ok",
+        /// The last call failed (no uplink, throttled, refused).
+        Failing = "failing",
+        /// Nothing asked yet.
+        Unknown = "unknown",
+    }
+}
+
 /// Which program alone publishes under each prefix (besides fieldctl, the operator's tool):
 /// the broker checks the connecting process's credentials against it. `agent/<name>` is
 /// `name`'s; everything else is anyone's.
@@ -524,6 +536,48 @@ pub struct DnsUpstreams {
     pub failures: u64,
 }
 
+/// Retained: imds-endpoint's state, on every change (at most once a second).
+pub const TOPIC_IMDS_STATE: &str = "imds/state";
+
+/// Body of `imds/state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImdsState {
+    /// How long every class's devices stay served if STS stays away, in seconds: the
+    /// shortest of the classes' runways. `None` without roles.
+    pub runway_s: Option<u64>,
+    pub classes: Vec<ImdsClass>,
+    /// Devices with a session of their own.
+    pub devices: usize,
+    pub sts: StsHealth,
+    /// Milliseconds since the Unix epoch.
+    pub last_sts_answer: Option<u64>,
+}
+
+/// One device class with a role, in [`ImdsState`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImdsClass {
+    pub class: String,
+    pub role: String,
+    pub runway_s: u64,
+    /// When its reserve session ends, milliseconds since the Unix epoch.
+    pub reserve_expires: Option<u64>,
+}
+
+/// Retained, one per device the operator forgot: `imds/forget/<mac>` (published by
+/// `fieldctl device forget`). A retained `null` lifts it.
+pub const TOPIC_IMDS_FORGET: &str = "imds/forget/";
+
+pub fn imds_forget_topic(mac: &str) -> String {
+    format!("{TOPIC_IMDS_FORGET}{mac}")
+}
+
+/// Body of `imds/forget/<mac>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceForgotten {
+    /// Milliseconds since the Unix epoch.
+    pub since: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,7 +633,7 @@ mod tests {
     #[test]
     fn docs_bus_md_lists_every_value() {
         let docs = include_str!("../../../../docs/bus.md");
-        let vocabularies: [(&str, &[&str]); 11] = [
+        let vocabularies: [(&str, &[&str]); 12] = [
             ("UplinkReason", UplinkReason::WORDS),
             ("UplinkHealth", UplinkHealth::WORDS),
             ("PeerVerdict", PeerVerdict::WORDS),
@@ -590,6 +644,7 @@ mod tests {
             ("UpstreamHealth", UpstreamHealth::WORDS),
             ("TunnelVerdict", TunnelVerdict::WORDS),
             ("RouteOwner", RouteOwner::WORDS),
+            ("StsHealth", StsHealth::WORDS),
             ("PathKind", &["cable", "wifi", "vpn"]),
         ];
         let missing: Vec<String> = vocabularies

@@ -1,0 +1,285 @@
+//! HTTP on the metadata address: one axum router answering every path through
+//! [`Imds::handle`], connections taken by hand so each knows its client's MAC (from the
+//! neighbour mirror, at accept) and can set the IP TTL of the token PUT's answer.
+//!
+//! Invariants: at most [`MAX_CONNECTIONS`] connections in all and
+//! [`MAX_CONNECTIONS_PER_CLIENT`] per client address; a request's head must arrive within
+//! [`HEADER_TIMEOUT`] and a connection lives at most [`CONNECTION_LIFETIME`]; a reply that
+//! carries a hop limit leaves with that IP TTL, and the next reply on the connection with the
+//! socket's own TTL again. Credentials never reach a log: only the outcome does.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Extension;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use tokio_util::sync::CancellationToken;
+
+use super::kernel::Neighbours;
+use super::metrics::Metrics;
+use crate::identity::Mac;
+use crate::protocol::{self, Imds, Outcome};
+
+pub const MAX_CONNECTIONS: usize = 4096;
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// The most bytes of request head hyper buffers.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub imds: Mutex<Imds>,
+    pub neighbours: Neighbours,
+    pub metrics: Metrics,
+    connections: Mutex<HashMap<Ipv4Addr, usize>>,
+}
+
+impl Shared {
+    pub fn new(imds: Imds, neighbours: Neighbours, metrics: Metrics) -> Shared {
+        Shared {
+            imds: Mutex::new(imds),
+            neighbours,
+            metrics,
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn imds(&self) -> std::sync::MutexGuard<'_, Imds> {
+        self.imds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a connection from `client` in, if the limits allow.
+    fn admit(&self, client: Ipv4Addr) -> Option<ConnectionSlot<'_>> {
+        let mut connections = self.connections.lock().expect("connections lock");
+        let total: usize = connections.values().sum();
+        let mine = connections.entry(client).or_default();
+        if total >= MAX_CONNECTIONS || *mine >= MAX_CONNECTIONS_PER_CLIENT {
+            return None;
+        }
+        *mine += 1;
+        Some(ConnectionSlot {
+            shared: self,
+            client,
+        })
+    }
+}
+
+struct ConnectionSlot<'a> {
+    shared: &'a Shared,
+    client: Ipv4Addr,
+}
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        let mut connections = self.shared.connections.lock().expect("connections lock");
+        if let Some(count) = connections.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                connections.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// One connection's facts, handed to the handler.
+#[derive(Clone)]
+struct Connection {
+    client: Ipv4Addr,
+    neighbour: Option<Mac>,
+    control: Arc<socket2::Socket>,
+    default_ttl: u32,
+    lowered: Arc<AtomicBool>,
+}
+
+/// Takes connections on `listener` until shutdown.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let router = axum::Router::new()
+        .fallback(answer)
+        .with_state(Arc::clone(&shared));
+    loop {
+        let (stream, from) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let IpAddr::V4(client) = from.ip() else {
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let Some(_slot) = shared.admit(client) else {
+                shared.metrics.connections_refused.inc();
+                return;
+            };
+            let Ok(control) = stream
+                .as_fd()
+                .try_clone_to_owned()
+                .map(socket2::Socket::from)
+            else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = Connection {
+                client,
+                neighbour: shared.neighbours.get(client),
+                default_ttl: control.ttl_v4().unwrap_or(64),
+                control: Arc::new(control),
+                lowered: Arc::new(AtomicBool::new(false)),
+            };
+            let app = router.layer(Extension(connection));
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES);
+            let serving = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, serving) => {}
+            }
+        });
+    }
+}
+
+async fn answer(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    Extension(connection): Extension<Connection>,
+    request: Request<Body>,
+) -> Response<Body> {
+    let headers = request.headers();
+    let body_len = declared_length(headers);
+    let wanted = protocol::Request {
+        method: method_word(request.method()),
+        path: request.uri().path(),
+        token: headers
+            .get("x-aws-ec2-metadata-token")
+            .map(HeaderValue::as_bytes),
+        ttl: headers
+            .get("x-aws-ec2-metadata-token-ttl-seconds")
+            .map(HeaderValue::as_bytes),
+        forwarded_for: headers.contains_key("x-forwarded-for"),
+        body_len,
+    };
+    let now = fieldnet::bus::unix_millis();
+    let reply = shared.imds().handle(
+        now,
+        connection.client,
+        connection.neighbour,
+        &wanted,
+        random_token_bytes(),
+    );
+    shared
+        .metrics
+        .requests
+        .with_label_values(&[reply.outcome.as_str()])
+        .inc();
+    match reply.outcome {
+        Outcome::Refused(refusal) => {
+            shared
+                .metrics
+                .refused
+                .with_label_values(&[refusal.as_str()])
+                .inc();
+            tracing::warn!(
+                client = %connection.client,
+                mac = ?connection.neighbour,
+                reason = refusal.as_str(),
+                "request refused"
+            );
+        }
+        Outcome::Unavailable => {
+            tracing::warn!(client = %connection.client, "credentials asked for, none with enough validity left")
+        }
+        _ => {
+            tracing::trace!(client = %connection.client, path = wanted.path, outcome = reply.outcome.as_str(), "answered")
+        }
+    }
+    // The hop limit goes on this reply; the connection's next reply leaves as usual.
+    match reply.hop_limit {
+        Some(hops) => {
+            if connection.control.set_ttl_v4(u32::from(hops)).is_ok() {
+                connection.lowered.store(true, Ordering::Relaxed);
+            }
+        }
+        None => {
+            if connection.lowered.swap(false, Ordering::Relaxed) {
+                let _ = connection.control.set_ttl_v4(connection.default_ttl);
+            }
+        }
+    }
+    let mut response = Response::new(Body::from(reply.body));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if reply.json {
+        "application/json"
+    } else {
+        "text/plain"
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static("EC2ws"));
+    if let Some(ttl) = reply.token_ttl {
+        response.headers_mut().insert(
+            "x-aws-ec2-metadata-token-ttl-seconds",
+            HeaderValue::from(ttl),
+        );
+    }
+    response
+}
+
+fn method_word(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::HEAD => "HEAD",
+        _ => "OTHER",
+    }
+}
+
+/// The declared body length; a chunked body counts as too long (nothing here takes one).
+fn declared_length(headers: &HeaderMap) -> u64 {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return u64::MAX;
+    }
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A token's bytes, from the operating system's generator: tokens are bearer secrets.
+fn random_token_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Without the OS generator (never seen on Linux ≥ 3.17) the token is still bound to
+        // its client's address and MAC.
+        bytes.iter_mut().for_each(|byte| *byte = fastrand::u8(..));
+    }
+    bytes
+}
