@@ -25,6 +25,9 @@ const DEBIAN_PEERS: &[(&str, &str)] = &[
     ("socat", "socat"),
     // imds-endpoint's lab tests ask the metadata address with curl.
     ("curl", "curl"),
+    // The AWS CLI v2 as Debian ships it (a device's client of imds-endpoint); PyPI's v1 has
+    // the same program name, so it is looked for by path.
+    ("/usr/bin/aws", "awscli"),
     ("conntrack", "conntrack"),
     // A process with its wall clock stepped (heartbeats must not care).
     ("faketime", "faketime"),
@@ -39,10 +42,28 @@ const PYTHON_PEERS: &[(&str, &str)] = &[
     ("moto_server", "moto[server]"),
 ];
 
+/// Python packages the tests import or run as modules (`python3 -m …`), by module.
+const PYTHON_MODULES: &[(&str, &str)] = &[
+    // boto3, a device's SDK against imds-endpoint (moto brings it too).
+    ("boto3", "boto3"),
+    // The AWS CLI v1, a device's client of imds-endpoint, run as `python3 -m awscli`.
+    ("awscli", "awscli"),
+];
+
 /// Installs every peer that is missing (nothing when all are there).
 pub fn install_missing_peers() -> anyhow::Result<()> {
     for (program, package) in PYTHON_PEERS {
         if !have(program) {
+            println!("installing {package} (pip)");
+            cmd("python3", &["-m", "pip", "install", "--quiet", package])?;
+        }
+    }
+    for (module, package) in PYTHON_MODULES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !present {
             println!("installing {package} (pip)");
             cmd("python3", &["-m", "pip", "install", "--quiet", package])?;
         }

@@ -15,6 +15,7 @@ const MOTO: &str = "192.0.2.50:5000";
 const REGION: &str = "us-east-1";
 const CAMERA_MAC: &str = "02:ca:00:00:00:01";
 const PRINTER_MAC: &str = "02:bb:00:00:00:01";
+const TILL_MAC: &str = "02:aa:00:00:00:01";
 
 /// IAM, SQS and SNS made in moto before signatures are checked; prints what the test needs.
 const MOTO_SETUP: &str = r#"
@@ -27,13 +28,14 @@ iam.create_user(UserName="appliance-1")
 iam.put_user_policy(UserName="appliance-1", PolicyName="assume", PolicyDocument=allow(["sts:AssumeRole", "sts:SetSourceIdentity"]))
 key = iam.create_access_key(UserName="appliance-1")["AccessKey"]
 trust = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"]}]})
-role = iam.create_role(RoleName="field-cameras", AssumeRolePolicyDocument=trust, MaxSessionDuration=43200)["Role"]
-iam.put_role_policy(RoleName="field-cameras", PolicyName="send", PolicyDocument=allow(["sqs:*", "sns:*"]))
+for name in ["field-cameras", "field-tills"]:
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust, MaxSessionDuration=43200)
+    iam.put_role_policy(RoleName=name, PolicyName="send", PolicyDocument=allow(["sqs:*", "sns:*"]))
 queue = boto3.client("sqs", **kw).create_queue(QueueName="field")["QueueUrl"]
 topic = boto3.client("sns", **kw).create_topic(Name="field")["TopicArn"]
 request = urllib.request.Request(endpoint + "/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"})
 urllib.request.urlopen(request).read()
-print(json.dumps({"key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "role": role["Arn"], "queue": queue, "topic": topic}))
+print(json.dumps({"key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "queue": queue, "topic": topic}))
 "#;
 
 /// A device's program: boto3 with nothing but the endpoint and region given, so its
@@ -104,13 +106,16 @@ fn start_moto(lab: &mut Lab, internet: &Netns) -> (LabProcess, Aws) {
     (moto, aws)
 }
 
-/// The site file: cameras have a role, printers are a class without one.
-fn site_file(site: &lab::Site, dir: &Path, extra: &str) -> String {
+/// The site file: cameras and tills have roles, printers are a class without one. `extra`
+/// goes into `[imds_endpoint]`, `reserve` into each role.
+fn site_file(site: &lab::Site, dir: &Path, extra: &str, reserve: &str) -> String {
     let sections = format!(
         "[[dhcp_takeover.classes]]\nname = \"cameras\"\nmac_prefixes = [\"02:ca:00\"]\n\n\
          [[dhcp_takeover.classes]]\nname = \"printers\"\nmac_prefixes = [\"02:bb:00\"]\n\n\
+         [[dhcp_takeover.classes]]\nname = \"tills\"\nmac_prefixes = [\"02:aa:00\"]\n\n\
          [imds_endpoint]\naws_region = \"{REGION}\"\naws_endpoint = \"http://{MOTO}\"\ncache = \"{}\"\n{extra}\n\
-         [[imds_endpoint.roles]]\nclass = \"cameras\"\nrole_arn = \"arn:aws:iam::123456789012:role/field-cameras\"\n",
+         [[imds_endpoint.roles]]\nclass = \"cameras\"\nrole_arn = \"arn:aws:iam::123456789012:role/field-cameras\"\n{reserve}\n\
+         [[imds_endpoint.roles]]\nclass = \"tills\"\nrole_arn = \"arn:aws:iam::123456789012:role/field-tills\"\n{reserve}\n",
         dir.join("imds-cache.json").display()
     );
     lab::SiteFile::new(site, dir)
@@ -258,69 +263,220 @@ fn token(client: &Netns) -> String {
     body
 }
 
-#[test]
-fn a_device_without_keys_calls_sqs_and_sns_with_its_class_role_and_others_get_nothing() {
-    let Some(mut lab) = Lab::for_test("imds") else {
-        return;
-    };
-    let site = lab.site(&SiteSpec::lan(1, 3)).unwrap();
-    let (moto, aws) = start_moto(&mut lab, &site.internet);
-    let config = site_file(&site, lab.dir(), "");
-    let agents = start_agents(&mut lab, &site, &config, &aws);
-    let clients = &site.areas[0].clients;
-    let (camera, printer, spoofer) = (&clients[0].ns, &clients[1].ns, &clients[2].ns);
-    let camera_address = lease(&lab, camera, CAMERA_MAC);
-    lease(&lab, printer, PRINTER_MAC);
-
-    // boto3 in the camera: no keys, no AWS_* variables; its credentials come from the endpoint.
-    let python = python();
-    let output = camera
-        .exec_timeout(
-            "env",
-            &[
-                "-i",
-                "PATH=/usr/local/bin:/usr/bin:/bin",
-                &format!("HOME={}", lab.dir().display()),
-                &python,
-                "-c",
-                BOTO3_DEVICE,
-                &format!("http://{MOTO}"),
-                &aws.queue,
-                &aws.topic,
-            ],
-            PATIENCE,
-        )
-        .unwrap_or_else(|error| {
+/// Runs `program args…` in `client` with an empty environment but for `PATH` and a `HOME` in
+/// the test's directory: no keys, no `AWS_*` variables. Panics with the endpoint's and moto's
+/// logs when it fails.
+fn as_device(
+    lab: &Lab,
+    client: &Netns,
+    program: &str,
+    args: &[&str],
+    logs: &[&LabProcess],
+) -> String {
+    let home = format!("HOME={}", lab.dir().display());
+    let mut all = vec!["-i", "PATH=/usr/local/bin:/usr/bin:/bin", &home, program];
+    all.extend(args);
+    match client.exec_timeout("env", &all, PATIENCE) {
+        Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+        Err(error) => {
+            let logs: Vec<String> = logs.iter().map(|process| process.log()).collect();
             panic!(
-                "boto3 in the camera: {error:#}\n--- imds-endpoint ---\n{}\n--- moto ---\n{}",
-                agents[2].log(),
-                moto.log()
+                "{program} {args:?} as a device: {error:#}\n{}",
+                logs.join("\n---\n")
             )
-        });
-    let said = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(said.contains("method iam-role"), "{said}");
-    assert!(said.contains("sqs ") && said.contains("sns "), "{said}");
+        }
+    }
+}
 
-    // The printer's class has no role: 404, never a default role.
-    let printer_token = token(printer);
-    let header = format!("X-aws-ec2-metadata-token: {printer_token}");
-    let (status, _) = curl(
-        printer,
+/// The Rust device program (`examples/sdk_device.rs`), built if this run did not build it.
+fn sdk_device() -> String {
+    let own = Path::new(env!("CARGO_BIN_EXE_imds-endpoint"));
+    let path = own.parent().unwrap().join("examples/sdk_device");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "imds-endpoint", "--example", "sdk_device"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building examples/sdk_device");
+    }
+    path.display().to_string()
+}
+
+/// The role name `client` is told, with a fresh token.
+fn role_of(client: &Netns) -> (u16, String) {
+    let header = format!("X-aws-ec2-metadata-token: {}", token(client));
+    curl(
+        client,
         "GET",
         "/latest/meta-data/iam/security-credentials/",
         &[&header],
-    );
-    assert_eq!(status, 404);
+    )
+}
 
-    // The camera's token: PUT with X-Forwarded-For, or a TTL out of range, is refused.
+#[test]
+fn devices_without_keys_call_sqs_and_sns_through_boto3_both_aws_clis_and_aws_sdk_rust() {
+    let Some(mut lab) = Lab::for_test("imds-sdk") else {
+        return;
+    };
+    let site = lab.site(&SiteSpec::lan(1, 1)).unwrap();
+    let (moto, aws) = start_moto(&mut lab, &site.internet);
+    let config = site_file(&site, lab.dir(), "", "");
+    let agents = start_agents(&mut lab, &site, &config, &aws);
+    let camera = &site.areas[0].clients[0].ns;
+    lease(&lab, camera, CAMERA_MAC);
+    let endpoint = format!("http://{MOTO}");
+    let logs = [&agents[2], &moto];
+
+    // boto3 (PyPI).
+    let said = as_device(
+        &lab,
+        camera,
+        &python(),
+        &["-c", BOTO3_DEVICE, &endpoint, &aws.queue, &aws.topic],
+        &logs,
+    );
+    assert!(said.contains("method iam-role"), "{said}");
+    assert!(said.contains("sqs ") && said.contains("sns "), "{said}");
+
+    // The AWS CLI v2 (Debian's awscli) and v1 (PyPI's, run as a module of the same Python).
+    let python = python();
+    let v1 = [python.as_str(), "-m", "awscli"];
+    let clis: [&[&str]; 2] = [&["/usr/bin/aws"], &v1];
+    for cli in clis {
+        let version = as_device(
+            &lab,
+            camera,
+            cli[0],
+            &[&cli[1..], &["--version"]].concat(),
+            &logs,
+        );
+        let common = [
+            "--endpoint-url",
+            endpoint.as_str(),
+            "--region",
+            REGION,
+            "--output",
+            "json",
+        ];
+        let sent = as_device(
+            &lab,
+            camera,
+            cli[0],
+            &[
+                &cli[1..],
+                &common,
+                &[
+                    "sqs",
+                    "send-message",
+                    "--queue-url",
+                    &aws.queue,
+                    "--message-body",
+                    "hello",
+                ],
+            ]
+            .concat(),
+            &logs,
+        );
+        assert!(sent.contains("MessageId"), "{cli:?}: {sent}");
+        let published = as_device(
+            &lab,
+            camera,
+            cli[0],
+            &[
+                &cli[1..],
+                &common,
+                &[
+                    "sns",
+                    "publish",
+                    "--topic-arn",
+                    &aws.topic,
+                    "--message",
+                    "hello",
+                ],
+            ]
+            .concat(),
+            &logs,
+        );
+        assert!(
+            published.contains("MessageId"),
+            "{cli:?} ({version}): {published}"
+        );
+    }
+
+    // aws-sdk-rust: aws-config's default chain, its own IMDS client (which needs the TTL header).
+    let said = as_device(
+        &lab,
+        camera,
+        &sdk_device(),
+        &[&endpoint, REGION, &aws.queue, &aws.topic],
+        &logs,
+    );
+    assert!(
+        said.contains("sqs sent") && said.contains("sns published"),
+        "{said}"
+    );
+    // Every call was signed with the camera role's session: moto checked each signature.
+    let sent = curl_metrics(
+        &site.areas[0].appliance,
+        "fieldnet_imds_endpoint_requests_total{outcome=\"credentials\"}",
+    );
+    assert!(sent >= 4.0, "credentials served {sent} times");
+}
+
+/// One metric's value from imds-endpoint's default metrics listener, in the appliance.
+fn curl_metrics(appliance: &Netns, name_and_labels: &str) -> f64 {
+    let output = appliance
+        .exec_unchecked(
+            "curl",
+            &["-s", "-m", "5", "http://127.0.0.1:9705/metrics"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let needle = format!("{name_and_labels} ");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&needle)
+                .map(|value| value.trim().parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn each_class_gets_its_role_others_get_nothing_and_tokens_keep_to_their_rules() {
+    let Some(mut lab) = Lab::for_test("imds-who") else {
+        return;
+    };
+    let site = lab.site(&SiteSpec::lan(1, 4)).unwrap();
+    let (_moto, aws) = start_moto(&mut lab, &site.internet);
+    let config = site_file(&site, lab.dir(), "", "");
+    let agents = start_agents(&mut lab, &site, &config, &aws);
+    let appliance = &site.areas[0].appliance;
+    let clients = &site.areas[0].clients;
+    let (camera, till, printer, spoofer) = (
+        &clients[0].ns,
+        &clients[1].ns,
+        &clients[2].ns,
+        &clients[3].ns,
+    );
+    let camera_address = lease(&lab, camera, CAMERA_MAC);
+    lease(&lab, till, TILL_MAC);
+    lease(&lab, printer, PRINTER_MAC);
+
+    // Two classes, two roles; a class without a role gets 404, never a default role.
+    assert_eq!(role_of(camera), (200, "field-cameras".to_owned()));
+    assert_eq!(role_of(till), (200, "field-tills".to_owned()));
+    assert_eq!(role_of(printer).0, 404);
+
+    // The token PUT: X-Forwarded-For, or a TTL out of range, is 400; no token is 401, and so
+    // is an expired one.
+    let ttl_60 = "X-aws-ec2-metadata-token-ttl-seconds: 60";
     let (status, _) = curl(
         camera,
         "PUT",
         "/latest/api/token",
-        &[
-            "X-aws-ec2-metadata-token-ttl-seconds: 60",
-            "X-Forwarded-For: 10.0.0.1",
-        ],
+        &[ttl_60, "X-Forwarded-For: 10.0.0.1"],
     );
     assert_eq!(status, 400);
     for ttl in ["0", "21601"] {
@@ -331,19 +487,43 @@ fn a_device_without_keys_calls_sqs_and_sns_with_its_class_role_and_others_get_no
             "ttl {ttl}"
         );
     }
-    // No token: 401 (v2 required by default).
+    let listing = "/latest/meta-data/iam/security-credentials/";
+    assert_eq!(curl(camera, "GET", listing, &[]).0, 401);
+    let (_, short) = curl(
+        camera,
+        "PUT",
+        "/latest/api/token",
+        &["X-aws-ec2-metadata-token-ttl-seconds: 1"],
+    );
+    let header = format!("X-aws-ec2-metadata-token: {short}");
+    assert_eq!(curl(camera, "GET", listing, &[&header]).0, 200);
+    std::thread::sleep(Duration::from_millis(2_100));
     assert_eq!(
-        curl(
-            camera,
-            "GET",
-            "/latest/meta-data/iam/security-credentials/",
-            &[]
-        )
-        .0,
-        401
+        curl(camera, "GET", listing, &[&header]).0,
+        401,
+        "an expired token"
     );
 
-    // A spoofer takes the camera's address with its own MAC: it gets nothing.
+    // A device behind the printer (a container behind its NAT, one routed hop away): its PUT
+    // is answered with IP TTL 1, which the printer's forwarding drops. The printer itself
+    // gets its token.
+    let far = lab.netns("far").unwrap();
+    lab.veth(printer, "far0", &far, "eth0").unwrap();
+    lab.addr(printer, "far0", "172.16.0.1/30").unwrap();
+    lab.addr(&far, "eth0", "172.16.0.2/30").unwrap();
+    far.ip(&["route", "add", "default", "via", "172.16.0.1"])
+        .unwrap();
+    lab.nat(printer, "eth0").unwrap();
+    assert_eq!(curl(printer, "PUT", "/latest/api/token", &[ttl_60]).0, 200);
+    let tokens = "fieldnet_imds_endpoint_requests_total{outcome=\"token\"}";
+    let before = curl_metrics(appliance, tokens);
+    let (status, body) = curl(&far, "PUT", "/latest/api/token", &[ttl_60]);
+    assert_eq!(status, 0, "one hop away got an answer: {status} {body}");
+    // It was asked and answered (through the printer's NAT, as the printer): the answer died
+    // on the way back.
+    assert_eq!(curl_metrics(appliance, tokens), before + 1.0);
+
+    // A spoofer takes the camera's address with its own MAC: refused, and counted as such.
     camera.ip(&["link", "set", "eth0", "down"]).unwrap();
     spoofer.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
     spoofer
@@ -358,13 +538,18 @@ fn a_device_without_keys_calls_sqs_and_sns_with_its_class_role_and_others_get_no
     spoofer
         .ip(&["route", "replace", "default", "via", "10.101.0.1"])
         .unwrap();
-    let (status, body) = curl(
-        spoofer,
-        "PUT",
-        "/latest/api/token",
-        &["X-aws-ec2-metadata-token-ttl-seconds: 60"],
-    );
+    let (status, body) = curl(spoofer, "PUT", "/latest/api/token", &[ttl_60]);
     assert_ne!(status, 200, "the spoofer got a token: {body}");
+    let (status, _) = curl(spoofer, "GET", listing, &[]);
+    assert_ne!(status, 200);
+    eventually("the spoofer counted as a MAC mismatch", || {
+        (curl_metrics(
+            appliance,
+            "fieldnet_imds_endpoint_refused_total{reason=\"mac_mismatch\"}",
+        ) >= 1.0)
+            .then_some(())
+    });
+
     // The uplink side is refused.
     let router = &site.areas[0].uplinks[0].router;
     router
@@ -376,12 +561,12 @@ fn a_device_without_keys_calls_sqs_and_sns_with_its_class_role_and_others_get_no
             "192.168.8.2",
         ])
         .unwrap();
-    let (status, _) = curl(
-        router,
-        "PUT",
-        "/latest/api/token",
-        &["X-aws-ec2-metadata-token-ttl-seconds: 60"],
+    assert_ne!(curl(router, "PUT", "/latest/api/token", &[ttl_60]).0, 200);
+    assert!(
+        curl_metrics(
+            appliance,
+            "fieldnet_imds_endpoint_refused_total{reason=\"not_served\"}"
+        ) >= 1.0
     );
-    assert_ne!(status, 200);
     drop(agents);
 }
