@@ -570,3 +570,133 @@ fn each_class_gets_its_role_others_get_nothing_and_tokens_keep_to_their_rules() 
     );
     drop(agents);
 }
+
+/// The camera's credentials document as the endpoint hands it out now, with the seconds of
+/// validity it has left by this machine's clock (`None` for a non-`Success` answer).
+fn credentials_left(client: &Netns, role: &str) -> Option<(String, f64)> {
+    let header = format!("X-aws-ec2-metadata-token: {}", token(client));
+    let path = format!("/latest/meta-data/iam/security-credentials/{role}");
+    let (status, body) = curl(client, "GET", &path, &[&header]);
+    if status != 200 {
+        return None;
+    }
+    let document: serde_json::Value = serde_json::from_str(&body).ok()?;
+    if document["Code"] != "Success" {
+        return None;
+    }
+    let expiration = fieldnet_aws::parse_time(document["Expiration"].as_str()?)?;
+    let left = expiration
+        .duration_since(std::time::SystemTime::now())
+        .map_or(0.0, |left| left.as_secs_f64());
+    Some((document["AccessKeyId"].as_str()?.to_owned(), left))
+}
+
+#[test]
+fn with_sts_gone_longer_than_a_session_devices_are_served_from_the_reserve_even_after_a_restart() {
+    let Some(mut lab) = Lab::for_test("imds-outage") else {
+        return;
+    };
+    let site = lab.site(&SiteSpec::lan(1, 2)).unwrap();
+    let (moto, aws) = start_moto(&mut lab, &site.internet);
+    // Sessions of 30 s (at least 20 s handed out, nothing below 5 s) and reserves of 2 min.
+    let config = site_file(
+        &site,
+        lab.dir(),
+        "session_duration_s = 30\nmin_validity_s = 20\nrefuse_below_s = 5\n",
+        "reserve_duration_s = 120",
+    );
+    let mut agents = start_agents(&mut lab, &site, &config, &aws);
+    let appliance = &site.areas[0].appliance;
+    let (camera, till) = (&site.areas[0].clients[0].ns, &site.areas[0].clients[1].ns);
+    lease(&lab, camera, CAMERA_MAC);
+    eventually("the camera's own session and the cameras' reserve", || {
+        let own = curl_metrics(appliance, "fieldnet_imds_endpoint_devices") >= 1.0;
+        let reserve = curl_metrics(
+            appliance,
+            "fieldnet_imds_endpoint_runway_seconds{class=\"cameras\"}",
+        ) > 60.0;
+        (own && reserve).then_some(())
+    });
+    let (before, _) = credentials_left(camera, "field-cameras").unwrap();
+
+    // STS goes away for the appliance (its own calls to moto are dropped); the devices' own
+    // traffic to AWS still passes.
+    appliance
+        .exec_with_stdin(
+            "nft",
+            &["-f", "-"],
+            b"table ip imds_lab_outage {\n chain out {\n  type filter hook output priority 0; policy accept;\n  ip daddr 192.0.2.50 drop\n }\n}\n",
+        )
+        .unwrap();
+    let outage = Instant::now();
+    let mut keys = std::collections::BTreeSet::from([before]);
+    let mut till_joined = false;
+    // Longer than a device session: every 3 s the camera still gets credentials with at least
+    // refuse_below left, and once its own session is too short, the reserve's.
+    while outage.elapsed() < Duration::from_secs(45) {
+        let (key, left) = credentials_left(camera, "field-cameras").unwrap_or_else(|| {
+            panic!(
+                "no credentials {:?} into the outage:\n{}",
+                outage.elapsed(),
+                agents[2].log()
+            )
+        });
+        assert!(left >= 5.0, "handed out with {left} s left");
+        keys.insert(key);
+        if !till_joined && outage.elapsed() > Duration::from_secs(15) {
+            // A device that joins during the outage is served from the reserve.
+            lease(&lab, till, TILL_MAC);
+            let (_, left) = eventually("the till served during the outage", || {
+                credentials_left(till, "field-tills")
+            });
+            assert!(left >= 5.0);
+            till_joined = true;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    assert!(till_joined);
+    assert!(
+        keys.len() >= 2,
+        "the camera moved from its own session to the reserve: {keys:?}"
+    );
+    assert!(
+        curl_metrics(
+            appliance,
+            "fieldnet_imds_endpoint_sts_calls_total{result=\"failed\"}"
+        ) >= 1.0
+    );
+    // The camera, with no keys, still sends to SQS with what it is handed.
+    let said = as_device(
+        &lab,
+        camera,
+        &python(),
+        &[
+            "-c",
+            BOTO3_DEVICE,
+            &format!("http://{MOTO}"),
+            &aws.queue,
+            &aws.topic,
+        ],
+        &[&agents[2], &moto],
+    );
+    assert!(said.contains("sqs "), "{said}");
+
+    // The agent restarts during the outage: the cache serves again before STS could answer.
+    let old = agents.pop().unwrap();
+    old.kill().unwrap();
+    let restarted = Instant::now();
+    agents.push(start_imds(&mut lab, appliance, &config, &aws));
+    eventually("credentials after the restart", || {
+        credentials_left(camera, "field-cameras")
+    });
+    let served_after = restarted.elapsed();
+    assert_eq!(
+        curl_metrics(
+            appliance,
+            "fieldnet_imds_endpoint_sts_calls_total{result=\"ok\"}"
+        ),
+        0.0,
+        "STS is still away"
+    );
+    eprintln!("restart during the outage: credentials served {served_after:?} after start");
+}
