@@ -69,12 +69,30 @@ enum Command {
         #[arg(long)]
         retain: bool,
     },
+    /// Devices: `fieldctl device forget MAC` stops a lost device getting AWS credentials.
+    Device {
+        #[command(subcommand)]
+        action: DeviceAction,
+    },
     /// Check the whole site file: exit 0 when valid, 64 with `file:line: key: message` for each
     /// problem when not.
     CheckConfig,
     /// What each appliance and hub will do with the site file, in plain words: networks,
     /// uplinks, paths to each other area, and who takes over whose network.
     Site,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceAction {
+    /// Stop serving AWS credentials to the device with this MAC at once (lost or stolen);
+    /// docs/imds.md says how to deny the sessions it was already given.
+    Forget {
+        /// Its hardware address, e.g. 02:00:5e:10:00:01.
+        mac: String,
+        /// Serve it again.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -128,6 +146,9 @@ fn main() -> ExitCode {
                 json,
                 retain,
             } => exit_code(publish(&socket, &topic, &json, retain).await),
+            Command::Device {
+                action: DeviceAction::Forget { mac, undo },
+            } => exit_code(forget(&socket, &mac, undo).await),
             Command::CheckConfig | Command::Site => unreachable!("handled above"),
         }
     })
@@ -169,6 +190,34 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// Publishes (or, with `undo`, clears) the retained `imds/forget/<mac>`.
+async fn forget(socket: &std::path::Path, mac: &str, undo: bool) -> anyhow::Result<()> {
+    let bytes = fieldnet::names::parse_hex_bytes(mac)
+        .filter(|bytes| bytes.len() == 6)
+        .ok_or_else(|| anyhow::anyhow!("'{mac}' is not a MAC address such as 02:00:5e:10:00:01"))?;
+    let mac: Vec<String> = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let topic = fieldnet::bus::topics::imds_forget_topic(&mac.join(":"));
+    let body = if undo {
+        "null".to_owned()
+    } else {
+        serde_json::to_string(&fieldnet::bus::topics::DeviceForgotten {
+            since: fieldnet::bus::unix_millis(),
+        })?
+    };
+    publish(socket, &topic, &body, true).await?;
+    if undo {
+        println!("{}: served again (if its class has a role)", mac.join(":"));
+    } else {
+        println!(
+            "{0}: no longer given AWS credentials. Sessions it already holds last until they expire: \
+             deny them in IAM with the condition sts:SourceIdentity = {1} (docs/imds.md).",
+            mac.join(":"),
+            mac.join("-")
+        );
+    }
+    Ok(())
 }
 
 async fn publish(

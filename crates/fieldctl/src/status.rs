@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use fieldnet::bus::frame::{self, Envelope, Frame};
 use fieldnet::bus::topics::{
-    AgentsAlive, DhcpNetworkState, DhcpState, DnsRole, DnsState, PathState, PeerState, PeerVerdict,
-    TOPIC_AGENTS, TOPIC_DHCP_STATE, TOPIC_DNS_STATE, TOPIC_PEERS, TOPIC_UPLINK_ACTIVE,
-    UplinkActive, UplinkReason, UplinkState, UpstreamHealth, parse_peer_topic,
+    AgentsAlive, DhcpNetworkState, DhcpState, DnsRole, DnsState, ImdsState, PathState, PeerState,
+    PeerVerdict, StsHealth, TOPIC_AGENTS, TOPIC_DHCP_STATE, TOPIC_DNS_STATE, TOPIC_IMDS_STATE,
+    TOPIC_PEERS, TOPIC_UPLINK_ACTIVE, UplinkActive, UplinkReason, UplinkState, UpstreamHealth,
+    parse_peer_topic,
 };
 use fieldnet::config::{Machine, MachineRole};
 use futures_util::StreamExt as _;
@@ -20,12 +21,13 @@ use tokio_util::codec::{FramedRead, LinesCodec};
 /// How long to wait for the bus before calling it down.
 const BUS_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The agents that exist so far (imds-endpoint and inventory join when they ship).
-const SHIPPED: [&str; 4] = [
+/// The agents that exist so far (inventory joins when it ships).
+const SHIPPED: [&str; 5] = [
     "uplink-monitor",
     "cross-site-failover",
     "whereami",
     "dhcp-takeover",
+    "imds-endpoint",
 ];
 
 /// The agents this machine is expected to run, by their bus name: those that exist, are enabled
@@ -47,7 +49,10 @@ fn expected_agents(machine: &Machine) -> Vec<&'static str> {
         ),
         ("whereami", agents.whereami.common.enabled && !hub),
         ("dhcp-takeover", agents.dhcp_takeover.common.enabled && !hub),
-        ("imds-endpoint", agents.imds_endpoint.common.enabled && !hub),
+        (
+            "imds-endpoint",
+            agents.imds_endpoint.common.enabled && !hub && !agents.imds_endpoint.roles.is_empty(),
+        ),
         ("inventory", agents.inventory.enabled && !hub),
     ]
     .into_iter()
@@ -99,6 +104,7 @@ pub async fn run(socket: &Path, machine: Option<&Machine>, json: bool) -> ExitCo
                 TOPIC_PEERS,
                 TOPIC_DNS_STATE,
                 TOPIC_DHCP_STATE,
+                TOPIC_IMDS_STATE,
             ],
         ),
     )
@@ -191,6 +197,14 @@ pub async fn run(socket: &Path, machine: Option<&Machine>, json: bool) -> ExitCo
         .and_then(|e| e.body_as::<DhcpState>().ok())
     {
         for line in dhcp_lines(&dhcp) {
+            println!("{line}");
+        }
+    }
+    if let Some(imds) = values
+        .get(TOPIC_IMDS_STATE)
+        .and_then(|e| e.body_as::<ImdsState>().ok())
+    {
+        for line in imds_lines(&imds, fieldnet::bus::unix_millis()) {
             println!("{line}");
         }
     }
@@ -417,6 +431,53 @@ fn explain(reason: UplinkReason) -> (&'static str, bool) {
 }
 
 /// `3d4h`, `2h05m`, `4m12s`, `9s`: the two largest units.
+/// The devices' AWS credentials: how long they last without internet, in plain words.
+pub fn imds_lines(state: &ImdsState, now: u64) -> Vec<String> {
+    let Some(runway) = state.runway_s else {
+        return vec!["credentials no device class has an AWS role: none handed out".to_owned()];
+    };
+    let sts = match (state.sts, state.last_sts_answer) {
+        (StsHealth::Ok, _) => "AWS answering".to_owned(),
+        (StsHealth::Unknown, _) => "AWS not asked yet".to_owned(),
+        (StsHealth::Failing, Some(at)) => format!(
+            "AWS NOT ANSWERING for {}",
+            plain_duration(now.saturating_sub(at) / 1000)
+        ),
+        (StsHealth::Failing, None) => "AWS NOT ANSWERING".to_owned(),
+    };
+    let devices = state.devices;
+    let verdict = if runway == 0 {
+        "NONE LEFT: devices get no credentials until the internet is back".to_owned()
+    } else if runway < 3600 {
+        format!("only {} left without internet", plain_duration(runway))
+    } else {
+        format!("fine for {} without internet", plain_duration(runway))
+    };
+    let mut lines = vec![format!("credentials {verdict} ({devices} devices, {sts})")];
+    if state.classes.len() > 1 {
+        for class in &state.classes {
+            lines.push(format!(
+                "  {:<16} role {:<20} {} without internet",
+                class.class,
+                class.role,
+                plain_duration(class.runway_s)
+            ));
+        }
+    }
+    lines
+}
+
+/// `11 h 20 min`, `45 min`, `under a minute`.
+pub fn plain_duration(seconds: u64) -> String {
+    let (hours, minutes) = (seconds / 3600, (seconds / 60) % 60);
+    match (hours, minutes) {
+        (0, 0) => "under a minute".to_owned(),
+        (0, minutes) => format!("{minutes} min"),
+        (hours, 0) => format!("{hours} h"),
+        (hours, minutes) => format!("{hours} h {minutes} min"),
+    }
+}
+
 pub fn human_duration(millis: u64) -> String {
     let seconds = millis / 1000;
     let (days, hours, minutes) = (seconds / 86_400, (seconds / 3600) % 24, (seconds / 60) % 60);
@@ -433,6 +494,44 @@ pub fn human_duration(millis: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_credentials_line_says_how_long_devices_last_without_internet() {
+        use fieldnet::bus::topics::ImdsClass;
+        let class = |name: &str, runway_s| ImdsClass {
+            class: name.to_owned(),
+            role: format!("field-{name}"),
+            runway_s,
+            reserve_expires: None,
+        };
+        let mut state = ImdsState {
+            runway_s: Some(40_800),
+            classes: vec![class("cameras", 40_800)],
+            devices: 12,
+            sts: StsHealth::Ok,
+            last_sts_answer: Some(1_000),
+        };
+        assert_eq!(
+            super::imds_lines(&state, 2_000),
+            ["credentials fine for 11 h 20 min without internet (12 devices, AWS answering)"]
+        );
+        state.runway_s = Some(2_400);
+        state.sts = StsHealth::Failing;
+        state.classes.push(class("tills", 50_000));
+        let lines = super::imds_lines(&state, 3_601_000);
+        assert_eq!(
+            lines[0],
+            "credentials only 40 min left without internet (12 devices, AWS NOT ANSWERING for 1 h)"
+        );
+        assert!(
+            lines[2].contains("tills") && lines[2].contains("13 h 53 min"),
+            "{lines:?}"
+        );
+        state.runway_s = Some(0);
+        assert!(super::imds_lines(&state, 0)[0].contains("NONE LEFT"));
+        state.runway_s = None;
+        assert!(super::imds_lines(&state, 0)[0].contains("no device class has an AWS role"));
+    }
+
     use super::*;
 
     /// A value of the bus vocabulary from its wire word.
@@ -465,6 +564,12 @@ mod tests {
         let mut bare = machine("north");
         bare.config.uplinks.clear();
         bare.config.agents.whereami.common.enabled = false;
+        assert_eq!(
+            expected_agents(&bare),
+            ["cross-site-failover", "dhcp-takeover", "imds-endpoint"]
+        );
+        // No class with a role: nothing for imds-endpoint to hand out here.
+        bare.config.agents.imds_endpoint.roles.clear();
         assert_eq!(
             expected_agents(&bare),
             ["cross-site-failover", "dhcp-takeover"]

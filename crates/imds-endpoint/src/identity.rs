@@ -222,6 +222,14 @@ impl Identity {
         }
     }
 
+    /// The name of the leased device with `mac`, if it holds a lease.
+    pub fn leased_name(&self, mac: Mac) -> Option<String> {
+        self.leases
+            .values()
+            .find(|lease| lease.mac == mac)
+            .map(|lease| lease.hostname.clone().unwrap_or_else(|| mac.dashed()))
+    }
+
     /// The devices forgotten, in MAC order.
     pub fn forgotten(&self) -> impl Iterator<Item = Mac> + '_ {
         self.forgotten.iter().copied()
@@ -313,6 +321,10 @@ mod tests {
         );
         let device = identity.who(10, address, Some(camera)).unwrap();
         assert_eq!(device.class.as_deref(), Some("cameras"));
+        assert_eq!(
+            identity.leased_name(camera).as_deref(),
+            Some("00-80-f0-00-00-01")
+        );
         // Someone else on that address, or nobody the kernel knows.
         let other: Mac = "02:00:00:00:00:09".parse().unwrap();
         assert_eq!(

@@ -303,6 +303,27 @@ fn sdk_device() -> String {
     path.display().to_string()
 }
 
+/// The status of asking for the role name, token and all (0 when even the token is refused).
+fn role_of_status(client: &Netns) -> u16 {
+    let (status, token) = curl(
+        client,
+        "PUT",
+        "/latest/api/token",
+        &["X-aws-ec2-metadata-token-ttl-seconds: 60"],
+    );
+    if status != 200 {
+        return 0;
+    }
+    let header = format!("X-aws-ec2-metadata-token: {token}");
+    curl(
+        client,
+        "GET",
+        "/latest/meta-data/iam/security-credentials/",
+        &[&header],
+    )
+    .0
+}
+
 /// The role name `client` is told, with a fresh token.
 fn role_of(client: &Netns) -> (u16, String) {
     let header = format!("X-aws-ec2-metadata-token: {}", token(client));
@@ -522,6 +543,43 @@ fn each_class_gets_its_role_others_get_nothing_and_tokens_keep_to_their_rules() 
     // It was asked and answered (through the printer's NAT, as the printer): the answer died
     // on the way back.
     assert_eq!(curl_metrics(appliance, tokens), before + 1.0);
+
+    // The operator forgets the camera (lost): it gets nothing at once, and again after `--undo`.
+    let fieldctl = lab::sibling_binary(env!("CARGO_BIN_EXE_imds-endpoint"), "fieldctl", "fieldctl");
+    let socket = lab::bus_socket(lab.dir(), 1);
+    let forget = |extra: &[&str]| {
+        let output = std::process::Command::new(&fieldctl)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["device", "forget", CAMERA_MAC])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let said = forget(&[]);
+    assert!(
+        said.contains("sts:SourceIdentity = 02-ca-00-00-00-01"),
+        "{said}"
+    );
+    eventually("the forgotten camera refused", || {
+        (curl(camera, "PUT", "/latest/api/token", &[ttl_60]).0 == 403).then_some(())
+    });
+    assert!(
+        curl_metrics(
+            appliance,
+            "fieldnet_imds_endpoint_refused_total{reason=\"forgotten\"}"
+        ) >= 1.0
+    );
+    forget(&["--undo"]);
+    eventually("the camera served again", || {
+        (role_of_status(camera) == 200).then_some(())
+    });
 
     // A spoofer takes the camera's address with its own MAC: refused, and counted as such.
     camera.ip(&["link", "set", "eth0", "down"]).unwrap();

@@ -214,6 +214,10 @@ impl Agent {
             tracing::warn!(%mac, "device forgotten: no longer served");
         } else {
             tracing::info!(%mac, "device remembered again");
+            if let Some(name) = imds.identity.leased_name(mac) {
+                let class = imds.identity.class_of(mac).map(str::to_owned);
+                imds.sessions.device(mac, class.as_deref(), &name);
+            }
         }
         self.dirty = true;
     }
