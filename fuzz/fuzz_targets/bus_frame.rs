@@ -10,7 +10,8 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(frame) = decode(line) {
             let again = encode(&frame);
             assert!(again.ends_with('\n') && !again[..again.len() - 1].contains('\n'));
-            let decoded = decode(again.trim_end_matches('\n').as_bytes()).expect("re-encoded frame decodes");
+            let decoded =
+                decode(again.trim_end_matches('\n').as_bytes()).expect("re-encoded frame decodes");
             assert_eq!(decoded, frame);
         }
     }

@@ -15,11 +15,28 @@ use whereami::answer::{NetworkView, Views};
 
 static VIEWS: LazyLock<Views> = LazyLock::new(|| {
     let networks = vec![
-        NetworkView { subnet: "10.101.0.0/24".parse().unwrap(), name: "NETWORK1".into(), area: "north".into() },
-        NetworkView { subnet: "10.102.0.0/24".parse().unwrap(), name: "NETWORK2".into(), area: "stage".into() },
+        NetworkView {
+            subnet: "10.101.0.0/24".parse().unwrap(),
+            name: "NETWORK1".into(),
+            area: "north".into(),
+        },
+        NetworkView {
+            subnet: "10.102.0.0/24".parse().unwrap(),
+            name: "NETWORK2".into(),
+            area: "stage".into(),
+        },
     ];
-    let mut views = Views::new(Name::from_ascii("site.example.").unwrap(), 1, "north", 60, networks).unwrap();
-    views.add_host("cache", "10.101.0.10".parse().unwrap()).unwrap();
+    let mut views = Views::new(
+        Name::from_ascii("site.example.").unwrap(),
+        1,
+        "north",
+        60,
+        networks,
+    )
+    .unwrap();
+    views
+        .add_host("cache", "10.101.0.10".parse().unwrap())
+        .unwrap();
     views
 });
 
@@ -33,11 +50,21 @@ fuzz_target!(|data: &[u8]| {
         assert!(query.key_len <= key.len() && query.question.end <= data.len() - 4);
     }
     let _ = whereami::packet::ttl_fields(&data[4..]);
-    let Ok(request) = Request::from_bytes(data[4..].to_vec(), SocketAddr::new(source, 5353), Protocol::Udp) else {
+    let Ok(request) = Request::from_bytes(
+        data[4..].to_vec(),
+        SocketAddr::new(source, 5353),
+        Protocol::Udp,
+    ) else {
         return;
     };
     if let Ok(info) = request.request_info() {
         let query = info.query;
-        let _ = VIEWS.decide(source, query.name(), query.original().name(), query.query_type(), query.query_class());
+        let _ = VIEWS.decide(
+            source,
+            query.name(),
+            query.original().name(),
+            query.query_type(),
+            query.query_class(),
+        );
     }
 });

@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     match SiteConfig::from_str(text, "fuzz.toml") {
         Ok(site) => {
             for machine in &site.machines {
-                let by_name = site.select(Some(machine.name()), None).expect("found by name");
+                let by_name = site
+                    .select(Some(machine.name()), None)
+                    .expect("found by name");
                 assert_eq!(by_name.machine.id(), machine.id());
                 // Names are never digits alone, so an id names one entry only.
                 let by_id = site
