@@ -97,9 +97,27 @@ pub fn run_bench(name: &str) -> anyhow::Result<String> {
                 ≥ 60 s; ISC dhcpd failover needs an operator's partner-down; the original field build had no takeover.\n";
             Ok(table + anchors)
         }
+        "imds" => {
+            ensure_root("imds")?;
+            step("imds bench (about 5 minutes)");
+            let table = release_example(
+                &["imds-endpoint", "fieldnet-bus", "dhcp-takeover"],
+                "imds-bench",
+                &["3".as_ref()],
+                &[
+                    ("IMDS_ENDPOINT_BIN", release.join("imds-endpoint")),
+                    ("FIELDNET_BUS_BIN", release.join("fieldnet-bus")),
+                    ("DHCP_TAKEOVER_BIN", release.join("dhcp-takeover")),
+                ],
+            )?;
+            let anchors = "\nThe original site served this file from nginx on 169.254.169.254: stale credentials, one role for every asker, \
+                no IMDSv2. Anchor (issue 17): SDKs fetch credentials about every 45 minutes per process, so a site of a few hundred \
+                devices asks a few times a second; the figures are about headroom and the cost per answer.\n";
+            Ok(table + anchors)
+        }
         other => {
             anyhow::bail!(
-                "unknown benchmark '{other}'; known: bus, failover, cross-site, dns, dhcp, takeover"
+                "unknown benchmark '{other}'; known: bus, failover, cross-site, dns, dhcp, takeover, imds"
             )
         }
     }

@@ -25,6 +25,9 @@ const DEBIAN_PEERS: &[(&str, &str)] = &[
     ("socat", "socat"),
     // imds-endpoint's lab tests ask the metadata address with curl.
     ("curl", "curl"),
+    // imds-endpoint's bench: wrk against it and against nginx serving the same JSON.
+    ("wrk", "wrk"),
+    ("nginx", "nginx-light"),
     // The AWS CLI v2 as Debian ships it (a device's client of imds-endpoint); PyPI's v1 has
     // the same program name, so it is looked for by path.
     ("/usr/bin/aws", "awscli"),
