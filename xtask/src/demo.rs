@@ -22,16 +22,18 @@ enum Program {
     CrossSiteFailover,
     Whereami,
     DhcpTakeover,
+    ImdsEndpoint,
 }
 
 impl Program {
-    const ALL: [Program; 6] = [
+    const ALL: [Program; 7] = [
         Program::Bus,
         Program::Fieldctl,
         Program::UplinkMonitor,
         Program::CrossSiteFailover,
         Program::Whereami,
         Program::DhcpTakeover,
+        Program::ImdsEndpoint,
     ];
 
     /// The package, which is also the binary's name.
@@ -43,6 +45,7 @@ impl Program {
             Program::CrossSiteFailover => "cross-site-failover",
             Program::Whereami => "whereami",
             Program::DhcpTakeover => "dhcp-takeover",
+            Program::ImdsEndpoint => "imds-endpoint",
         }
     }
 }
@@ -179,14 +182,16 @@ fn start_agents(
 }
 
 /// The appliances' agents, after the bus.
-const APPLIANCE_AGENTS: [Program; 4] = [
+const APPLIANCE_AGENTS: [Program; 5] = [
     Program::UplinkMonitor,
     Program::CrossSiteFailover,
     Program::Whereami,
     Program::DhcpTakeover,
+    Program::ImdsEndpoint,
 ];
 
-/// moto's test credentials for a hub's AWS calls.
+/// moto's test credentials for a hub's AWS calls, and an appliance's own for STS (which
+/// imds-endpoint turns into the devices' sessions).
 const MOTO_CREDENTIALS: [&str; 3] = [
     "AWS_ACCESS_KEY_ID=testing",
     "AWS_SECRET_ACCESS_KEY=testing",
@@ -258,7 +263,7 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
         let (programs, env): (&[Program], &[&str]) = if hub {
             (&[Program::CrossSiteFailover], &MOTO_CREDENTIALS)
         } else {
-            (&APPLIANCE_AGENTS, &[])
+            (&APPLIANCE_AGENTS, &MOTO_CREDENTIALS)
         };
         let agents = start_agents(lab, machine, bin, programs, env)?;
         let crosser = agents.get(Program::CrossSiteFailover);
@@ -696,9 +701,112 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     );
     demo.pause(1)?;
 
+    step("scene 9: a camera with no AWS keys sends to SQS, also with its area's uplinks cut");
+    let camera = &north.clients[1];
+    camera_lease(lab, &camera.ns, CAMERA_MAC)?;
+    on_bus::<topics::ImdsState>(
+        north_machine,
+        topics::TOPIC_IMDS_STATE,
+        "credentials ready on north",
+        |state| state.runway_s.unwrap_or(0) > 0 && state.devices > 0,
+    )?;
+    let sent = camera_sends(lab, &camera.ns, &ids.queue)?;
+    println!(
+        "A camera in north (MAC {CAMERA_MAC}, no AWS keys, no AWS_* variables) asked 169.254.169.254 for credentials like any EC2 instance: it got a session of the role riverside-cameras of its own (named after it, its MAC as source identity), and boto3 sent message {sent} to SQS."
+    );
+    let cut: Vec<lab::Fault> = north
+        .uplinks
+        .iter()
+        .map(|uplink| lab.link_down(&uplink.router, &uplink.router_lan_if))
+        .collect::<Result<_, _>>()?;
+    on_bus::<topics::UplinkActive>(
+        north_machine,
+        topics::TOPIC_UPLINK_ACTIVE,
+        "north on another area's uplink",
+        |active| {
+            !north
+                .uplinks
+                .iter()
+                .any(|uplink| uplink.name == active.name)
+        },
+    )?;
+    let sent = camera_sends(lab, &camera.ns, &ids.queue)?;
+    println!(
+        "Both of north's uplinks are cut. The camera still gets its credentials (they never needed the uplink: STS is called ahead of time, and each class keeps a reserve for hours without internet) and its message {sent} reached SQS through another area's uplink."
+    );
+    for line in fieldctl_on(north_machine, &["status"])?
+        .lines()
+        .filter(|line| line.starts_with("credentials"))
+    {
+        println!("  {line}");
+    }
+    drop(cut);
+    demo.pause(1)?;
+
     drop(hubs);
     drop(appliances);
     Ok(())
+}
+
+/// The demo's camera: a MAC of riverside's `cameras` class.
+const CAMERA_MAC: &str = "02:ca:00:00:00:01";
+
+/// Gives `client` the MAC `mac` and a DHCP lease (udhcpc, with the lab's hook that touches
+/// only the namespace's interface and route).
+fn camera_lease(lab: &Lab, client: &Netns, mac: &str) -> anyhow::Result<()> {
+    for args in [
+        &["link", "set", "eth0", "down"][..],
+        &["link", "set", "eth0", "address", mac],
+        &["link", "set", "eth0", "up"],
+        &["addr", "flush", "dev", "eth0"],
+    ] {
+        client.ip(args)?;
+    }
+    let hook = lab::udhcpc_hook(lab.dir())?;
+    client.exec_timeout(
+        "udhcpc",
+        &[
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "10",
+            "-i",
+            "eth0",
+            "-s",
+            hook.to_str().context("UTF-8 path")?,
+        ],
+        Duration::from_secs(30),
+    )?;
+    Ok(())
+}
+
+/// boto3 in `client` with an empty environment sends one message to `queue`; its MessageId.
+fn camera_sends(lab: &Lab, client: &Netns, queue: &str) -> anyhow::Result<String> {
+    const DEVICE: &str = "import sys, boto3\n\
+        sqs = boto3.session.Session(region_name='eu-west-1').client('sqs', endpoint_url=sys.argv[1])\n\
+        print(sqs.send_message(QueueUrl=sys.argv[2], MessageBody='hello from a camera')['MessageId'])\n";
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()?;
+    let python = String::from_utf8_lossy(&python.stdout).trim().to_owned();
+    let home = format!("HOME={}", lab.dir().display());
+    let endpoint = format!("http://{MOTO}");
+    let output = client.exec_timeout(
+        "env",
+        &[
+            "-i",
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            &home,
+            &python,
+            "-c",
+            DEVICE,
+            &endpoint,
+            queue,
+        ],
+        Duration::from_secs(60),
+    )?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// What moto made for the hubs, and the site file naming it.
@@ -706,6 +814,8 @@ struct StandIn {
     text: String,
     route_table: String,
     instances: [String; 2],
+    /// The SQS queue the devices send to.
+    queue: String,
 }
 
 /// Starts moto in the internet namespace, creates the VPC route table (routes to every site
@@ -795,10 +905,26 @@ fn stand_in_aws(
         "[hub]\n",
         &format!("[hub]\naws_endpoint = \"http://{MOTO}\"\n"),
     )?;
+    swap(
+        "[imds_endpoint]\n",
+        &format!("[imds_endpoint]\naws_endpoint = \"http://{MOTO}\"\n"),
+    )?;
+    let queue = aws_in(&site.internet, &region, |client| async move {
+        let created = client
+            .query(
+                fieldnet_aws::Service::Sqs,
+                "CreateQueue",
+                &[("QueueName".to_owned(), "riverside".to_owned())],
+            )
+            .await
+            .expect("CreateQueue");
+        first_text(&created, "QueueUrl")
+    })?;
     Ok(StandIn {
         text,
         route_table: fixture.route_table,
         instances: [fixture.instance_a, fixture.instance_b],
+        queue,
     })
 }
 
