@@ -80,6 +80,7 @@ fn endpoint() -> Imds {
             session_token: "token".to_owned(),
             expiration: NOW + fetch.duration.as_millis() as u64,
             issued: NOW,
+            rendered: Default::default(),
         };
         sessions.fetched(NOW, &fetch.subject, Some(credentials));
     }

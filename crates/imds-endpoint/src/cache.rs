@@ -69,6 +69,7 @@ mod tests {
                         session_token: "token".to_owned(),
                         expiration: 10,
                         issued: 1,
+                        rendered: Default::default(),
                     },
                 }],
             },

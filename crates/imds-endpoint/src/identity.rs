@@ -151,13 +151,15 @@ pub struct Identity {
     own: BTreeSet<String>,
     /// Networks taken over from dead peers.
     taken: BTreeSet<String>,
+    /// The subnets of `own` and `taken`, asked on every request.
+    served_subnets: Vec<Ipv4Net>,
     leases: HashMap<Ipv4Addr, LeaseEntry>,
     forgotten: BTreeSet<Mac>,
 }
 
 impl Identity {
     pub fn from_config(config: &Config) -> Identity {
-        Identity {
+        let mut identity = Identity {
             classes: Classes::new(&config.agents.dhcp_takeover),
             subnets: config
                 .networks
@@ -171,9 +173,20 @@ impl Identity {
                 .map(|network| network.name.clone())
                 .collect(),
             taken: BTreeSet::new(),
+            served_subnets: Vec::new(),
             leases: HashMap::new(),
             forgotten: BTreeSet::new(),
-        }
+        };
+        identity.serve_subnets();
+        identity
+    }
+
+    fn serve_subnets(&mut self) {
+        self.served_subnets = self
+            .own
+            .union(&self.taken)
+            .filter_map(|name| self.subnets.get(name).copied())
+            .collect();
     }
 
     /// A lease heard on the bus (`None`: it ended). Returns the device it names, if any.
@@ -212,6 +225,7 @@ impl Identity {
         } else {
             self.taken.remove(network);
         }
+        self.serve_subnets();
     }
 
     pub fn forget(&mut self, mac: Mac, forgotten: bool) {

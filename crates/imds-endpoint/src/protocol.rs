@@ -72,6 +72,14 @@ impl Outcome {
         }
     }
 
+    /// The position of [`Outcome::as_str`] in [`Outcome::WORDS`].
+    pub fn index(self) -> usize {
+        Outcome::WORDS
+            .iter()
+            .position(|word| *word == self.as_str())
+            .unwrap_or(0)
+    }
+
     pub const WORDS: [&'static str; 9] = [
         "token",
         "credentials",
@@ -295,7 +303,10 @@ impl Imds {
             _ if rest.strip_prefix("/security-credentials/") == Some(name) => {
                 match self.sessions.serve(now, device.mac, &role.class) {
                     Served::Own(credentials) | Served::Reserve(credentials) => Reply::json(
-                        to_json(&CredentialsDocument::success(credentials)),
+                        credentials
+                            .rendered
+                            .get_or_init(|| to_json(&CredentialsDocument::success(credentials)))
+                            .to_owned(),
                         Outcome::Credentials,
                     ),
                     Served::Unavailable => Reply::json(

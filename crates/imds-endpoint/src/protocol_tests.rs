@@ -44,6 +44,7 @@ fn imds() -> Imds {
             session_token: "session-token".to_owned(),
             expiration: NOW + fetch.duration.as_millis() as u64,
             issued: NOW,
+            rendered: Default::default(),
         };
         let own = matches!(fetch.subject, Subject::Device(_));
         sessions.fetched(NOW, &fetch.subject, own.then_some(credentials));

@@ -36,7 +36,28 @@ pub struct Credentials {
     pub expiration: u64,
     /// When STS issued them, milliseconds since the Unix epoch.
     pub issued: u64,
+    /// The credentials document, rendered once when first handed out.
+    #[serde(skip)]
+    pub rendered: Rendered,
 }
+
+/// A cache of a value derived from the rest of its struct: never part of its equality.
+#[derive(Debug, Clone, Default)]
+pub struct Rendered(std::sync::OnceLock<String>);
+
+impl Rendered {
+    pub fn get_or_init(&self, render: impl FnOnce() -> String) -> &str {
+        self.0.get_or_init(render)
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Rendered) -> bool {
+        true
+    }
+}
+
+impl Eq for Rendered {}
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {

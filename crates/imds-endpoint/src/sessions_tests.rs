@@ -60,6 +60,7 @@ impl Sts {
             session_token: "token".to_owned(),
             expiration: now + fetch.duration.as_millis() as u64,
             issued: now,
+            rendered: Default::default(),
         })
     }
 

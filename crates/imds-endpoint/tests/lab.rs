@@ -371,7 +371,8 @@ fn each_class_gets_its_role_others_get_nothing_and_tokens_keep_to_their_rules() 
 /// The camera's credentials document as the endpoint hands it out now, with the seconds of
 /// validity it has left by this machine's clock (`None` for a non-`Success` answer).
 fn credentials_left(client: &Netns, role: &str) -> Option<(String, f64)> {
-    let header = format!("X-aws-ec2-metadata-token: {}", token(client));
+    // Right after a restart the endpoint may not know the device's lease yet: no token then.
+    let header = format!("X-aws-ec2-metadata-token: {}", try_token(client).ok()?);
     let path = format!("/latest/meta-data/iam/security-credentials/{role}");
     let (status, body) = curl(client, "GET", &path, &[&header]);
     if status != 200 {

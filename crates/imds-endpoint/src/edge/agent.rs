@@ -280,6 +280,7 @@ impl Agent {
                         session_token: session.session_token,
                         expiration: millis_of(session.expiration),
                         issued: fieldnet::bus::unix_millis(),
+                        rendered: Default::default(),
                     }),
                     Err(error) => {
                         tracing::warn!(subject = ?fetch.subject, role = fetch.role_arn, %error, "STS AssumeRole failed");

@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsFd as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd as _, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use axum::body::Body;
 use axum::extract::Extension;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 use super::kernel::Neighbours;
 use super::metrics::Metrics;
@@ -91,13 +92,30 @@ impl Drop for ConnectionSlot<'_> {
 }
 
 /// One connection's facts, handed to the handler.
-#[derive(Clone)]
 struct Connection {
     client: Ipv4Addr,
     neighbour: Option<Mac>,
-    control: Arc<socket2::Socket>,
-    default_ttl: u32,
-    lowered: Arc<AtomicBool>,
+    /// The connection's socket, owned by the hyper connection that runs every handler call.
+    fd: RawFd,
+    /// The socket's own TTL while a reply's hop limit is on it; 0 otherwise.
+    lowered_from: AtomicU32,
+}
+
+impl Connection {
+    /// Sets the socket's IP TTL.
+    fn set_ttl(&self, ttl: u32) -> std::io::Result<()> {
+        // SAFETY: `fd` is the socket of the TcpStream the hyper connection owns; handlers run
+        // only inside that connection's future, so the descriptor is open and is that socket
+        // for as long as this borrow lasts.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        socket2::SockRef::from(&socket).set_ttl_v4(ttl)
+    }
+
+    fn ttl(&self) -> std::io::Result<u32> {
+        // SAFETY: as in `set_ttl`.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        socket2::SockRef::from(&socket).ttl_v4()
+    }
 }
 
 /// Takes connections on `listener` until shutdown.
@@ -132,23 +150,19 @@ pub async fn serve(
                 shared.metrics.connections_refused.inc();
                 return;
             };
-            let Ok(control) = stream
-                .as_fd()
-                .try_clone_to_owned()
-                .map(socket2::Socket::from)
-            else {
-                return;
-            };
             let _ = stream.set_nodelay(true);
-            let connection = Connection {
+            let connection = Arc::new(Connection {
                 client,
                 neighbour: shared.neighbours.get(client),
-                default_ttl: control.ttl_v4().unwrap_or(64),
-                control: Arc::new(control),
-                lowered: Arc::new(AtomicBool::new(false)),
-            };
-            let app = router.layer(Extension(connection));
-            let service = hyper_util::service::TowerToHyperService::new(app);
+                fd: stream.as_raw_fd(),
+                lowered_from: AtomicU32::new(0),
+            });
+            // The connection's facts ride on each request into the one router.
+            let service =
+                hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(Arc::clone(&connection));
+                    router.clone().oneshot(request)
+                });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -165,7 +179,7 @@ pub async fn serve(
 
 async fn answer(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
-    Extension(connection): Extension<Connection>,
+    Extension(connection): Extension<Arc<Connection>>,
     request: Request<Body>,
 ) -> Response<Body> {
     let headers = request.headers();
@@ -190,11 +204,7 @@ async fn answer(
         &wanted,
         random_token_bytes(),
     );
-    shared
-        .metrics
-        .requests
-        .with_label_values(&[reply.outcome.as_str()])
-        .inc();
+    shared.metrics.requests_by_outcome[reply.outcome.index()].inc();
     match reply.outcome {
         Outcome::Refused(refusal) => {
             shared
@@ -219,13 +229,18 @@ async fn answer(
     // The hop limit goes on this reply; the connection's next reply leaves as usual.
     match reply.hop_limit {
         Some(hops) => {
-            if connection.control.set_ttl_v4(u32::from(hops)).is_ok() {
-                connection.lowered.store(true, Ordering::Relaxed);
+            let own = match connection.lowered_from.load(Ordering::Relaxed) {
+                0 => connection.ttl().unwrap_or(64),
+                own => own,
+            };
+            if connection.set_ttl(u32::from(hops)).is_ok() {
+                connection.lowered_from.store(own, Ordering::Relaxed);
             }
         }
         None => {
-            if connection.lowered.swap(false, Ordering::Relaxed) {
-                let _ = connection.control.set_ttl_v4(connection.default_ttl);
+            let own = connection.lowered_from.swap(0, Ordering::Relaxed);
+            if own != 0 {
+                let _ = connection.set_ttl(own);
             }
         }
     }

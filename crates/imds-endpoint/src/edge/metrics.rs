@@ -1,12 +1,15 @@
 //! imds-endpoint's metrics, `fieldnet_imds_endpoint_*`.
 
 use fieldnet::obs;
+
+use crate::protocol::Outcome;
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    /// Requests by outcome (`token`, `credentials`, `unavailable`, `metadata`, `not_found`, …).
-    pub requests: IntCounterVec,
+    /// Requests by outcome (`token`, `credentials`, `unavailable`, `metadata`, `not_found`, …),
+    /// indexed by `Outcome::index`: resolved once, so a request costs one atomic add.
+    pub requests_by_outcome: Vec<IntCounter>,
     /// Refused askers by reason (`not_served`, `no_lease`, `no_neighbour`, `mac_mismatch`,
     /// `forgotten`).
     pub refused: IntCounterVec,
@@ -22,12 +25,16 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &Registry) -> anyhow::Result<Metrics> {
         let metrics = obs::Metrics(registry);
+        let requests = metrics.counters(
+            "fieldnet_imds_endpoint_requests_total",
+            "Metadata requests answered, by outcome.",
+            &["outcome"],
+        )?;
         Ok(Metrics {
-            requests: metrics.counters(
-                "fieldnet_imds_endpoint_requests_total",
-                "Metadata requests answered, by outcome.",
-                &["outcome"],
-            )?,
+            requests_by_outcome: Outcome::WORDS
+                .iter()
+                .map(|word| requests.with_label_values(&[word]))
+                .collect(),
             refused: metrics.counters(
                 "fieldnet_imds_endpoint_refused_total",
                 "Askers refused as no device served here, by reason.",

@@ -257,14 +257,22 @@ pub fn python() -> String {
 }
 
 pub fn token(client: &Netns) -> String {
+    try_token(client).unwrap_or_else(|(status, body)| panic!("no token: {status} {body}"))
+}
+
+/// A token, or the status and body of the refusal.
+pub fn try_token(client: &Netns) -> Result<String, (u16, String)> {
     let (status, body) = curl(
         client,
         "PUT",
         "/latest/api/token",
         &["X-aws-ec2-metadata-token-ttl-seconds: 60"],
     );
-    assert_eq!(status, 200, "{body}");
-    body
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err((status, body))
+    }
 }
 
 /// One metric's value from imds-endpoint's default metrics listener, in the appliance.
