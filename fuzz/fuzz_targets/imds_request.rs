@@ -112,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
                 forwarded_for: false,
                 body_len: 0,
             },
-            [3; 32],
+            || [3; 32],
         )
         .body;
     let (mut token, mut ttl, mut forwarded_for, mut body_len) = (None, None, false, 0u64);
@@ -139,7 +139,7 @@ fuzz_target!(|data: &[u8]| {
         forwarded_for,
         body_len,
     };
-    let reply = imds.handle(NOW + 1, DEVICE, Some(neighbour), &request, [5; 32]);
+    let reply = imds.handle(NOW + 1, DEVICE, Some(neighbour), &request, || [5; 32]);
     if spoofer {
         assert_eq!(reply.status, 403);
     }

@@ -168,14 +168,15 @@ impl Imds {
     }
 
     /// Answers `request` from `client` at `now` (milliseconds since the Unix epoch), the
-    /// neighbour table showing `neighbour` for it; `random` makes a new token.
+    /// neighbour table showing `neighbour` for it; `random` gives a new token's bytes (called
+    /// only for a token).
     pub fn handle(
         &mut self,
         now: u64,
         client: Ipv4Addr,
         neighbour: Option<Mac>,
         request: &Request<'_>,
-        random: [u8; 32],
+        random: impl FnOnce() -> [u8; 32],
     ) -> Reply {
         let device = match self.identity.who(now, client, neighbour) {
             Ok(device) => device,
@@ -215,7 +216,7 @@ impl Imds {
         now: u64,
         client: Ipv4Addr,
         request: &Request<'_>,
-        random: [u8; 32],
+        random: impl FnOnce() -> [u8; 32],
     ) -> Reply {
         if request.forwarded_for {
             return Reply::text(400, "Bad Request\n", Outcome::BadRequest);
@@ -228,7 +229,7 @@ impl Imds {
         let Some(ttl) = ttl else {
             return Reply::text(400, "Bad Request\n", Outcome::BadRequest);
         };
-        let token = self.tokens.issue(now, client, ttl, random);
+        let token = self.tokens.issue(now, client, ttl, random());
         Reply {
             token_ttl: Some(ttl),
             hop_limit: Some(self.hop_limit),

@@ -79,7 +79,7 @@ fn mac_of(address: Ipv4Addr) -> Mac {
 }
 
 fn ask(imds: &mut Imds, at: u64, from: Ipv4Addr, request: &Request<'_>) -> Reply {
-    imds.handle(at, from, Some(mac_of(from)), request, [at as u8; 32])
+    imds.handle(at, from, Some(mac_of(from)), request, || [at as u8; 32])
 }
 
 fn token(imds: &mut Imds, from: Ipv4Addr, ttl: &str) -> String {
@@ -227,13 +227,15 @@ fn each_class_gets_its_own_role_and_a_class_without_one_gets_404() {
 fn a_spoofed_or_unknown_asker_gets_nothing_not_even_a_token() {
     let mut imds = imds();
     let spoofer = Mac([2, 0, 0, 0, 0, 0x66]);
-    let reply = imds.handle(NOW, CAMERA, Some(spoofer), &put_token("60"), [1; 32]);
+    let reply = imds.handle(NOW, CAMERA, Some(spoofer), &put_token("60"), || [1; 32]);
     assert_eq!(
         (reply.status, reply.outcome),
         (403, Outcome::Refused(Refusal::MacMismatch))
     );
     let uplink_side = Ipv4Addr::new(192, 168, 8, 1);
-    let reply = imds.handle(NOW, uplink_side, Some(spoofer), &put_token("60"), [1; 32]);
+    let reply = imds.handle(NOW, uplink_side, Some(spoofer), &put_token("60"), || {
+        [1; 32]
+    });
     assert_eq!(reply.outcome, Outcome::Refused(Refusal::NotServed));
     imds.identity.forget(CAMERA_MAC, true);
     let reply = ask(&mut imds, NOW, CAMERA, &put_token("60"));

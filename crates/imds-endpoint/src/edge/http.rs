@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Extension;
-use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use axum::http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header,
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -33,13 +35,18 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// The most bytes of request head hyper buffers.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
+const TOKEN: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token");
+const TOKEN_TTL: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// What every connection shares.
 #[derive(Debug)]
 pub struct Shared {
     pub imds: Mutex<Imds>,
     pub neighbours: Neighbours,
     pub metrics: Metrics,
-    connections: Mutex<HashMap<Ipv4Addr, usize>>,
+    /// Open connections per client, and in all.
+    connections: Mutex<(HashMap<Ipv4Addr, usize>, usize)>,
 }
 
 impl Shared {
@@ -48,7 +55,7 @@ impl Shared {
             imds: Mutex::new(imds),
             neighbours,
             metrics,
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::new((HashMap::new(), 0)),
         }
     }
 
@@ -60,13 +67,14 @@ impl Shared {
 
     /// Counts a connection from `client` in, if the limits allow.
     fn admit(&self, client: Ipv4Addr) -> Option<ConnectionSlot<'_>> {
-        let mut connections = self.connections.lock().expect("connections lock");
-        let total: usize = connections.values().sum();
-        let mine = connections.entry(client).or_default();
-        if total >= MAX_CONNECTIONS || *mine >= MAX_CONNECTIONS_PER_CLIENT {
+        let mut guard = self.connections.lock().expect("connections lock");
+        let (per_client, total) = &mut *guard;
+        let mine = per_client.entry(client).or_default();
+        if *total >= MAX_CONNECTIONS || *mine >= MAX_CONNECTIONS_PER_CLIENT {
             return None;
         }
         *mine += 1;
+        *total += 1;
         Some(ConnectionSlot {
             shared: self,
             client,
@@ -81,11 +89,13 @@ struct ConnectionSlot<'a> {
 
 impl Drop for ConnectionSlot<'_> {
     fn drop(&mut self) {
-        let mut connections = self.shared.connections.lock().expect("connections lock");
-        if let Some(count) = connections.get_mut(&self.client) {
+        let mut guard = self.shared.connections.lock().expect("connections lock");
+        let (per_client, total) = &mut *guard;
+        *total -= 1;
+        if let Some(count) = per_client.get_mut(&self.client) {
             *count -= 1;
             if *count == 0 {
-                connections.remove(&self.client);
+                per_client.remove(&self.client);
             }
         }
     }
@@ -118,39 +128,43 @@ impl Connection {
     }
 }
 
-/// Takes connections on `listener` until shutdown.
+/// Takes connections on `listener` until shutdown. Connections still open then end with the
+/// runtime, which the agent leaves right after: a device's SDK simply asks again.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = accept(listener, shared) => {}
+    }
+}
+
+async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let router = axum::Router::new()
         .fallback(answer)
         .with_state(Arc::clone(&shared));
     loop {
-        let (stream, from) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let IpAddr::V4(client) = from.ip() else {
             continue;
         };
         let shared = Arc::clone(&shared);
         let router = router.clone();
-        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let Some(_slot) = shared.admit(client) else {
                 shared.metrics.connections_refused.inc();
                 return;
             };
-            let _ = stream.set_nodelay(true);
+            // No TCP_NODELAY: every answer leaves in one write, after the request it answers.
             let connection = Arc::new(Connection {
                 client,
                 neighbour: shared.neighbours.get(client),
@@ -169,10 +183,7 @@ pub async fn serve(
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES);
             let serving = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                _ = tokio::time::timeout(CONNECTION_LIFETIME, serving) => {}
-            }
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, serving).await;
         });
     }
 }
@@ -187,13 +198,9 @@ async fn answer(
     let wanted = protocol::Request {
         method: method_word(request.method()),
         path: request.uri().path(),
-        token: headers
-            .get("x-aws-ec2-metadata-token")
-            .map(HeaderValue::as_bytes),
-        ttl: headers
-            .get("x-aws-ec2-metadata-token-ttl-seconds")
-            .map(HeaderValue::as_bytes),
-        forwarded_for: headers.contains_key("x-forwarded-for"),
+        token: headers.get(&TOKEN).map(HeaderValue::as_bytes),
+        ttl: headers.get(&TOKEN_TTL).map(HeaderValue::as_bytes),
+        forwarded_for: headers.contains_key(&FORWARDED_FOR),
         body_len,
     };
     let now = fieldnet::bus::unix_millis();
@@ -202,7 +209,7 @@ async fn answer(
         connection.client,
         connection.neighbour,
         &wanted,
-        random_token_bytes(),
+        random_token_bytes,
     );
     shared.metrics.requests_by_outcome[reply.outcome.index()].inc();
     match reply.outcome {
@@ -259,10 +266,9 @@ async fn answer(
         .headers_mut()
         .insert(header::SERVER, HeaderValue::from_static("EC2ws"));
     if let Some(ttl) = reply.token_ttl {
-        response.headers_mut().insert(
-            "x-aws-ec2-metadata-token-ttl-seconds",
-            HeaderValue::from(ttl),
-        );
+        response
+            .headers_mut()
+            .insert(TOKEN_TTL.clone(), HeaderValue::from(ttl));
     }
     response
 }
