@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use fieldnet::cli::CommonArgs;
 
+/// Every connection allocates its task, buffers, request and reply: mimalloc serves those
+/// small, short-lived allocations faster than glibc's malloc (docs/benchmarks.md, imds).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The EC2 instance metadata endpoint of the area's devices: credentials of their class's role,
 /// no keys on any device.
 #[derive(Debug, Parser)]

@@ -182,9 +182,61 @@ async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES);
-            let serving = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let serving = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(CloseOnDrop(stream)), service);
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, serving).await;
         });
+    }
+}
+
+/// A connection's stream whose shutdown is its close: the FIN leaves with `close` when the
+/// stream is dropped, after everything written, instead of with a `shutdown` call of its own
+/// (one system call fewer for every connection that ends after one answer).
+struct CloseOnDrop(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for CloseOnDrop {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(context, buffer)
+    }
+}
+
+impl tokio::io::AsyncWrite for CloseOnDrop {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(context, buffer)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffers: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
