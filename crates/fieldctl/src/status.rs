@@ -445,7 +445,10 @@ pub fn imds_lines(state: &ImdsState, now: u64) -> Vec<String> {
         ),
         (StsHealth::Failing, None) => "AWS NOT ANSWERING".to_owned(),
     };
-    let devices = state.devices;
+    let devices = match state.devices {
+        1 => "1 device".to_owned(),
+        n => format!("{n} devices"),
+    };
     let verdict = if runway == 0 {
         "NONE LEFT: devices get no credentials until the internet is back".to_owned()
     } else if runway < 3600 {
@@ -453,7 +456,7 @@ pub fn imds_lines(state: &ImdsState, now: u64) -> Vec<String> {
     } else {
         format!("fine for {} without internet", plain_duration(runway))
     };
-    let mut lines = vec![format!("credentials {verdict} ({devices} devices, {sts})")];
+    let mut lines = vec![format!("credentials {verdict} ({devices}, {sts})")];
     if state.classes.len() > 1 {
         for class in &state.classes {
             lines.push(format!(

@@ -35,6 +35,8 @@ use crate::sessions::{Credentials, Fetch, Sessions, Subject};
 const TICK: Duration = Duration::from_secs(1);
 pub const FETCHES_IN_FLIGHT: usize = 4;
 pub const STS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the appliance's own credentials are looked for while there are none.
+const STS_RETRY: Duration = Duration::from_secs(30);
 
 /// A fetch's answer: the subject and the session, if STS gave one.
 type Fetched = (Subject, Option<Credentials>);
@@ -86,6 +88,7 @@ pub async fn run(context: AgentContext) -> anyhow::Result<()> {
         bus: bus.clone(),
         handle,
         client: None,
+        last_connect: None,
         in_flight: 0,
         dirty: false,
         sts: StsHealth::Unknown,
@@ -146,6 +149,8 @@ struct Agent {
     bus: BusClient,
     handle: rtnetlink::Handle,
     client: Option<Client>,
+    /// When the credential chain was last asked.
+    last_connect: Option<std::time::Instant>,
     in_flight: usize,
     /// Sessions changed since the cache was last written.
     dirty: bool,
@@ -246,13 +251,25 @@ impl Agent {
         if self.in_flight >= FETCHES_IN_FLIGHT {
             return;
         }
+        let now = fieldnet::bus::unix_millis();
         if self.client.is_none() {
+            // Only when a fetch is due, and at most every STS_RETRY: a chain without
+            // credentials is not asked again and again.
+            let due = self
+                .shared
+                .imds()
+                .sessions
+                .next_due()
+                .is_some_and(|at| at <= now);
+            if !due || self.last_connect.is_some_and(|at| at.elapsed() < STS_RETRY) {
+                return;
+            }
+            self.last_connect = Some(std::time::Instant::now());
             self.client = self.connect_sts().await;
         }
         let Some(client) = self.client.clone() else {
             return;
         };
-        let now = fieldnet::bus::unix_millis();
         let due: Vec<Fetch> = {
             let mut imds = self.shared.imds();
             let mut due = imds.sessions.due(now);

@@ -45,6 +45,8 @@ pub struct Shared {
     pub imds: Mutex<Imds>,
     pub neighbours: Neighbours,
     pub metrics: Metrics,
+    /// Refused askers, said at most every few seconds (a flood must not fill the journal).
+    refusals: fieldnet::obs::Refusals,
     /// Open connections per client, and in all.
     connections: Mutex<(HashMap<Ipv4Addr, usize>, usize)>,
 }
@@ -55,6 +57,7 @@ impl Shared {
             imds: Mutex::new(imds),
             neighbours,
             metrics,
+            refusals: fieldnet::obs::Refusals::new("imds-endpoint", Duration::from_secs(10)),
             connections: Mutex::new((HashMap::new(), 0)),
         }
     }
@@ -162,6 +165,9 @@ async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let Some(_slot) = shared.admit(client) else {
                 shared.metrics.connections_refused.inc();
+                shared
+                    .refusals
+                    .refused("connection_limit", &client.to_string());
                 return;
             };
             // No TCP_NODELAY: every answer leaves in one write, after the request it answers.
@@ -271,12 +277,12 @@ async fn answer(
                 .refused
                 .with_label_values(&[refusal.as_str()])
                 .inc();
-            tracing::warn!(
-                client = %connection.client,
-                mac = ?connection.neighbour,
-                reason = refusal.as_str(),
-                "request refused"
-            );
+            let mac = connection
+                .neighbour
+                .map_or_else(|| "no MAC".to_owned(), |mac| mac.to_string());
+            shared
+                .refusals
+                .refused(refusal.as_str(), &format!("{} ({mac})", connection.client));
         }
         Outcome::Unavailable => {
             tracing::warn!(client = %connection.client, "credentials asked for, none with enough validity left")
