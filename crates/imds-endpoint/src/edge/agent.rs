@@ -75,6 +75,9 @@ pub async fn run(context: AgentContext) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("listening on {address}"))?;
+    if let Err(error) = http::defer_accept(&listener) {
+        tracing::warn!(%error, "TCP_DEFER_ACCEPT refused; connections are taken at once");
+    }
     let shared = Arc::new(Shared::new(imds, neighbours, metrics.clone()));
     tokio::spawn(http::serve(listener, Arc::clone(&shared), shutdown.clone()));
     tracing::info!(%address, roles = settings.roles.len(), "serving instance metadata");
