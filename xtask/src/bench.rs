@@ -111,8 +111,10 @@ pub fn run_bench(name: &str) -> anyhow::Result<String> {
                 ],
             )?;
             let anchors = "\nThe original site served this file from nginx on 169.254.169.254: stale credentials, one role for every asker, \
-                no IMDSv2. Anchor (issue 17): SDKs fetch credentials about every 45 minutes per process, so a site of a few hundred \
-                devices asks a few times a second; the figures are about headroom and the cost per answer.\n";
+                no IMDSv2. nginx runs here as that site ran it, at its defaults; imds-endpoint's listener has TCP_DEFER_ACCEPT (a connection \
+                reaches it with its request), which nginx would get with `listen … deferred`. Anchor (issue 17): SDKs fetch credentials \
+                about every 45 minutes per process, so a site of a few hundred devices asks a few times a second; the figures are about \
+                headroom and the cost per answer.\n";
             Ok(table + anchors)
         }
         other => {
