@@ -73,7 +73,7 @@ fn endpoint() -> Imds {
     identity.lease(DEVICE, Some(&lease));
     let mut sessions = Sessions::from_config(&config.agents.imds_endpoint, "one");
     sessions.device(MAC, Some("cameras"), "camera");
-    for fetch in sessions.due(NOW) {
+    for fetch in sessions.due(NOW, usize::MAX) {
         let credentials = Credentials {
             access_key_id: "ASIAFUZZ".to_owned(),
             secret_access_key: SECRET.to_owned(),

@@ -253,18 +253,11 @@ impl Identity {
         self.forgotten.contains(&mac)
     }
 
-    /// The networks served now: own and taken over.
-    pub fn served(&self) -> impl Iterator<Item = &str> {
-        self.own.union(&self.taken).map(String::as_str)
-    }
-
     /// Whether `address` is on a network served here.
     pub fn is_served(&self, address: Ipv4Addr) -> bool {
-        self.served().any(|name| {
-            self.subnets
-                .get(name)
-                .is_some_and(|net| net.contains(&address))
-        })
+        self.served_subnets
+            .iter()
+            .any(|subnet| subnet.contains(&address))
     }
 
     /// Who `address` is at `now`, given the MAC the neighbour table shows for it.

@@ -334,10 +334,14 @@ impl Sessions {
         self.devices.len()
     }
 
-    /// The fetches due at `now`, each marked in flight until [`Sessions::fetched`].
-    pub fn due(&mut self, now: u64) -> Vec<Fetch> {
+    /// At most `limit` of the fetches due at `now` (reserves first), each marked in flight
+    /// until [`Sessions::fetched`]; the others stay due for the next call.
+    pub fn due(&mut self, now: u64, limit: usize) -> Vec<Fetch> {
         let mut fetches = Vec::new();
         for (class, slot) in &mut self.reserves {
+            if fetches.len() >= limit {
+                break;
+            }
             let role = &self.roles[class];
             let stale = slot.credentials.as_ref().is_none_or(|credentials| {
                 now.saturating_sub(credentials.issued) >= role.renew_every()
@@ -355,6 +359,9 @@ impl Sessions {
         }
         let renew_below = millis(self.policy.min_validity) + self.policy.margin();
         for (mac, slot) in &mut self.devices {
+            if fetches.len() >= limit {
+                break;
+            }
             let stale = slot
                 .credentials
                 .as_ref()
@@ -429,6 +436,14 @@ impl Sessions {
             (Some(own), _) if own.left(now) >= refuse_below => Served::Own(own),
             _ => Served::Unavailable,
         }
+    }
+
+    /// When the reserve of `class` ends, if it has one.
+    pub fn reserve_expiration(&self, class: &str) -> Option<u64> {
+        self.reserves
+            .get(class)
+            .and_then(|slot| slot.credentials.as_ref())
+            .map(|credentials| credentials.expiration)
     }
 
     /// Per class with a role: how long its devices stay served if STS never answers again.

@@ -66,7 +66,7 @@ impl Sts {
 
     /// Runs every due fetch at `now`.
     fn serve_all(&mut self, sessions: &mut Sessions, now: u64) -> Vec<Fetch> {
-        let fetches = sessions.due(now);
+        let fetches = sessions.due(now, usize::MAX);
         for fetch in &fetches {
             let answer = self.answer(now, fetch);
             sessions.fetched(now, &fetch.subject, answer);
@@ -90,7 +90,7 @@ fn a_device_gets_its_own_session_at_once_named_for_it() {
     sessions.device(mac(1), Some("cameras"), "camera-1");
     sessions.device(mac(2), Some("printers"), "printer-1");
     sessions.device(mac(3), None, "unknown");
-    let fetches = sessions.due(T0);
+    let fetches = sessions.due(T0, usize::MAX);
     let device = fetches
         .iter()
         .find(|fetch| fetch.subject == Subject::Device(mac(1)))
@@ -105,7 +105,7 @@ fn a_device_gets_its_own_session_at_once_named_for_it() {
     assert_eq!(reserve.duration, Duration::from_secs(12 * 3600));
     assert_eq!(fetches.len(), 2, "no class role, no session: {fetches:?}");
     // In flight: not asked twice.
-    assert!(sessions.due(T0 + 1).is_empty());
+    assert!(sessions.due(T0 + 1, usize::MAX).is_empty());
 }
 
 #[test]
@@ -135,16 +135,16 @@ fn a_failed_fetch_backs_off_and_is_tried_again() {
     let mut sessions = sessions();
     sessions.device(mac(1), Some("cameras"), "camera-1");
     let subject = Subject::Device(mac(1));
-    for fetch in sessions.due(T0) {
+    for fetch in sessions.due(T0, usize::MAX) {
         sessions.fetched(T0, &fetch.subject, None);
     }
-    assert!(sessions.due(T0 + 4_999).is_empty());
-    let again = sessions.due(T0 + 5_000);
+    assert!(sessions.due(T0 + 4_999, usize::MAX).is_empty());
+    let again = sessions.due(T0 + 5_000, usize::MAX);
     assert!(again.iter().any(|fetch| fetch.subject == subject));
     for fetch in &again {
         sessions.fetched(T0 + 5_000, &fetch.subject, None);
     }
-    assert!(sessions.due(T0 + 14_999).is_empty(), "doubled");
+    assert!(sessions.due(T0 + 14_999, usize::MAX).is_empty(), "doubled");
     assert_eq!(sessions.next_due(), Some(T0 + 15_000));
 }
 
@@ -266,7 +266,7 @@ fn a_forgotten_device_loses_its_session_even_if_a_fetch_comes_back_late() {
     let mut sessions = sessions();
     let mut sts = Sts::new();
     sessions.device(mac(1), Some("cameras"), "camera-1");
-    let fetches = sessions.due(T0);
+    let fetches = sessions.due(T0, usize::MAX);
     assert!(sessions.remove(mac(1)));
     for fetch in &fetches {
         let answer = sts.answer(T0, fetch);
@@ -274,4 +274,23 @@ fn a_forgotten_device_loses_its_session_even_if_a_fetch_comes_back_late() {
     }
     assert!(sessions.snapshot().devices.is_empty());
     assert_eq!(sessions.device_count(), 0);
+}
+
+#[test]
+fn at_most_limit_fetches_go_out_and_the_rest_stay_due_without_a_backoff() {
+    let mut sessions = sessions();
+    for id in 1..=5 {
+        sessions.device(mac(id), Some("cameras"), &format!("camera-{id}"));
+    }
+    let first = sessions.due(T0, 4);
+    assert_eq!(first.len(), 4);
+    assert_eq!(
+        first[0].subject,
+        Subject::Reserve("cameras".to_owned()),
+        "reserves first"
+    );
+    // The sixth (a device) was not asked, and is not held back by a backoff.
+    let rest = sessions.due(T0, 4);
+    assert_eq!(rest.len(), 2);
+    assert!(sessions.due(T0, 4).is_empty(), "all in flight");
 }

@@ -30,7 +30,7 @@ use super::store;
 use crate::cache::CacheFile;
 use crate::identity::{Identity, Mac};
 use crate::protocol::Imds;
-use crate::sessions::{Credentials, Fetch, Sessions, Subject};
+use crate::sessions::{Credentials, Sessions, Subject};
 
 const TICK: Duration = Duration::from_secs(1);
 pub const FETCHES_IN_FLIGHT: usize = 4;
@@ -273,15 +273,11 @@ impl Agent {
         let Some(client) = self.client.clone() else {
             return;
         };
-        let due: Vec<Fetch> = {
-            let mut imds = self.shared.imds();
-            let mut due = imds.sessions.due(now);
-            // Over the limit: handed back as failed, tried after a backoff.
-            for late in due.split_off(due.len().min(FETCHES_IN_FLIGHT - self.in_flight)) {
-                imds.sessions.fetched(now, &late.subject, None);
-            }
-            due
-        };
+        let due = self
+            .shared
+            .imds()
+            .sessions
+            .due(now, FETCHES_IN_FLIGHT - self.in_flight);
         for fetch in due {
             self.in_flight += 1;
             let client = client.clone();
@@ -341,7 +337,6 @@ impl Agent {
                 .devices
                 .set(imds.sessions.device_count() as i64);
             let runways = imds.sessions.runways(now);
-            let snapshot = imds.sessions.snapshot();
             for (class, runway) in &runways {
                 self.metrics
                     .runway_seconds
@@ -366,11 +361,7 @@ impl Agent {
                         runway_s: runways
                             .get(&role.class)
                             .map_or(0, |runway| runway.as_secs() / 60 * 60),
-                        reserve_expires: snapshot
-                            .reserves
-                            .iter()
-                            .find(|reserve| reserve.class == role.class)
-                            .map(|reserve| reserve.credentials.expiration),
+                        reserve_expires: imds.sessions.reserve_expiration(&role.class),
                     })
                     .collect(),
                 devices: imds.sessions.device_count(),
