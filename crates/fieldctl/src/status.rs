@@ -53,7 +53,7 @@ fn expected_agents(machine: &Machine) -> Vec<&'static str> {
             "imds-endpoint",
             agents.imds_endpoint.common.enabled && !hub && !agents.imds_endpoint.roles.is_empty(),
         ),
-        ("inventory", agents.inventory.enabled && !hub),
+        ("inventory", agents.inventory.common.enabled && !hub),
     ]
     .into_iter()
     .filter(|(name, wanted)| *wanted && SHIPPED.contains(name))

@@ -91,6 +91,26 @@ pub const DEFAULT_IMDS_TOKENS_PER_CLIENT: usize = 16;
 pub const DEFAULT_IMDS_REQUESTS_PER_SECOND: u32 = 200;
 /// AWS's shortest session; shorter ones are accepted only with a test endpoint.
 pub const AWS_MIN_SESSION: Duration = Duration::from_secs(900);
+/// `[inventory]` defaults: service discovery beside the metrics, a sweep a minute at most 2,000
+/// frames a second, four tries before a silent host counts as a miss, exporters probed every
+/// minute, a device gone after five silent minutes and forgotten after a day.
+pub const DEFAULT_INVENTORY_SD_PORT: u16 = 9716;
+pub const DEFAULT_INVENTORY_STATE: &str = "/var/lib/fieldnet/inventory/devices.json";
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_SWEEP_RATE: u32 = 2000;
+pub const DEFAULT_SWEEP_ATTEMPTS: u32 = 4;
+pub const DEFAULT_REPLY_WAIT: Duration = Duration::from_millis(200);
+pub const DEFAULT_EXPORTER_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_GONE_AFTER: Duration = Duration::from_secs(300);
+pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(86_400);
+/// node_exporter's port: the one exporter job every device list has unless the file says
+/// otherwise.
+pub const DEFAULT_EXPORTER: (&str, u16) = ("node", 9100);
+/// Vendor tables looked for when `oui_file` is not set: arp-scan's, then nmap's.
+pub const OUI_FILES: [&str; 2] = [
+    "/usr/share/arp-scan/ieee-oui.txt",
+    "/usr/share/nmap/nmap-mac-prefixes",
+];
 /// Host addresses at the start of a subnet left out of the default pool, for appliances,
 /// routers and printers configured by hand.
 pub const DEFAULT_POOL_SKIP: u32 = 9;
@@ -345,7 +365,7 @@ pub struct Agents {
     pub whereami: WhereamiConfig,
     pub dhcp_takeover: DhcpTakeoverConfig,
     pub imds_endpoint: ImdsEndpointConfig,
-    pub inventory: AgentCommon,
+    pub inventory: InventoryConfig,
 }
 
 /// `[uplink_monitor]`. Times are in milliseconds in the file, `Duration` here.
@@ -514,6 +534,42 @@ impl DhcpTakeoverConfig {
             .max_by_key(|(prefix, _)| prefix.len())
             .map(|(_, class)| class.name.as_str())
     }
+}
+
+/// `[inventory]`: how devices are found and when one counts as gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryConfig {
+    pub common: AgentCommon,
+    /// Where Prometheus HTTP service discovery (`/sd/<job>`) and the device list are served.
+    pub sd_listen: SocketAddr,
+    /// The device list kept across restarts (written by atomic rename).
+    pub state: PathBuf,
+    pub sweep_interval: Duration,
+    /// Frames a second, all sweeps and probes together.
+    pub sweep_rate: u32,
+    /// Requests to a silent host in one sweep before it counts as a miss.
+    pub sweep_attempts: u32,
+    /// How long a sweep round waits for late replies before trying the silent hosts again.
+    pub reply_wait: Duration,
+    /// How often every present device's exporter ports are tried.
+    pub probe_interval: Duration,
+    /// Silence (no lease renewal, no neighbour confirmation, no answer) after which a device
+    /// is gone.
+    pub gone_after: Duration,
+    /// How long a gone device stays listed (as gone) before it is forgotten.
+    pub forget_after: Duration,
+    /// The vendor table (`XXXXXX<tab>vendor` lines); `None`: the first of [`OUI_FILES`] there.
+    pub oui_file: Option<PathBuf>,
+    /// Ranges behind a router, swept by ICMP (their devices' MACs are not seen here).
+    pub routed: Vec<Ipv4Net>,
+    pub exporters: Vec<Exporter>,
+}
+
+/// `[[inventory.exporters]]`, validated: a job of HTTP service discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exporter {
+    pub job: String,
+    pub port: u16,
 }
 
 /// `[imds_endpoint]`: the EC2 metadata endpoint the area's devices get credentials from.

@@ -1147,3 +1147,57 @@ fn metrics_listeners_clash_by_name() {
         "{shown}"
     );
 }
+
+#[test]
+fn inventory_defaults_and_each_key_checked_where_written() {
+    let parsed = site(MINIMAL);
+    let inventory = &view(&parsed, "one").agents.inventory;
+    assert_eq!(inventory.sd_listen.port(), DEFAULT_INVENTORY_SD_PORT);
+    assert_eq!(inventory.gone_after, DEFAULT_GONE_AFTER);
+    assert_eq!(
+        inventory.exporters,
+        vec![Exporter {
+            job: "node".into(),
+            port: 9100
+        }]
+    );
+    assert_eq!(inventory.oui_file, None);
+
+    let good = format!(
+        "{MINIMAL}\n[inventory]\nsweep_rate = 5000\ngone_after_s = 20\nforget_after_s = 600\nrouted = [\"10.60.0.7/24\"]\nexporters = [{{ job = \"node\", port = 9100 }}, {{ job = \"snmp\", port = 9116 }}]\n"
+    );
+    let parsed = site(&good);
+    let inventory = &view(&parsed, "one").agents.inventory;
+    assert_eq!(inventory.sweep_rate, 5000);
+    assert_eq!(inventory.routed, vec!["10.60.0.0/24".parse().unwrap()]);
+    assert_eq!(inventory.exporters[1].job, "snmp");
+
+    let bad = good
+        .replace("gone_after_s = 20", "gone_after_s = 120")
+        .replace("forget_after_s = 600", "forget_after_s = 60")
+        .replace("10.60.0.7/24", "10.0.0.0/8\", \"10.70.0.0/33")
+        .replace("job = \"snmp\"", "job = \"node\"")
+        .replace("port = 9116", "port = 70000");
+    let message = error_of(&bad).to_string();
+    for expected in [
+        "inventory.forget_after_s: 60 s must be longer than gone_after_s (120 s)",
+        "inventory.routed[0]: 10.0.0.0/8 is wider than a /16",
+        "inventory.routed[1]: '10.70.0.0/33' is not an IPv4 range",
+        "inventory.exporters[1].job: job 'node' is listed twice",
+        "inventory.exporters[1].port: 70000 is out of range",
+    ] {
+        assert!(message.contains(expected), "{expected} not in:\n{message}");
+    }
+    let typo = format!("{MINIMAL}\n[inventory]\nsweep_rates = 5\n");
+    assert!(
+        error_of(&typo)
+            .to_string()
+            .contains("inventory.sweep_rates: unknown field"),
+    );
+    let clash = format!("{MINIMAL}\n[inventory]\nsd_listen = \"127.0.0.1:9701\"\n");
+    assert!(
+        error_of(&clash)
+            .to_string()
+            .contains("inventory.sd_listen: 127.0.0.1:9701 is already used by [uplink_monitor]"),
+    );
+}

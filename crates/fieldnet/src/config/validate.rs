@@ -13,6 +13,7 @@ use toml::de::DeTable;
 mod dhcp;
 mod dns;
 mod imds;
+mod inventory;
 mod peers;
 mod site;
 mod uplinks;
@@ -335,16 +336,14 @@ impl Checker {
             .as_ref()
             .map_or(&[][..], |dhcp| dhcp.classes.as_slice());
         let imds_endpoint = self.imds_endpoint(&sections.imds_endpoint, classes);
-        let mut agent = |section: &str, wire: &WireAgent, port: u16| {
-            self.common(section, wire.enabled, wire.metrics_listen.as_deref(), port)
-        };
+        let inventory = self.inventory(&sections.inventory);
         let agents = Agents {
             uplink_monitor: uplink_monitor?,
             cross_site_failover: cross_site?,
             whereami: whereami?,
             dhcp_takeover: dhcp_takeover?,
             imds_endpoint: imds_endpoint?,
-            inventory: agent("inventory", &sections.inventory, METRICS_PORT_INVENTORY)?,
+            inventory: inventory?,
         };
         // Two agents on one port would fail at start-up, far from the file; say it here.
         let mut by_listen: BTreeMap<SocketAddr, &str> = BTreeMap::new();
@@ -357,7 +356,7 @@ impl Checker {
             ("whereami", &agents.whereami.common),
             ("dhcp_takeover", &agents.dhcp_takeover.common),
             ("imds_endpoint", &agents.imds_endpoint.common),
-            ("inventory", &agents.inventory),
+            ("inventory", &agents.inventory.common),
         ] {
             if let Some(other) = by_listen.insert(common.metrics_listen, section) {
                 self.problem(
@@ -365,6 +364,15 @@ impl Checker {
                     format!("{} is already used by [{other}]", common.metrics_listen),
                 );
             }
+        }
+        if let Some(other) = by_listen.insert(agents.inventory.sd_listen, "inventory") {
+            self.problem(
+                KeyPath::root().key("inventory").key("sd_listen"),
+                format!(
+                    "{} is already used by [{other}]",
+                    agents.inventory.sd_listen
+                ),
+            );
         }
         Some(agents)
     }

@@ -45,7 +45,7 @@ pub struct WireSiteFile {
     pub imds_endpoint: WireImdsEndpoint,
     #[allow(dead_code)]
     #[serde(default)]
-    pub inventory: WireAgent,
+    pub inventory: WireInventory,
 }
 
 /// The agent sections a machine may override, key by key (only their types are read here: the
@@ -138,7 +138,7 @@ pub struct WireAppliance {
     #[allow(dead_code)]
     pub imds_endpoint: Option<WireImdsEndpoint>,
     #[allow(dead_code)]
-    pub inventory: Option<WireAgent>,
+    pub inventory: Option<WireInventory>,
 }
 
 /// `[[appliances.uplinks]]`: a router on one of the appliance's own ports.
@@ -221,7 +221,7 @@ pub struct WireHubMachine {
     #[allow(dead_code)]
     pub imds_endpoint: Option<WireImdsEndpoint>,
     #[allow(dead_code)]
-    pub inventory: Option<WireAgent>,
+    pub inventory: Option<WireInventory>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,14 +232,6 @@ pub struct WireBus {
     pub queue_depth: Option<i64>,
     pub metrics_listen: Option<String>,
     pub trust_any_publisher: Option<bool>,
-}
-
-/// The part every agent section shares; agent issues add their own keys here.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WireAgent {
-    pub enabled: Option<bool>,
-    pub metrics_listen: Option<String>,
 }
 
 /// `[uplink_monitor]`: the common agent keys plus probing and steering.
@@ -363,6 +355,35 @@ pub struct WireImdsRole {
     pub role_arn: String,
     pub imdsv1: Option<bool>,
     pub reserve_duration_s: Option<i64>,
+}
+
+/// `[inventory]`: the common agent keys plus discovery (sweeps, probes, when a device is gone)
+/// and its outputs (HTTP service discovery, the state file).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireInventory {
+    pub enabled: Option<bool>,
+    pub metrics_listen: Option<String>,
+    pub sd_listen: Option<String>,
+    pub state: Option<String>,
+    pub sweep_interval_s: Option<i64>,
+    pub sweep_rate: Option<i64>,
+    pub sweep_attempts: Option<i64>,
+    pub reply_wait_ms: Option<i64>,
+    pub probe_interval_s: Option<i64>,
+    pub gone_after_s: Option<i64>,
+    pub forget_after_s: Option<i64>,
+    pub oui_file: Option<String>,
+    pub routed: Option<Vec<String>>,
+    pub exporters: Option<Vec<WireExporter>>,
+}
+
+/// `[[inventory.exporters]]`: a Prometheus job whose targets are the devices answering on `port`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireExporter {
+    pub job: String,
+    pub port: i64,
 }
 
 /// `[cross_site_failover]`: the common agent keys plus heartbeats and path failback. Hub mode

@@ -34,7 +34,7 @@ pub(super) struct Sections {
     pub whereami: WireWhereami,
     pub dhcp_takeover: WireDhcpTakeover,
     pub imds_endpoint: WireImdsEndpoint,
-    pub inventory: WireAgent,
+    pub inventory: WireInventory,
 }
 
 /// An appliance or hub entry whose id and name are valid.
