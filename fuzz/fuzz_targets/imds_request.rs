@@ -63,6 +63,7 @@ fn endpoint() -> Imds {
     let config = config();
     let mut identity = Identity::from_config(config);
     let lease = Lease {
+        client_id: None,
         address: DEVICE,
         mac: MAC.to_string(),
         hostname: Some("camera".to_owned()),

@@ -74,6 +74,7 @@ mod tests {
     #[test]
     fn leases_read_as_a_table() {
         let lease = |address: &str, network: &str| Lease {
+            client_id: None,
             address: address.parse().unwrap(),
             mac: "02:00:00:00:00:07".into(),
             hostname: Some("till-1".into()),

@@ -1,6 +1,6 @@
 //! Names and hardware addresses as the site writes them: DNS labels (a device's host name
 //! becomes one in whereami; the config checks its own), and hex bytes such as MAC addresses
-//! and DHCP client identifiers. Pure.
+//! ([`Mac`]) and DHCP client identifiers. Pure.
 
 /// Whether `label` is already a DNS label by RFC 1123: 1 to 63 letters, digits and hyphens,
 /// no hyphen at either end.
@@ -44,6 +44,54 @@ pub fn parse_hex_bytes(text: &str) -> Option<Vec<u8>> {
                 .flatten()
         })
         .collect()
+}
+
+/// A hardware address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// `aa-bb-cc-dd-ee-ff`: the device's SourceIdentity, written as STS allows.
+    pub fn dashed(&self) -> String {
+        self.to_string().replace(':', "-")
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, f] = self.0;
+        write!(formatter, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+    }
+}
+
+impl std::fmt::Debug for Mac {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, formatter)
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Mac, String> {
+        parse_hex_bytes(text)
+            .and_then(|bytes| <[u8; 6]>::try_from(bytes).ok())
+            .map(Mac)
+            .ok_or_else(|| format!("'{text}' is not a MAC address such as 02:00:5e:10:00:01"))
+    }
+}
+
+impl serde::Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Mac, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[cfg(test)]

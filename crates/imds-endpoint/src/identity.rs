@@ -8,61 +8,13 @@
 //! the operator has not forgotten it. Anything else is a [`Refusal`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
 use std::net::Ipv4Addr;
 
 use fieldnet::bus::topics::Lease;
 use fieldnet::config::{Config, DhcpTakeoverConfig};
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 
-/// A hardware address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// `aa-bb-cc-dd-ee-ff`: the device's SourceIdentity, written as STS allows.
-    pub fn dashed(&self) -> String {
-        self.to_string().replace(':', "-")
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, f] = self.0;
-        write!(formatter, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
-    }
-}
-
-impl fmt::Debug for Mac {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, formatter)
-    }
-}
-
-impl std::str::FromStr for Mac {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Mac, String> {
-        fieldnet::names::parse_hex_bytes(text)
-            .and_then(|bytes| <[u8; 6]>::try_from(bytes).ok())
-            .map(Mac)
-            .ok_or_else(|| format!("'{text}' is not a MAC address such as 02:00:5e:10:00:01"))
-    }
-}
-
-impl Serialize for Mac {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Mac {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Mac, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use fieldnet::names::Mac;
 
 /// A device recognised.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +254,7 @@ mod tests {
 
     fn lease(mac: &str, network: &str, expires: u64) -> Lease {
         Lease {
+            client_id: None,
             address: Ipv4Addr::UNSPECIFIED,
             mac: mac.to_owned(),
             hostname: None,

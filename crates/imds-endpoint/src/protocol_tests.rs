@@ -24,6 +24,7 @@ fn imds() -> Imds {
         (PRINTER, PRINTER_MAC, "printer-1"),
     ] {
         let lease = Lease {
+            client_id: None,
             address,
             mac: mac.to_string(),
             hostname: Some(name.to_owned()),

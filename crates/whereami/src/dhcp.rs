@@ -141,6 +141,7 @@ mod tests {
 
     fn lease(hostname: Option<&str>, expires: u64) -> Lease {
         Lease {
+            client_id: None,
             address: "10.101.0.57".parse().unwrap(),
             mac: "02:00:00:00:00:57".into(),
             hostname: hostname.map(str::to_owned),

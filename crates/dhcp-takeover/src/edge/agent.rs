@@ -536,6 +536,7 @@ impl Agent {
                 network: lease.network.clone(),
                 expires: lease.expires,
                 class: lease.class.clone(),
+                client_id: Some(lease.client.to_string()),
             };
             if self.bus.publish(&topic, &body, true).is_ok() {
                 self.published.insert(lease.address);

@@ -455,6 +455,10 @@ pub struct Lease {
     /// The device class (by MAC prefix), if the device is in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
+    /// The client's identifier (option 61, else its hardware type and address), hex bytes
+    /// `01:aa:bb:…`: a device's identity when its MAC changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 /// Retained, one per network this appliance serves for a dead peer:
