@@ -8,6 +8,8 @@ mod ci;
 mod demo;
 mod host;
 mod labcmd;
+#[cfg(test)]
+mod monitoring;
 mod peers;
 #[cfg(test)]
 mod shape;

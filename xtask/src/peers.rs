@@ -37,6 +37,15 @@ const DEBIAN_PEERS: &[(&str, &str)] = &[
     // The lab's VPN: userspace WireGuard (this kernel has no WireGuard module) and `wg`.
     ("wg", "wireguard-tools"),
     ("wireguard-go", "wireguard-go"),
+    // The monitoring shipped in deploy/: rules, rule tests and configs checked by promtool,
+    // Alertmanager's routing by amtool; a real Prometheus and node_exporter in inventory's lab
+    // test; the sweep bench's alternatives; the Ansible inventory read by ansible-inventory.
+    ("promtool", "prometheus"),
+    ("amtool", "prometheus-alertmanager"),
+    ("prometheus-node-exporter", "prometheus-node-exporter"),
+    ("arp-scan", "arp-scan"),
+    ("nmap", "nmap"),
+    ("ansible-inventory", "ansible-core"),
 ];
 
 /// Python packages the tests drive, by the program that shows each is installed.
@@ -51,6 +60,8 @@ const PYTHON_MODULES: &[(&str, &str)] = &[
     ("boto3", "boto3"),
     // The AWS CLI v1, a device's client of imds-endpoint, run as `python3 -m awscli`.
     ("awscli", "awscli"),
+    // The checks of deploy/'s YAML (rule coverage, dashboards) read it with PyYAML.
+    ("yaml", "pyyaml"),
 ];
 
 /// Installs every peer that is missing (nothing when all are there).
