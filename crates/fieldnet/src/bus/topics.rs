@@ -234,6 +234,7 @@ pub const OWNERS: &[(&str, &str)] = &[
     ("dns/", "whereami"),
     ("imds/", "imds-endpoint"),
     ("inventory/", "inventory"),
+    ("dev/", "inventory"),
 ];
 
 /// The program that alone may publish `topic`, if any.
@@ -582,6 +583,99 @@ pub struct DeviceForgotten {
     pub since: u64,
 }
 
+vocabulary! {
+    /// How inventory learned of a device.
+    pub enum DeviceSource {
+        /// A DHCP lease (ACKed, from dhcp-takeover on the bus).
+        Lease = "lease",
+        /// The kernel's neighbour table confirmed it reachable.
+        Neighbour = "neighbour",
+        /// It answered an ARP request of a sweep.
+        Arp = "arp",
+        /// It answered an ICMP echo of a sweep (routed ranges).
+        Icmp = "icmp",
+        /// One of its exporter ports took a TCP connection.
+        Exporter = "exporter",
+        /// A WireGuard peer of the hub with a recent handshake.
+        Wireguard = "wireguard",
+    }
+}
+
+vocabulary! {
+    /// Whether a device is there.
+    pub enum DeviceState {
+        Present = "present",
+        /// Silent for longer than `gone_after_s`; listed until `forget_after_s`.
+        Gone = "gone",
+    }
+}
+
+vocabulary! {
+    /// What happened to a device.
+    pub enum DeviceEvent {
+        /// Seen for the first time (or again after it was forgotten).
+        Joined = "joined",
+        /// Seen on another network than before.
+        Moved = "moved",
+        /// Silent for longer than `gone_after_s`.
+        Gone = "gone",
+        /// Seen again after it was gone.
+        Returned = "returned",
+    }
+}
+
+/// Retained, one per device inventory knows: `dev/<id>` (published on a change, and at most
+/// once a minute as it keeps being seen). A retained `null` when the device is forgotten.
+pub const TOPIC_DEVICES: &str = "dev/";
+
+/// `dev/<id>`; `id` is the device's MAC (`aa:bb:cc:dd:ee:ff`), `wg-<key>` for a WireGuard peer
+/// or `ip-<address>` for a device behind a router.
+pub fn device_topic(id: &str) -> String {
+    format!("{TOPIC_DEVICES}{id}")
+}
+
+/// Body of `dev/<id>`: everything inventory knows of one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<crate::names::Mac>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    pub address: std::net::Ipv4Addr,
+    /// The network's name (a routed range's `a.b.c.d/n`, `vpn` for a WireGuard peer).
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub area: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// From the MAC's vendor prefix, when the vendor table knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// What the device called itself (DHCP option 12), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Its host name, else its reservation's, else its id.
+    pub name: String,
+    pub state: DeviceState,
+    /// In that state since, in milliseconds since the Unix epoch.
+    pub since: u64,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// When each source last saw it.
+    pub sources: Vec<SourceSeen>,
+    /// Exporter ports that took a connection at the last probe.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// One source's last sighting of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSeen {
+    pub source: DeviceSource,
+    pub at: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,6 +743,9 @@ mod tests {
             ("TunnelVerdict", TunnelVerdict::WORDS),
             ("RouteOwner", RouteOwner::WORDS),
             ("StsHealth", StsHealth::WORDS),
+            ("DeviceSource", DeviceSource::WORDS),
+            ("DeviceState", DeviceState::WORDS),
+            ("DeviceEvent", DeviceEvent::WORDS),
             ("PathKind", &["cable", "wifi", "vpn"]),
         ];
         let missing: Vec<String> = vocabularies

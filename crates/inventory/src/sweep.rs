@@ -1,0 +1,307 @@
+//! One sweep of a range: which host to ask next and when, at a bounded rate, each silent host
+//! asked again `wait` after its last request until it has had `attempts`; then it is a miss.
+//! Hosts are asked in a pipeline, not in rounds: the retries of early hosts go out while
+//! later hosts get their first request, so a sweep takes about (requests ÷ rate) + one wait.
+//!
+//! A host whose MAC is known is asked first by unicast (no broadcast crosses the bridges for
+//! it); its retries are broadcast, in case the address now belongs to someone else.
+//!
+//! Pure: `now` is the time since the sweep started; the edge sends and reports answers.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use fieldnet::names::Mac;
+
+/// What to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Ask `address`; by unicast to `to` when given, else broadcast.
+    Send { address: Ipv4Addr, to: Option<Mac> },
+    /// Nothing may go before then.
+    WaitUntil(Duration),
+    /// Every host answered or had all its attempts and its last wait.
+    Done,
+}
+
+#[derive(Debug, Clone)]
+struct Host {
+    hint: Option<Mac>,
+    tries: u32,
+    answer: Option<Mac>,
+}
+
+/// A sweep in progress.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    hosts: HashMap<Ipv4Addr, Host>,
+    /// Hosts due for a request, in due order (a host is pushed back `wait` after it is asked,
+    /// and time only grows, so the queue stays sorted).
+    due: VecDeque<(Duration, Ipv4Addr)>,
+    /// When the last request's wait ends: the sweep is over then.
+    last_deadline: Duration,
+    attempts: u32,
+    wait: Duration,
+    rate: u32,
+    sent: u64,
+}
+
+impl Sweep {
+    /// A sweep of `hosts` (with the MAC each had last, if any), `rate` requests a second.
+    pub fn new(
+        hosts: impl IntoIterator<Item = (Ipv4Addr, Option<Mac>)>,
+        attempts: u32,
+        wait: Duration,
+        rate: u32,
+    ) -> Sweep {
+        let mut table = HashMap::new();
+        let mut known = Vec::new();
+        let mut unknown = Vec::new();
+        for (address, hint) in hosts {
+            if table
+                .insert(
+                    address,
+                    Host {
+                        hint,
+                        tries: 0,
+                        answer: None,
+                    },
+                )
+                .is_none()
+            {
+                if hint.is_some() {
+                    known.push(address);
+                } else {
+                    unknown.push(address);
+                }
+            }
+        }
+        // Known devices first: they answer, and their answers refresh the list soonest.
+        let due = known
+            .into_iter()
+            .chain(unknown)
+            .map(|address| (Duration::ZERO, address))
+            .collect();
+        Sweep {
+            hosts: table,
+            due,
+            last_deadline: Duration::ZERO,
+            attempts: attempts.max(1),
+            wait,
+            rate: rate.max(1),
+            sent: 0,
+        }
+    }
+
+    /// The next request, or how long to wait, or the end.
+    pub fn next(&mut self, now: Duration) -> Next {
+        while let Some(&(at, address)) = self.due.front() {
+            let host = &self.hosts[&address];
+            if host.answer.is_some() {
+                self.due.pop_front();
+                continue;
+            }
+            if at > now {
+                return Next::WaitUntil(at);
+            }
+            // The rate: request n may go at n / rate seconds.
+            let allowed_at = Duration::from_secs_f64(self.sent as f64 / f64::from(self.rate));
+            if allowed_at > now {
+                return Next::WaitUntil(allowed_at);
+            }
+            self.due.pop_front();
+            let host = self
+                .hosts
+                .get_mut(&address)
+                .expect("queued hosts are known");
+            let to = if host.tries == 0 { host.hint } else { None };
+            host.tries += 1;
+            self.sent += 1;
+            let deadline = now + self.wait;
+            if host.tries < self.attempts {
+                self.due.push_back((deadline, address));
+            }
+            self.last_deadline = self.last_deadline.max(deadline);
+            return Next::Send { address, to };
+        }
+        if self.finished_waiting(now) {
+            Next::Done
+        } else {
+            Next::WaitUntil(self.last_deadline)
+        }
+    }
+
+    fn finished_waiting(&self, now: Duration) -> bool {
+        now >= self.last_deadline || self.hosts.values().all(|host| host.answer.is_some())
+    }
+
+    /// `address` answered from `mac` (answers from hosts not swept are ignored; the first
+    /// answer counts).
+    pub fn answered(&mut self, address: Ipv4Addr, mac: Mac) -> bool {
+        match self.hosts.get_mut(&address) {
+            Some(host) if host.answer.is_none() => {
+                host.answer = Some(mac);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Requests sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// The hosts that answered, with their MACs, by address.
+    pub fn found(&self) -> Vec<(Ipv4Addr, Mac)> {
+        let mut found: Vec<(Ipv4Addr, Mac)> = self
+            .hosts
+            .iter()
+            .filter_map(|(address, host)| host.answer.map(|mac| (*address, mac)))
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// The hosts that were asked `attempts` times and never answered, by address.
+    pub fn missed(&self) -> Vec<Ipv4Addr> {
+        let mut missed: Vec<Ipv4Addr> = self
+            .hosts
+            .iter()
+            .filter(|(_, host)| host.answer.is_none() && host.tries >= self.attempts)
+            .map(|(address, _)| *address)
+            .collect();
+        missed.sort();
+        missed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_millis(200);
+
+    fn host(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, last)
+    }
+
+    /// Runs a sweep in simulated time; `answers(address, try)` says whether that request is
+    /// answered (at once). Returns the time it ended and every request sent.
+    fn run(
+        sweep: &mut Sweep,
+        mut answers: impl FnMut(Ipv4Addr, u32) -> bool,
+    ) -> (Duration, Vec<(Duration, Ipv4Addr, Option<Mac>)>) {
+        let mut now = Duration::ZERO;
+        let mut sent = Vec::new();
+        let mut tries: HashMap<Ipv4Addr, u32> = HashMap::new();
+        loop {
+            match sweep.next(now) {
+                Next::Send { address, to } => {
+                    sent.push((now, address, to));
+                    let try_number = tries.entry(address).or_default();
+                    *try_number += 1;
+                    if answers(address, *try_number) {
+                        sweep.answered(address, Mac([2, 0, 0, 0, 0, address.octets()[3]]));
+                    }
+                }
+                Next::WaitUntil(at) => {
+                    assert!(at > now, "a wait must move time on");
+                    now = at;
+                }
+                Next::Done => return (now, sent),
+            }
+        }
+    }
+
+    #[test]
+    fn silent_hosts_get_every_attempt_then_count_as_missed() {
+        let mut sweep = Sweep::new((1..=4).map(|n| (host(n), None)), 3, WAIT, 1000);
+        let (end, sent) = run(&mut sweep, |address, _| address == host(2));
+        // Host 2 once, the three others three times each.
+        assert_eq!(sent.len(), 1 + 3 * 3);
+        assert_eq!(sweep.found().len(), 1);
+        assert_eq!(sweep.missed(), [host(1), host(3), host(4)]);
+        // Each retry comes `wait` after the previous request to that host.
+        let to_one: Vec<Duration> = sent
+            .iter()
+            .filter(|(_, address, _)| *address == host(1))
+            .map(|(at, _, _)| *at)
+            .collect();
+        assert_eq!(to_one[1] - to_one[0], WAIT);
+        assert_eq!(to_one[2] - to_one[1], WAIT);
+        // Over one wait after the last request.
+        assert_eq!(end, sent.last().unwrap().0 + WAIT);
+    }
+
+    #[test]
+    fn a_host_answering_a_retry_is_found_and_not_asked_again() {
+        let mut sweep = Sweep::new([(host(1), None)], 4, WAIT, 1000);
+        let (_, sent) = run(&mut sweep, |_, try_number| try_number == 3);
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sweep.found(), [(host(1), Mac([2, 0, 0, 0, 0, 1]))]);
+        assert!(sweep.missed().is_empty());
+    }
+
+    #[test]
+    fn the_rate_bounds_requests_per_second() {
+        let mut sweep = Sweep::new((1..=200).map(|n| (host(n), None)), 1, WAIT, 100);
+        let (_, sent) = run(&mut sweep, |_, _| false);
+        assert_eq!(sent.len(), 200);
+        // Request n goes no earlier than n / 100 s.
+        for (index, (at, _, _)) in sent.iter().enumerate() {
+            assert!(
+                *at >= Duration::from_millis(index as u64 * 10),
+                "{index} at {at:?}"
+            );
+        }
+        assert!(sent.last().unwrap().0 < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_pipeline_not_rounds_a_slash_22_at_2000_a_second_ends_in_under_two_seconds() {
+        let hosts: Vec<Ipv4Addr> = Ipv4Addr::new(10, 0, 0, 0)
+            .to_bits()
+            .checked_add(1)
+            .into_iter()
+            .flat_map(|first| (first..first + 1022).map(Ipv4Addr::from_bits))
+            .collect();
+        let mut sweep = Sweep::new(hosts.iter().map(|h| (*h, None)), 4, WAIT, 2000);
+        // 300 answer their first request.
+        let answering: std::collections::HashSet<Ipv4Addr> =
+            hosts.iter().step_by(3).take(300).copied().collect();
+        let (end, sent) = run(&mut sweep, |address, _| answering.contains(&address));
+        let found = sweep.found().len();
+        assert_eq!(sent.len() as u64, found as u64 + 4 * (1022 - found as u64));
+        assert!(
+            end < Duration::from_secs(2),
+            "{end:?} for {} requests",
+            sent.len()
+        );
+    }
+
+    #[test]
+    fn known_hosts_go_first_by_unicast_and_retry_by_broadcast() {
+        let known = Mac([0, 0x80, 0xf0, 0, 0, 9]);
+        let mut sweep = Sweep::new([(host(1), None), (host(9), Some(known))], 2, WAIT, 1000);
+        let (_, sent) = run(&mut sweep, |_, _| false);
+        assert_eq!(sent[0].1, host(9));
+        assert_eq!(sent[0].2, Some(known));
+        let retry = sent
+            .iter()
+            .rfind(|(_, address, _)| *address == host(9))
+            .unwrap();
+        assert_eq!(retry.2, None);
+    }
+
+    #[test]
+    fn answers_from_elsewhere_and_second_answers_change_nothing() {
+        let mut sweep = Sweep::new([(host(1), None)], 2, WAIT, 1000);
+        assert!(!sweep.answered(host(77), Mac([2; 6])));
+        assert!(sweep.answered(host(1), Mac([2; 6])));
+        assert!(!sweep.answered(host(1), Mac([4; 6])));
+        assert_eq!(sweep.found(), [(host(1), Mac([2; 6]))]);
+        assert_eq!(sweep.next(Duration::ZERO), Next::Done);
+    }
+}
