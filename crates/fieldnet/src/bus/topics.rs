@@ -731,7 +731,7 @@ mod tests {
     #[test]
     fn docs_bus_md_lists_every_value() {
         let docs = include_str!("../../../../docs/bus.md");
-        let vocabularies: [(&str, &[&str]); 12] = [
+        let vocabularies: [(&str, &[&str]); 15] = [
             ("UplinkReason", UplinkReason::WORDS),
             ("UplinkHealth", UplinkHealth::WORDS),
             ("PeerVerdict", PeerVerdict::WORDS),
