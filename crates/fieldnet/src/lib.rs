@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod names;
 pub mod net;
 pub mod obs;

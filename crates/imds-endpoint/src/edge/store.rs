@@ -3,11 +3,8 @@
 //!
 //! Invariant: the file is never seen half written, and never readable by anyone but its owner.
 
-use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
-use anyhow::Context as _;
 
 use crate::cache::CacheFile;
 
@@ -31,27 +28,13 @@ pub fn load(path: &Path) -> Option<CacheFile> {
 }
 
 pub fn save(path: &Path, file: &CacheFile) -> anyhow::Result<()> {
-    let directory = path
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(directory)
-        .with_context(|| format!("creating {}", directory.display()))?;
-    let mut temporary = tempfile::Builder::new()
-        .prefix(".credentials-")
-        .permissions(std::fs::Permissions::from_mode(0o600))
-        .tempfile_in(directory)
-        .with_context(|| format!("creating a temporary file in {}", directory.display()))?;
-    temporary.write_all(&file.encode())?;
-    temporary.as_file().sync_all()?;
-    temporary
-        .persist(path)
-        .with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    fieldnet::files::replace(path, &file.encode(), 0o600)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]
