@@ -18,6 +18,7 @@ pub const AGENTS: &[&str] = &[
     "whereami",
     "dhcp-takeover",
     "imds-endpoint",
+    "inventory",
 ];
 
 /// What a pure module does not name: the async runtime, sockets, netlink, HTTP, files, libc
