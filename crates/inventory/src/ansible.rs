@@ -84,24 +84,6 @@ fn vars(device: &Device) -> Value {
     })
 }
 
-/// `--list` (no host) or `--host NAME`, read from the agent's state file; no file yet is an
-/// empty inventory (the agent has not saved one).
-pub fn from_state(state: &std::path::Path, host_name: Option<&str>) -> anyhow::Result<Value> {
-    use anyhow::Context as _;
-    let devices: Vec<Device> = match std::fs::read(state) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not inventory's device list", state.display()))?,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(error) => {
-            return Err(error).with_context(|| format!("reading {}", state.display()));
-        }
-    };
-    Ok(match host_name {
-        Some(name) => host(devices.iter(), name),
-        None => list(devices.iter()),
-    })
-}
-
 /// `kind_name`, lower case, anything but letters and digits turned into `_`.
 fn group(kind: &str, name: &str) -> String {
     let name: String = name

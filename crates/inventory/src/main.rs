@@ -56,7 +56,7 @@ fn main() -> ExitCode {
                 eprintln!("inventory ansible: say --list or --host NAME");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            match inventory::ansible::from_state(&state, host.as_deref()) {
+            match inventory::edge::store::ansible(&state, host.as_deref()) {
                 Ok(json) => {
                     println!("{json}");
                     ExitCode::SUCCESS

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-
 use crate::cache::CacheFile;
 
 /// The cache at `path`; `None` when there is none, or it does not read (said in the log).

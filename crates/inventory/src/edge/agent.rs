@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -28,6 +28,7 @@ use super::http::{self, Shared, Snapshot};
 use super::metrics::Metrics;
 use super::neighbours::{self, Neighbour};
 use super::probe;
+use super::store;
 use super::sweeper::{self, Method, Outcome, Pace, Request};
 use crate::devices::{Devices, Sighting, Update};
 use crate::oui::Vendors;
@@ -58,7 +59,7 @@ pub async fn run(context: AgentContext) -> anyhow::Result<()> {
     let metrics = Metrics::register(&registry)?;
     let vendors = load_vendors(&settings);
     let mut devices = Devices::from_config(&config, vendors);
-    if let Some(saved) = load_state(&settings.state) {
+    if let Some(saved) = store::load(&settings.state) {
         tracing::info!(state = %settings.state.display(), devices = saved.len(), "device list taken back");
         devices.restore(saved);
     }
@@ -174,25 +175,6 @@ fn load_vendors(settings: &InventoryConfig) -> Vendors {
         }
     }
     Vendors::default()
-}
-
-/// The device list saved at the last exit, if it reads.
-fn load_state(path: &Path) -> Option<Vec<topics::Device>> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(error) => {
-            tracing::warn!(path = %path.display(), %error, "cannot read the device list; starting empty");
-            return None;
-        }
-    };
-    match serde_json::from_slice(&bytes) {
-        Ok(devices) => Some(devices),
-        Err(error) => {
-            tracing::warn!(path = %path.display(), %error, "the device list is unreadable; starting empty");
-            None
-        }
-    }
 }
 
 struct Agent {
@@ -568,7 +550,7 @@ impl Agent {
 
     /// The file_sd files, one per job, beside the state file.
     fn write_file_sd(&mut self) {
-        let directory = sd_directory(&self.settings.state);
+        let directory = store::sd_directory(&self.settings.state);
         let mut ok = true;
         for exporter in &self.settings.exporters {
             let groups = sd::target_groups(self.devices.list(), exporter.port);
@@ -590,9 +572,4 @@ impl Agent {
         }
         self.last_save = Instant::now();
     }
-}
-
-/// Where the file_sd files go: `sd/` beside the state file.
-pub fn sd_directory(state: &Path) -> PathBuf {
-    state.parent().unwrap_or(Path::new("/")).join("sd")
 }

@@ -7,4 +7,5 @@ pub mod http;
 pub mod metrics;
 pub mod neighbours;
 pub mod probe;
+pub mod store;
 pub mod sweeper;
