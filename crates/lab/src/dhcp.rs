@@ -35,6 +35,38 @@ pub fn udhcpc_hook(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> 
     Ok(path)
 }
 
+/// Gives `client`'s `eth0` the MAC `mac` and a lease (busybox udhcpc, with [`udhcpc_hook`]
+/// written in `dir`, so only the namespace's interface and route change); returns the leased
+/// address.
+pub fn udhcpc_lease(
+    dir: &std::path::Path,
+    client: &Netns,
+    mac: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<String> {
+    client.ip(&["link", "set", "eth0", "down"])?;
+    client.ip(&["link", "set", "eth0", "address", mac])?;
+    client.ip(&["link", "set", "eth0", "up"])?;
+    client.ip(&["addr", "flush", "dev", "eth0"])?;
+    let hook = udhcpc_hook(dir)?;
+    let hook = hook.to_string_lossy();
+    client
+        .exec_timeout(
+            "udhcpc",
+            &["-f", "-q", "-n", "-t", "10", "-i", "eth0", "-s", &hook],
+            timeout,
+        )
+        .with_context(|| format!("udhcpc with {mac}"))?;
+    let shown = client.ip_output(&["-4", "-o", "addr", "show", "dev", "eth0"])?;
+    shown
+        .split_whitespace()
+        .skip_while(|word| *word != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_owned)
+        .with_context(|| format!("no address after udhcpc: {shown}"))
+}
+
 /// One DHCPACK seen on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ack {

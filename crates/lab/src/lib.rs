@@ -37,7 +37,7 @@ pub use config::{
     HUB_NAMES, HubSettings, SiteFile, appliance_name, bus_socket, lease_store, sibling_binary,
 };
 pub use delay::{DelayLink, Direction, Impairment, LinkCounters};
-pub use dhcp::{Ack, AckCapture, AddressAudit, udhcpc_hook};
+pub use dhcp::{Ack, AckCapture, AddressAudit, udhcpc_hook, udhcpc_lease};
 pub use dig::{DigReply, dig_values};
 pub use error::LabError;
 pub use fault::Fault;

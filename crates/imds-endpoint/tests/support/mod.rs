@@ -183,41 +183,9 @@ pub fn start_imds(
     imds
 }
 
-/// Gives `client` the MAC `mac` and a lease from dhcp-takeover (udhcpc, with a hook that
-/// touches only the namespace's interface and route); returns the leased address.
+/// Gives `client` the MAC `mac` and a lease from dhcp-takeover; returns the leased address.
 pub fn lease(lab: &Lab, client: &Netns, mac: &str) -> String {
-    client.ip(&["link", "set", "eth0", "down"]).unwrap();
-    client.ip(&["link", "set", "eth0", "address", mac]).unwrap();
-    client.ip(&["link", "set", "eth0", "up"]).unwrap();
-    client.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
-    let hook = lab::udhcpc_hook(lab.dir()).unwrap();
-    client
-        .exec_timeout(
-            "udhcpc",
-            &[
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "10",
-                "-i",
-                "eth0",
-                "-s",
-                hook.to_str().unwrap(),
-            ],
-            PATIENCE,
-        )
-        .unwrap_or_else(|error| panic!("udhcpc with {mac}: {error:#}"));
-    let shown = client
-        .ip_output(&["-4", "-o", "addr", "show", "dev", "eth0"])
-        .unwrap();
-    shown
-        .split_whitespace()
-        .skip_while(|word| *word != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .unwrap_or_else(|| panic!("no address after udhcpc: {shown}"))
-        .to_owned()
+    lab::udhcpc_lease(lab.dir(), client, mac, PATIENCE).unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 /// `curl` to the metadata address from `client`: (status, body).

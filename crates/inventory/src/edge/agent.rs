@@ -366,7 +366,7 @@ impl Agent {
                             event,
                             DeviceEvent::Joined | DeviceEvent::Returned | DeviceEvent::Moved
                         ) {
-                            self.probe(vec![(device.id.clone(), device.address)], false);
+                            self.probe_new(device.id.clone(), device.address);
                         }
                     }
                     let _ = self
@@ -402,6 +402,18 @@ impl Agent {
         tokio::spawn(async move {
             let found = probe::probe(devices, ports).await;
             let _ = sender.send((periodic, found)).await;
+        });
+    }
+
+    /// Tries a device just seen until an exporter port answers (see `probe::new_device`).
+    fn probe_new(&mut self, id: String, address: Ipv4Addr) {
+        let ports: Vec<u16> = self.settings.exporters.iter().map(|e| e.port).collect();
+        let sender = self.ports_sender.clone();
+        let frames = self.metrics.frames_sent.with_label_values(&["tcp"]);
+        tokio::spawn(async move {
+            let (open, tried) = probe::new_device(address, &ports).await;
+            frames.inc_by(tried);
+            let _ = sender.send((false, vec![(id, open)])).await;
         });
     }
 

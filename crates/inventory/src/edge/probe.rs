@@ -10,6 +10,20 @@ use futures_util::StreamExt as _;
 
 pub const IN_FLIGHT: usize = 64;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A device just seen is tried at these times after: its lease is on the bus as soon as it is
+/// acknowledged, a few milliseconds before the device has put the address on its interface
+/// and started its exporter. Each try is given [`QUICK_TIMEOUT`] (on a LAN an exporter answers
+/// in milliseconds).
+pub const NEW_DEVICE_TRIES: [Duration; 7] = [
+    Duration::ZERO,
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+    Duration::from_millis(1500),
+    Duration::from_millis(2500),
+    Duration::from_millis(4000),
+];
+pub const QUICK_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// For each device (id, address), the ports of `ports` that took a connection.
 pub async fn probe(
@@ -41,11 +55,40 @@ pub async fn probe(
 
 /// Whether `target` takes a connection within [`CONNECT_TIMEOUT`].
 async fn connect((id, target): (String, SocketAddr)) -> (String, u16, bool) {
-    let open = matches!(
-        tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target)).await,
-        Ok(Ok(_))
-    );
+    let open = is_open(target, CONNECT_TIMEOUT).await;
     (id, target.port(), open)
+}
+
+async fn is_open(target: SocketAddr, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// A device just seen: its ports tried at [`NEW_DEVICE_TRIES`] until one takes a connection;
+/// the ports open then (none after the last try), and the connections tried.
+pub async fn new_device(address: Ipv4Addr, ports: &[u16]) -> (BTreeSet<u16>, u64) {
+    let started = tokio::time::Instant::now();
+    let mut tried = 0;
+    for at in NEW_DEVICE_TRIES {
+        tried += ports.len() as u64;
+        tokio::time::sleep_until(started + at).await;
+        let tries = ports.iter().map(|port| async move {
+            is_open(SocketAddr::from((address, *port)), QUICK_TIMEOUT)
+                .await
+                .then_some(*port)
+        });
+        let open: BTreeSet<u16> = futures_util::future::join_all(tries)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if !open.is_empty() {
+            return (open, tried);
+        }
+    }
+    (BTreeSet::new(), tried)
 }
 
 #[cfg(test)]
