@@ -114,11 +114,19 @@ pub fn interface_index(name: &str) -> io::Result<NonZeroU32> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}")))
 }
 
-/// The hardware address of the interface `name`.
+/// The hardware address of the interface `name`, asked of the kernel (getifaddrs, over
+/// netlink) so it is right in whatever network namespace the calling thread is in (`/sys` may
+/// show another's).
 pub fn interface_mac(name: &str) -> io::Result<[u8; 6]> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address"))?;
-    crate::names::parse_hex_bytes(text.trim())
-        .and_then(|bytes| <[u8; 6]>::try_from(bytes).ok())
+    let addresses = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    addresses
+        .filter(|entry| entry.interface_name == name)
+        .find_map(|entry| {
+            entry
+                .address
+                .and_then(|address| address.as_link_addr().and_then(|link| link.addr()))
+        })
+        .filter(|mac| *mac != [0; 6])
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
