@@ -3,8 +3,11 @@
 //! Hosts are asked in a pipeline, not in rounds: the retries of early hosts go out while
 //! later hosts get their first request, so a sweep takes about (requests ÷ rate) + one wait.
 //!
-//! A host whose MAC is known is asked first by unicast (no broadcast crosses the bridges for
-//! it); its retries are broadcast, in case the address now belongs to someone else.
+//! What the last sweep learned shapes this one ([`Prior`]): a host whose MAC is known is asked
+//! first by unicast (no broadcast crosses the bridges for it; its retries are broadcast, in
+//! case the address now belongs to someone else); an address that stayed silent last time gets
+//! [`SILENT_ATTEMPTS`] requests, not all of them (most of a network is empty, sweep after
+//! sweep); an address never swept gets every attempt.
 //!
 //! Pure: `now` is the time since the sweep started; the edge sends and reports answers.
 
@@ -13,6 +16,20 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use fieldnet::names::Mac;
+
+/// Requests an address that was silent at the last sweep gets.
+pub const SILENT_ATTEMPTS: u32 = 2;
+
+/// What is known of an address before a sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prior {
+    /// A device with this MAC answered there.
+    Known(Mac),
+    /// It did not answer the last sweep.
+    Silent,
+    /// Never swept.
+    Unknown,
+}
 
 /// What to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +45,8 @@ pub enum Next {
 #[derive(Debug, Clone)]
 struct Host {
     hint: Option<Mac>,
+    /// Requests it gets in all.
+    attempts: u32,
     tries: u32,
     answer: Option<Mac>,
 }
@@ -41,35 +60,37 @@ pub struct Sweep {
     due: VecDeque<(Duration, Ipv4Addr)>,
     /// When the last request's wait ends: the sweep is over then.
     last_deadline: Duration,
-    attempts: u32,
     wait: Duration,
     rate: u32,
     sent: u64,
 }
 
 impl Sweep {
-    /// A sweep of `hosts` (with the MAC each had last, if any), `rate` requests a second.
+    /// A sweep of `hosts` (with what is known of each), `rate` requests a second, each host
+    /// asked up to `attempts` times.
     pub fn new(
-        hosts: impl IntoIterator<Item = (Ipv4Addr, Option<Mac>)>,
+        hosts: impl IntoIterator<Item = (Ipv4Addr, Prior)>,
         attempts: u32,
         wait: Duration,
         rate: u32,
     ) -> Sweep {
+        let attempts = attempts.max(1);
         let mut table = HashMap::new();
         let mut known = Vec::new();
         let mut unknown = Vec::new();
-        for (address, hint) in hosts {
-            if table
-                .insert(
-                    address,
-                    Host {
-                        hint,
-                        tries: 0,
-                        answer: None,
-                    },
-                )
-                .is_none()
-            {
+        for (address, prior) in hosts {
+            let (hint, host_attempts) = match prior {
+                Prior::Known(mac) => (Some(mac), attempts),
+                Prior::Silent => (None, attempts.min(SILENT_ATTEMPTS)),
+                Prior::Unknown => (None, attempts),
+            };
+            let host = Host {
+                hint,
+                attempts: host_attempts,
+                tries: 0,
+                answer: None,
+            };
+            if table.insert(address, host).is_none() {
                 if hint.is_some() {
                     known.push(address);
                 } else {
@@ -87,7 +108,6 @@ impl Sweep {
             hosts: table,
             due,
             last_deadline: Duration::ZERO,
-            attempts: attempts.max(1),
             wait,
             rate: rate.max(1),
             sent: 0,
@@ -119,7 +139,7 @@ impl Sweep {
             host.tries += 1;
             self.sent += 1;
             let deadline = now + self.wait;
-            if host.tries < self.attempts {
+            if host.tries < host.attempts {
                 self.due.push_back((deadline, address));
             }
             self.last_deadline = self.last_deadline.max(deadline);
@@ -164,12 +184,12 @@ impl Sweep {
         found
     }
 
-    /// The hosts that were asked `attempts` times and never answered, by address.
+    /// The hosts that had all their requests and never answered, by address.
     pub fn missed(&self) -> Vec<Ipv4Addr> {
         let mut missed: Vec<Ipv4Addr> = self
             .hosts
             .iter()
-            .filter(|(_, host)| host.answer.is_none() && host.tries >= self.attempts)
+            .filter(|(_, host)| host.answer.is_none() && host.tries >= host.attempts)
             .map(|(address, _)| *address)
             .collect();
         missed.sort();
@@ -217,7 +237,7 @@ mod tests {
 
     #[test]
     fn silent_hosts_get_every_attempt_then_count_as_missed() {
-        let mut sweep = Sweep::new((1..=4).map(|n| (host(n), None)), 3, WAIT, 1000);
+        let mut sweep = Sweep::new((1..=4).map(|n| (host(n), Prior::Unknown)), 3, WAIT, 1000);
         let (end, sent) = run(&mut sweep, |address, _| address == host(2));
         // Host 2 once, the three others three times each.
         assert_eq!(sent.len(), 1 + 3 * 3);
@@ -237,7 +257,7 @@ mod tests {
 
     #[test]
     fn a_host_answering_a_retry_is_found_and_not_asked_again() {
-        let mut sweep = Sweep::new([(host(1), None)], 4, WAIT, 1000);
+        let mut sweep = Sweep::new([(host(1), Prior::Unknown)], 4, WAIT, 1000);
         let (_, sent) = run(&mut sweep, |_, try_number| try_number == 3);
         assert_eq!(sent.len(), 3);
         assert_eq!(sweep.found(), [(host(1), Mac([2, 0, 0, 0, 0, 1]))]);
@@ -246,7 +266,7 @@ mod tests {
 
     #[test]
     fn the_rate_bounds_requests_per_second() {
-        let mut sweep = Sweep::new((1..=200).map(|n| (host(n), None)), 1, WAIT, 100);
+        let mut sweep = Sweep::new((1..=200).map(|n| (host(n), Prior::Unknown)), 1, WAIT, 100);
         let (_, sent) = run(&mut sweep, |_, _| false);
         assert_eq!(sent.len(), 200);
         // Request n goes no earlier than n / 100 s.
@@ -267,7 +287,7 @@ mod tests {
             .into_iter()
             .flat_map(|first| (first..first + 1022).map(Ipv4Addr::from_bits))
             .collect();
-        let mut sweep = Sweep::new(hosts.iter().map(|h| (*h, None)), 4, WAIT, 2000);
+        let mut sweep = Sweep::new(hosts.iter().map(|h| (*h, Prior::Unknown)), 4, WAIT, 2000);
         // 300 answer their first request.
         let answering: std::collections::HashSet<Ipv4Addr> =
             hosts.iter().step_by(3).take(300).copied().collect();
@@ -284,7 +304,12 @@ mod tests {
     #[test]
     fn known_hosts_go_first_by_unicast_and_retry_by_broadcast() {
         let known = Mac([0, 0x80, 0xf0, 0, 0, 9]);
-        let mut sweep = Sweep::new([(host(1), None), (host(9), Some(known))], 2, WAIT, 1000);
+        let mut sweep = Sweep::new(
+            [(host(1), Prior::Unknown), (host(9), Prior::Known(known))],
+            2,
+            WAIT,
+            1000,
+        );
         let (_, sent) = run(&mut sweep, |_, _| false);
         assert_eq!(sent[0].1, host(9));
         assert_eq!(sent[0].2, Some(known));
@@ -296,8 +321,22 @@ mod tests {
     }
 
     #[test]
+    fn an_address_silent_last_time_gets_fewer_requests() {
+        let mut sweep = Sweep::new(
+            [(host(1), Prior::Silent), (host(2), Prior::Unknown)],
+            4,
+            WAIT,
+            1000,
+        );
+        let (_, sent) = run(&mut sweep, |_, _| false);
+        let to = |h| sent.iter().filter(|(_, address, _)| *address == h).count();
+        assert_eq!((to(host(1)), to(host(2))), (SILENT_ATTEMPTS as usize, 4));
+        assert_eq!(sweep.missed(), [host(1), host(2)]);
+    }
+
+    #[test]
     fn answers_from_elsewhere_and_second_answers_change_nothing() {
-        let mut sweep = Sweep::new([(host(1), None)], 2, WAIT, 1000);
+        let mut sweep = Sweep::new([(host(1), Prior::Unknown)], 2, WAIT, 1000);
         assert!(!sweep.answered(host(77), Mac([2; 6])));
         assert!(sweep.answered(host(1), Mac([2; 6])));
         assert!(!sweep.answered(host(1), Mac([4; 6])));

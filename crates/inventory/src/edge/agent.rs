@@ -33,6 +33,7 @@ use super::sweeper::{self, Method, Outcome, Pace, Request};
 use crate::devices::{Devices, Sighting, Update};
 use crate::oui::Vendors;
 use crate::sd;
+use crate::sweep::Prior;
 use crate::wireguard;
 
 const TICK: Duration = Duration::from_secs(1);
@@ -118,6 +119,7 @@ pub async fn run(context: AgentContext) -> anyhow::Result<()> {
         sweep_requests,
         ports_sender,
         taken: BTreeSet::new(),
+        silent: BTreeMap::new(),
         rendered: None,
         sd_dirty: true,
         saved_generation: None,
@@ -189,6 +191,8 @@ struct Agent {
     ports_sender: mpsc::Sender<Probed>,
     /// Networks this appliance serves for a dead peer (swept too).
     taken: BTreeSet<String>,
+    /// The addresses of each network that did not answer its last full sweep.
+    silent: BTreeMap<String, BTreeSet<Ipv4Addr>>,
     /// The list's generation last rendered.
     rendered: Option<u64>,
     sd_dirty: bool,
@@ -262,6 +266,10 @@ impl Agent {
             .with_label_values(&[outcome.kind])
             .inc_by(outcome.sent);
         if outcome.full {
+            self.silent.insert(
+                outcome.network.clone(),
+                outcome.missed.iter().copied().collect(),
+            );
             self.metrics
                 .sweep_seconds
                 .with_label_values(&[&outcome.network])
@@ -318,7 +326,10 @@ impl Agent {
                 let request = Request {
                     network: range.to_string(),
                     method: Method::Icmp,
-                    hosts: range.hosts().map(|host| (host, None)).collect(),
+                    hosts: range
+                        .hosts()
+                        .map(|host| (host, self.prior(&range.to_string(), host, &BTreeMap::new())))
+                        .collect(),
                     full: true,
                 };
                 let _ = self.sweep_requests.try_send(request);
@@ -445,7 +456,7 @@ impl Agent {
             .subnet
             .hosts()
             .filter(|host| *host != network.gateway)
-            .map(|host| (host, hints.get(&host).copied().flatten()))
+            .map(|host| (host, self.prior(name, host, &hints)))
             .collect();
         let request = Request {
             network: name.to_owned(),
@@ -458,6 +469,26 @@ impl Agent {
         };
         if self.sweep_requests.try_send(request).is_err() {
             tracing::debug!(network = name, "sweeps queued up; this one skipped");
+        }
+    }
+
+    /// What the last full sweep of `network` learned of `address`.
+    fn prior(
+        &self,
+        network: &str,
+        address: Ipv4Addr,
+        hints: &BTreeMap<Ipv4Addr, Option<Mac>>,
+    ) -> Prior {
+        match hints.get(&address).copied().flatten() {
+            Some(mac) => Prior::Known(mac),
+            None if self
+                .silent
+                .get(network)
+                .is_some_and(|silent| silent.contains(&address)) =>
+            {
+                Prior::Silent
+            }
+            None => Prior::Unknown,
         }
     }
 
@@ -479,7 +510,7 @@ impl Agent {
                     interface,
                     sender: network.gateway,
                 },
-                hosts: vec![(address, hint)],
+                hosts: vec![(address, hint.map_or(Prior::Unknown, Prior::Known))],
                 full: false,
             };
             let _ = self.sweep_requests.try_send(request);
@@ -492,7 +523,7 @@ impl Agent {
             let request = Request {
                 network: address.to_string(),
                 method: Method::Icmp,
-                hosts: vec![(address, None)],
+                hosts: vec![(address, Prior::Unknown)],
                 full: false,
             };
             let _ = self.sweep_requests.try_send(request);

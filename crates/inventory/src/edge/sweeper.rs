@@ -11,7 +11,7 @@ use fieldnet::names::Mac;
 use fieldnet::raw::RawSocket;
 
 use crate::frames;
-use crate::sweep::{Next, Sweep};
+use crate::sweep::{Next, Prior, Sweep};
 
 /// How a sweep asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct Request {
     /// The network's name (for results and metrics).
     pub network: String,
     pub method: Method,
-    pub hosts: Vec<(Ipv4Addr, Option<Mac>)>,
+    pub hosts: Vec<(Ipv4Addr, Prior)>,
     /// Whether it was the whole network's periodic sweep (else a few hosts asked again).
     pub full: bool,
 }
