@@ -1,5 +1,6 @@
 //! `fieldctl`: the operator's command. Wiring only; each subcommand lives in its own module.
 
+mod devices;
 mod events;
 mod leases;
 mod site;
@@ -44,6 +45,15 @@ enum Command {
         /// Only this network (by name, e.g. NETWORK1).
         #[arg(long)]
         network: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The devices inventory found on this appliance's networks, from the bus.
+    Devices {
+        /// Gone devices too (listed until forgotten).
+        #[arg(long)]
+        all: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -136,6 +146,7 @@ fn main() -> ExitCode {
             Command::Leases { network, json } => {
                 exit_code(leases::run(&socket, network.as_deref(), json).await)
             }
+            Command::Devices { all, json } => exit_code(devices::run(&socket, all, json).await),
             Command::Events {
                 prefix,
                 json,

@@ -91,15 +91,15 @@ pub const DEFAULT_IMDS_TOKENS_PER_CLIENT: usize = 16;
 pub const DEFAULT_IMDS_REQUESTS_PER_SECOND: u32 = 200;
 /// AWS's shortest session; shorter ones are accepted only with a test endpoint.
 pub const AWS_MIN_SESSION: Duration = Duration::from_secs(900);
-/// `[inventory]` defaults: service discovery beside the metrics, a sweep a minute at most 5,000
-/// frames a second (a /22 in under a second), four tries 50 ms apart before a silent host counts
+/// `[inventory]` defaults: service discovery beside the metrics, a sweep a minute at most 2,000
+/// frames a second (every device on the VLAN reads every broadcast), four tries 50 ms apart before a silent host counts
 /// as a miss (a LAN answers ARP in well under a millisecond; a late answer still counts),
 /// exporters probed every minute, a device gone after five silent minutes and forgotten after a
 /// day.
 pub const DEFAULT_INVENTORY_SD_PORT: u16 = 9716;
 pub const DEFAULT_INVENTORY_STATE: &str = "/var/lib/fieldnet/inventory/devices.json";
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-pub const DEFAULT_SWEEP_RATE: u32 = 5000;
+pub const DEFAULT_SWEEP_RATE: u32 = 2000;
 pub const DEFAULT_SWEEP_ATTEMPTS: u32 = 4;
 pub const DEFAULT_REPLY_WAIT: Duration = Duration::from_millis(50);
 pub const DEFAULT_EXPORTER_PROBE_INTERVAL: Duration = Duration::from_secs(60);
