@@ -7,24 +7,13 @@ use std::time::Duration;
 
 use fieldnet::bus::topics::{Device, DeviceState, TOPIC_DEVICES};
 
-use crate::status::{human_duration, snapshot};
+use crate::status::{human_duration, retained};
 
 const BUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn run(socket: &Path, all: bool, json: bool) -> anyhow::Result<()> {
-    let values = tokio::time::timeout(BUS_TIMEOUT, snapshot(socket, &[TOPIC_DEVICES]))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the bus at {} did not answer within {BUS_TIMEOUT:?}",
-                socket.display()
-            )
-        })??;
-    let mut devices: Vec<Device> = values
-        .values()
-        .filter_map(|envelope| envelope.body_as::<Device>().ok())
-        .filter(|device| all || device.state == DeviceState::Present)
-        .collect();
+    let mut devices: Vec<Device> = retained(socket, TOPIC_DEVICES, BUS_TIMEOUT).await?;
+    devices.retain(|device| all || device.state == DeviceState::Present);
     devices.sort_by(|a, b| (&a.network, a.address).cmp(&(&b.network, b.address)));
     if json {
         println!("{}", serde_json::to_string_pretty(&devices)?);
@@ -79,26 +68,19 @@ pub fn lines(devices: &[Device], now: u64) -> Vec<String> {
             seen
         ));
     }
-    let mut counts: BTreeMap<(&str, DeviceStateKey), usize> = BTreeMap::new();
+    let mut counts: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for device in devices {
         *counts
-            .entry((
-                device.network.as_str(),
-                DeviceStateKey(device.state.as_str()),
-            ))
+            .entry((device.network.as_str(), device.state.as_str()))
             .or_default() += 1;
     }
     let summary: Vec<String> = counts
         .iter()
-        .map(|((network, state), count)| format!("{network} {count} {}", state.0))
+        .map(|((network, state), count)| format!("{network} {count} {state}"))
         .collect();
     lines.push(format!("{} devices: {}", devices.len(), summary.join(", ")));
     lines
 }
-
-/// A state's word, ordered for the summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct DeviceStateKey(&'static str);
 
 /// The sources that saw the device most recently first, e.g. `arp, lease`.
 fn sources(device: &Device) -> String {

@@ -6,24 +6,13 @@ use std::time::Duration;
 
 use fieldnet::bus::topics::{Lease, TOPIC_DHCP_LEASES};
 
-use crate::status::{human_duration, snapshot};
+use crate::status::{human_duration, retained};
 
 const BUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn run(socket: &Path, network: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let values = tokio::time::timeout(BUS_TIMEOUT, snapshot(socket, &[TOPIC_DHCP_LEASES]))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the bus at {} did not answer within {BUS_TIMEOUT:?}",
-                socket.display()
-            )
-        })??;
-    let mut leases: Vec<Lease> = values
-        .values()
-        .filter_map(|envelope| envelope.body_as::<Lease>().ok())
-        .filter(|lease| network.is_none_or(|n| lease.network == n))
-        .collect();
+    let mut leases: Vec<Lease> = retained(socket, TOPIC_DHCP_LEASES, BUS_TIMEOUT).await?;
+    leases.retain(|lease| network.is_none_or(|n| lease.network == n));
     leases.sort_by_key(|lease| (lease.network.clone(), lease.address));
     if json {
         println!("{}", serde_json::to_string_pretty(&leases)?);

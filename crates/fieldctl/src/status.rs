@@ -62,6 +62,27 @@ fn expected_agents(machine: &Machine) -> Vec<&'static str> {
 }
 
 /// Every retained value under the given prefixes, read in one round trip.
+/// Every retained body under `prefix` that reads as a `T`, asked of the bus within
+/// `timeout` (an error naming the socket when it does not answer).
+pub async fn retained<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<T>> {
+    let values = tokio::time::timeout(timeout, snapshot(socket, &[prefix]))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the bus at {} did not answer within {timeout:?}",
+                socket.display()
+            )
+        })??;
+    Ok(values
+        .values()
+        .filter_map(|envelope| envelope.body_as::<T>().ok())
+        .collect())
+}
+
 pub async fn snapshot(
     socket: &Path,
     prefixes: &[&str],

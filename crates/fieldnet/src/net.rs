@@ -202,3 +202,45 @@ pub async fn delete_route(
             .with_context(|| format!("deleting the route to {destination} in table {table}")),
     }
 }
+
+/// The IPv4 neighbour table, read in full.
+pub async fn neighbours(
+    handle: &Handle,
+) -> anyhow::Result<Vec<rtnetlink::packet_route::neighbour::NeighbourMessage>> {
+    handle
+        .neighbours()
+        .get()
+        .set_address_family(rtnetlink::packet_route::AddressFamily::Inet)
+        .execute()
+        .try_collect()
+        .await
+        .context("reading the neighbour table")
+}
+
+/// A neighbour entry's IPv4 address, its MAC if it carries one, and its state.
+pub fn neighbour_entry(
+    message: &rtnetlink::packet_route::neighbour::NeighbourMessage,
+) -> Option<(
+    Ipv4Addr,
+    Option<crate::names::Mac>,
+    rtnetlink::packet_route::neighbour::NeighbourState,
+)> {
+    use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+    let address = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => Some(*address),
+            _ => None,
+        })?;
+    let mac = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice())
+                .ok()
+                .map(crate::names::Mac),
+            _ => None,
+        });
+    Some((address, mac, message.header.state))
+}

@@ -12,12 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::StreamExt as _;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
-};
+use rtnetlink::packet_route::neighbour::{NeighbourMessage, NeighbourState};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::Mac;
@@ -65,26 +63,11 @@ impl Neighbours {
 
 /// An IPv4 neighbour's address and, if the entry is usable, its MAC.
 fn entry(message: &NeighbourMessage) -> Option<(Ipv4Addr, Option<Mac>)> {
-    let address = message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => Some(*address),
-            _ => None,
-        })?;
+    let (address, mac, state) = fieldnet::net::neighbour_entry(message)?;
     let usable = !matches!(
-        message.header.state,
+        state,
         NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
     );
-    let mac = message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            NeighbourAttribute::LinkLayerAddress(bytes) => {
-                <[u8; 6]>::try_from(bytes.as_slice()).ok().map(Mac)
-            }
-            _ => None,
-        });
     Some((address, mac.filter(|_| usable)))
 }
 
@@ -144,14 +127,7 @@ pub async fn mirror_neighbours(shutdown: CancellationToken) -> anyhow::Result<Ne
 }
 
 async fn dump(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<NeighbourMessage>> {
-    handle
-        .neighbours()
-        .get()
-        .set_address_family(rtnetlink::packet_route::AddressFamily::Inet)
-        .execute()
-        .try_collect()
-        .await
-        .context("reading the neighbour table")
+    fieldnet::net::neighbours(handle).await
 }
 
 /// Puts the metadata address (/32) on each of `interfaces` that lacks it.

@@ -595,10 +595,9 @@ impl Agent {
     fn write_file_sd(&mut self) {
         let directory = store::sd_directory(&self.settings.state);
         let mut ok = true;
-        for exporter in &self.settings.exporters {
-            let groups = sd::target_groups(self.devices.list(), exporter.port);
-            let path = directory.join(format!("{}.json", exporter.job));
-            if let Err(error) = fieldnet::files::replace(&path, &sd::render(&groups), 0o644) {
+        for (job, body) in &self.shared.current().jobs {
+            let path = directory.join(format!("{job}.json"));
+            if let Err(error) = fieldnet::files::replace(&path, body, 0o644) {
                 tracing::warn!(error = %format!("{error:#}"), "file_sd not written");
                 ok = false;
             }

@@ -43,7 +43,8 @@ impl Shared {
         *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
     }
 
-    fn current(&self) -> Arc<Snapshot> {
+    /// What is served now.
+    pub fn current(&self) -> Arc<Snapshot> {
         Arc::clone(&self.snapshot.read().expect("snapshot lock"))
     }
 }

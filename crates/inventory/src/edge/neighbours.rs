@@ -7,12 +7,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
 use fieldnet::names::Mac;
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::StreamExt as _;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
-};
+use rtnetlink::packet_route::neighbour::{NeighbourMessage, NeighbourState};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +29,7 @@ pub async fn follow(shutdown: CancellationToken) -> anyhow::Result<mpsc::Receive
     tokio::spawn(connection);
     let handle = fieldnet::net::connect()?;
     let (sender, receiver) = mpsc::channel(4096);
-    let first = dump(&handle).await?;
+    let first = fieldnet::net::neighbours(&handle).await?;
     tokio::spawn(async move {
         let mut pending: Vec<NeighbourMessage> = first;
         loop {
@@ -53,7 +51,7 @@ pub async fn follow(shutdown: CancellationToken) -> anyhow::Result<mpsc::Receive
                         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(neighbour)) => pending.push(neighbour),
                         NetlinkPayload::Overrun(_) => {
                             tracing::warn!("netlink neighbour events overran: re-reading the table");
-                            match dump(&handle).await {
+                            match fieldnet::net::neighbours(&handle).await {
                                 Ok(messages) => pending = messages,
                                 Err(error) => tracing::warn!(error = %format!("{error:#}"), "re-reading the neighbour table failed"),
                             }
@@ -69,38 +67,9 @@ pub async fn follow(shutdown: CancellationToken) -> anyhow::Result<mpsc::Receive
 
 /// An entry's news, if it has any: reachable with a MAC, or failed.
 fn news(message: &NeighbourMessage) -> Option<Neighbour> {
-    let address = message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => Some(*address),
-            _ => None,
-        })?;
-    match message.header.state {
-        NeighbourState::Reachable => {
-            let mac = message
-                .attributes
-                .iter()
-                .find_map(|attribute| match attribute {
-                    NeighbourAttribute::LinkLayerAddress(bytes) => {
-                        <[u8; 6]>::try_from(bytes.as_slice()).ok().map(Mac)
-                    }
-                    _ => None,
-                })?;
-            Some(Neighbour::Reachable(address, mac))
-        }
-        NeighbourState::Failed => Some(Neighbour::Failed(address)),
+    match fieldnet::net::neighbour_entry(message)? {
+        (address, Some(mac), NeighbourState::Reachable) => Some(Neighbour::Reachable(address, mac)),
+        (address, _, NeighbourState::Failed) => Some(Neighbour::Failed(address)),
         _ => None,
     }
-}
-
-async fn dump(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<NeighbourMessage>> {
-    handle
-        .neighbours()
-        .get()
-        .set_address_family(rtnetlink::packet_route::AddressFamily::Inet)
-        .execute()
-        .try_collect()
-        .await
-        .context("reading the neighbour table")
 }
