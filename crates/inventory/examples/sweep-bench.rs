@@ -3,7 +3,7 @@
 //! sweeper (the agent's code, at the site file's defaults), by `arp-scan` and by `nmap -sn`,
 //! side by side in one run: wall time, devices found, frames sent (the scanner's transmit
 //! counter). inventory twice: a first sweep (nothing known) and the next one (what the first
-//! learned: known devices asked by unicast, silent addresses twice), as the agent sweeps every
+//! learned: known devices asked by unicast, silent addresses once), as the agent sweeps every
 //! minute. Then all again with 5 % of frames dropped at random on the bridge (nftables' bridge
 //! family in the switch namespace: each copy of a broadcast and each reply, independently).
 //! Rounds interleave the tools; the table shows medians (found: the worst).

@@ -1,13 +1,21 @@
 //! One sweep of a range: which host to ask next and when, at a bounded rate, each silent host
-//! asked again `wait` after its last request until it has had `attempts`; then it is a miss.
+//! asked again `wait` after its last request until it has had enough tries; then it is a miss.
 //! Hosts are asked in a pipeline, not in rounds: the retries of early hosts go out while
 //! later hosts get their first request, so a sweep takes about (requests ÷ rate) + one wait.
 //!
+//! How many tries a silent address gets follows the loss the sweep sees, as nmap's timing
+//! does: the answers so far say how often a request or its reply is lost (an answer to the
+//! third try means two were lost), and an address is given up once a device there would have
+//! answered one of its tries with all but [`MISS_TARGET`] certainty: two tries on a clean
+//! network, up to `attempts` on a lossy one. Most of a network is empty, so this is most of a
+//! sweep's frames.
+//!
 //! What the last sweep learned shapes this one ([`Prior`]): a host whose MAC is known is asked
-//! first by unicast (no broadcast crosses the bridges for it; its retries are broadcast, in
-//! case the address now belongs to someone else); an address that stayed silent last time gets
-//! [`SILENT_ATTEMPTS`] requests, not all of them (most of a network is empty, sweep after
-//! sweep); an address never swept gets every attempt.
+//! first by unicast (it reaches that device alone, so it costs a quarter of a broadcast in the
+//! rate; its retries are broadcast, in case the address now belongs to someone else); an
+//! address that stayed silent last time is asked once (a device new there is found by that
+//! request, by the next sweep, or sooner by its own DHCP and ARP); an address never swept is
+//! asked as above.
 //!
 //! Pure: `now` is the time since the sweep started; the edge sends and reports answers.
 
@@ -18,7 +26,20 @@ use std::time::Duration;
 use fieldnet::names::Mac;
 
 /// Requests an address that was silent at the last sweep gets.
-pub const SILENT_ATTEMPTS: u32 = 2;
+pub const SILENT_ATTEMPTS: u32 = 1;
+
+/// The chance of missing a device that is there, which the tries an address gets aim under.
+pub const MISS_TARGET: f64 = 1e-4;
+
+/// Tries every address never swept gets, however clean the network looks.
+const MIN_ATTEMPTS: u32 = 2;
+
+/// What the loss estimate starts from before answers come in: one loss in twenty tries.
+const PRIOR_LOSSES: f64 = 1.0;
+const PRIOR_TRIES: f64 = 20.0;
+
+/// A unicast request's share of the rate (it reaches one device; a broadcast reaches all).
+const UNICAST_COST: f64 = 0.25;
 
 /// What is known of an address before a sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +66,13 @@ pub enum Next {
 #[derive(Debug, Clone)]
 struct Host {
     hint: Option<Mac>,
-    /// Requests it gets in all.
+    /// Requests it may get in all.
     attempts: u32,
+    /// Whether its tries follow the loss seen (else it gets `attempts`).
+    adaptive: bool,
     tries: u32,
+    /// Given up: it had the tries the loss called for.
+    missed: bool,
     answer: Option<Mac>,
 }
 
@@ -63,6 +88,11 @@ pub struct Sweep {
     wait: Duration,
     rate: u32,
     sent: u64,
+    /// The rate spent so far, in broadcasts.
+    cost: f64,
+    /// Tries and losses of the hosts that answered (the loss estimate's evidence).
+    answered_tries: u64,
+    answered_losses: u64,
 }
 
 impl Sweep {
@@ -79,15 +109,17 @@ impl Sweep {
         let mut known = Vec::new();
         let mut unknown = Vec::new();
         for (address, prior) in hosts {
-            let (hint, host_attempts) = match prior {
-                Prior::Known(mac) => (Some(mac), attempts),
-                Prior::Silent => (None, attempts.min(SILENT_ATTEMPTS)),
-                Prior::Unknown => (None, attempts),
+            let (hint, host_attempts, adaptive) = match prior {
+                Prior::Known(mac) => (Some(mac), attempts, false),
+                Prior::Silent => (None, attempts.min(SILENT_ATTEMPTS), false),
+                Prior::Unknown => (None, attempts, true),
             };
             let host = Host {
                 hint,
                 attempts: host_attempts,
+                adaptive,
                 tries: 0,
+                missed: false,
                 answer: None,
             };
             if table.insert(address, host).is_none() {
@@ -111,7 +143,24 @@ impl Sweep {
             wait,
             rate: rate.max(1),
             sent: 0,
+            cost: 0.0,
+            answered_tries: 0,
+            answered_losses: 0,
         }
+    }
+
+    /// The chance that a request or its answer is lost, from the answers so far.
+    pub fn loss(&self) -> f64 {
+        (self.answered_losses as f64 + PRIOR_LOSSES) / (self.answered_tries as f64 + PRIOR_TRIES)
+    }
+
+    /// Tries that find a device there with all but [`MISS_TARGET`] certainty at `loss`.
+    fn tries_needed(loss: f64) -> u32 {
+        if loss <= 0.0 {
+            return MIN_ATTEMPTS;
+        }
+        let tries = (MISS_TARGET.ln() / loss.min(0.99).ln()).ceil();
+        (tries as u32).max(MIN_ATTEMPTS)
     }
 
     /// The next request, or how long to wait, or the end.
@@ -125,8 +174,16 @@ impl Sweep {
             if at > now {
                 return Next::WaitUntil(at);
             }
-            // The rate: request n may go at n / rate seconds.
-            let allowed_at = Duration::from_secs_f64(self.sent as f64 / f64::from(self.rate));
+            if host.tries > 0 && host.adaptive && host.tries >= Self::tries_needed(self.loss()) {
+                self.due.pop_front();
+                self.hosts
+                    .get_mut(&address)
+                    .expect("queued hosts are known")
+                    .missed = true;
+                continue;
+            }
+            // The rate: what was sent so far, in broadcasts, over the rate.
+            let allowed_at = Duration::from_secs_f64(self.cost / f64::from(self.rate));
             if allowed_at > now {
                 return Next::WaitUntil(allowed_at);
             }
@@ -138,9 +195,12 @@ impl Sweep {
             let to = if host.tries == 0 { host.hint } else { None };
             host.tries += 1;
             self.sent += 1;
+            self.cost += if to.is_some() { UNICAST_COST } else { 1.0 };
             let deadline = now + self.wait;
             if host.tries < host.attempts {
                 self.due.push_back((deadline, address));
+            } else {
+                host.missed = true;
             }
             self.last_deadline = self.last_deadline.max(deadline);
             return Next::Send { address, to };
@@ -162,6 +222,10 @@ impl Sweep {
         match self.hosts.get_mut(&address) {
             Some(host) if host.answer.is_none() => {
                 host.answer = Some(mac);
+                host.missed = false;
+                let tries = u64::from(host.tries.max(1));
+                self.answered_tries += tries;
+                self.answered_losses += tries - 1;
                 true
             }
             _ => false,
@@ -189,7 +253,7 @@ impl Sweep {
         let mut missed: Vec<Ipv4Addr> = self
             .hosts
             .iter()
-            .filter(|(_, host)| host.answer.is_none() && host.tries >= host.attempts)
+            .filter(|(_, host)| host.answer.is_none() && host.missed)
             .map(|(address, _)| *address)
             .collect();
         missed.sort();
@@ -279,25 +343,95 @@ mod tests {
         assert!(sent.last().unwrap().0 < Duration::from_secs(2));
     }
 
+    fn slash_22() -> Vec<Ipv4Addr> {
+        (1..=1022)
+            .map(|n| Ipv4Addr::from_bits(Ipv4Addr::new(10, 0, 0, 0).to_bits() + n))
+            .collect()
+    }
+
+    /// Tries each address got, by address.
+    fn tries(sent: &[(Duration, Ipv4Addr, Option<Mac>)]) -> HashMap<Ipv4Addr, usize> {
+        let mut tries = HashMap::new();
+        for (_, address, _) in sent {
+            *tries.entry(*address).or_default() += 1;
+        }
+        tries
+    }
+
     #[test]
-    fn a_pipeline_not_rounds_a_slash_22_at_2000_a_second_ends_in_under_two_seconds() {
-        let hosts: Vec<Ipv4Addr> = Ipv4Addr::new(10, 0, 0, 0)
-            .to_bits()
-            .checked_add(1)
-            .into_iter()
-            .flat_map(|first| (first..first + 1022).map(Ipv4Addr::from_bits))
-            .collect();
-        let mut sweep = Sweep::new(hosts.iter().map(|h| (*h, Prior::Unknown)), 4, WAIT, 2000);
-        // 300 answer their first request.
+    fn a_clean_slash_22_at_2000_a_second_takes_two_tries_per_empty_address_and_under_a_second() {
+        let hosts = slash_22();
+        let mut sweep = Sweep::new(
+            hosts.iter().map(|h| (*h, Prior::Unknown)),
+            4,
+            Duration::from_millis(50),
+            2000,
+        );
+        // 300 answer their first request (the site file's default wait, 50 ms).
         let answering: std::collections::HashSet<Ipv4Addr> =
             hosts.iter().step_by(3).take(300).copied().collect();
         let (end, sent) = run(&mut sweep, |address, _| answering.contains(&address));
-        let found = sweep.found().len();
-        assert_eq!(sent.len() as u64, found as u64 + 4 * (1022 - found as u64));
+        assert_eq!(sweep.found().len(), 300);
+        assert_eq!(sweep.missed().len(), 722);
+        let tries = tries(&sent);
+        // Before many answers are in, the loss estimate is cautious: the first empty addresses
+        // get a third try; the rest two.
+        let empty_tries: Vec<usize> = hosts
+            .iter()
+            .filter(|h| !answering.contains(h))
+            .map(|h| tries[h])
+            .collect();
         assert!(
-            end < Duration::from_secs(2),
+            empty_tries.iter().all(|n| (2..=3).contains(n)),
+            "{empty_tries:?}"
+        );
+        assert!(empty_tries.iter().filter(|n| **n == 2).count() > 650);
+        assert!(sweep.loss() < 0.01, "{}", sweep.loss());
+        assert!(
+            end < Duration::from_secs(1),
             "{end:?} for {} requests",
             sent.len()
+        );
+    }
+
+    #[test]
+    fn on_a_lossy_network_empty_addresses_get_every_attempt_and_nobody_is_missed() {
+        let hosts = slash_22();
+        let mut sweep = Sweep::new(hosts.iter().map(|h| (*h, Prior::Unknown)), 4, WAIT, 2000);
+        let answering: std::collections::HashSet<Ipv4Addr> =
+            hosts.iter().step_by(3).take(300).copied().collect();
+        // A tenth of requests or their answers lost.
+        let mut random = fastrand::Rng::with_seed(7);
+        let (_, sent) = run(&mut sweep, |address, _| {
+            answering.contains(&address) && random.u32(..10) != 0
+        });
+        assert!(sweep.loss() > 0.05, "{}", sweep.loss());
+        let tries = tries(&sent);
+        let late_empty = hosts
+            .iter()
+            .rev()
+            .filter(|h| !answering.contains(h))
+            .take(100);
+        assert!(late_empty.into_iter().all(|h| tries[h] == 4));
+        assert_eq!(sweep.found().len(), 300);
+    }
+
+    #[test]
+    fn unicast_requests_to_known_devices_cost_a_quarter_of_the_rate() {
+        let mut sweep = Sweep::new(
+            (1..=100).map(|n| (host(n), Prior::Known(Mac([2, 0, 0, 0, 0, n])))),
+            1,
+            WAIT,
+            100,
+        );
+        let (_, sent) = run(&mut sweep, |_, _| true);
+        assert_eq!(sent.len(), 100);
+        assert!(sent.iter().all(|(_, _, to)| to.is_some()));
+        // 100 broadcasts would take a second at 100/s; 100 unicasts a quarter of it.
+        let last = sent.last().unwrap().0;
+        assert!(
+            last >= Duration::from_millis(240) && last < Duration::from_millis(260),
+            "{last:?}"
         );
     }
 

@@ -1,6 +1,6 @@
 //! Sweeps on the wire, one at a time (so the rate bounds them all together): ARP on an
 //! interface of this appliance (a packet socket; unicast to a known MAC first, broadcast
-//! after), ICMP echo to a routed range (a raw socket). The schedule is `crate::sweep`'s; this
+//! after; any ARP a swept address sends meanwhile counts too), ICMP echo to a routed range (a raw socket). The schedule is `crate::sweep`'s; this
 //! only sends what it says and tells it what came back.
 
 use std::net::Ipv4Addr;
@@ -94,9 +94,10 @@ pub async fn run(request: Request, pace: Pace) -> anyhow::Result<Outcome> {
                             () = tokio::time::sleep_until((started + at).into()) => {}
                             read = socket.recv(&mut buffer) => {
                                 let length = read.with_context(|| format!("reading ARP on {interface}"))?;
-                                let frame = &buffer[..length];
-                                if frames::is_arp_reply(frame)
-                                    && let Some((address, mac)) = frames::arp_sender(frame)
+                                // Any ARP a swept address sends shows it there: its answer,
+                                // or its own request or announcement (heard passively).
+                                if let Some((address, mac)) = frames::arp_sender(&buffer[..length])
+                                    && mac != own_mac
                                 {
                                     sweep.answered(address, mac);
                                 }
