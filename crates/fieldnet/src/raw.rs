@@ -18,6 +18,17 @@ use tokio::io::unix::AsyncFd;
 /// The Ethernet protocol number of ARP.
 pub const ETH_P_ARP: u16 = 0x0806;
 
+use nix::{setsockopt_impl, sockopt_impl};
+
+sockopt_impl!(
+    /// `PACKET_IGNORE_OUTGOING`: a packet socket leaves out the frames this host sends.
+    IgnoreOutgoing,
+    SetOnly,
+    libc::SOL_PACKET,
+    libc::PACKET_IGNORE_OUTGOING,
+    bool
+);
+
 /// A raw socket the runtime wakes when it is readable.
 #[derive(Debug)]
 pub struct RawSocket {
@@ -43,13 +54,17 @@ impl RawSocket {
     }
 
     /// A packet socket (link header left to the kernel) for ARP on the interface `ifindex`,
-    /// receiving only what arrives there. Needs CAP_NET_RAW.
+    /// receiving only what arrives there (not what this host sends). Needs CAP_NET_RAW.
     pub fn arp(ifindex: NonZeroU32) -> io::Result<Self> {
         let socket = Socket::new(
             Domain::PACKET,
             Type::DGRAM.nonblocking().cloexec(),
             Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))),
         )?;
+        // A sweep sends thousands of requests a second; reading each back would halve the
+        // room for answers in the receive buffer. (Before Linux 4.20 they are read and
+        // skipped.)
+        let _ = nix::sys::socket::setsockopt(&socket, IgnoreOutgoing, &true);
         socket.bind(&link_address(ifindex, ETH_P_ARP, [0; 6]))?;
         Ok(Self {
             socket: register(socket)?,

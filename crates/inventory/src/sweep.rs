@@ -1,5 +1,6 @@
 //! One sweep of a range: which host to ask next and when, at a bounded rate, each silent host
-//! asked again `wait` after its last request until it has had enough tries; then it is a miss.
+//! asked again after `wait`, then twice that, four times… (loss on wifi bridges and busy
+//! switches comes in bursts) until it has had enough tries; then it is a miss.
 //! Hosts are asked in a pipeline, not in rounds: the retries of early hosts go out while
 //! later hosts get their first request, so a sweep takes about (requests ÷ rate) + one wait.
 //!
@@ -19,7 +20,8 @@
 //!
 //! Pure: `now` is the time since the sweep started; the edge sends and reports answers.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -80,9 +82,9 @@ struct Host {
 #[derive(Debug, Clone)]
 pub struct Sweep {
     hosts: HashMap<Ipv4Addr, Host>,
-    /// Hosts due for a request, in due order (a host is pushed back `wait` after it is asked,
-    /// and time only grows, so the queue stays sorted).
-    due: VecDeque<(Duration, Ipv4Addr)>,
+    /// Hosts due for a request: when, then in the order they were queued.
+    due: BinaryHeap<Reverse<(Duration, u64, Ipv4Addr)>>,
+    queued: u64,
     /// When the last request's wait ends: the sweep is over then.
     last_deadline: Duration,
     wait: Duration,
@@ -131,14 +133,17 @@ impl Sweep {
             }
         }
         // Known devices first: they answer, and their answers refresh the list soonest.
-        let due = known
+        let due: BinaryHeap<_> = known
             .into_iter()
             .chain(unknown)
-            .map(|address| (Duration::ZERO, address))
+            .zip(0..)
+            .map(|(address, order)| Reverse((Duration::ZERO, order, address)))
             .collect();
+        let queued = due.len() as u64;
         Sweep {
             hosts: table,
             due,
+            queued,
             last_deadline: Duration::ZERO,
             wait,
             rate: rate.max(1),
@@ -165,17 +170,17 @@ impl Sweep {
 
     /// The next request, or how long to wait, or the end.
     pub fn next(&mut self, now: Duration) -> Next {
-        while let Some(&(at, address)) = self.due.front() {
+        while let Some(&Reverse((at, _, address))) = self.due.peek() {
             let host = &self.hosts[&address];
             if host.answer.is_some() {
-                self.due.pop_front();
+                self.due.pop();
                 continue;
             }
             if at > now {
                 return Next::WaitUntil(at);
             }
             if host.tries > 0 && host.adaptive && host.tries >= Self::tries_needed(self.loss()) {
-                self.due.pop_front();
+                self.due.pop();
                 self.hosts
                     .get_mut(&address)
                     .expect("queued hosts are known")
@@ -187,7 +192,7 @@ impl Sweep {
             if allowed_at > now {
                 return Next::WaitUntil(allowed_at);
             }
-            self.due.pop_front();
+            self.due.pop();
             let host = self
                 .hosts
                 .get_mut(&address)
@@ -196,13 +201,15 @@ impl Sweep {
             host.tries += 1;
             self.sent += 1;
             self.cost += if to.is_some() { UNICAST_COST } else { 1.0 };
-            let deadline = now + self.wait;
             if host.tries < host.attempts {
-                self.due.push_back((deadline, address));
+                let backoff = self.wait * 2_u32.pow((host.tries - 1).min(8));
+                self.due
+                    .push(Reverse((now + backoff, self.queued, address)));
+                self.queued += 1;
             } else {
                 host.missed = true;
             }
-            self.last_deadline = self.last_deadline.max(deadline);
+            self.last_deadline = self.last_deadline.max(now + self.wait);
             return Next::Send { address, to };
         }
         if self.finished_waiting(now) {
@@ -307,14 +314,14 @@ mod tests {
         assert_eq!(sent.len(), 1 + 3 * 3);
         assert_eq!(sweep.found().len(), 1);
         assert_eq!(sweep.missed(), [host(1), host(3), host(4)]);
-        // Each retry comes `wait` after the previous request to that host.
+        // The first retry comes `wait` after the first request, the next twice that.
         let to_one: Vec<Duration> = sent
             .iter()
             .filter(|(_, address, _)| *address == host(1))
             .map(|(at, _, _)| *at)
             .collect();
         assert_eq!(to_one[1] - to_one[0], WAIT);
-        assert_eq!(to_one[2] - to_one[1], WAIT);
+        assert_eq!(to_one[2] - to_one[1], 2 * WAIT);
         // Over one wait after the last request.
         assert_eq!(end, sent.last().unwrap().0 + WAIT);
     }
