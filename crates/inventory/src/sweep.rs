@@ -12,8 +12,9 @@
 //! sweep's frames.
 //!
 //! What the last sweep learned shapes this one ([`Prior`]): a host whose MAC is known is asked
-//! first by unicast (it reaches that device alone, so it costs a quarter of a broadcast in the
-//! rate; its retries are broadcast, in case the address now belongs to someone else); an
+//! first by unicast (it reaches that device alone, so these go at up to four times the rate,
+//! paced apart from the broadcasts; its retries are broadcast, in case the address now
+//! belongs to someone else); an
 //! address that stayed silent last time is asked once (a device new there is found by that
 //! request, by the next sweep, or sooner by its own DHCP and ARP); an address never swept is
 //! asked as above.
@@ -21,7 +22,7 @@
 //! Pure: `now` is the time since the sweep started; the edge sends and reports answers.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -40,8 +41,9 @@ const MIN_ATTEMPTS: u32 = 2;
 const PRIOR_LOSSES: f64 = 1.0;
 const PRIOR_TRIES: f64 = 20.0;
 
-/// A unicast request's share of the rate (it reaches one device; a broadcast reaches all).
-const UNICAST_COST: f64 = 0.25;
+/// How much faster than broadcasts unicast requests to known devices may go (each reaches
+/// one device; a broadcast reaches all), paced on their own.
+const UNICAST_RATE: f64 = 4.0;
 
 /// What is known of an address before a sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +84,9 @@ struct Host {
 #[derive(Debug, Clone)]
 pub struct Sweep {
     hosts: HashMap<Ipv4Addr, Host>,
-    /// Hosts due for a request: when, then in the order they were queued.
+    /// Known devices, for their first request (by unicast).
+    unicast: VecDeque<Ipv4Addr>,
+    /// Hosts due for a broadcast request: when, then in the order they were queued.
     due: BinaryHeap<Reverse<(Duration, u64, Ipv4Addr)>>,
     queued: u64,
     /// When the last request's wait ends: the sweep is over then.
@@ -90,8 +94,8 @@ pub struct Sweep {
     wait: Duration,
     rate: u32,
     sent: u64,
-    /// The rate spent so far, in broadcasts.
-    cost: f64,
+    broadcasts: u64,
+    unicasts: u64,
     /// Tries and losses of the hosts that answered (the loss estimate's evidence).
     answered_tries: u64,
     answered_losses: u64,
@@ -132,23 +136,25 @@ impl Sweep {
                 }
             }
         }
-        // Known devices first: they answer, and their answers refresh the list soonest.
-        let due: BinaryHeap<_> = known
+        // Known devices first (by unicast): they answer, and their answers refresh the list
+        // soonest; the broadcasts go meanwhile.
+        let due: BinaryHeap<_> = unknown
             .into_iter()
-            .chain(unknown)
             .zip(0..)
             .map(|(address, order)| Reverse((Duration::ZERO, order, address)))
             .collect();
         let queued = due.len() as u64;
         Sweep {
             hosts: table,
+            unicast: known.into(),
             due,
             queued,
             last_deadline: Duration::ZERO,
             wait,
             rate: rate.max(1),
             sent: 0,
-            cost: 0.0,
+            broadcasts: 0,
+            unicasts: 0,
             answered_tries: 0,
             answered_losses: 0,
         }
@@ -170,6 +176,23 @@ impl Sweep {
 
     /// The next request, or how long to wait, or the end.
     pub fn next(&mut self, now: Duration) -> Next {
+        let mut wake: Option<Duration> = None;
+        // First requests to known devices, by unicast, paced apart from the broadcasts.
+        while let Some(&address) = self.unicast.front() {
+            if self.hosts[&address].answer.is_some() {
+                self.unicast.pop_front();
+                continue;
+            }
+            let allowed_at = Duration::from_secs_f64(
+                self.unicasts as f64 / (f64::from(self.rate) * UNICAST_RATE),
+            );
+            if allowed_at <= now {
+                self.unicast.pop_front();
+                return self.send(now, address, true);
+            }
+            wake = Some(allowed_at);
+            break;
+        }
         while let Some(&Reverse((at, _, address))) = self.due.peek() {
             let host = &self.hosts[&address];
             if host.answer.is_some() {
@@ -177,7 +200,8 @@ impl Sweep {
                 continue;
             }
             if at > now {
-                return Next::WaitUntil(at);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+                break;
             }
             if host.tries > 0 && host.adaptive && host.tries >= Self::tries_needed(self.loss()) {
                 self.due.pop();
@@ -187,36 +211,48 @@ impl Sweep {
                     .missed = true;
                 continue;
             }
-            // The rate: what was sent so far, in broadcasts, over the rate.
-            let allowed_at = Duration::from_secs_f64(self.cost / f64::from(self.rate));
-            if allowed_at > now {
-                return Next::WaitUntil(allowed_at);
+            let allowed_at = Duration::from_secs_f64(self.broadcasts as f64 / f64::from(self.rate));
+            if allowed_at <= now {
+                self.due.pop();
+                return self.send(now, address, false);
             }
-            self.due.pop();
-            let host = self
-                .hosts
-                .get_mut(&address)
-                .expect("queued hosts are known");
-            let to = if host.tries == 0 { host.hint } else { None };
-            host.tries += 1;
-            self.sent += 1;
-            self.cost += if to.is_some() { UNICAST_COST } else { 1.0 };
-            if host.tries < host.attempts {
-                let backoff = self.wait * 2_u32.pow((host.tries - 1).min(8));
-                self.due
-                    .push(Reverse((now + backoff, self.queued, address)));
-                self.queued += 1;
-            } else {
-                host.missed = true;
-            }
-            self.last_deadline = self.last_deadline.max(now + self.wait);
-            return Next::Send { address, to };
+            wake = Some(wake.map_or(allowed_at, |w| w.min(allowed_at)));
+            break;
         }
-        if self.finished_waiting(now) {
+        if let Some(at) = wake {
+            Next::WaitUntil(at)
+        } else if self.finished_waiting(now) {
             Next::Done
         } else {
             Next::WaitUntil(self.last_deadline)
         }
+    }
+
+    /// Sends a request to `address` now (by unicast to its known MAC, else broadcast) and
+    /// queues its retry.
+    fn send(&mut self, now: Duration, address: Ipv4Addr, unicast: bool) -> Next {
+        let host = self
+            .hosts
+            .get_mut(&address)
+            .expect("queued hosts are known");
+        let to = if unicast { host.hint } else { None };
+        host.tries += 1;
+        self.sent += 1;
+        if to.is_some() {
+            self.unicasts += 1;
+        } else {
+            self.broadcasts += 1;
+        }
+        if host.tries < host.attempts {
+            let backoff = self.wait * 2_u32.pow((host.tries - 1).min(8));
+            self.due
+                .push(Reverse((now + backoff, self.queued, address)));
+            self.queued += 1;
+        } else {
+            host.missed = true;
+        }
+        self.last_deadline = self.last_deadline.max(now + self.wait);
+        Next::Send { address, to }
     }
 
     fn finished_waiting(&self, now: Duration) -> bool {
@@ -424,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn unicast_requests_to_known_devices_cost_a_quarter_of_the_rate() {
+    fn unicast_requests_to_known_devices_go_at_four_times_the_rate_beside_the_broadcasts() {
         let mut sweep = Sweep::new(
             (1..=100).map(|n| (host(n), Prior::Known(Mac([2, 0, 0, 0, 0, n])))),
             1,
@@ -439,6 +475,24 @@ mod tests {
         assert!(
             last >= Duration::from_millis(240) && last < Duration::from_millis(260),
             "{last:?}"
+        );
+
+        // With addresses to broadcast to as well, both go at once, each at its own pace.
+        let mut sweep = Sweep::new(
+            (1..=100)
+                .map(|n| (host(n), Prior::Known(Mac([2, 0, 0, 0, 0, n]))))
+                .chain((101..=200).map(|n| (host(n), Prior::Silent))),
+            1,
+            WAIT,
+            100,
+        );
+        let (_, sent) = run(&mut sweep, |_, _| false);
+        let first_broadcast = sent.iter().find(|(_, _, to)| to.is_none()).unwrap().0;
+        let last_unicast = sent.iter().rfind(|(_, _, to)| to.is_some()).unwrap().0;
+        assert_eq!(first_broadcast, Duration::ZERO);
+        assert!(
+            last_unicast < Duration::from_millis(260),
+            "{last_unicast:?}"
         );
     }
 
