@@ -54,7 +54,9 @@ pub fn run(fuzz_seconds: u32) -> anyhow::Result<()> {
         )?;
     }
 
-    step("fuzz: bus frames and broker, DNS, DHCP and IMDS request paths, DHCP peer API, site file");
+    step(
+        "fuzz: bus frames and broker, DNS, DHCP and IMDS request paths, DHCP peer API, inventory's inputs, site file",
+    );
     fuzz(fuzz_seconds)?;
 
     step("the host is as the tests found it");
@@ -109,13 +111,14 @@ fn examples() -> anyhow::Result<Vec<std::path::PathBuf>> {
 }
 
 /// Every fuzz target, as `fuzz/Cargo.toml` names them.
-pub const FUZZ_TARGETS: [&str; 7] = [
+pub const FUZZ_TARGETS: [&str; 8] = [
     "bus_frame",
     "bus_broker",
     "dns_request",
     "dhcp_request",
     "peer_request",
     "imds_request",
+    "inventory_input",
     "site_file",
 ];
 

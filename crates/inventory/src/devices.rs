@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use fieldnet::bus::topics::{Device, DeviceEvent, DeviceSource, DeviceState, SourceSeen};
+use fieldnet::bus::topics::{Device, DeviceEvent, DeviceSource, DeviceState, Lease, SourceSeen};
 use fieldnet::config::{Config, DhcpTakeoverConfig, InventoryConfig};
 use fieldnet::names::Mac;
 use ipnet::Ipv4Net;
@@ -60,6 +60,17 @@ impl Sighting {
     pub fn mac(mut self, mac: Mac) -> Sighting {
         self.mac = Some(mac);
         self
+    }
+
+    /// A lease on the bus (`dhcp/lease/<address>`'s body): its device, with what it called
+    /// itself and the network it was leased on. `None` when the MAC is not one.
+    pub fn lease(address: Ipv4Addr, lease: Lease) -> Option<Sighting> {
+        let mac = lease.mac.parse::<Mac>().ok()?;
+        let mut sighting = Sighting::new(DeviceSource::Lease, address).mac(mac);
+        sighting.client_id = lease.client_id;
+        sighting.hostname = lease.hostname;
+        sighting.network = Some(lease.network);
+        Some(sighting)
     }
 }
 
@@ -175,6 +186,14 @@ impl Devices {
     /// A source saw a device.
     pub fn seen(&mut self, now: u64, sighting: Sighting) -> Vec<Update> {
         let (source, address) = (sighting.source, sighting.address);
+        // The networks' gateways are the appliances, whichever source names them.
+        if self
+            .places
+            .iter()
+            .any(|place| place.gateway == Some(address))
+        {
+            return Vec::new();
+        }
         let place = if source == DeviceSource::Wireguard {
             Some(Place {
                 range: Ipv4Net::from(address),
@@ -183,17 +202,14 @@ impl Devices {
                 gateway: None,
             })
         } else {
-            match self.place_of(address) {
-                Some(place) if place.gateway == Some(address) => return Vec::new(),
-                Some(place) => {
-                    let mut place = place.clone();
-                    if let Some(network) = &sighting.network {
-                        network.clone_into(&mut place.network);
-                    }
-                    Some(place)
-                }
-                None => None,
-            }
+            // The network the source names when it is one of the site's and holds the
+            // address (a name from elsewhere is not taken on trust); else the address's.
+            let named = sighting.network.as_deref().and_then(|name| {
+                self.places
+                    .iter()
+                    .find(|place| place.network == name && place.range.contains(&address))
+            });
+            named.or_else(|| self.place_of(address)).cloned()
         };
         let Some(place) = place else {
             return Vec::new();

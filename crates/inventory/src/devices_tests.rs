@@ -134,7 +134,32 @@ fn addresses_outside_the_site_and_the_gateways_are_not_devices() {
     // The 4G router on an uplink, and the appliance itself.
     assert!(devices.seen(1_000, arp("192.168.8.1", PHONE)).is_empty());
     assert!(devices.seen(1_000, arp("10.101.0.1", PHONE)).is_empty());
+    // Nor as a WireGuard peer's tunnel address (found by the fuzz target).
+    let mut peer = Sighting::new(DeviceSource::Wireguard, address("10.101.0.1"));
+    peer.peer = Some("KEY=".into());
+    assert!(devices.seen(1_000, peer).is_empty());
     assert_eq!(devices.list().count(), 0);
+}
+
+#[test]
+fn a_network_a_source_names_counts_only_when_the_site_has_it_there() {
+    // Found by the fuzz target: a lease naming a network the site does not have put the
+    // device on it.
+    let mut devices = devices();
+    let mut lease = Sighting::new(DeviceSource::Lease, address("10.101.0.50")).mac(CAMERA);
+    lease.network = Some("elsewhere".into());
+    devices.seen(1_000, lease.clone());
+    assert_eq!(
+        devices.get(&CAMERA.to_string()).unwrap().network,
+        "NETWORK1"
+    );
+    // NETWORK2 is the site's, but not where 10.101.0.50 is.
+    lease.network = Some("NETWORK2".into());
+    devices.seen(2_000, lease);
+    assert_eq!(
+        devices.get(&CAMERA.to_string()).unwrap().network,
+        "NETWORK1"
+    );
 }
 
 #[test]

@@ -227,14 +227,11 @@ impl Agent {
                     return;
                 }
             };
-            let Ok(mac) = lease.mac.parse::<Mac>() else {
-                tracing::warn!(topic, mac = lease.mac, "a lease without a usable MAC");
+            let mac = lease.mac.clone();
+            let Some(sighting) = Sighting::lease(address, lease) else {
+                tracing::warn!(topic, mac, "a lease without a usable MAC");
                 return;
             };
-            let mut sighting = Sighting::new(DeviceSource::Lease, address).mac(mac);
-            sighting.client_id = lease.client_id;
-            sighting.hostname = lease.hostname;
-            sighting.network = Some(lease.network);
             let updates = self.devices.seen(now_ms(), sighting);
             self.apply(updates);
         } else if let Some(network) = topic.strip_prefix(topics::TOPIC_DHCP_TAKEOVERS) {
