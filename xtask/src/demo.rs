@@ -23,10 +23,11 @@ enum Program {
     Whereami,
     DhcpTakeover,
     ImdsEndpoint,
+    Inventory,
 }
 
 impl Program {
-    const ALL: [Program; 7] = [
+    const ALL: [Program; 8] = [
         Program::Bus,
         Program::Fieldctl,
         Program::UplinkMonitor,
@@ -34,6 +35,7 @@ impl Program {
         Program::Whereami,
         Program::DhcpTakeover,
         Program::ImdsEndpoint,
+        Program::Inventory,
     ];
 
     /// The package, which is also the binary's name.
@@ -46,6 +48,7 @@ impl Program {
             Program::Whereami => "whereami",
             Program::DhcpTakeover => "dhcp-takeover",
             Program::ImdsEndpoint => "imds-endpoint",
+            Program::Inventory => "inventory",
         }
     }
 }
@@ -182,13 +185,18 @@ fn start_agents(
 }
 
 /// The appliances' agents, after the bus.
-const APPLIANCE_AGENTS: [Program; 5] = [
+const APPLIANCE_AGENTS: [Program; 6] = [
     Program::UplinkMonitor,
     Program::CrossSiteFailover,
     Program::Whereami,
     Program::DhcpTakeover,
     Program::ImdsEndpoint,
+    Program::Inventory,
 ];
+
+/// The hubs' agents, after the bus: cross-site-failover, and inventory for their WireGuard
+/// peers.
+const HUB_AGENTS: [Program; 2] = [Program::CrossSiteFailover, Program::Inventory];
 
 /// moto's test credentials for a hub's AWS calls, and an appliance's own for STS (which
 /// imds-endpoint turns into the devices' sessions).
@@ -255,13 +263,13 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     let north_machine = site.machine("north").context("north")?;
     let stage_machine = site.machine("stage").context("stage")?;
     // Appliances first, then hubs (the site's machines in that order): appliances run every
-    // agent, hubs only cross-site-failover, with moto's test credentials.
+    // agent, hubs cross-site-failover and inventory, with moto's test credentials.
     let mut appliances = Vec::new();
     let mut hubs = Vec::new();
     for (index, machine) in site.machines.iter().enumerate() {
         let hub = index >= site.areas.len();
         let (programs, env): (&[Program], &[&str]) = if hub {
-            (&[Program::CrossSiteFailover], &MOTO_CREDENTIALS)
+            (&HUB_AGENTS, &MOTO_CREDENTIALS)
         } else {
             (&APPLIANCE_AGENTS, &MOTO_CREDENTIALS)
         };
@@ -400,6 +408,24 @@ fn scenes(demo: &Demo, lab: &mut Lab, bin: &Binaries) -> anyhow::Result<()> {
     );
     println!("And `fieldctl status` on north (no flags: it finds its site file and itself) says:");
     for line in fieldctl_on(north_machine, &["status"])?.lines() {
+        println!("  {line}");
+    }
+    // inventory swept north's network when it started: its devices are on the bus.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let devices = loop {
+        let listing = fieldctl_on(north_machine, &["devices"])?;
+        if listing.contains(&format!("{} ", client.addr)) {
+            break listing;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "inventory on north did not list {} within 30 s; it said:\n{listing}",
+            client.addr
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("`fieldctl devices` on north: what inventory found (ARP sweep, leases, neighbours):");
+    for line in devices.lines() {
         println!("  {line}");
     }
     demo.pause(2)?;

@@ -21,18 +21,19 @@ use tokio_util::codec::{FramedRead, LinesCodec};
 /// How long to wait for the bus before calling it down.
 const BUS_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The agents that exist so far (inventory joins when it ships).
-const SHIPPED: [&str; 5] = [
+/// The agents that exist so far.
+const SHIPPED: [&str; 6] = [
     "uplink-monitor",
     "cross-site-failover",
     "whereami",
     "dhcp-takeover",
     "imds-endpoint",
+    "inventory",
 ];
 
 /// The agents this machine is expected to run, by their bus name: those that exist, are enabled
-/// and have work here (a hub runs cross-site-failover only; an appliance without uplinks has no
-/// uplink-monitor).
+/// and have work here (a hub runs cross-site-failover, and inventory for its WireGuard peers;
+/// an appliance without uplinks has no uplink-monitor).
 fn expected_agents(machine: &Machine) -> Vec<&'static str> {
     let config = &machine.config;
     let agents = &config.agents;
@@ -53,7 +54,7 @@ fn expected_agents(machine: &Machine) -> Vec<&'static str> {
             "imds-endpoint",
             agents.imds_endpoint.common.enabled && !hub && !agents.imds_endpoint.roles.is_empty(),
         ),
-        ("inventory", agents.inventory.common.enabled && !hub),
+        ("inventory", agents.inventory.common.enabled),
     ]
     .into_iter()
     .filter(|(name, wanted)| *wanted && SHIPPED.contains(name))
@@ -584,19 +585,27 @@ mod tests {
             SHIPPED.to_vec(),
             "an appliance with uplinks runs every agent that exists"
         );
-        assert_eq!(expected_agents(&machine("hub-a")), ["cross-site-failover"]);
+        assert_eq!(
+            expected_agents(&machine("hub-a")),
+            ["cross-site-failover", "inventory"]
+        );
         let mut bare = machine("north");
         bare.config.uplinks.clear();
         bare.config.agents.whereami.common.enabled = false;
         assert_eq!(
             expected_agents(&bare),
-            ["cross-site-failover", "dhcp-takeover", "imds-endpoint"]
+            [
+                "cross-site-failover",
+                "dhcp-takeover",
+                "imds-endpoint",
+                "inventory"
+            ]
         );
         // No class with a role: nothing for imds-endpoint to hand out here.
         bare.config.agents.imds_endpoint.roles.clear();
         assert_eq!(
             expected_agents(&bare),
-            ["cross-site-failover", "dhcp-takeover"]
+            ["cross-site-failover", "dhcp-takeover", "inventory"]
         );
     }
 
