@@ -316,3 +316,134 @@ fn prometheus_finds_devices_through_inventory_and_ansible_lists_them_in_their_gr
         prometheus.log()
     );
 }
+
+/// On a hub, inventory lists the devices that connect from outside the site: its WireGuard
+/// peers with a recent handshake and a tunnel address of their own. A laptop (a machine of its
+/// own, wireguard-go) connects to hub-a of the example site; the appliances' site-to-site
+/// tunnels (allowed 0.0.0.0/0, no handshake here: their agents are not running) are not
+/// devices.
+#[test]
+fn a_hub_lists_the_wireguard_peers_that_connect_from_outside() {
+    let Some(mut lab) = Lab::for_test("inventory-wg") else {
+        return;
+    };
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/examples/riverside/site.toml"
+    );
+    let text = std::fs::read_to_string(file).unwrap();
+    let site = lab.site_from_file(&text, file, 0).unwrap();
+    let hub = site.machine("hub-a").unwrap().clone();
+
+    let own = env!("CARGO_BIN_EXE_inventory");
+    let bus = lab::sibling_binary(own, "fieldnet-bus", "fieldnet-bus");
+    let bus = lab.spawn_on(&hub, &bus, &[]).unwrap();
+    eventually("hub-a's bus socket", &[&bus], || {
+        hub.bus_socket().exists().then_some(())
+    });
+    let inventory = lab.spawn_on(&hub, own, &[]).unwrap();
+    inventory
+        .wait_for_log("serving service discovery", PATIENCE)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+
+    // The laptop: a cable to hub-a, a WireGuard tunnel over it with an address of its own.
+    let laptop_ns = lab.netns("laptop").unwrap();
+    lab.veth(&hub.ns, "lap0", &laptop_ns, "eth0").unwrap();
+    lab.addr(&hub.ns, "lap0", "198.51.100.249/30").unwrap();
+    lab.addr(&laptop_ns, "eth0", "198.51.100.250/30").unwrap();
+    let laptop = lab.machine("laptop", laptop_ns.clone()).unwrap();
+    lab.machine_wireguard(&hub, "wg-remote").unwrap();
+    lab.machine_wireguard(&laptop, "wg0").unwrap();
+    let (hub_key, hub_public) = lab.wireguard_key("hub-a-remote").unwrap();
+    let (laptop_key, laptop_public) = lab.wireguard_key("laptop").unwrap();
+    hub.exec(
+        "wg",
+        &[
+            "set",
+            "wg-remote",
+            "private-key",
+            &hub_key,
+            "listen-port",
+            "51899",
+            "peer",
+            &laptop_public,
+            "allowed-ips",
+            "10.253.9.5/32",
+        ],
+    )
+    .unwrap();
+    lab.addr(&hub.ns, "wg-remote", "10.253.9.1/24").unwrap();
+    hub.ns
+        .ip(&["link", "set", "dev", "wg-remote", "up"])
+        .unwrap();
+    laptop
+        .exec(
+            "wg",
+            &[
+                "set",
+                "wg0",
+                "private-key",
+                &laptop_key,
+                "peer",
+                &hub_public,
+                "endpoint",
+                "198.51.100.249:51899",
+                "allowed-ips",
+                "10.253.9.0/24",
+            ],
+        )
+        .unwrap();
+    lab.addr(&laptop_ns, "wg0", "10.253.9.5/24").unwrap();
+    laptop_ns.ip(&["link", "set", "dev", "wg0", "up"]).unwrap();
+    // Traffic makes the handshake.
+    eventually(
+        "the laptop reaching hub-a through its tunnel",
+        &[&inventory],
+        || {
+            laptop_ns
+                .exec_unchecked(
+                    "ping",
+                    &["-c", "1", "-W", "1", "10.253.9.1"],
+                    Duration::from_secs(5),
+                )
+                .ok()
+                .filter(|output| output.status.success())
+        },
+    );
+
+    let key = laptop_public.clone();
+    let device = eventually("the laptop among hub-a's devices", &[&inventory], || {
+        let devices = get_json(&hub.ns, &format!("http://{SD}/devices"));
+        devices
+            .as_array()?
+            .iter()
+            .find(|device| device["address"] == "10.253.9.5")
+            .cloned()
+    });
+    println!("{device:#}");
+    assert_eq!(device["network"], "vpn");
+    assert_eq!(device["state"], "present");
+    assert!(
+        device["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("wg-") && !id.contains('/')),
+        "{device}"
+    );
+    assert!(
+        device["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|seen| seen["source"] == "wireguard"),
+        "{device}"
+    );
+    // The only WireGuard device: the appliances' tunnels are not devices.
+    let devices = get_json(&hub.ns, &format!("http://{SD}/devices"));
+    let by_wireguard = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|device| device["network"] == "vpn")
+        .count();
+    assert_eq!(by_wireguard, 1, "{devices:#} (laptop key {key})");
+}

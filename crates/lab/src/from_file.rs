@@ -588,9 +588,15 @@ impl Lab {
         Ok(())
     }
 
+    /// A machine of its own on `ns` beside a site's (a laptop, a remote device): host name
+    /// `name`, its own `/run`, `/var/lib` and `/etc`, as [`Machine`] describes.
+    pub fn machine(&mut self, name: &str, ns: Netns) -> anyhow::Result<Machine> {
+        Machine::boot(self, name, name, ns, &[])
+    }
+
     /// Starts `wireguard-go` for `interface` on `machine` and waits for its interface and its
-    /// control socket in the machine's `/run`.
-    fn machine_wireguard(&mut self, machine: &Machine, interface: &str) -> anyhow::Result<()> {
+    /// control socket in the machine's `/run` (configure it with `wg` run on the machine).
+    pub fn machine_wireguard(&mut self, machine: &Machine, interface: &str) -> anyhow::Result<()> {
         let words = machine.command("wireguard-go", &["-f", interface]);
         let refs: Vec<&str> = words.iter().map(String::as_str).collect();
         self.spawn_daemon(&machine.ns, refs[0], &refs[1..])?;
