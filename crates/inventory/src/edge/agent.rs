@@ -374,7 +374,7 @@ impl Agent {
                             event,
                             DeviceEvent::Joined | DeviceEvent::Returned | DeviceEvent::Moved
                         ) {
-                            self.probe_new(device.id.clone(), device.address);
+                            self.probe_new(&device);
                         }
                     }
                     let _ = self
@@ -413,13 +413,45 @@ impl Agent {
         });
     }
 
-    /// Tries a device just seen until an exporter port answers (see `probe::new_device`).
-    fn probe_new(&mut self, id: String, address: Ipv4Addr) {
+    /// Tries a device just seen until an exporter port answers (see `probe::new_device`). On
+    /// a network of this appliance, each try is preceded by an ARP request to the device's MAC
+    /// from the appliance's address: the kernel, whose first attempt to resolve the address
+    /// may have gone out before the device had it, asks again only a second later; the
+    /// device's answer to this request completes the kernel's entry at once.
+    fn probe_new(&mut self, device: &topics::Device) {
+        let (id, address) = (device.id.clone(), device.address);
         let ports: Vec<u16> = self.settings.exporters.iter().map(|e| e.port).collect();
         let sender = self.ports_sender.clone();
         let frames = self.metrics.frames_sent.with_label_values(&["tcp"]);
+        let arp_frames = self.metrics.frames_sent.with_label_values(&["arp"]);
+        let swept = self.swept_networks();
+        let nudge = device.mac.and_then(|mac| {
+            let network = self
+                .config
+                .networks
+                .iter()
+                .find(|n| n.name == device.network && swept.contains(&n.name))?;
+            Some((network.interface.clone()?, network.gateway, mac))
+        });
         tokio::spawn(async move {
-            let (open, tried) = probe::new_device(address, &ports).await;
+            let nudge = nudge.and_then(|(interface, sender, mac)| {
+                let index = fieldnet::raw::interface_index(&interface).ok()?;
+                let own = Mac(fieldnet::raw::interface_mac(&interface).ok()?);
+                let socket = fieldnet::raw::RawSocket::arp(index).ok()?;
+                Some((
+                    socket,
+                    crate::frames::arp_request(own, sender, address),
+                    mac,
+                ))
+            });
+            let (open, tried) = probe::new_device(address, &ports, || {
+                if let Some((socket, frame, mac)) = &nudge
+                    && socket.send_to_link(frame, mac.0).is_ok()
+                {
+                    arp_frames.inc();
+                }
+            })
+            .await;
             frames.inc_by(tried);
             let _ = sender.send((false, vec![(id, open)])).await;
         });

@@ -66,14 +66,20 @@ async fn is_open(target: SocketAddr, timeout: Duration) -> bool {
     )
 }
 
-/// A device just seen: its ports tried at [`NEW_DEVICE_TRIES`] until one takes a connection;
-/// the ports open then (none after the last try), and the connections tried.
-pub async fn new_device(address: Ipv4Addr, ports: &[u16]) -> (BTreeSet<u16>, u64) {
+/// A device just seen: its ports tried at [`NEW_DEVICE_TRIES`] until one takes a connection,
+/// `before_each` called before each try; the ports open then (none after the last try), and
+/// the connections tried.
+pub async fn new_device(
+    address: Ipv4Addr,
+    ports: &[u16],
+    mut before_each: impl FnMut(),
+) -> (BTreeSet<u16>, u64) {
     let started = tokio::time::Instant::now();
     let mut tried = 0;
     for at in NEW_DEVICE_TRIES {
         tried += ports.len() as u64;
         tokio::time::sleep_until(started + at).await;
+        before_each();
         let tries = ports.iter().map(|port| async move {
             is_open(SocketAddr::from((address, *port)), QUICK_TIMEOUT)
                 .await
