@@ -123,11 +123,7 @@ fn main() -> anyhow::Result<()> {
                                     .iter()
                                     .find(|(address, _)| address == host)
                                     .and_then(|(_, mac)| *mac);
-                                let prior = match known {
-                                    Some(mac) => Prior::Known(mac),
-                                    None if first.missed.contains(host) => Prior::Silent,
-                                    None => Prior::Unknown,
-                                };
+                                let prior = Prior::of(known, first.missed.contains(host));
                                 (*host, prior)
                             })
                             .collect();

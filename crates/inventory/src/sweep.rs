@@ -56,6 +56,18 @@ pub enum Prior {
     Unknown,
 }
 
+impl Prior {
+    /// What is known of an address: the MAC of the device known there, else whether it was
+    /// silent at the last sweep.
+    pub fn of(known: Option<Mac>, silent_last_time: bool) -> Prior {
+        match known {
+            Some(mac) => Prior::Known(mac),
+            None if silent_last_time => Prior::Silent,
+            None => Prior::Unknown,
+        }
+    }
+}
+
 /// What to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -527,6 +539,14 @@ mod tests {
         let to = |h| sent.iter().filter(|(_, address, _)| *address == h).count();
         assert_eq!((to(host(1)), to(host(2))), (SILENT_ATTEMPTS as usize, 4));
         assert_eq!(sweep.missed(), [host(1), host(2)]);
+    }
+
+    #[test]
+    fn a_known_mac_outweighs_silence_and_silence_outweighs_nothing() {
+        let mac = Mac([2; 6]);
+        assert_eq!(Prior::of(Some(mac), true), Prior::Known(mac));
+        assert_eq!(Prior::of(None, true), Prior::Silent);
+        assert_eq!(Prior::of(None, false), Prior::Unknown);
     }
 
     #[test]

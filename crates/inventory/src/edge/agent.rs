@@ -508,17 +508,11 @@ impl Agent {
         address: Ipv4Addr,
         hints: &BTreeMap<Ipv4Addr, Option<Mac>>,
     ) -> Prior {
-        match hints.get(&address).copied().flatten() {
-            Some(mac) => Prior::Known(mac),
-            None if self
-                .silent
-                .get(network)
-                .is_some_and(|silent| silent.contains(&address)) =>
-            {
-                Prior::Silent
-            }
-            None => Prior::Unknown,
-        }
+        let silent = self
+            .silent
+            .get(network)
+            .is_some_and(|silent| silent.contains(&address));
+        Prior::of(hints.get(&address).copied().flatten(), silent)
     }
 
     /// Asks `address` again (a lease ended, the kernel failed to reach it).
@@ -539,7 +533,7 @@ impl Agent {
                     interface,
                     sender: network.gateway,
                 },
-                hosts: vec![(address, hint.map_or(Prior::Unknown, Prior::Known))],
+                hosts: vec![(address, Prior::of(hint, false))],
                 full: false,
             };
             let _ = self.sweep_requests.try_send(request);
